@@ -1,0 +1,17 @@
+"""Data in: every source becomes one :class:`Dataset`; splits and batches come from it."""
+
+from recscope.data.dataset import Dataset, ItemField, LoadReport
+from recscope.data.formats import load_dataset
+from recscope.data.split import EvalCases, Split, make_split, pad_left, training_windows
+
+__all__ = [
+    "Dataset",
+    "EvalCases",
+    "ItemField",
+    "LoadReport",
+    "Split",
+    "load_dataset",
+    "make_split",
+    "pad_left",
+    "training_windows",
+]

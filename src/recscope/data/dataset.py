@@ -1,0 +1,320 @@
+"""The one in-memory form of every data source: dense ids, per-user sequences, item fields.
+
+User and item ids are the user's own strings at the edges and dense integers inside.
+Item index 0 is padding, so real items are 1..n_items. Sequences are stored CSR-style:
+user u's items in time order are ``items[offsets[u]:offsets[u+1]]``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from safetensors.numpy import load_file, save_file
+
+from recscope.errors import DataError
+
+TEXT_COLUMNS = ("title", "name", "description")  # catalog columns read as text, not attributes
+RESERVED = ("item_id",)
+
+
+@dataclass
+class LoadReport:
+    """What a loader read and what it skipped (nothing is dropped silently)."""
+
+    rows_read: int = 0
+    rows_skipped: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    examples: list[str] = field(default_factory=list)  # a few "file, line N: reason" strings
+    notes: list[str] = field(default_factory=list)  # things the user should know (not errors)
+
+    def skip(self, reason: str, where: str) -> None:
+        self.rows_skipped += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        if len(self.examples) < 5:
+            self.examples.append(f"{where}: {reason}")
+
+    def to_dict(self) -> dict:
+        return {
+            "rows_read": self.rows_read,
+            "rows_skipped": self.rows_skipped,
+            "reasons": self.reasons,
+            "examples": self.examples,
+            "notes": self.notes,
+        }
+
+
+@dataclass
+class ItemField:
+    """One catalog attribute as a token field: every item has up to ``width`` values."""
+
+    name: str
+    kind: str  # "categorical" | "multi" | "numeric" (numeric values are bucketed into bands)
+    vocab: list[str]  # value index -> label; index 0 = missing
+    values: np.ndarray  # (n_items + 1, width) int64 value indices, 0 = none
+    band_edges: list[float] | None = None  # numeric: upper edges of bands 1..n-1
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def labels(self, item: int) -> list[str]:
+        return [self.vocab[v] for v in self.values[item] if v > 0]
+
+
+@dataclass
+class Dataset:
+    name: str
+    user_ids: list[str]  # dense user index -> own id
+    item_ids: list[str]  # dense item index -> own id; item_ids[0] is "" (padding)
+    offsets: np.ndarray  # (n_users + 1,) int64
+    items: np.ndarray  # (n_events,) int64 dense item indices, grouped by user, in time order
+    timestamps: np.ndarray  # (n_events,) float64 (s3rec: position in the line)
+    titles: list[str] | None = None  # dense item index -> title, or None if the data has none
+    fields: list[ItemField] = field(default_factory=list)
+    # Per-event extra columns (e.g. the synthetic shop's planted mechanism and cause).
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    extra_labels: dict[str, list[str]] = field(default_factory=dict)  # code -> label for coded extras
+    report: LoadReport = field(default_factory=LoadReport)
+    _user_index: dict[str, int] | None = None
+    _item_index: dict[str, int] | None = None
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids) - 1
+
+    @property
+    def n_events(self) -> int:
+        return len(self.items)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def sequence(self, user: int) -> np.ndarray:
+        return self.items[self.offsets[user] : self.offsets[user + 1]]
+
+    def user_index(self, user_id: str) -> int:
+        if self._user_index is None:
+            self._user_index = {u: i for i, u in enumerate(self.user_ids)}
+        try:
+            return self._user_index[str(user_id)]
+        except KeyError:
+            raise DataError(
+                f"unknown user {user_id!r}",
+                fix=f"use one of the {self.n_users} users in the training data "
+                f"(e.g. {', '.join(self.user_ids[:3])}), or pass a history of item ids",
+            ) from None
+
+    def item_index(self, item_id: str) -> int:
+        if self._item_index is None:
+            self._item_index = {it: i for i, it in enumerate(self.item_ids) if i > 0}
+        try:
+            return self._item_index[str(item_id)]
+        except KeyError:
+            raise DataError(
+                f"unknown item {item_id!r}",
+                fix=f"use item ids from the catalog (e.g. {', '.join(self.item_ids[1:4])})",
+            ) from None
+
+    def title(self, item: int) -> str:
+        if self.titles and self.titles[item]:
+            return self.titles[item]
+        return self.item_ids[item]
+
+    def describe(self) -> str:
+        lengths = self.lengths
+        return (
+            f"{self.name}: {self.n_users:,} users, {self.n_items:,} items, {self.n_events:,} events "
+            f"(mean length {lengths.mean():.2f}, max {lengths.max()}), "
+            f"fields: {', '.join(f'{f.name}[{f.vocab_size - 1}]' for f in self.fields) or 'none'}"
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays = {"offsets": self.offsets, "items": self.items, "timestamps": self.timestamps}
+        for f in self.fields:
+            arrays[f"field.{f.name}"] = f.values
+        for name, values in self.extras.items():
+            arrays[f"extra.{name}"] = values
+        _atomic(directory / "data.safetensors", lambda p: save_file(arrays, str(p)))
+        meta = {
+            "name": self.name,
+            "user_ids": self.user_ids,
+            "item_ids": self.item_ids,
+            "titles": self.titles,
+            "fields": [
+                {"name": f.name, "kind": f.kind, "vocab": f.vocab, "band_edges": f.band_edges}
+                for f in self.fields
+            ],
+            "extras": list(self.extras),
+            "extra_labels": self.extra_labels,
+            "report": self.report.to_dict(),
+        }
+        _atomic(directory / "data.json", lambda p: p.write_text(json.dumps(meta)))
+
+    @classmethod
+    def load(cls, directory: Path) -> Dataset:
+        arrays = load_file(str(directory / "data.safetensors"))
+        meta = json.loads((directory / "data.json").read_text())
+        fields_ = [
+            ItemField(f["name"], f["kind"], f["vocab"], arrays[f"field.{f['name']}"], f["band_edges"])
+            for f in meta["fields"]
+        ]
+        report = LoadReport(**meta["report"])
+        return cls(
+            name=meta["name"],
+            user_ids=meta["user_ids"],
+            item_ids=meta["item_ids"],
+            offsets=arrays["offsets"],
+            items=arrays["items"],
+            timestamps=arrays["timestamps"],
+            titles=meta["titles"],
+            fields=fields_,
+            extras={name: arrays[f"extra.{name}"] for name in meta["extras"]},
+            extra_labels=meta["extra_labels"],
+            report=report,
+        )
+
+
+def _atomic(path: Path, write) -> None:
+    """Write to a temporary sibling, then rename: a crash never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------------- building
+def from_frames(
+    name: str,
+    interactions: pl.DataFrame,
+    catalog: pl.DataFrame | None = None,
+    *,
+    price_bands: int = 5,
+    list_separator: str = "|",
+    report: LoadReport | None = None,
+    extra_labels: dict[str, list[str]] | None = None,
+) -> Dataset:
+    """Build a Dataset from validated frames.
+
+    ``interactions`` has string ``user_id``, ``item_id`` and numeric ``timestamp`` columns;
+    any other integer columns are kept as per-event extras. ``catalog`` has a string
+    ``item_id`` and any attribute or text columns (all strings; numeric ones are detected).
+    Ties in time keep file order.
+    """
+    report = report or LoadReport()
+    catalog_ids = catalog["item_id"] if catalog is not None else pl.Series("item_id", [], pl.String)
+    all_items = pl.concat([catalog_ids, interactions["item_id"]]).unique(maintain_order=True)
+    item_ids = [""] + all_items.to_list()
+    item_lookup = pl.DataFrame({"item_id": all_items, "_item": np.arange(1, len(all_items) + 1)})
+
+    users = interactions["user_id"].unique(maintain_order=True)
+    user_lookup = pl.DataFrame({"user_id": users, "_user": np.arange(len(users))})
+
+    events = (
+        interactions.with_row_index("_row")
+        .join(user_lookup, on="user_id", how="left")
+        .join(item_lookup, on="item_id", how="left")
+        .sort(["_user", "timestamp", "_row"])
+    )
+    counts = np.bincount(events["_user"].to_numpy(), minlength=len(users))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    extras = {
+        c: events[c].to_numpy().astype(np.int64)
+        for c in interactions.columns
+        if c not in ("user_id", "item_id", "timestamp")
+    }
+
+    if catalog is not None:
+        missing = interactions.filter(~pl.col("item_id").is_in(catalog["item_id"].implode()))
+        n_missing = missing["item_id"].n_unique()
+        if n_missing:
+            report.notes.append(
+                f"{n_missing} item(s) in the interactions are not in the catalog "
+                f"(e.g. {missing['item_id'][0]!r}); they get no attributes"
+            )
+    titles, item_fields = _catalog_fields(
+        catalog, item_lookup, len(item_ids), price_bands=price_bands, sep=list_separator
+    )
+    return Dataset(
+        name=name,
+        user_ids=users.to_list(),
+        item_ids=item_ids,
+        offsets=offsets,
+        items=events["_item"].to_numpy().astype(np.int64),
+        timestamps=events["timestamp"].to_numpy().astype(np.float64),
+        titles=titles,
+        fields=item_fields,
+        extras=extras,
+        extra_labels=extra_labels or {},
+        report=report,
+    )
+
+
+def _catalog_fields(
+    catalog: pl.DataFrame | None, item_lookup: pl.DataFrame, n_rows: int, *, price_bands: int, sep: str
+) -> tuple[list[str] | None, list[ItemField]]:
+    if catalog is None:
+        return None, []
+    cat = catalog.join(item_lookup, on="item_id", how="left")
+    index = cat["_item"].to_numpy()
+    titles = None
+    fields_: list[ItemField] = []
+    for column in catalog.columns:
+        if column in RESERVED:
+            continue
+        series = cat[column]
+        if column.lower() in TEXT_COLUMNS:
+            if titles is None and column.lower() in ("title", "name"):
+                titles = [""] * n_rows
+                for i, t in zip(index, series.to_list(), strict=True):
+                    titles[i] = t or ""
+            continue
+        if series.dtype == pl.List(pl.String):
+            fields_.append(_multi_field(column, series.to_list(), index, n_rows))
+            continue
+        numeric = series.cast(pl.Float64, strict=False)
+        if series.null_count() < len(series) and numeric.null_count() == series.null_count():
+            fields_.append(_numeric_field(column, numeric.to_numpy(), index, n_rows, price_bands))
+        elif series.str.contains(sep, literal=True).any():
+            values = [None if v is None else [s.strip() for s in v.split(sep) if s.strip()] for v in series]
+            fields_.append(_multi_field(column, values, index, n_rows))
+        else:
+            fields_.append(_multi_field(column, [None if v is None else [v] for v in series], index, n_rows))
+            fields_[-1].kind = "categorical"
+    return titles, fields_
+
+
+def _multi_field(name: str, values: list[list[str] | None], index: np.ndarray, n_rows: int) -> ItemField:
+    vocab: dict[str, int] = {}
+    width = max((len(v) for v in values if v), default=1)
+    matrix = np.zeros((n_rows, width), dtype=np.int64)
+    for row, vals in zip(index, values, strict=True):
+        for j, v in enumerate(dict.fromkeys(vals or ())):
+            matrix[row, j] = vocab.setdefault(v, len(vocab) + 1)
+    return ItemField(name, "multi", ["<none>", *vocab], matrix)
+
+
+def _numeric_field(name: str, values: np.ndarray, index: np.ndarray, n_rows: int, bands: int) -> ItemField:
+    present = ~np.isnan(values)
+    edges = np.unique(np.quantile(values[present], np.linspace(0, 1, bands + 1)[1:-1]))
+    band = np.searchsorted(edges, values[present], side="right") + 1  # 1..len(edges)+1
+    matrix = np.zeros((n_rows, 1), dtype=np.int64)
+    matrix[index[present], 0] = band
+    bounds = [float(values[present].min()), *edges.tolist(), float(values[present].max())]
+    vocab = ["<none>"] + [
+        f"band{b} ({_fmt(bounds[b - 1])}-{_fmt(bounds[b])})" for b in range(1, len(edges) + 2)
+    ]
+    return ItemField(name, "numeric", vocab, matrix, edges.tolist())
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.0f}" if abs(x) >= 10 else f"{x:.2g}"

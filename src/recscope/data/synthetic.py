@@ -1,0 +1,252 @@
+"""The built-in synthetic shop: a deterministic catalog and users whose purchases have planted causes.
+
+Every purchase records the mechanism that produced it and, when one history item alone
+caused it, that item's position in the user's history: the ground truth that scores
+explanations. Mechanisms:
+
+- ``accessory_after_device``: an accessory made for a device the user bought earlier
+  (same brand, the accessory names the device model). Cause: the device.
+- ``brand_loyalty``: another product of a brand the user bought before, in the same
+  department. Cause: that earlier item, when it is the only one of its brand in the history.
+- ``category_interest``: a product from the user's favourite departments. No single cause.
+- ``popularity``: a popular product, whatever the user's taste (noise). No single cause.
+
+``synthetic:users=3000,items=700,seed=0`` changes the size and seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import polars as pl
+
+from recscope.config import DataConfig
+from recscope.data.dataset import Dataset, from_frames
+from recscope.errors import DataError
+
+MECHANISMS = ["category_interest", "accessory_after_device", "brand_loyalty", "popularity"]
+
+# department -> (subcategory, is_device_category, nouns)
+DEPARTMENTS: dict[str, list[tuple[str, bool, list[str]]]] = {
+    "Electronics": [
+        ("Phones", True, ["Phone"]),
+        ("Laptops", True, ["Laptop", "Notebook"]),
+        ("Cameras", True, ["Camera"]),
+        ("Audio", False, ["Earbuds", "Speaker", "Headphones", "Soundbar"]),
+    ],
+    "Home": [
+        ("Coffee machines", True, ["Espresso Machine", "Coffee Maker"]),
+        ("Kitchen", False, ["Knife Set", "Pan", "Kettle", "Blender", "Cutting Board"]),
+        ("Decor", False, ["Lamp", "Vase", "Rug", "Cushion", "Mirror"]),
+    ],
+    "Sports": [
+        ("Bikes", True, ["Road Bike", "Mountain Bike"]),
+        ("Running", False, ["Running Shoes", "Shorts", "Watch", "Jacket"]),
+        ("Yoga", False, ["Yoga Mat", "Block", "Strap", "Leggings"]),
+    ],
+    "Beauty": [
+        ("Skincare", False, ["Serum", "Moisturizer", "Cleanser", "Sunscreen", "Toner"]),
+        ("Makeup", False, ["Lipstick", "Mascara", "Foundation", "Palette"]),
+        ("Hair", False, ["Shampoo", "Conditioner", "Hair Oil", "Dryer"]),
+    ],
+}
+ACCESSORIES = {
+    "Phones": ["Case", "Screen Protector", "Charger"],
+    "Laptops": ["Sleeve", "Dock", "Charger"],
+    "Cameras": ["Lens", "Tripod", "Memory Card"],
+    "Coffee machines": ["Descaler", "Milk Frother", "Filter Pack"],
+    "Bikes": ["Helmet", "Bike Light", "Lock"],
+}
+BRANDS = {
+    "Electronics": ["Voltra", "Nimbus", "Quanta", "Pixelo"],
+    "Home": ["Casa", "Brewster", "Hearth", "Lumen"],
+    "Sports": ["Stride", "Apex", "Zenfit", "Velo"],
+    "Beauty": ["Glow", "Petal", "Aurea", "Silk"],
+}
+ADJECTIVES = ["Classic", "Pro", "Lite", "Ultra", "Eco", "Smart", "Mini", "Max", "Air", "Prime"]
+PRICE_BASE = {"device": 600.0, "accessory": 30.0, "regular": 45.0}
+
+
+@dataclass(frozen=True)
+class ShopConfig:
+    users: int = 3000  # (int) shoppers
+    items: int = 700  # (int) approximate catalog size
+    seed: int = 0  # (int) everything follows from this seed
+    min_len: int = 6  # (int) shortest purchase history
+    max_len: int = 30  # (int) longest purchase history
+    p_accessory: float = 0.45  # (float) chance a purchase is an accessory for an owned device
+    p_brand: float = 0.25  # (float) chance a purchase follows brand loyalty
+    p_popularity: float = 0.1  # (float) chance a purchase is popularity noise
+
+
+def parse_spec(rest: str) -> ShopConfig:
+    known = {f.name: f.type for f in fields(ShopConfig)}
+    values: dict[str, object] = {}
+    for part in filter(None, rest.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep or key not in known:
+            raise DataError(
+                f"synthetic option {part!r} is not key=value with a known key",
+                fix=f"known keys: {', '.join(known)}; e.g. synthetic:users=500,seed=1",
+            )
+        try:
+            values[key] = float(value) if known[key] in ("float", float) else int(value)
+        except ValueError:
+            raise DataError(f"synthetic option {key}={value!r} is not a number") from None
+    return ShopConfig(**values)
+
+
+def load_synthetic(rest: str, config: DataConfig) -> Dataset:
+    shop = parse_spec(rest)
+    interactions, catalog = generate(shop)
+    name = "synthetic" + (f"-{rest.replace(',', '-').replace('=', '')}" if rest else "")
+    return from_frames(
+        name,
+        interactions,
+        catalog,
+        price_bands=config.price_bands,
+        list_separator=config.list_separator,
+        extra_labels={"mechanism": MECHANISMS},
+    )
+
+
+def generate(shop: ShopConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(interactions, catalog). Interactions carry ``mechanism`` (code) and ``cause`` (position or -1)."""
+    rng = np.random.default_rng(shop.seed)
+    catalog = _make_catalog(shop, rng)
+    n = len(catalog["item_id"])
+    department = np.array(catalog["department"])
+    brand = np.array(catalog["brand"])
+    kind = np.array(catalog["kind"])
+    device_of = np.array(catalog["device_of"])  # accessory -> index of its device, else -1
+    popularity = rng.zipf(1.6, size=n).astype(float)
+    popularity = np.minimum(popularity, 200.0)
+    popularity /= popularity.sum()
+    accessories = {d: np.flatnonzero(device_of == d) for d in np.flatnonzero(kind == "device")}
+    departments = list(DEPARTMENTS)
+    dept_index = np.array([departments.index(d) for d in department])
+
+    rows_user, rows_item, rows_time, rows_mech, rows_cause = [], [], [], [], []
+    for u in range(shop.users):
+        taste = rng.dirichlet(np.full(len(departments), 0.4))
+        length = int(rng.integers(shop.min_len, shop.max_len + 1))
+        t = float(rng.integers(0, 365)) * 86400.0
+        history: list[int] = []
+        owned = np.zeros(n, dtype=bool)
+        for _ in range(length):
+            item, mech, cause = _next_purchase(
+                rng, shop, history, owned, taste, dept_index, brand, kind, accessories, popularity
+            )
+            if item < 0:
+                break
+            rows_user.append(f"U{u:05d}")
+            rows_item.append(catalog["item_id"][item])
+            rows_time.append(t)
+            rows_mech.append(MECHANISMS.index(mech))
+            rows_cause.append(cause)
+            history.append(item)
+            owned[item] = True
+            t += float(rng.integers(1, 15)) * 86400.0 + float(rng.integers(0, 86400))
+    interactions = pl.DataFrame(
+        {
+            "user_id": rows_user,
+            "item_id": rows_item,
+            "timestamp": rows_time,
+            "mechanism": rows_mech,
+            "cause": rows_cause,
+        }
+    )
+    frame = pl.DataFrame(
+        {
+            "item_id": catalog["item_id"],
+            "title": catalog["title"],
+            "brand": catalog["brand"],
+            "category": [f"{d}|{s}" for d, s in zip(catalog["department"], catalog["subcategory"], strict=True)],
+            "price": [f"{p:.2f}" for p in catalog["price"]],
+        }
+    )
+    return interactions, frame
+
+
+def _next_purchase(rng, shop, history, owned, taste, dept_index, brand, kind, accessories, popularity):
+    """One purchase: (item, mechanism, cause position or -1). Never repeats an owned item."""
+    roll = rng.random()
+    if roll < shop.p_accessory:
+        # Devices in the recent history that still have accessories to buy.
+        recent = range(max(0, len(history) - 12), len(history))
+        devices = [p for p in recent if kind[history[p]] == "device" and (~owned[accessories[history[p]]]).any()]
+        if devices:
+            pos = devices[rng.integers(len(devices))]
+            choices = accessories[history[pos]][~owned[accessories[history[pos]]]]
+            return int(rng.choice(choices)), "accessory_after_device", pos
+        roll = shop.p_accessory + rng.random() * (1 - shop.p_accessory)  # fall through to another mechanism
+    if roll < shop.p_accessory + shop.p_brand and history:
+        pos = int(rng.integers(max(0, len(history) - 10), len(history)))
+        anchor = history[pos]
+        same = (brand == brand[anchor]) & (dept_index == dept_index[anchor]) & (kind != "accessory") & ~owned
+        if same.any():
+            weights = popularity * same
+            item = int(rng.choice(len(owned), p=weights / weights.sum()))
+            brands_in_history = [brand[h] for h in history]
+            cause = pos if brands_in_history.count(brand[anchor]) == 1 else -1
+            return item, "brand_loyalty", cause
+    if roll > 1 - shop.p_popularity:
+        weights = popularity * ~owned * (kind != "accessory")
+        return int(rng.choice(len(owned), p=weights / weights.sum())), "popularity", -1
+    dept = rng.choice(len(taste), p=taste)
+    weights = popularity * (dept_index == dept) * (kind != "accessory") * ~owned
+    if weights.sum() == 0:
+        weights = popularity * (kind != "accessory") * ~owned
+    if weights.sum() == 0:
+        return -1, "", -1
+    return int(rng.choice(len(owned), p=weights / weights.sum())), "category_interest", -1
+
+
+def _make_catalog(shop: ShopConfig, rng: np.random.Generator) -> dict[str, list]:
+    """Devices with their accessories, and regular products, spread over departments and brands."""
+    cols: dict[str, list] = {k: [] for k in ("item_id", "title", "brand", "department", "subcategory", "kind", "price", "device_of")}
+    n_subcats = sum(len(v) for v in DEPARTMENTS.values())
+    per_regular_subcat = max(4, shop.items // (n_subcats + 8))
+
+    def add(title, brand, dept, sub, kind, price, device_of=-1):
+        cols["item_id"].append(f"P{len(cols['item_id']) + 1:04d}")
+        cols["title"].append(title)
+        cols["brand"].append(brand)
+        cols["department"].append(dept)
+        cols["subcategory"].append(sub)
+        cols["kind"].append(kind)
+        cols["price"].append(round(price, 2))
+        cols["device_of"].append(device_of)
+
+    for dept, subcats in DEPARTMENTS.items():
+        for sub, is_device, nouns in subcats:
+            if is_device:
+                for b in BRANDS[dept]:
+                    for m in range(max(1, per_regular_subcat // 8)):
+                        model = f"{nouns[m % len(nouns)]} {ADJECTIVES[rng.integers(len(ADJECTIVES))]} {m + 1}"
+                        device = len(cols["item_id"])
+                        add(f"{b} {model}", b, dept, sub, "device", PRICE_BASE["device"] * rng.lognormal(0, 0.4))
+                        for acc in ACCESSORIES[sub]:
+                            add(
+                                f"{b} {acc} for {model}",
+                                b,
+                                dept,
+                                f"{sub} accessories",
+                                "accessory",
+                                PRICE_BASE["accessory"] * rng.lognormal(0, 0.5),
+                                device,
+                            )
+            else:
+                for k in range(per_regular_subcat):
+                    b = BRANDS[dept][rng.integers(len(BRANDS[dept]))]
+                    noun = nouns[k % len(nouns)]
+                    adj = ADJECTIVES[rng.integers(len(ADJECTIVES))]
+                    add(f"{b} {adj} {noun}", b, dept, sub, "regular", PRICE_BASE["regular"] * rng.lognormal(0, 0.7))
+    # Titles must be unique for people to tell items apart.
+    seen: dict[str, int] = {}
+    for i, title in enumerate(cols["title"]):
+        seen[title] = seen.get(title, 0) + 1
+        if seen[title] > 1:
+            cols["title"][i] = f"{title} ({seen[title]})"
+    return cols

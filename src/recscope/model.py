@@ -1,0 +1,200 @@
+"""The whole recommender in one file: a SASRec-style causal Transformer over item tokens.
+
+An item token is the sum of fields: the item-id embedding, one embedding per catalog
+attribute (mean over multi-valued cells), and optionally a projected text embedding.
+Scores are dot products of the last hidden state with the same fused item table
+(input and output embeddings are tied), over the full catalog.
+
+Attention is an output: ``forward(..., output_attentions=True)`` returns every layer's
+``(B, H, T, T)`` weights in ``SeqRecOutput.attentions``. Training may use torch's fused
+attention kernel; asking for attentions always takes the eager path, and
+``tests/test_model.py`` shows both give the same scores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recscope.config import ModelConfig
+
+
+@dataclass
+class SeqRecOutput:
+    hidden: Tensor  # (B, T, C) final hidden state at every position
+    attentions: tuple[Tensor, ...] | None = None  # n_layers x (B, H, T, T), rows sum to 1
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        assert cfg.d_model % cfg.n_heads == 0, "d_model must be divisible by n_heads"
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.attn_dropout = cfg.attn_dropout
+        self.fused = cfg.fused_attention
+
+    def forward(self, x: Tensor, allowed: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        p = self.attn_dropout if self.training else 0.0
+        if self.fused and not need_weights:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
+            weights = None
+        else:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, H, T, T)
+            weights = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+            y = F.dropout(weights, p, self.training) @ v
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.proj(y), weights
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, 4 * cfg.d_model),
+            nn.GELU(),
+            nn.Linear(4 * cfg.d_model, cfg.d_model),
+            nn.Dropout(cfg.dropout),
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, allowed: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        a, weights = self.attn(self.ln1(x), allowed, need_weights)
+        x = x + self.dropout(a)
+        x = x + self.mlp(self.ln2(x))
+        return x, weights
+
+
+class SeqRec(nn.Module):
+    """Causal Transformer recommender. Item index 0 is padding; real items are 1..n_items."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        C = cfg.d_model
+        self.item_emb = nn.Embedding(cfg.n_items + 1, C, padding_idx=0)
+        fields_ = cfg.fields if cfg.use_attributes else ()
+        self.field_names = [name for name, _, _ in fields_]
+        self.field_emb = nn.ModuleList(nn.Embedding(size, C, padding_idx=0) for _, size, _ in fields_)
+        for i, (_, _, width) in enumerate(fields_):
+            # (n_items + 1, width) value indices per item; set by set_item_fields, saved with the weights
+            self.register_buffer(f"field_values_{i}", torch.zeros(cfg.n_items + 1, width, dtype=torch.long))
+        if cfg.text_dim:
+            self.register_buffer("text_vectors", torch.zeros(cfg.n_items + 1, cfg.text_dim))
+            self.text_proj = nn.Linear(cfg.text_dim, C, bias=False)
+        self.pos_emb = nn.Embedding(cfg.max_len, C)
+        self.emb_dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(C)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+
+    def set_item_fields(self, values: dict[str, Tensor], text: Tensor | None = None) -> None:
+        """Attach the catalog: per field an (n_items + 1, width) long tensor of value indices."""
+        for i, name in enumerate(self.field_names):
+            getattr(self, f"field_values_{i}").copy_(values[name])
+        if text is not None and self.cfg.text_dim:
+            self.text_vectors.copy_(text)
+
+    # ------------------------------------------------------------------ item tokens
+    def field_embeddings(self, items: Tensor) -> dict[str, Tensor]:
+        """Each field's contribution to the tokens of ``items`` (any shape S): name -> (*S, C)."""
+        parts = {"id": self.item_emb(items)}
+        for i, name in enumerate(self.field_names):
+            values = getattr(self, f"field_values_{i}")[items]  # (*S, width)
+            emb = self.field_emb[i](values)  # (*S, width, C), padding rows are zero
+            count = (values > 0).sum(-1, keepdim=True).clamp(min=1)
+            parts[name] = emb.sum(-2) / count
+        if self.cfg.text_dim:
+            parts["text"] = self.text_proj(self.text_vectors[items])
+        return parts
+
+    def item_tokens(self, items: Tensor) -> Tensor:
+        """(*S) item indices -> (*S, C) fused item tokens (sum of the fields)."""
+        parts = self.field_embeddings(items)
+        return torch.stack(list(parts.values())).sum(0)
+
+    def item_table(self) -> Tensor:
+        """(n_items + 1, C) the scoring table: every item's fused token."""
+        return self.item_tokens(torch.arange(self.cfg.n_items + 1, device=self.item_emb.weight.device))
+
+    # ------------------------------------------------------------------ encoder
+    def forward(
+        self, items: Tensor, tokens: Tensor | None = None, output_attentions: bool = False
+    ) -> SeqRecOutput:
+        """items: (B, T) left-padded item indices. ``tokens`` (B, T, C) replaces the item tokens
+        (used by gradient explainers); padding positions are still taken from ``items``."""
+        B, T = items.shape
+        if T > self.cfg.max_len:
+            items = items[:, -self.cfg.max_len :]
+            tokens = tokens[:, -self.cfg.max_len :] if tokens is not None else None
+            T = self.cfg.max_len
+        valid = items > 0  # (B, T)
+        if tokens is None:
+            tokens = self.item_tokens(items)
+        pos = torch.arange(self.cfg.max_len - T, self.cfg.max_len, device=items.device)
+        x = tokens * math.sqrt(self.cfg.d_model) + self.pos_emb(pos)
+        x = self.emb_dropout(x * valid.unsqueeze(-1))  # (B, T, C)
+        causal = torch.ones(T, T, dtype=torch.bool, device=items.device).tril()
+        # Padding keys are hidden; a padding query may see itself so no softmax row is empty.
+        allowed = (causal & valid[:, None, None, :]) | torch.eye(T, dtype=torch.bool, device=items.device)
+        attentions = []
+        for block in self.blocks:
+            x, weights = block(x, allowed, output_attentions)
+            if output_attentions:
+                attentions.append(weights)
+        hidden = self.ln_f(x)
+        return SeqRecOutput(hidden, tuple(attentions) if output_attentions else None)
+
+    # ------------------------------------------------------------------ train / predict
+    def loss(
+        self, inputs: Tensor, targets: Tensor, negatives: Tensor | None = None, reduction: str = "mean"
+    ) -> Tensor:
+        """Next-item cross-entropy at every real position (inputs and targets (B, T)).
+
+        Full softmax over the catalog by default; with ``negatives`` (N,) a sampled softmax
+        over the target and those shared negatives (a negative equal to the target is masked).
+        """
+        hidden = self(inputs).hidden
+        mask = (inputs > 0) & (targets > 0)
+        h = hidden[mask]  # (n, C): logits only where there is something to predict
+        y = targets[mask]  # (n,)
+        table = self.item_table()
+        if negatives is None:
+            logits = h @ table[1:].T  # (n, n_items)
+            return F.cross_entropy(logits, y - 1, reduction=reduction)
+        pos = (h * table[y]).sum(-1, keepdim=True)  # (n, 1)
+        neg = h @ table[negatives].T  # (n, N)
+        neg = neg.masked_fill(negatives[None, :] == y[:, None], float("-inf"))
+        logits = torch.cat([pos, neg], dim=1)
+        return F.cross_entropy(logits, torch.zeros_like(y), reduction=reduction)
+
+    @torch.no_grad()
+    def score(self, items: Tensor, table: Tensor | None = None) -> Tensor:
+        """(B, T) histories -> (B, n_items + 1) scores for the next item; column 0 is -inf."""
+        hidden = self(items).hidden[:, -1]  # (B, C)
+        table = self.item_table() if table is None else table
+        scores = hidden @ table.T
+        scores[:, 0] = float("-inf")
+        return scores

@@ -1,0 +1,117 @@
+"""The Python API a notebook user calls; the CLI and the service wrap it.
+
+    rec = Recommender.load("runs/beauty")
+    rec.recommend(user="42", k=10)                 # a known user's next items
+    rec.recommend(history=["B001", "B002"], k=10)  # anyone, from item ids
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recscope.data import Dataset, make_split
+from recscope.errors import RunError
+from recscope.evaluate import ItemKNNScorer, PopularityScorer, evaluate, model_scorer
+from recscope.model import SeqRec
+from recscope.run import RunInfo, load_data, load_model, save_info
+
+
+@dataclass
+class Recommendation:
+    rank: int  # 1-based
+    item_id: str
+    title: str
+    score: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Recommender:
+    def __init__(self, model: SeqRec, data: Dataset, info: RunInfo, path: Path | None = None):
+        self.model, self.data, self.info, self.path = model, data, info, path
+        self.config = info.config
+        with torch.no_grad():
+            self._table = model.item_table()
+
+    @classmethod
+    def load(cls, run: str | Path) -> Recommender:
+        model, info = load_model(Path(run))
+        return cls(model, load_data(Path(run)), info, Path(run))
+
+    # ------------------------------------------------------------------ histories
+    def history(self, user: str) -> np.ndarray:
+        """The known user's whole history (dense item indices, oldest first)."""
+        return self.data.sequence(self.data.user_index(user))
+
+    def history_from_ids(self, item_ids: list[str]) -> np.ndarray:
+        if not item_ids:
+            raise RunError("the history is empty", fix="pass at least one item id")
+        return np.array([self.data.item_index(i) for i in item_ids], dtype=np.int64)
+
+    def _resolve(self, user: str | None, history: list[str] | None) -> np.ndarray:
+        if (user is None) == (history is None):
+            raise RunError("pass exactly one of user=... or history=[...]")
+        return self.history(user) if user is not None else self.history_from_ids(history)
+
+    def tensor(self, history: np.ndarray) -> torch.Tensor:
+        """(1, T) the last max_len items of a history, as the model reads them."""
+        return torch.from_numpy(np.asarray(history[-self.config.model.max_len :], dtype=np.int64))[None, :]
+
+    # ------------------------------------------------------------------ recommend
+    def scores(self, history: np.ndarray, exclude_history: bool = True) -> torch.Tensor:
+        """(n_items + 1,) next-item scores; padding and (by default) owned items are -inf."""
+        scores = self.model.score(self.tensor(history), self._table)[0]
+        if exclude_history:
+            scores[torch.from_numpy(np.asarray(history, dtype=np.int64))] = float("-inf")
+        return scores
+
+    def recommend(
+        self,
+        user: str | None = None,
+        *,
+        history: list[str] | None = None,
+        k: int = 10,
+        exclude_history: bool = True,
+    ) -> list[Recommendation]:
+        hist = self._resolve(user, history)
+        scores = self.scores(hist, exclude_history)
+        k = min(k, int(torch.isfinite(scores).sum()))
+        top = torch.topk(scores, k)
+        return [
+            Recommendation(rank + 1, self.data.item_ids[i], self.data.title(i), float(s))
+            for rank, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True))
+        ]
+
+    # ------------------------------------------------------------------ evaluate
+    def evaluate(self, split: str = "test", protocol: str = "full", baselines: bool = False) -> dict[str, dict]:
+        """Metrics of the model (and optionally the baselines) on valid or test; stored in run.json."""
+        if split not in ("valid", "test"):
+            raise RunError(f"unknown split {split!r}", fix="use valid or test")
+        if protocol not in ("full", "sampled"):
+            raise RunError(f"unknown protocol {protocol!r}", fix="use full or sampled")
+        cfg = self.config
+        parts = make_split(self.data, cfg.data.split, cfg.data.temporal_valid, cfg.data.temporal_test)
+        cases = getattr(parts, split)
+        kwargs = dict(
+            protocol=protocol,
+            exclude_history=cfg.eval.exclude_history,
+            num_negatives=cfg.eval.num_negatives,
+            batch_size=cfg.eval.batch_size,
+        )
+        scorers = {"recscope": model_scorer(self.model)}
+        if baselines:
+            scorers["popularity"] = PopularityScorer(self.data, parts.train_len)
+            scorers["item-kNN"] = ItemKNNScorer(self.data, parts.train_len)
+        results = {
+            name: evaluate(scorer, self.data, cases, cfg.model.max_len, cfg.eval.ks, **kwargs)
+            for name, scorer in scorers.items()
+        }
+        if self.path is not None:
+            self.info.state.setdefault("evaluations", {})[f"{split}/{protocol}"] = results
+            save_info(self.path, self.info)
+        return results

@@ -1,0 +1,1 @@
+"""Pictures of explanations: static figures (matplotlib)."""
