@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -130,31 +131,100 @@ def recommend(
 def explain(
     run: Annotated[Path, typer.Argument(help="run directory")],
     user: Annotated[str, typer.Option("--user", help="a user id from the training data")],
-    png: Annotated[Path | None, typer.Option("--png", help="write the attention heatmap here")] = None,
-    top: Annotated[int, typer.Option("--top", help="history items to list")] = 5,
+    item: Annotated[str | None, typer.Option("--item", help="explain this item (default: the top K)")] = None,
+    top: Annotated[int, typer.Option("--top", help="explain the top K recommendations")] = 10,
+    method: Annotated[str | None, typer.Option("--method", help="occlusion | integrated_gradients | grad_input | rollout | attention | all (default: the measured best)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    png: Annotated[Path | None, typer.Option("--png", help="heatmap: history items x recommended items")] = None,
+    attention_png: Annotated[Path | None, typer.Option("--attention-png", help="final-position attention per layer x head")] = None,
 ) -> None:
-    """The final position's attention over the user's history, per layer and head."""
-    from recscope.explain.attention import final_position_attention
+    """Why each recommended item: history and attribute attributions, counterfactual, a sentence."""
+    from recscope.explain.api import METHODS
     from recscope.recommend import Recommender
 
     rec = Recommender.load(run)
-    view = final_position_attention(rec.model, rec.tensor(rec.history(user)))
-    titles = [rec.data.title(i) for i in view.items]
-    mean = view.mean()
-    table = Table(title=f"user {user}: history items the final position attends to most (last layer, head mean)")
-    for col in ("position", "item_id", "title", "attention"):
-        table.add_column(col)
-    order = mean.argsort()[::-1][:top]
-    for p in order:
-        table.add_row(str(p + 1), rec.data.item_ids[view.items[p]], titles[p], f"{mean[p]:.3f}")
-    out.print(table)
-    out.print("[dim]Attention from the final position is the same whatever item is scored: it shows "
-              "what the model read, not why one item beat another.[/]")
+    chosen = method or rec.default_method()
+    methods = list(METHODS) if chosen == "all" else [chosen]
+    results = {m: rec.explain(user, item, top=top, method=m, attentions=as_json) for m in methods}
+    if as_json:
+        payload = {m: [e.to_dict() for e in ex] for m, ex in results.items()}
+        out.print_json(json.dumps(payload if chosen == "all" else {"user": user, "method": chosen, "explanations": payload[chosen]}))
+    else:
+        for m, explanations in results.items():
+            _print_explanations(m, explanations, rec.default_method())
     if png:
+        from recscope.viz.figures import attribution_heatmap
+
+        explanations = results[methods[0]]
+        weights = np.array([[h.weight for h in e.history] for e in explanations]).T  # (T, K)
+        attribution_heatmap(
+            weights,
+            [h.title for h in explanations[0].history],
+            [f"{e.rank}. {e.title}" for e in explanations],
+            png,
+            title=f"user {user}: why these items ({methods[0]})",
+        )
+        out.print(f"heatmap: {png}")
+    if attention_png:
+        from recscope.explain.attention import final_position_attention
         from recscope.viz.figures import attention_heatmap
 
-        attention_heatmap(view.weights, titles, png, title=f"user {user}: final-position attention")
-        out.print(f"heatmap: {png}")
+        view = final_position_attention(rec.model, rec.tensor(rec.history(user)))
+        attention_heatmap(view.weights, [rec.data.title(i) for i in view.items], attention_png,
+                          title=f"user {user}: final-position attention")
+        out.print(f"attention heatmap: {attention_png}")
+
+
+def _print_explanations(method: str, explanations, default: str) -> None:
+    label = f"{method} (default)" if method == default else method
+    for e in explanations:
+        out.print(f"\n[bold]#{e.rank} {escape(e.title)}[/] ({escape(e.item_id)}) score {e.score:.3f}  [dim]{label}[/]")
+        out.print(f"  {escape(e.sentence)}")
+        for h in e.top(3):
+            out.print(f"    {h.weight:+.3f}  {escape(h.title)}")
+        attrs = list(e.attributes_candidate.items())[:3]
+        out.print("  candidate: " + ", ".join(f"{escape(k)} {v:+.2f}" for k, v in attrs))
+
+
+@app.command("explain-eval")
+def explain_eval(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    users: Annotated[int, typer.Option("--users", help="test users to explain")] = 200,
+    methods: Annotated[str | None, typer.Option("--methods", help="comma-separated methods (default: all)")] = None,
+    k: Annotated[int, typer.Option("--k", help="explain each user's top K")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Measure how faithful each explanation method is; the best becomes the run's default."""
+    from recscope.explain.faithfulness import evaluate_faithfulness
+    from recscope.recommend import Recommender
+    from recscope.run import save_info
+
+    rec = Recommender.load(run)
+    result = evaluate_faithfulness(rec, users=users, methods=methods.split(",") if methods else None, k=k)
+    rec.info.state["explain_eval"] = result
+    save_info(Path(run), rec.info)
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    out.print(faithfulness_table(result))
+    out.print(f"default method: [bold]{result['default']}[/] (saved in {run}/run.json)")
+
+
+def faithfulness_table(result: dict) -> Table:
+    keys = [
+        ("comprehensiveness", "comp"), ("comprehensiveness_random", "comp rnd"), ("sufficiency", "suff"),
+        ("sufficiency_random", "suff rnd"), ("topk_exit_rate", "exit"), ("topk_exit_rate_random", "exit rnd"),
+        ("kendall_tau_loo", "tau LOO"), ("planted_hit@1", "planted@1"), ("planted_hit@3", "planted@3"),
+        ("ms_per_explanation", "ms"), ("ms_p99", "ms p99"),
+    ]
+    table = Table(title=f"{result['data']}: faithfulness over the top-{result['k']} of {result['users']} test users")
+    table.add_column("method")
+    for _, short in keys:
+        table.add_column(short, justify="right")
+    for name, m in result["methods"].items():
+        table.add_row(name + (" *" if name == result["default"] else ""), *(
+            f"{m[key]:.3f}" if key in m else "-" for key, _ in keys))
+    return table
 
 
 @app.command()

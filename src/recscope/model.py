@@ -113,9 +113,12 @@ class SeqRec(nn.Module):
     def set_item_fields(self, values: dict[str, Tensor], text: Tensor | None = None) -> None:
         """Attach the catalog: per field an (n_items + 1, width) long tensor of value indices."""
         for i, name in enumerate(self.field_names):
-            getattr(self, f"field_values_{i}").copy_(values[name])
+            buffer = getattr(self, f"field_values_{i}")
+            buffer.copy_(values[name])
+            buffer[0] = 0  # padding has no attributes: its token stays zero
         if text is not None and self.cfg.text_dim:
             self.text_vectors.copy_(text)
+            self.text_vectors[0] = 0
 
     # ------------------------------------------------------------------ item tokens
     def field_embeddings(self, items: Tensor) -> dict[str, Tensor]:

@@ -37,6 +37,7 @@ class Recommender:
         self.config = info.config
         with torch.no_grad():
             self._table = model.item_table()
+        self._explainers: dict = {}
 
     @classmethod
     def load(cls, run: str | Path) -> Recommender:
@@ -78,13 +79,94 @@ class Recommender:
         k: int = 10,
         exclude_history: bool = True,
     ) -> list[Recommendation]:
+        return self._top(self._resolve(user, history), k, exclude_history)
+
+    # ------------------------------------------------------------------ explain
+    def default_method(self) -> str:
+        """The method the faithfulness measurements chose for this run (explain-eval), else the fallback."""
+        from recscope.explain.api import FALLBACK_DEFAULT
+
+        measured = self.info.state.get("explain_eval", {})
+        return measured.get("default", FALLBACK_DEFAULT)
+
+    def explain(
+        self,
+        user: str | None = None,
+        item: str | None = None,
+        *,
+        history: list[str] | None = None,
+        top: int = 10,
+        method: str | None = None,
+        k: int = 10,
+        counterfactual: bool = True,
+        attentions: bool = False,
+    ):
+        """Explanations for one recommended item (``item=``) or the whole top-``top``.
+
+        An ``item`` outside the top-K is explained too: its rank says where it stands.
+        """
+        from recscope.explain.api import explain_items, make_explainer
+
         hist = self._resolve(user, history)
+        scores = self.scores(hist)
+        if item is not None:
+            target = self.data.item_index(item)
+            targets = [target]
+        else:
+            targets = torch.topk(scores, min(top, int(torch.isfinite(scores).sum()))).indices.tolist()
+        ranks = [int((scores > scores[t]).sum()) + 1 for t in targets]
+        explainer = self._explainers.get(method or self.default_method())
+        if explainer is None:
+            explainer = make_explainer(self.model, method or self.default_method())
+            self._explainers[explainer.name] = explainer
+        return explain_items(
+            explainer,
+            self.data,
+            hist,
+            targets,
+            scores=[float(scores[t]) for t in targets],
+            ranks=ranks,
+            user=user,
+            k=k,
+            counterfactual=counterfactual,
+            attentions=attentions,
+        )
+
+    def what_if(
+        self,
+        user: str | None = None,
+        *,
+        history: list[str] | None = None,
+        remove: list[str] = (),
+        add: list[str] = (),
+        k: int = 10,
+    ) -> dict:
+        """Re-rank an edited history: items removed from it and/or appended to it.
+
+        Returns the top-K before and after, and which items entered or left.
+        """
+        hist = self._resolve(user, history)
+        drop = {self.data.item_index(i) for i in remove}
+        edited = np.array([i for i in hist if i not in drop] + [self.data.item_index(i) for i in add], dtype=np.int64)
+        if len(edited) == 0:
+            raise RunError("the edited history is empty", fix="remove fewer items or add some")
+        before = self._top(hist, k)
+        after = self._top(edited, k)
+        ids_before = [r.item_id for r in before]
+        ids_after = [r.item_id for r in after]
+        return {
+            "before": [r.to_dict() for r in before],
+            "after": [r.to_dict() for r in after],
+            "entered": [i for i in ids_after if i not in ids_before],
+            "left": [i for i in ids_before if i not in ids_after],
+        }
+
+    def _top(self, hist: np.ndarray, k: int, exclude_history: bool = True) -> list[Recommendation]:
         scores = self.scores(hist, exclude_history)
-        k = min(k, int(torch.isfinite(scores).sum()))
-        top = torch.topk(scores, k)
+        top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum())))
         return [
-            Recommendation(rank + 1, self.data.item_ids[i], self.data.title(i), float(s))
-            for rank, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True))
+            Recommendation(r + 1, self.data.item_ids[i], self.data.title(i), float(s))
+            for r, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True))
         ]
 
     # ------------------------------------------------------------------ evaluate

@@ -5,7 +5,7 @@ caused it, that item's position in the user's history: the ground truth that sco
 explanations. Mechanisms:
 
 - ``accessory_after_device``: an accessory made for a device the user bought earlier
-  (same brand, the accessory names the device model). Cause: the device.
+  (same brand, the accessory names the device model; one accessory per device). Cause: the device.
 - ``brand_loyalty``: another product of a brand the user bought before, in the same
   department. Cause: that earlier item, when it is the only one of its brand in the history.
 - ``category_interest``: a product from the user's favourite departments. No single cause.
@@ -173,13 +173,13 @@ def _next_purchase(rng, shop, history, owned, taste, dept_index, brand, kind, ac
     """One purchase: (item, mechanism, cause position or -1). Never repeats an owned item."""
     roll = rng.random()
     if roll < shop.p_accessory:
-        # Devices in the recent history that still have accessories to buy.
+        # Recent devices with no accessory yet: one accessory per device, so the device is
+        # the only history item that points to it (no accessory-to-accessory shortcut).
         recent = range(max(0, len(history) - 12), len(history))
-        devices = [p for p in recent if kind[history[p]] == "device" and (~owned[accessories[history[p]]]).any()]
+        devices = [p for p in recent if kind[history[p]] == "device" and not owned[accessories[history[p]]].any()]
         if devices:
             pos = devices[rng.integers(len(devices))]
-            choices = accessories[history[pos]][~owned[accessories[history[pos]]]]
-            return int(rng.choice(choices)), "accessory_after_device", pos
+            return int(rng.choice(accessories[history[pos]])), "accessory_after_device", pos
         roll = shop.p_accessory + rng.random() * (1 - shop.p_accessory)  # fall through to another mechanism
     if roll < shop.p_accessory + shop.p_brand and history:
         pos = int(rng.integers(max(0, len(history) - 10), len(history)))

@@ -1,7 +1,8 @@
-"""The model's own attention, read from the final position (the one that scores the next item).
+"""Explanations read from the model's own attention, at the final position (the one that
+scores the next item).
 
-This view is target-independent: the final position's attention is the same whatever
-item is scored, so it says what the model looked at, not why one item beat another.
+Both are target-independent: the final position's attention is the same whatever item
+is scored, so they say what the model read, not why one item beat another.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recscope.explain.base import Explainer
 from recscope.model import SeqRec
 
 
@@ -25,9 +27,42 @@ class AttentionView:
 
 
 @torch.no_grad()
-def final_position_attention(model: SeqRec, history: torch.Tensor) -> AttentionView:
-    """history: (1, T) item indices without padding -> the final position's attention per layer/head."""
+def attention_maps(model: SeqRec, history: torch.Tensor) -> torch.Tensor:
+    """history (T,) without padding -> (n_layers, n_heads, T, T) attention weights."""
     model.eval()
-    out = model(history, output_attentions=True)
-    weights = torch.stack([a[0, :, -1, :] for a in out.attentions])  # (n_layers, n_heads, T)
-    return AttentionView(history[0].numpy(), weights.numpy())
+    out = model(history[None, :], output_attentions=True)
+    return torch.stack([a[0] for a in out.attentions])
+
+
+def final_position_attention(model: SeqRec, history: torch.Tensor) -> AttentionView:
+    """history (1, T) or (T,) -> the final position's attention per layer and head."""
+    history = history.reshape(-1)
+    maps = attention_maps(model, history)  # (L, H, T, T)
+    return AttentionView(history.numpy(), maps[:, :, -1, :].numpy())
+
+
+class AttentionExplainer(Explainer):
+    name = "attention"
+    target_dependent = False
+    description = "last layer's attention from the final position, mean over heads"
+
+    def attribute(self, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        maps = attention_maps(self.model, history)  # (L, H, T, T)
+        row = maps[-1, :, -1, :].mean(0)  # (T,)
+        return row.expand(len(targets), -1).clone()
+
+
+class RolloutExplainer(Explainer):
+    name = "rollout"
+    target_dependent = False
+    description = "attention rollout (Abnar & Zuidema 2020): heads averaged, residual added, layers multiplied"
+
+    def attribute(self, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        maps = attention_maps(self.model, history).mean(1)  # (L, T, T)
+        T = maps.shape[-1]
+        rollout = torch.eye(T)
+        for layer in maps:  # the residual stream carries half: A' = (A + I) / 2, rows renormalised
+            a = 0.5 * layer + 0.5 * torch.eye(T)
+            a = a / a.sum(-1, keepdim=True)
+            rollout = a @ rollout
+        return rollout[-1].expand(len(targets), -1).clone()

@@ -42,3 +42,38 @@ def attention_heatmap(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def attribution_heatmap(
+    weights: np.ndarray,
+    row_labels: list[str],
+    column_labels: list[str],
+    path: str | Path,
+    title: str,
+    unit: str = "attribution (score change)",
+) -> Path:
+    """weights (T, K): rows = history items (oldest at top), columns = recommended items.
+
+    A diverging map centred on zero: blue pushed the item up, red pushed it down.
+    """
+    T, K = weights.shape
+    limit = max(float(np.abs(weights).max()), 1e-6)
+    fig, ax = plt.subplots(figsize=(4.5 + 0.85 * K, max(2.8, 1.6 + 0.34 * T)))
+    image = ax.imshow(weights, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    ax.set_xticks(range(K), [shorten(c, 28) for c in column_labels], rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(T), [f"{i + 1}. {shorten(r, 44)}" for i, r in enumerate(row_labels)], fontsize=8)
+    ax.set_xlabel("recommended item (rank order)")
+    ax.set_ylabel("history (oldest at top)")
+    for r in range(T):
+        for c in range(K):
+            v = weights[r, c]
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6.5,
+                    color="white" if abs(v) > 0.6 * limit else "black")
+    fig.colorbar(image, ax=ax, label=unit, shrink=0.8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,190 @@
+"""Faithfulness, measured: does removing what a method calls important change the model's mind?
+
+Over the top-K recommendations of N test users (history = everything before the test
+item), per method:
+
+- comprehensiveness (ERASER, AOPC over k = 1..5): mean score drop when the k most
+  important history items are removed; higher is more faithful;
+- sufficiency (AOPC): mean score drop when only those k items are kept; lower is better;
+- the same two for k random items (the baseline a method must beat);
+- top-K exit rate: how often removing the 3 most important items pushes the item out of
+  the top-K (owned items stay excluded), against removing 3 random ones;
+- Kendall tau against leave-one-out (occlusion), per explanation, averaged;
+- on data with planted causes (the synthetic shop): over test events that have a single
+  cause, how often the cause is the method's top-1 / in its top-3 for the test item;
+- milliseconds per explanation (the method's batched call over a user's top-K, divided by K),
+  mean and p99.
+
+Removal means the item is taken out of the sequence (later items move up), as a user
+without that purchase would look. The default method is the one with the best mean rank
+over comprehensiveness, sufficiency, exit rate and (where present) planted hit@1.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import kendalltau
+
+from recscope.data import make_split
+from recscope.explain.api import METHODS, make_explainer
+from recscope.explain.occlusion import OcclusionExplainer, without
+
+MAX_REMOVED = 5
+EXIT_REMOVED = 3
+CRITERIA = {"comprehensiveness": 1, "sufficiency": -1, "topk_exit_rate": 1, "planted_hit@1": 1}  # 1 = higher is better
+
+
+@dataclass
+class _Case:
+    read: torch.Tensor  # (T,) the history the model reads
+    owned: torch.Tensor  # items excluded from ranking
+    targets: torch.Tensor  # (K,) recommended items
+    full: torch.Tensor  # (K,) their scores
+    loo: torch.Tensor  # (K, T) leave-one-out weights
+    random_order: torch.Tensor  # (T,) a random permutation of positions (shared by all methods)
+    cause: int | None = None  # planted cause position in `read`, for the test item
+    test_item: int | None = None
+
+
+def evaluate_faithfulness(rec, users: int = 200, methods: list[str] | None = None, k: int = 10, seed: int = 0) -> dict:
+    """Measure every method on the same cases; returns ``{"default": name, "methods": {...}, ...}``."""
+    methods = list(methods or METHODS)
+    model, data = rec.model, rec.data
+    table = rec._table
+    split = make_split(data, rec.config.data.split, rec.config.data.temporal_valid, rec.config.data.temporal_test)
+    rng = np.random.default_rng(seed)
+    test = split.test
+    eligible = np.flatnonzero(test.hist_len >= 2)
+    chosen = np.sort(rng.choice(eligible, size=min(users, len(eligible)), replace=False))
+    causes = data.extras.get("cause")
+    occlusion = OcclusionExplainer(model)
+
+    cases = []
+    for c in chosen:
+        u, n = int(test.users[c]), int(test.hist_len[c])
+        history = data.sequence(u)[:n]
+        read = torch.from_numpy(history[-model.cfg.max_len :].astype(np.int64))
+        owned = torch.from_numpy(np.unique(history))
+        with torch.no_grad():
+            scores = model.score(read[None, :], table)[0]
+        scores[owned] = float("-inf")
+        targets = torch.topk(scores, k).indices
+        case = _Case(read, owned, targets, scores[targets], occlusion.attribute(read, targets),
+                     torch.from_numpy(rng.permutation(len(read))))
+        if causes is not None:
+            cause = int(causes[data.offsets[u] + n])
+            offset = n - len(read)
+            if cause >= offset:
+                case.cause, case.test_item = cause - offset, int(test.targets[c])
+        cases.append(case)
+
+    results = {}
+    for name in methods:
+        explainer = occlusion if name == "occlusion" else make_explainer(model, name)
+        results[name] = _measure(explainer, model, table, cases, k)
+    return {
+        "default": choose_default(results),
+        "users": len(cases),
+        "k": k,
+        "data": data.name,
+        "methods": results,
+    }
+
+
+def _measure(explainer, model, table, cases: list[_Case], k: int) -> dict:
+    comp, comp_r, suff, suff_r, exit_, exit_r, taus, ms = [], [], [], [], [], [], [], []
+    hits1, hits3 = [], []
+    for case in cases:
+        tic = time.perf_counter()
+        weights = explainer.attribute(case.read, case.targets)  # (K, T)
+        ms.append((time.perf_counter() - tic) * 1000 / len(case.targets))
+        T = len(case.read)
+        order = torch.argsort(weights, dim=1, descending=True, stable=True)  # (K, T) most important first
+        random = case.random_order[None, :].expand(len(case.targets), -1)
+        sizes = range(1, min(MAX_REMOVED, T - 1) + 1)
+        if len(sizes):
+            c, s = _aopc(model, table, case, order, sizes)
+            cr, sr = _aopc(model, table, case, random, sizes)
+            comp.append(c), suff.append(s), comp_r.append(cr), suff_r.append(sr)
+            m = min(EXIT_REMOVED, T - 1)
+            exit_.append(_exit_rate(model, table, case, order[:, :m], k))
+            exit_r.append(_exit_rate(model, table, case, random[:, :m], k))
+        for j in range(len(case.targets)):
+            if T > 1:
+                tau = kendalltau(weights[j].numpy(), case.loo[j].numpy()).statistic
+                if not np.isnan(tau):
+                    taus.append(tau)
+        if case.cause is not None:
+            w = explainer.attribute(case.read, torch.tensor([case.test_item]))[0]
+            top = torch.argsort(w, descending=True, stable=True)[:3].tolist()
+            hits1.append(top[0] == case.cause)
+            hits3.append(case.cause in top)
+    out = {
+        "comprehensiveness": _mean(comp),
+        "comprehensiveness_random": _mean(comp_r),
+        "sufficiency": _mean(suff),
+        "sufficiency_random": _mean(suff_r),
+        "topk_exit_rate": _mean(exit_),
+        "topk_exit_rate_random": _mean(exit_r),
+        "kendall_tau_loo": _mean(taus),
+        "ms_per_explanation": _mean(ms),
+        "ms_p99": float(np.percentile(ms, 99)) if ms else float("nan"),
+        "target_dependent": explainer.target_dependent,
+    }
+    if hits1:
+        out["planted_hit@1"] = float(np.mean(hits1))
+        out["planted_hit@3"] = float(np.mean(hits3))
+        out["planted_cases"] = len(hits1)
+    return out
+
+
+@torch.no_grad()
+def _aopc(model, table, case: _Case, order: torch.Tensor, sizes) -> tuple[float, float]:
+    """Mean over sizes and targets of the score drop when removing / keeping only the top items."""
+    K, T = order.shape
+    remove, keep = [], []
+    for size in sizes:
+        top = torch.zeros(K, T, dtype=torch.bool).scatter(1, order[:, :size], True)  # (K, T) important
+        remove.append(~top)  # keep-masks
+        keep.append(top)
+    masks = torch.cat(remove + keep)  # (2 * S * K, T)
+    targets = case.targets.repeat(2 * len(sizes))
+    hidden = model(without(case.read, masks)).hidden[:, -1]
+    scores = (hidden * table[targets]).sum(-1).view(2, len(sizes), K)
+    drops = case.full[None, None, :] - scores
+    return float(drops[0].mean()), float(drops[1].mean())
+
+
+@torch.no_grad()
+def _exit_rate(model, table, case: _Case, removed: torch.Tensor, k: int) -> float:
+    K, T = len(case.targets), len(case.read)
+    masks = torch.ones(K, T, dtype=torch.bool).scatter(1, removed, False)
+    scores = model(without(case.read, masks)).hidden[:, -1] @ table.T  # (K, N + 1)
+    scores[:, case.owned] = float("-inf")
+    scores[:, 0] = float("-inf")
+    own = scores.gather(1, case.targets[:, None])
+    ranks = (scores > own).sum(1)
+    return float((ranks >= k).float().mean())
+
+
+def _mean(values) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def choose_default(results: dict[str, dict]) -> str:
+    """The method with the best mean rank over the criteria (target-dependent methods only,
+    since only they can say why one item and not another)."""
+    names = [n for n, r in results.items() if r["target_dependent"]] or list(results)
+    ranks = {n: [] for n in names}
+    for criterion, sign in CRITERIA.items():
+        values = {n: results[n].get(criterion) for n in names}
+        if any(v is None or np.isnan(v) for v in values.values()):
+            continue
+        ordered = sorted(names, key=lambda n: -sign * values[n])
+        for position, n in enumerate(ordered):
+            ranks[n].append(position)
+    return min(names, key=lambda n: (np.mean(ranks[n]) if ranks[n] else 0.0, names.index(n)))

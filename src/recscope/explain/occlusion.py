@@ -1,0 +1,36 @@
+"""Leave-one-out occlusion: remove each history item in turn and re-score.
+
+``weights[k, t] = score(target_k | history) - score(target_k | history without item t)``.
+All T removals go through the model in one batch. This is the reference the other
+methods are compared with (Kendall tau), and removal is also how faithfulness is measured.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from recscope.explain.base import Explainer
+
+
+def without(history: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """history (T,), masks (V, T) bool keep-flags -> (V, T) histories with the dropped items
+    removed (not blanked: later items move up) and left-padded with 0."""
+    V, T = masks.shape
+    keep = masks.long()
+    order = torch.argsort(keep, dim=1, stable=True)  # dropped first, kept after, in their order
+    out = history[None, :].expand(V, -1).gather(1, order)
+    return out * keep.gather(1, order)
+
+
+class OcclusionExplainer(Explainer):
+    name = "occlusion"
+    description = "leave-one-out: the score drop when the history item is removed (one batched pass)"
+
+    @torch.no_grad()
+    def attribute(self, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        T = len(history)
+        masks = ~torch.eye(T, dtype=torch.bool)  # (T, T): variant t drops item t
+        variants = torch.cat([history[None, :], without(history, masks)])  # (T + 1, T)
+        hidden = self.model(variants).hidden[:, -1]  # (T + 1, C)
+        scores = hidden @ self.table[targets].T  # (T + 1, K)
+        return (scores[0][None, :] - scores[1:]).T.contiguous()  # (K, T)

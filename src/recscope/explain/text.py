@@ -1,0 +1,44 @@
+"""One sentence per recommendation, grounded in the numbers.
+
+It cites only history items with a clearly positive weight (at least a quarter of all
+positive weight), names an attribute only when the cited items share it with the
+recommended item, and mentions the counterfactual only when re-ranking verified it.
+When nothing stands out it says so instead of inventing a reason.
+"""
+
+from __future__ import annotations
+
+from recscope.explain.base import Explanation
+
+SHARE = 0.25  # a cited item carries at least this share of all positive weight
+
+
+def cited(expl: Explanation, most: int = 2) -> list:
+    positive = [h for h in expl.history if h.weight > 0]
+    total = sum(h.weight for h in positive)
+    if total <= 0:
+        return []
+    return [h for h in sorted(positive, key=lambda h: -h.weight) if h.weight >= SHARE * total][:most]
+
+
+def sentence(expl: Explanation, shared: dict[str, list[str]] | None = None, verb: str = "bought") -> str:
+    """``shared`` maps a field to the values the cited items share with the candidate."""
+    if not expl.target_dependent:
+        top = expl.top(2)
+        names = " and ".join(f"“{h.title}”" for h in top)
+        return f"The model read your history most closely at {names} (attention; the same for every recommendation)."
+    items = cited(expl)
+    if not items:
+        return "Recommended from your history as a whole; no single past item stands out."
+    names = " and ".join(f"“{h.title}”" for h in items)
+    text = f"Because you {verb} {names}"
+    facts = [f"same {field}: {', '.join(values)}" for field, values in (shared or {}).items() if values]
+    if facts:
+        text += f" ({'; '.join(facts[:2])})"
+    text += "."
+    cf = expl.counterfactual
+    if cf is not None and cf.found and cf.removed:
+        gone = " and ".join(f"“{h.title}”" for h in cf.removed[:2])
+        more = f" and {len(cf.removed) - 2} more" if len(cf.removed) > 2 else ""
+        text += f" Without {gone}{more}, it would drop out of your top {cf.k}."
+    return text

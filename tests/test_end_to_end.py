@@ -1,0 +1,85 @@
+"""A tiny run through the real CLI: train -> evaluate -> recommend -> explain, and resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from recscope.cli import app
+from recscope.recommend import Recommender
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.yaml")
+SPEC = "synthetic:users=300,items=150,seed=3"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    result = runner.invoke(app, ["train", "--data", SPEC, "--out", str(out), "--config", TINY, "--set", "train.epochs=4"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_run_directory_is_self_contained(run):
+    for name in ("run.json", "data.json", "data.safetensors", "model.safetensors", "last.safetensors", "optimizer.pt"):
+        assert (run / name).stat().st_size > 0, name
+    state = json.loads((run / "run.json").read_text())["state"]
+    assert state["epoch"] == 4 and state["best_epoch"] >= 1
+    assert "NDCG@10" in state["best_valid"]
+
+
+def test_evaluate_json_and_the_model_beats_popularity(run):
+    result = runner.invoke(app, ["evaluate", str(run), "--json", "--baselines"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    metrics = payload["metrics"]
+    for key in ("HR@10", "NDCG@10", "NDCG@20", "MRR@10", "Recall@5", "Precision@20", "F1@10"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["NDCG@10"] > payload["baselines"]["popularity"]["NDCG@10"]
+    sampled = json.loads(runner.invoke(app, ["evaluate", str(run), "--json", "--protocol", "sampled"]).output)
+    assert sampled["metrics"]["HR@10"] >= metrics["HR@10"], "100 candidates are easier than the whole catalog"
+
+
+def test_recommend_speaks_the_users_own_ids(run):
+    result = runner.invoke(app, ["recommend", str(run), "--user", "U00007", "-k", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    items = json.loads(result.output)["items"]
+    assert [r["rank"] for r in items] == [1, 2, 3, 4, 5]
+    assert all(r["item_id"].startswith("P") and r["title"] for r in items)
+    assert items[0]["score"] >= items[-1]["score"]
+    rec = Recommender.load(run)
+    owned = {rec.data.item_ids[i] for i in rec.history("U00007")}
+    assert not owned & {r["item_id"] for r in items}, "owned items are excluded by default"
+
+
+def test_recommend_for_an_unseen_history(run):
+    rec = Recommender.load(run)
+    history = [rec.data.item_ids[i] for i in rec.history("U00003")[:3]]
+    items = rec.recommend(history=history, k=3)
+    assert len(items) == 3 and not set(history) & {r.item_id for r in items}
+
+
+def test_explain_prints_top_history_items_and_writes_a_heatmap(run, tmp_path):
+    png = tmp_path / "att.png"
+    result = runner.invoke(app, ["explain", str(run), "--user", "U00007", "--png", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.stat().st_size > 5_000
+    assert "attention" in result.output
+
+
+def test_resume_continues_from_the_last_epoch(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    result = runner.invoke(app, ["train", "--data", SPEC, "--out", str(copy), "--config", TINY, "--set", "train.epochs=5", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((copy / "run.json").read_text())["state"]["epoch"] == 5
+
+
+def test_training_into_an_existing_run_is_refused(run):
+    result = runner.invoke(app, ["train", "--data", SPEC, "--out", str(run), "--config", TINY])
+    assert result.exit_code != 0

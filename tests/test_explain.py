@@ -1,0 +1,183 @@
+"""Explainers on a tiny model: shapes, sums, determinism, exactness, hooks, faithfulness on a toy."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from recscope.config import ModelConfig
+from recscope.explain.api import METHODS, make_explainer
+from recscope.explain.counterfactual import smallest_removal
+from recscope.explain.faithfulness import _aopc, _Case, _exit_rate, choose_default
+from recscope.explain.gradients import IntegratedGradientsExplainer, field_attributions
+from recscope.explain.occlusion import OcclusionExplainer, without
+from recscope.model import SeqRec, SeqRecOutput
+
+torch.set_num_threads(1)
+N_ITEMS = 30
+
+
+@pytest.fixture(scope="module")
+def model() -> SeqRec:
+    cfg = ModelConfig(max_len=10, d_model=16, n_layers=2, n_heads=2, dropout=0.0, attn_dropout=0.0,
+                      n_items=N_ITEMS, fields=(("brand", 4, 1), ("tags", 6, 2)))
+    torch.manual_seed(0)
+    m = SeqRec(cfg)
+    g = torch.Generator().manual_seed(2)
+    m.set_item_fields({"brand": torch.randint(1, 4, (N_ITEMS + 1, 1), generator=g),
+                       "tags": torch.randint(0, 6, (N_ITEMS + 1, 2), generator=g)})
+    with torch.no_grad():  # untrained weights are too small to give interesting scores
+        for p in m.parameters():
+            p.mul_(8.0) if p.dim() > 1 else None
+    return m.eval()
+
+
+HISTORY = torch.tensor([4, 9, 2, 17, 11, 5])
+TARGETS = torch.tensor([3, 8, 20])
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_gives_one_weight_per_history_item_and_target(model, name):
+    explainer = make_explainer(model, name)
+    a = explainer.attribute(HISTORY, TARGETS)
+    b = explainer.attribute(HISTORY, TARGETS)
+    assert a.shape == (3, 6)
+    assert torch.isfinite(a).all()
+    torch.testing.assert_close(a, b, msg="explanations must be deterministic")
+    if not explainer.target_dependent:
+        torch.testing.assert_close(a[0], a[1])
+        torch.testing.assert_close(a.sum(1), torch.ones(3), msg="attention and rollout rows sum to 1")
+    else:
+        assert not torch.allclose(a[0], a[1]), "a target-dependent method must differ between targets"
+
+
+def test_occlusion_equals_explicit_rescoring(model):
+    weights = OcclusionExplainer(model).attribute(HISTORY, TARGETS)
+    full = model.score(HISTORY[None, :])[0, TARGETS]
+    for t in range(len(HISTORY)):
+        shorter = torch.cat([HISTORY[:t], HISTORY[t + 1 :]])
+        torch.testing.assert_close(weights[:, t], full - model.score(shorter[None, :])[0, TARGETS], rtol=1e-4, atol=1e-4)
+
+
+def test_removal_moves_later_items_up_and_pads_left():
+    history = torch.tensor([1, 2, 3, 4])
+    masks = torch.tensor([[True, False, True, True], [False, False, True, False]])
+    assert without(history, masks).tolist() == [[0, 1, 3, 4], [0, 0, 0, 3]]
+
+
+def test_integrated_gradients_is_complete(model):
+    explainer = IntegratedGradientsExplainer(model, n_steps=200)
+    weights, delta = explainer.attribute(HISTORY, TARGETS, return_delta=True)
+    histories = HISTORY[None, :].expand(3, -1)
+    with torch.no_grad():
+        tokens = model.item_tokens(histories)
+        full = explainer.target_scores(histories, TARGETS, tokens)
+        empty = explainer.target_scores(histories, TARGETS, torch.zeros_like(tokens))
+    torch.testing.assert_close(weights.sum(1), full - empty, rtol=0.02, atol=0.02)
+    assert delta.abs().max() < 0.02
+
+
+def test_field_attributions_add_up(model):
+    explainer = OcclusionExplainer(model)
+    history_fields, candidate_fields, names = field_attributions(explainer, HISTORY, TARGETS)
+    assert names == ["id", "brand", "tags"]
+    assert history_fields.shape == (3, 6, 3)
+    # candidate side is exact: the fields add up to the score
+    torch.testing.assert_close(candidate_fields.sum(1), model.score(HISTORY[None, :])[0, TARGETS], rtol=1e-4, atol=1e-4)
+
+
+def test_counterfactual_is_verified_by_reranking(model):
+    explainer = OcclusionExplainer(model)
+    scores = model.score(HISTORY[None, :])[0]
+    scores[HISTORY] = float("-inf")
+    k = 5
+    found = 0
+    for target in torch.topk(scores, k).indices.tolist():
+        weights = explainer.attribute(HISTORY, torch.tensor([target]))[0]
+        positions, new_rank, _ = smallest_removal(model, explainer.table, HISTORY, HISTORY, target, weights, k)
+        if positions is None:
+            continue
+        found += 1
+        keep = [p for p in range(len(HISTORY)) if p not in positions]
+        again = model.score(HISTORY[keep][None, :])[0]
+        again[HISTORY] = float("-inf")
+        rank = int((again > again[target]).sum()) + 1
+        assert rank == new_rank and rank > k, "the counterfactual must really drop the item out"
+        if len(positions) > 1:  # one fewer removal keeps it in: the set is the smallest greedy prefix
+            keep = [p for p in range(len(HISTORY)) if p not in positions[:-1]]
+            fewer = model.score(HISTORY[keep][None, :])[0]
+            fewer[HISTORY] = float("-inf")
+            assert int((fewer > fewer[target]).sum()) < k
+    assert found, "no counterfactual found for any top item of the toy"
+
+
+def _hooks(module: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in module.modules())
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_no_hooks_are_left_registered_even_after_an_error(model, name):
+    explainer = make_explainer(model, name)
+    explainer.attribute(HISTORY, TARGETS)
+    assert _hooks(model) == 0
+    with pytest.raises((IndexError, RuntimeError)):
+        explainer.attribute(torch.tensor([4, N_ITEMS + 50]), TARGETS)  # no such item
+    assert _hooks(model) == 0
+
+
+class AdditiveModel(nn.Module):
+    """score(history, any target) = sum of value[item] over the history: the truth is known."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = torch.tensor(values, dtype=torch.float32)
+        self.cfg = dataclasses.replace(ModelConfig(), max_len=10, n_items=len(values) - 1)
+
+    def forward(self, items, tokens=None, output_attentions=False):
+        total = self.values[items].sum(1)  # (B,)
+        return SeqRecOutput(total[:, None, None].expand(-1, items.shape[1], 1))
+
+    def item_table(self):
+        return torch.ones(len(self.values), 1)
+
+
+def test_faithfulness_metrics_on_an_additive_toy():
+    values = [0.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.0]  # item i adds values[i]; item 7 adds nothing
+    model = AdditiveModel(values)
+    table = model.item_table()
+    read = torch.tensor([6, 1, 4, 2, 3, 5])
+    targets = torch.tensor([7])
+    case = _Case(read, read, targets, torch.tensor([sum(values[i] for i in read.tolist())]),
+                 torch.zeros(1, 6), torch.arange(6))
+    order = torch.argsort(torch.tensor([values[i] for i in read.tolist()]), descending=True)[None, :]
+    comp, suff = _aopc(model, table, case, order, range(1, 6))
+    # removing the top 1..5 items drops 5, 9, 12, 14, 15 -> mean 11; keeping them drops 10.5 .. 0.5
+    assert comp == pytest.approx((5 + 9 + 12 + 14 + 15) / 5)
+    assert suff == pytest.approx((10.5 + 6.5 + 3.5 + 1.5 + 0.5) / 5)
+    # occlusion on an additive model is exactly the item values
+    weights = OcclusionExplainer.attribute(type("E", (), {"model": model, "table": table})(), read, targets)
+    torch.testing.assert_close(weights[0], torch.tensor([values[i] for i in read.tolist()]))
+    # with every item scored alike, the target (item 7) stays tied with all others: rank 0 < k
+    assert _exit_rate(model, table, case, order[:, :3], k=3) == 0.0
+
+
+def test_default_is_the_best_mean_rank():
+    results = {
+        "a": dict(comprehensiveness=1.0, sufficiency=0.1, topk_exit_rate=0.6, target_dependent=True),
+        "b": dict(comprehensiveness=0.5, sufficiency=0.3, topk_exit_rate=0.7, target_dependent=True),
+        "att": dict(comprehensiveness=2.0, sufficiency=0.0, topk_exit_rate=0.9, target_dependent=False),
+    }
+    assert choose_default(results) == "a"
+
+
+def test_explanations_are_json_and_html(tmp_path):
+    from recscope.explain.base import Explanation, HistoryWeight
+
+    e = Explanation(user="u", item_id="<b>", title="<img src=x onerror=alert(1)>", score=1.0, rank=1,
+                    method="occlusion", target_dependent=True,
+                    history=[HistoryWeight(0, "i1", "<script>x</script>", 0.5)], sentence="s")
+    assert '"item_id": "<b>"' in e.to_json()
+    page = e._repr_html_()
+    assert "<script>" not in page and "<img" not in page
