@@ -22,7 +22,7 @@ from recscope.errors import RecscopeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="An explainable product recommender.")
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)  # wide tables stay whole in pipes and logs
 
 DataOpt = Annotated[str, typer.Option("--data", help="csv:FILE | parquet:FILE | s3rec:DIR | movielens:DIR | synthetic[:k=v,...]")]
 CatalogOpt = Annotated[Path | None, typer.Option("--catalog", help="csv/parquet catalog: item_id + attribute/text columns")]

@@ -49,7 +49,7 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 60  # (int) maximum passes over the training sequences
     batch_size: int = 256  # (int) training sequences per step
-    lr: float = 0.001  # (float) AdamW learning rate
+    lr: float = 0.002  # (float) AdamW learning rate
     weight_decay: float = 0.0  # (float) AdamW weight decay
     loss: str = "ce"  # (str) "ce": full-softmax cross-entropy over the catalog; "sampled": sampled softmax
     num_negatives: int = 256  # (int) sampled softmax: shared uniform negatives per step
