@@ -17,7 +17,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import peak_rss_mib, write  # noqa: E402
-
 from recscope import config as config_mod  # noqa: E402
 from recscope.data import load_dataset  # noqa: E402
 from recscope.recommend import Recommender  # noqa: E402

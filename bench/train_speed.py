@@ -18,7 +18,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import SHARED, peak_rss_mib, write  # noqa: E402
-
 from recscope import config as config_mod  # noqa: E402
 from recscope.data import load_dataset, make_split, training_windows  # noqa: E402
 from recscope.evaluate import evaluate, model_scorer  # noqa: E402

@@ -18,7 +18,9 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("e2e") / "run"
-    result = runner.invoke(app, ["train", "--data", SPEC, "--out", str(out), "--config", TINY, "--set", "train.epochs=4"])
+    result = runner.invoke(
+        app, ["train", "--data", SPEC, "--out", str(out), "--config", TINY, "--set", "train.epochs=4"]
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -62,12 +64,67 @@ def test_recommend_for_an_unseen_history(run):
     assert len(items) == 3 and not set(history) & {r.item_id for r in items}
 
 
-def test_explain_prints_top_history_items_and_writes_a_heatmap(run, tmp_path):
-    png = tmp_path / "att.png"
-    result = runner.invoke(app, ["explain", str(run), "--user", "U00007", "--png", str(png)])
+def test_explain_prints_sentences_and_writes_both_heatmaps(run, tmp_path):
+    png, att = tmp_path / "why.png", tmp_path / "att.png"
+    result = runner.invoke(
+        app, ["explain", str(run), "--user", "U00007", "--top", "3", "--png", str(png), "--attention-png", str(att)]
+    )
     assert result.exit_code == 0, result.output
-    assert png.stat().st_size > 5_000
-    assert "attention" in result.output
+    assert png.stat().st_size > 5_000 and att.stat().st_size > 5_000
+    assert result.output.count("#") >= 3
+
+
+def test_explain_json_for_one_item_and_for_all_methods(run):
+    rec = Recommender.load(run)
+    item = rec.recommend("U00007", k=3)[2].item_id
+    result = runner.invoke(app, ["explain", str(run), "--user", "U00007", "--item", item, "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    (e,) = payload["explanations"]
+    assert e["item_id"] == item and e["rank"] == 3
+    assert len(e["history"]) == min(len(rec.history("U00007")), rec.config.model.max_len)
+    assert {h["item_id"] for h in e["history"]} <= set(rec.data.item_ids)
+    assert any(key.startswith("brand=") for key in e["attributes_candidate"])
+    assert len(e["attentions"]) == rec.config.model.n_layers
+    assert e["sentence"] and e["ms"] > 0
+    every = json.loads(
+        runner.invoke(app, ["explain", str(run), "--user", "U00007", "--top", "2", "--method", "all", "--json"]).output
+    )
+    assert set(every) == {"occlusion", "integrated_gradients", "grad_input", "rollout", "attention"}
+
+
+def test_explain_eval_json_has_the_documented_keys_and_sets_the_default(run):
+    result = runner.invoke(
+        app, ["explain-eval", str(run), "--users", "25", "--methods", "occlusion,attention", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["default"] == "occlusion", "attention is target-independent: never the default"
+    keys = {
+        "comprehensiveness",
+        "comprehensiveness_random",
+        "sufficiency",
+        "sufficiency_random",
+        "topk_exit_rate",
+        "topk_exit_rate_random",
+        "kendall_tau_loo",
+        "planted_hit@1",
+        "planted_hit@3",
+        "ms_per_explanation",
+        "ms_p99",
+    }
+    for method in ("occlusion", "attention"):
+        assert keys <= set(payload["methods"][method])
+    assert payload["methods"]["occlusion"]["kendall_tau_loo"] == 1.0
+    assert Recommender.load(run).default_method() == "occlusion"
+
+
+def test_what_if_reranks_an_edited_history(run):
+    rec = Recommender.load(run)
+    history = [rec.data.item_ids[i] for i in rec.history("U00007")]
+    result = rec.what_if("U00007", remove=history[-2:])
+    assert len(result["before"]) == len(result["after"]) == 10
+    assert set(result["entered"]) == {r["item_id"] for r in result["after"]} - {r["item_id"] for r in result["before"]}
 
 
 def test_resume_continues_from_the_last_epoch(run, tmp_path):
@@ -75,7 +132,9 @@ def test_resume_continues_from_the_last_epoch(run, tmp_path):
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    result = runner.invoke(app, ["train", "--data", SPEC, "--out", str(copy), "--config", TINY, "--set", "train.epochs=5", "--resume"])
+    result = runner.invoke(
+        app, ["train", "--data", SPEC, "--out", str(copy), "--config", TINY, "--set", "train.epochs=5", "--resume"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((copy / "run.json").read_text())["state"]["epoch"] == 5
 

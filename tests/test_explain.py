@@ -2,7 +2,6 @@
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -21,13 +20,25 @@ N_ITEMS = 30
 
 @pytest.fixture(scope="module")
 def model() -> SeqRec:
-    cfg = ModelConfig(max_len=10, d_model=16, n_layers=2, n_heads=2, dropout=0.0, attn_dropout=0.0,
-                      n_items=N_ITEMS, fields=(("brand", 4, 1), ("tags", 6, 2)))
+    cfg = ModelConfig(
+        max_len=10,
+        d_model=16,
+        n_layers=2,
+        n_heads=2,
+        dropout=0.0,
+        attn_dropout=0.0,
+        n_items=N_ITEMS,
+        fields=(("brand", 4, 1), ("tags", 6, 2)),
+    )
     torch.manual_seed(0)
     m = SeqRec(cfg)
     g = torch.Generator().manual_seed(2)
-    m.set_item_fields({"brand": torch.randint(1, 4, (N_ITEMS + 1, 1), generator=g),
-                       "tags": torch.randint(0, 6, (N_ITEMS + 1, 2), generator=g)})
+    m.set_item_fields(
+        {
+            "brand": torch.randint(1, 4, (N_ITEMS + 1, 1), generator=g),
+            "tags": torch.randint(0, 6, (N_ITEMS + 1, 2), generator=g),
+        }
+    )
     with torch.no_grad():  # untrained weights are too small to give interesting scores
         for p in m.parameters():
             p.mul_(8.0) if p.dim() > 1 else None
@@ -58,7 +69,9 @@ def test_occlusion_equals_explicit_rescoring(model):
     full = model.score(HISTORY[None, :])[0, TARGETS]
     for t in range(len(HISTORY)):
         shorter = torch.cat([HISTORY[:t], HISTORY[t + 1 :]])
-        torch.testing.assert_close(weights[:, t], full - model.score(shorter[None, :])[0, TARGETS], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            weights[:, t], full - model.score(shorter[None, :])[0, TARGETS], rtol=1e-4, atol=1e-4
+        )
 
 
 def test_removal_moves_later_items_up_and_pads_left():
@@ -149,8 +162,9 @@ def test_faithfulness_metrics_on_an_additive_toy():
     table = model.item_table()
     read = torch.tensor([6, 1, 4, 2, 3, 5])
     targets = torch.tensor([7])
-    case = _Case(read, read, targets, torch.tensor([sum(values[i] for i in read.tolist())]),
-                 torch.zeros(1, 6), torch.arange(6))
+    case = _Case(
+        read, read, targets, torch.tensor([sum(values[i] for i in read.tolist())]), torch.zeros(1, 6), torch.arange(6)
+    )
     order = torch.argsort(torch.tensor([values[i] for i in read.tolist()]), descending=True)[None, :]
     comp, suff = _aopc(model, table, case, order, range(1, 6))
     # removing the top 1..5 items drops 5, 9, 12, 14, 15 -> mean 11; keeping them drops 10.5 .. 0.5
@@ -175,9 +189,17 @@ def test_default_is_the_best_mean_rank():
 def test_explanations_are_json_and_html(tmp_path):
     from recscope.explain.base import Explanation, HistoryWeight
 
-    e = Explanation(user="u", item_id="<b>", title="<img src=x onerror=alert(1)>", score=1.0, rank=1,
-                    method="occlusion", target_dependent=True,
-                    history=[HistoryWeight(0, "i1", "<script>x</script>", 0.5)], sentence="s")
+    e = Explanation(
+        user="u",
+        item_id="<b>",
+        title="<img src=x onerror=alert(1)>",
+        score=1.0,
+        rank=1,
+        method="occlusion",
+        target_dependent=True,
+        history=[HistoryWeight(0, "i1", "<script>x</script>", 0.5)],
+        sentence="s",
+    )
     assert '"item_id": "<b>"' in e.to_json()
     page = e._repr_html_()
     assert "<script>" not in page and "<img" not in page

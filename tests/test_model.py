@@ -14,8 +14,14 @@ torch.set_num_threads(1)
 
 def tiny_model(**overrides) -> SeqRec:
     cfg = ModelConfig(
-        max_len=8, d_model=16, n_layers=2, n_heads=2, dropout=0.1, attn_dropout=0.1,
-        n_items=20, fields=(("brand", 5, 1), ("tags", 7, 3)),
+        max_len=8,
+        d_model=16,
+        n_layers=2,
+        n_heads=2,
+        dropout=0.1,
+        attn_dropout=0.1,
+        n_items=20,
+        fields=(("brand", 5, 1), ("tags", 7, 3)),
     )
     torch.manual_seed(0)
     model = SeqRec(dataclasses.replace(cfg, **overrides))

@@ -24,8 +24,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="An explainab
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)  # wide tables stay whole in pipes and logs
 
-DataOpt = Annotated[str, typer.Option("--data", help="csv:FILE | parquet:FILE | s3rec:DIR | movielens:DIR | synthetic[:k=v,...]")]
-CatalogOpt = Annotated[Path | None, typer.Option("--catalog", help="csv/parquet catalog: item_id + attribute/text columns")]
+DataOpt = Annotated[
+    str, typer.Option("--data", help="csv:FILE | parquet:FILE | s3rec:DIR | movielens:DIR | synthetic[:k=v,...]")
+]
+CatalogOpt = Annotated[
+    Path | None, typer.Option("--catalog", help="csv/parquet catalog: item_id + attribute/text columns")
+]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config (see configs/default.yaml)")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a config key: section.key=value")]
 MapOpt = Annotated[list[str] | None, typer.Option("--map", help="column mapping ours=yours, e.g. user_id=customer")]
@@ -58,7 +62,9 @@ def train(
     cfg = config_mod.load(config, set_ or [])
     dataset = load_dataset(data, catalog, cfg.data, _columns(map_))
     _print_report(dataset.report)
-    fit(dataset, cfg, out_dir, data_spec=data, catalog=str(catalog) if catalog else None, resume=resume, console=console)
+    fit(
+        dataset, cfg, out_dir, data_spec=data, catalog=str(catalog) if catalog else None, resume=resume, console=console
+    )
 
 
 def _print_report(report) -> None:
@@ -133,10 +139,18 @@ def explain(
     user: Annotated[str, typer.Option("--user", help="a user id from the training data")],
     item: Annotated[str | None, typer.Option("--item", help="explain this item (default: the top K)")] = None,
     top: Annotated[int, typer.Option("--top", help="explain the top K recommendations")] = 10,
-    method: Annotated[str | None, typer.Option("--method", help="occlusion | integrated_gradients | grad_input | rollout | attention | all (default: the measured best)")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            "--method",
+            help="occlusion | integrated_gradients | grad_input | rollout | attention | all (default: measured best)",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     png: Annotated[Path | None, typer.Option("--png", help="heatmap: history items x recommended items")] = None,
-    attention_png: Annotated[Path | None, typer.Option("--attention-png", help="final-position attention per layer x head")] = None,
+    attention_png: Annotated[
+        Path | None, typer.Option("--attention-png", help="final-position attention per layer x head")
+    ] = None,
 ) -> None:
     """Why each recommended item: history and attribute attributions, counterfactual, a sentence."""
     from recscope.explain.api import METHODS
@@ -148,7 +162,11 @@ def explain(
     results = {m: rec.explain(user, item, top=top, method=m, attentions=as_json) for m in methods}
     if as_json:
         payload = {m: [e.to_dict() for e in ex] for m, ex in results.items()}
-        out.print_json(json.dumps(payload if chosen == "all" else {"user": user, "method": chosen, "explanations": payload[chosen]}))
+        out.print_json(
+            json.dumps(
+                payload if chosen == "all" else {"user": user, "method": chosen, "explanations": payload[chosen]}
+            )
+        )
     else:
         for m, explanations in results.items():
             _print_explanations(m, explanations, rec.default_method())
@@ -170,8 +188,12 @@ def explain(
         from recscope.viz.figures import attention_heatmap
 
         view = final_position_attention(rec.model, rec.tensor(rec.history(user)))
-        attention_heatmap(view.weights, [rec.data.title(i) for i in view.items], attention_png,
-                          title=f"user {user}: final-position attention")
+        attention_heatmap(
+            view.weights,
+            [rec.data.title(i) for i in view.items],
+            attention_png,
+            title=f"user {user}: final-position attention",
+        )
         out.print(f"attention heatmap: {attention_png}")
 
 
@@ -212,18 +234,27 @@ def explain_eval(
 
 def faithfulness_table(result: dict) -> Table:
     keys = [
-        ("comprehensiveness", "comp"), ("comprehensiveness_random", "comp rnd"), ("sufficiency", "suff"),
-        ("sufficiency_random", "suff rnd"), ("topk_exit_rate", "exit"), ("topk_exit_rate_random", "exit rnd"),
-        ("kendall_tau_loo", "tau LOO"), ("planted_hit@1", "planted@1"), ("planted_hit@3", "planted@3"),
-        ("ms_per_explanation", "ms"), ("ms_p99", "ms p99"),
+        ("comprehensiveness", "comp"),
+        ("comprehensiveness_random", "comp rnd"),
+        ("sufficiency", "suff"),
+        ("sufficiency_random", "suff rnd"),
+        ("topk_exit_rate", "exit"),
+        ("topk_exit_rate_random", "exit rnd"),
+        ("kendall_tau_loo", "tau LOO"),
+        ("planted_hit@1", "planted@1"),
+        ("planted_hit@3", "planted@3"),
+        ("ms_per_explanation", "ms"),
+        ("ms_p99", "ms p99"),
     ]
     table = Table(title=f"{result['data']}: faithfulness over the top-{result['k']} of {result['users']} test users")
     table.add_column("method")
     for _, short in keys:
         table.add_column(short, justify="right")
     for name, m in result["methods"].items():
-        table.add_row(name + (" *" if name == result["default"] else ""), *(
-            f"{m[key]:.3f}" if key in m else "-" for key, _ in keys))
+        table.add_row(
+            name + (" *" if name == result["default"] else ""),
+            *(f"{m[key]:.3f}" if key in m else "-" for key, _ in keys),
+        )
     return table
 
 

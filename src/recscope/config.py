@@ -21,7 +21,9 @@ from recscope.errors import ConfigError
 
 @dataclass(frozen=True)
 class DataConfig:
-    split: str = "loo"  # (str) "loo": leave-one-out per user (last=test, second-last=valid); "temporal": global time split
+    split: str = (
+        "loo"  # (str) "loo": leave-one-out per user (last=test, second-last=valid); "temporal": global time split
+    )
     temporal_valid: float = 0.8  # (float) temporal split: events at or after this time quantile are valid/test
     temporal_test: float = 0.9  # (float) temporal split: events at or after this time quantile are test
     price_bands: int = 5  # (int) numeric catalog columns are bucketed into this many quantile bands

@@ -14,9 +14,11 @@ from rich.table import Table
 from recscope import config as config_mod
 from recscope.data import load_dataset, make_split
 from recscope.explain.attention import final_position_attention
+from recscope.explain.faithfulness import evaluate_faithfulness
 from recscope.recommend import Recommender
+from recscope.run import save_info
 from recscope.train import fit
-from recscope.viz.figures import attention_heatmap
+from recscope.viz.figures import attention_heatmap, attribution_heatmap
 
 
 def run_demo(out_dir: Path, spec: str, overrides: list[str], console: Console, out: Console) -> dict:
@@ -32,24 +34,55 @@ def run_demo(out_dir: Path, spec: str, overrides: list[str], console: Console, o
 
     rec = Recommender.load(run)
     results = rec.evaluate("test", "full", baselines=True)
-    from recscope.cli import metrics_table
+    from recscope.cli import faithfulness_table, metrics_table  # the CLI's tables, shared
 
     out.print(metrics_table(results, f"{data.name}: test split, full ranking over {data.n_items} items"))
 
-    user = _showcase_user(rec)
-    items = rec.recommend(user, k=10)
-    history = rec.history(user)
-    table = Table(title=f"user {user}: last purchases -> top 10")
+    faithfulness = evaluate_faithfulness(rec, users=300)
+    rec.info.state["explain_eval"] = faithfulness  # the measured best becomes the run's default method
+    save_info(run, rec.info)
+    out.print(faithfulness_table(faithfulness))
+
+    user, history_ids, bought = _showcase(rec)
+    items = rec.recommend(history=history_ids, k=10)
+    table = Table(title=f"user {user}, just before their last purchase: recent history -> top 10")
     table.add_column("history (most recent last)")
     table.add_column("recommended")
-    shown = history[-10:]
+    shown = history_ids[-10:]
     for i in range(max(len(shown), len(items))):
-        left = rec.data.title(shown[i]) if i < len(shown) else ""
+        left = rec.data.title(rec.data.item_index(shown[i])) if i < len(shown) else ""
         right = f"{items[i].rank}. {items[i].title} ({items[i].score:.2f})" if i < len(items) else ""
         table.add_row(left, right)
     out.print(table)
 
-    view = final_position_attention(rec.model, rec.tensor(history))
+    explanations = rec.explain(history=history_ids, top=10)
+    for e in explanations:
+        e.user = user
+    out.print(f"\n[bold]Why these items for user {user}[/] (method: {explanations[0].method}, chosen by faithfulness)")
+    for e in explanations[:5]:
+        out.print(f"  {e.rank}. [bold]{e.title}[/]: {e.sentence}")
+    cause = _planted_cause(rec, user)
+    if cause is not None:
+        hit = next((e for e in explanations if e.item_id == bought), None)
+        verdict = (
+            f"recscope ranked it #{hit.rank} and its top reason is “{hit.top(1)[0].title}”"
+            + (" ✓" if hit.top(1)[0].position == cause[0] else " ✗")
+            if hit
+            else "it is not in this top 10"
+        )
+        out.print(
+            f"  [dim]ground truth: the user then bought “{cause[2]}”, planted by the shop as caused by "
+            f"“{cause[1]}”; {verdict}[/]"
+        )
+    weights = np.array([[h.weight for h in e.history] for e in explanations]).T  # (T, K)
+    heatmap = attribution_heatmap(
+        weights,
+        [h.title for h in explanations[0].history],
+        [f"{e.rank}. {e.title}" for e in explanations],
+        out_dir / "figures" / f"why_{user}.png",
+        title=f"user {user}: how much each past purchase pushed each recommendation ({explanations[0].method})",
+    )
+    view = final_position_attention(rec.model, rec.tensor(rec.history_from_ids(history_ids)))
     png = attention_heatmap(
         view.weights,
         [rec.data.title(i) for i in view.items],
@@ -60,24 +93,47 @@ def run_demo(out_dir: Path, spec: str, overrides: list[str], console: Console, o
         "data": data.describe(),
         "train_seconds": round(train_seconds, 1),
         "test": results,
+        "faithfulness": faithfulness,
         "user": user,
+        "history": history_ids,
         "recommendations": [r.to_dict() for r in items],
-        "figures": [str(png)],
+        "explanations": [e.to_dict() for e in explanations],
+        "figures": [str(heatmap), str(png)],
         "run": str(run),
     }
     (out_dir / "demo.json").write_text(json.dumps(summary, indent=2))
-    out.print(f"\nrun: {run}\nattention heatmap: {png}\nsummary: {out_dir / 'demo.json'}")
+    out.print(f"\nrun: {run}\nwhy-heatmap: {heatmap}\nattention heatmap: {png}\nsummary: {out_dir / 'demo.json'}")
     return summary
 
 
-def _showcase_user(rec: Recommender) -> str:
-    """A test user whose next purchase has a planted single cause (an accessory for a device
-    they own, or brand loyalty), so the explanation can be checked against the truth."""
+def _planted_cause(rec: Recommender, user: str):
+    """(position, cause title, purchase title) of the user's test purchase, if the shop planted one."""
+    cause = rec.data.extras.get("cause")
+    if cause is None:
+        return None
+    u = rec.data.user_index(user)
+    last = rec.data.offsets[u + 1] - 1
+    position = int(cause[last])
+    if position < 0:
+        return None
+    seq = rec.data.sequence(u)
+    return position, rec.data.title(seq[position]), rec.data.title(seq[-1])
+
+
+def _showcase(rec: Recommender) -> tuple[str, list[str], str]:
+    """A test user whose last purchase has a planted single cause and lands in the model's top 10
+    (the first such user, so the demo is deterministic): (user, history before it, item bought)."""
     data = rec.data
     split = make_split(data)
     cause = data.extras.get("cause")
-    if cause is None:
-        return data.user_ids[int(split.test.users[0])]
-    last = data.offsets[split.test.users] + split.test.hist_len
-    planted = np.flatnonzero(cause[last] >= 0)
-    return data.user_ids[int(split.test.users[planted[0] if len(planted) else 0])]
+    fallback = None
+    for c in range(len(split.test)):
+        u, n = int(split.test.users[c]), int(split.test.hist_len[c])
+        history = [data.item_ids[i] for i in data.sequence(u)[:n]]
+        bought = data.item_ids[int(split.test.targets[c])]
+        fallback = fallback or (data.user_ids[u], history, bought)
+        if cause is None or cause[data.offsets[u] + n] < 0:
+            continue
+        if bought in {r.item_id for r in rec.recommend(history=history, k=10)}:
+            return data.user_ids[u], history, bought
+    return fallback

@@ -115,7 +115,9 @@ class ItemKNNScorer:
     def __init__(self, data: Dataset, train_len: np.ndarray, neighbours: int = 100, decay: float = 0.8):
         users = np.repeat(np.arange(data.n_users), train_len)
         items = _train_events(data, train_len)
-        x = sp.csr_matrix((np.ones_like(items, dtype=np.float32), (users, items)), shape=(data.n_users, data.n_items + 1))
+        x = sp.csr_matrix(
+            (np.ones_like(items, dtype=np.float32), (users, items)), shape=(data.n_users, data.n_items + 1)
+        )
         x.data[:] = 1.0  # repeated purchases count once
         co = (x.T @ x).tocsr()  # (N + 1, N + 1) co-occurrence counts
         norms = np.sqrt(np.asarray(co.diagonal()).clip(min=1.0))

@@ -143,9 +143,7 @@ class SeqRec(nn.Module):
         return self.item_tokens(torch.arange(self.cfg.n_items + 1, device=self.item_emb.weight.device))
 
     # ------------------------------------------------------------------ encoder
-    def forward(
-        self, items: Tensor, tokens: Tensor | None = None, output_attentions: bool = False
-    ) -> SeqRecOutput:
+    def forward(self, items: Tensor, tokens: Tensor | None = None, output_attentions: bool = False) -> SeqRecOutput:
         """items: (B, T) left-padded item indices. ``tokens`` (B, T, C) replaces the item tokens
         (used by gradient explainers); padding positions are still taken from ``items``."""
         B, T = items.shape
@@ -171,9 +169,7 @@ class SeqRec(nn.Module):
         return SeqRecOutput(hidden, tuple(attentions) if output_attentions else None)
 
     # ------------------------------------------------------------------ train / predict
-    def loss(
-        self, inputs: Tensor, targets: Tensor, negatives: Tensor | None = None, reduction: str = "mean"
-    ) -> Tensor:
+    def loss(self, inputs: Tensor, targets: Tensor, negatives: Tensor | None = None, reduction: str = "mean") -> Tensor:
         """Next-item cross-entropy at every real position (inputs and targets (B, T)).
 
         Full softmax over the catalog by default; with ``negatives`` (N,) a sampled softmax

@@ -1,8 +1,8 @@
 """The Python API a notebook user calls; the CLI and the service wrap it.
 
-    rec = Recommender.load("runs/beauty")
-    rec.recommend(user="42", k=10)                 # a known user's next items
-    rec.recommend(history=["B001", "B002"], k=10)  # anyone, from item ids
+rec = Recommender.load("runs/beauty")
+rec.recommend(user="42", k=10)                 # a known user's next items
+rec.recommend(history=["B001", "B002"], k=10)  # anyone, from item ids
 """
 
 from __future__ import annotations

@@ -38,7 +38,12 @@ class RunInfo:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"config": self.config.to_dict(), "data_spec": self.data_spec, "catalog": self.catalog, "state": self.state},
+            {
+                "config": self.config.to_dict(),
+                "data_spec": self.data_spec,
+                "catalog": self.catalog,
+                "state": self.state,
+            },
             indent=2,
         )
 

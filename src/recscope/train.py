@@ -68,7 +68,9 @@ def fit(
     model = SeqRec(config.model)
     model.set_item_fields({f.name: torch.from_numpy(f.values) for f in data.fields})
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
-    info = RunInfo(config, data_spec, catalog, {"epoch": 0, "best_epoch": 0, "best_valid": None, "bad_evals": 0, "history": []})
+    info = RunInfo(
+        config, data_spec, catalog, {"epoch": 0, "best_epoch": 0, "best_valid": None, "bad_evals": 0, "history": []}
+    )
     if resume:
         info = _resume(out, config, model, optimizer)
     else:

@@ -13,17 +13,27 @@ import numpy as np
 import torch
 
 from recscope.data import Dataset
+from recscope.errors import RunError
 from recscope.explain.attention import AttentionExplainer, RolloutExplainer, attention_maps
 from recscope.explain.base import Counterfactual, Explainer, Explanation, HistoryWeight
 from recscope.explain.counterfactual import smallest_removal
-from recscope.explain.gradients import GradInputExplainer, IntegratedGradientsExplainer, field_attributions
+from recscope.explain.gradients import (
+    GradInputExplainer,
+    IntegratedGradientsExplainer,
+    field_attributions,
+)
 from recscope.explain.occlusion import OcclusionExplainer
 from recscope.explain.text import cited, sentence
-from recscope.errors import RunError
 
 METHODS: dict[str, type[Explainer]] = {
     cls.name: cls
-    for cls in (OcclusionExplainer, IntegratedGradientsExplainer, GradInputExplainer, RolloutExplainer, AttentionExplainer)
+    for cls in (
+        OcclusionExplainer,
+        IntegratedGradientsExplainer,
+        GradInputExplainer,
+        RolloutExplainer,
+        AttentionExplainer,
+    )
 }
 FALLBACK_DEFAULT = "occlusion"  # used until `recscope explain-eval` has measured the run
 

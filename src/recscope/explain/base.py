@@ -38,7 +38,9 @@ class Explainer:
         raise NotImplementedError
 
     # helpers shared by the methods --------------------------------------------
-    def target_scores(self, histories: torch.Tensor, targets: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    def target_scores(
+        self, histories: torch.Tensor, targets: torch.Tensor, tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, T) histories (left-padded) and (B,) targets -> (B,) scores, differentiable."""
         hidden = self.model(histories, tokens=tokens).hidden[:, -1]  # (B, C)
         return (hidden * self.table[targets]).sum(-1)

@@ -24,7 +24,13 @@ def removal_ranks(model, table, history: torch.Tensor, owned: torch.Tensor, mask
 
 @torch.no_grad()
 def smallest_removal(
-    model, table, history: torch.Tensor, owned: torch.Tensor, target: int, weights: torch.Tensor, k: int,
+    model,
+    table,
+    history: torch.Tensor,
+    owned: torch.Tensor,
+    target: int,
+    weights: torch.Tensor,
+    k: int,
     max_steps: int = 10,
 ):
     """Positions (into ``history``) to remove, the item's new 1-based rank, the item that enters

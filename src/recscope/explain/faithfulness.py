@@ -73,8 +73,14 @@ def evaluate_faithfulness(rec, users: int = 200, methods: list[str] | None = Non
             scores = model.score(read[None, :], table)[0]
         scores[owned] = float("-inf")
         targets = torch.topk(scores, k).indices
-        case = _Case(read, owned, targets, scores[targets], occlusion.attribute(read, targets),
-                     torch.from_numpy(rng.permutation(len(read))))
+        case = _Case(
+            read,
+            owned,
+            targets,
+            scores[targets],
+            occlusion.attribute(read, targets),
+            torch.from_numpy(rng.permutation(len(read))),
+        )
         if causes is not None:
             cause = int(causes[data.offsets[u] + n])
             offset = n - len(read)

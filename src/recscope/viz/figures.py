@@ -33,7 +33,15 @@ def attention_heatmap(
     for r in range(T):
         for c in range(len(columns)):
             v = matrix[r, c]
-            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.6 * matrix.max() else "black")
+            ax.text(
+                c,
+                r,
+                f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if v > 0.6 * matrix.max() else "black",
+            )
     fig.colorbar(image, ax=ax, label="attention weight (each column sums to 1)")
     ax.set_title(title)
     fig.tight_layout()
@@ -67,8 +75,15 @@ def attribution_heatmap(
     for r in range(T):
         for c in range(K):
             v = weights[r, c]
-            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6.5,
-                    color="white" if abs(v) > 0.6 * limit else "black")
+            ax.text(
+                c,
+                r,
+                f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=6.5,
+                color="white" if abs(v) > 0.6 * limit else "black",
+            )
     fig.colorbar(image, ax=ax, label=unit, shrink=0.8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
