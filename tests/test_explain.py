@@ -166,7 +166,7 @@ def test_faithfulness_metrics_on_an_additive_toy():
         read, read, targets, torch.tensor([sum(values[i] for i in read.tolist())]), torch.zeros(1, 6), torch.arange(6)
     )
     order = torch.argsort(torch.tensor([values[i] for i in read.tolist()]), descending=True)[None, :]
-    comp, suff = _aopc(model, table, case, order, range(1, 6))
+    comp, suff = _aopc(model, table, case, order)
     # removing the top 1..5 items drops 5, 9, 12, 14, 15 -> mean 11; keeping them drops 10.5 .. 0.5
     assert comp == pytest.approx((5 + 9 + 12 + 14 + 15) / 5)
     assert suff == pytest.approx((10.5 + 6.5 + 3.5 + 1.5 + 0.5) / 5)

@@ -35,6 +35,7 @@ from recscope.explain.occlusion import OcclusionExplainer, without
 
 MAX_REMOVED = 5
 EXIT_REMOVED = 3
+RANDOM_DRAWS = 10  # random baselines average this many random orders per case (less noise)
 CRITERIA = {"comprehensiveness": 1, "sufficiency": -1, "topk_exit_rate": 1, "planted_hit@1": 1}  # 1 = higher is better
 
 
@@ -45,7 +46,7 @@ class _Case:
     targets: torch.Tensor  # (K,) recommended items
     full: torch.Tensor  # (K,) their scores
     loo: torch.Tensor  # (K, T) leave-one-out weights
-    random_order: torch.Tensor  # (T,) a random permutation of positions (shared by all methods)
+    random_orders: torch.Tensor  # (R, T) random permutations of positions (shared by all methods)
     cause: int | None = None  # planted cause position in `read`, for the test item
     test_item: int | None = None
 
@@ -73,14 +74,9 @@ def evaluate_faithfulness(rec, users: int = 200, methods: list[str] | None = Non
             scores = model.score(read[None, :], table)[0]
         scores[owned] = float("-inf")
         targets = torch.topk(scores, k).indices
-        case = _Case(
-            read,
-            owned,
-            targets,
-            scores[targets],
-            occlusion.attribute(read, targets),
-            torch.from_numpy(rng.permutation(len(read))),
-        )
+        orders = np.stack([rng.permutation(len(read)) for _ in range(RANDOM_DRAWS)])  # (R, T)
+        loo = occlusion.attribute(read, targets)
+        case = _Case(read, owned, targets, scores[targets], loo, torch.from_numpy(orders))
         if causes is not None:
             cause = int(causes[data.offsets[u] + n])
             offset = n - len(read)
@@ -88,10 +84,11 @@ def evaluate_faithfulness(rec, users: int = 200, methods: list[str] | None = Non
                 case.cause, case.test_item = cause - offset, int(test.targets[c])
         cases.append(case)
 
+    random = _random_baselines(model, table, cases, k)
     results = {}
     for name in methods:
         explainer = occlusion if name == "occlusion" else make_explainer(model, name)
-        results[name] = _measure(explainer, model, table, cases, k)
+        results[name] = _measure(explainer, model, table, cases, k, random)
     return {
         "default": choose_default(results),
         "users": len(cases),
@@ -101,26 +98,19 @@ def evaluate_faithfulness(rec, users: int = 200, methods: list[str] | None = Non
     }
 
 
-def _measure(explainer, model, table, cases: list[_Case], k: int) -> dict:
-    comp, comp_r, suff, suff_r, exit_, exit_r, taus, ms = [], [], [], [], [], [], [], []
-    hits1, hits3 = [], []
+def _measure(explainer, model, table, cases: list[_Case], k: int, random: tuple[float, float, float]) -> dict:
+    comp, suff, exit_, taus, ms, hits1, hits3 = [], [], [], [], [], [], []
     for case in cases:
         tic = time.perf_counter()
         weights = explainer.attribute(case.read, case.targets)  # (K, T)
         ms.append((time.perf_counter() - tic) * 1000 / len(case.targets))
         T = len(case.read)
-        order = torch.argsort(weights, dim=1, descending=True, stable=True)  # (K, T) most important first
-        random = case.random_order[None, :].expand(len(case.targets), -1)
-        sizes = range(1, min(MAX_REMOVED, T - 1) + 1)
-        if len(sizes):
-            c, s = _aopc(model, table, case, order, sizes)
-            cr, sr = _aopc(model, table, case, random, sizes)
-            comp.append(c), suff.append(s), comp_r.append(cr), suff_r.append(sr)
-            m = min(EXIT_REMOVED, T - 1)
-            exit_.append(_exit_rate(model, table, case, order[:, :m], k))
-            exit_r.append(_exit_rate(model, table, case, random[:, :m], k))
-        for j in range(len(case.targets)):
-            if T > 1:
+        if T > 1:
+            order = torch.argsort(weights, dim=1, descending=True, stable=True)  # (K, T) most important first
+            c, s = _aopc(model, table, case, order)
+            comp.append(c), suff.append(s)
+            exit_.append(_exit_rate(model, table, case, order[:, : min(EXIT_REMOVED, T - 1)], k))
+            for j in range(len(case.targets)):
                 tau = kendalltau(weights[j].numpy(), case.loo[j].numpy()).statistic
                 if not np.isnan(tau):
                     taus.append(tau)
@@ -129,13 +119,14 @@ def _measure(explainer, model, table, cases: list[_Case], k: int) -> dict:
             top = torch.argsort(w, descending=True, stable=True)[:3].tolist()
             hits1.append(top[0] == case.cause)
             hits3.append(case.cause in top)
+    comp_r, suff_r, exit_r = random
     out = {
         "comprehensiveness": _mean(comp),
-        "comprehensiveness_random": _mean(comp_r),
+        "comprehensiveness_random": comp_r,
         "sufficiency": _mean(suff),
-        "sufficiency_random": _mean(suff_r),
+        "sufficiency_random": suff_r,
         "topk_exit_rate": _mean(exit_),
-        "topk_exit_rate_random": _mean(exit_r),
+        "topk_exit_rate_random": exit_r,
         "kendall_tau_loo": _mean(taus),
         "ms_per_explanation": _mean(ms),
         "ms_p99": float(np.percentile(ms, 99)) if ms else float("nan"),
@@ -148,10 +139,26 @@ def _measure(explainer, model, table, cases: list[_Case], k: int) -> dict:
     return out
 
 
+def _random_baselines(model, table, cases: list[_Case], k: int) -> tuple[float, float, float]:
+    """Comprehensiveness, sufficiency and exit rate of random orders: the same for every method."""
+    comp, suff, exit_ = [], [], []
+    for case in cases:
+        T = len(case.read)
+        if T < 2:
+            continue
+        for order in case.random_orders:
+            order = order[None, :].expand(len(case.targets), -1)
+            c, s = _aopc(model, table, case, order)
+            comp.append(c), suff.append(s)
+            exit_.append(_exit_rate(model, table, case, order[:, : min(EXIT_REMOVED, T - 1)], k))
+    return _mean(comp), _mean(suff), _mean(exit_)
+
+
 @torch.no_grad()
-def _aopc(model, table, case: _Case, order: torch.Tensor, sizes) -> tuple[float, float]:
-    """Mean over sizes and targets of the score drop when removing / keeping only the top items."""
+def _aopc(model, table, case: _Case, order: torch.Tensor) -> tuple[float, float]:
+    """Mean over sizes 1..5 and targets of the score drop when removing / keeping only the top items."""
     K, T = order.shape
+    sizes = range(1, min(MAX_REMOVED, T - 1) + 1)
     remove, keep = [], []
     for size in sizes:
         top = torch.zeros(K, T, dtype=torch.bool).scatter(1, order[:, :size], True)  # (K, T) important
