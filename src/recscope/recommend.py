@@ -115,6 +115,8 @@ class Recommender:
         else:
             targets = torch.topk(scores, min(top, int(torch.isfinite(scores).sum()))).indices.tolist()
         ranks = [int((scores > scores[t]).sum()) + 1 for t in targets]
+        finite = int(torch.isfinite(scores).sum())
+        cutoff = float(torch.topk(scores, k + 1).values[-1]) if finite > k else None
         explainer = self._explainers.get(method or self.default_method())
         if explainer is None:
             explainer = make_explainer(self.model, method or self.default_method())
@@ -130,6 +132,7 @@ class Recommender:
             k=k,
             counterfactual=counterfactual,
             attentions=attentions,
+            cutoff=cutoff,
         )
 
     def what_if(

@@ -152,8 +152,7 @@ class Dataset:
             "item_ids": self.item_ids,
             "titles": self.titles,
             "fields": [
-                {"name": f.name, "kind": f.kind, "vocab": f.vocab, "band_edges": f.band_edges}
-                for f in self.fields
+                {"name": f.name, "kind": f.kind, "vocab": f.vocab, "band_edges": f.band_edges} for f in self.fields
             ],
             "extras": list(self.extras),
             "extra_labels": self.extra_labels,
@@ -310,9 +309,7 @@ def _numeric_field(name: str, values: np.ndarray, index: np.ndarray, n_rows: int
     matrix = np.zeros((n_rows, 1), dtype=np.int64)
     matrix[index[present], 0] = band
     bounds = [float(values[present].min()), *edges.tolist(), float(values[present].max())]
-    vocab = ["<none>"] + [
-        f"band{b} ({_fmt(bounds[b - 1])}-{_fmt(bounds[b])})" for b in range(1, len(edges) + 2)
-    ]
+    vocab = ["<none>"] + [f"band{b} ({_fmt(bounds[b - 1])}-{_fmt(bounds[b])})" for b in range(1, len(edges) + 2)]
     return ItemField(name, "numeric", vocab, matrix, edges.tolist())
 
 

@@ -254,9 +254,7 @@ def _read_double_colon(path: Path, names: list[str], encoding: str = "utf-8") ->
     rows = [line.split("::") for line in path.read_text(encoding=encoding).splitlines() if line]
     for i, row in enumerate(rows, start=1):
         if len(row) != len(names):
-            raise DataError(
-                f"expected {len(names)} '::'-separated fields, found {len(row)}", file=str(path), row=i
-            )
+            raise DataError(f"expected {len(names)} '::'-separated fields, found {len(row)}", file=str(path), row=i)
     return pl.DataFrame(rows, schema=names, orient="row")
 
 

@@ -205,7 +205,9 @@ def _next_purchase(rng, shop, history, owned, taste, dept_index, brand, kind, ac
 
 def _make_catalog(shop: ShopConfig, rng: np.random.Generator) -> dict[str, list]:
     """Devices with their accessories, and regular products, spread over departments and brands."""
-    cols: dict[str, list] = {k: [] for k in ("item_id", "title", "brand", "department", "subcategory", "kind", "price", "device_of")}
+    cols: dict[str, list] = {
+        k: [] for k in ("item_id", "title", "brand", "department", "subcategory", "kind", "price", "device_of")
+    }
     n_subcats = sum(len(v) for v in DEPARTMENTS.values())
     per_regular_subcat = max(4, shop.items // (n_subcats + 8))
 

@@ -56,8 +56,13 @@ def explain_items(
     k: int = 10,
     counterfactual: bool = True,
     attentions: bool = False,
+    cutoff: float | None = None,
 ) -> list[Explanation]:
-    """Explain ``targets`` (dense item indices) recommended for ``history`` (the whole history)."""
+    """Explain ``targets`` (dense item indices) recommended for ``history`` (the whole history).
+
+    ``cutoff`` is the score of the first item outside the top-K: sentences only name reasons
+    that are large next to an item's lead over it.
+    """
     tic = time.perf_counter()
     model = explainer.model
     read = torch.from_numpy(np.asarray(history[-model.cfg.max_len :], dtype=np.int64))  # what the model reads
@@ -88,7 +93,9 @@ def explain_items(
         )
         if counterfactual:
             expl.counterfactual = _counterfactual(explainer, read, owned, target, weights[j], k, entries, data)
-        expl.sentence = sentence(expl, _shared(data, [read[h.position - offset] for h in cited(expl)], target))
+        margin = scores[j] - cutoff if cutoff is not None else 0.0
+        reasons = [int(read[h.position - offset]) for h in cited(expl, margin)]
+        expl.sentence = sentence(expl, _shared(data, reasons, target), margin)
         explanations.append(expl)
     elapsed = (time.perf_counter() - tic) * 1000 / max(len(targets), 1)
     for expl in explanations:
