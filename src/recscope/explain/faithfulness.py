@@ -12,6 +12,8 @@ item), per method:
 - Kendall tau against leave-one-out (occlusion), per explanation, averaged;
 - on data with planted causes (the synthetic shop): over test events that have a single
   cause, how often the cause is the method's top-1 / in its top-3 for the test item;
+- deletion and keep curves: the mean score drop after removing / keeping only the top
+  1..5 items, per method and for random orders (the AOPCs are their means);
 - milliseconds per explanation (the method's batched call over a user's top-K, divided by K),
   mean and p99.
 
@@ -100,6 +102,7 @@ def evaluate_faithfulness(rec, users: int = 200, methods: list[str] | None = Non
 
 def _measure(explainer, model, table, cases: list[_Case], k: int, random: tuple[float, float, float]) -> dict:
     comp, suff, exit_, taus, ms, hits1, hits3 = [], [], [], [], [], [], []
+    curves = _Curves()
     for case in cases:
         tic = time.perf_counter()
         weights = explainer.attribute(case.read, case.targets)  # (K, T)
@@ -108,7 +111,8 @@ def _measure(explainer, model, table, cases: list[_Case], k: int, random: tuple[
         if T > 1:
             order = torch.argsort(weights, dim=1, descending=True, stable=True)  # (K, T) most important first
             c, s = _aopc(model, table, case, order)
-            comp.append(c), suff.append(s)
+            comp.append(np.mean(c)), suff.append(np.mean(s))
+            curves.add(c, s)
             exit_.append(_exit_rate(model, table, case, order[:, : min(EXIT_REMOVED, T - 1)], k))
             for j in range(len(case.targets)):
                 tau = kendalltau(weights[j].numpy(), case.loo[j].numpy()).statistic
@@ -119,7 +123,7 @@ def _measure(explainer, model, table, cases: list[_Case], k: int, random: tuple[
             top = torch.argsort(w, descending=True, stable=True)[:3].tolist()
             hits1.append(top[0] == case.cause)
             hits3.append(case.cause in top)
-    comp_r, suff_r, exit_r = random
+    comp_r, suff_r, exit_r, curves_r = random
     out = {
         "comprehensiveness": _mean(comp),
         "comprehensiveness_random": comp_r,
@@ -131,6 +135,10 @@ def _measure(explainer, model, table, cases: list[_Case], k: int, random: tuple[
         "ms_per_explanation": _mean(ms),
         "ms_p99": float(np.percentile(ms, 99)) if ms else float("nan"),
         "target_dependent": explainer.target_dependent,
+        "deletion_curve": curves.deletion(),
+        "deletion_curve_random": curves_r.deletion(),
+        "keep_curve": curves.keep(),
+        "keep_curve_random": curves_r.keep(),
     }
     if hits1:
         out["planted_hit@1"] = float(np.mean(hits1))
@@ -139,9 +147,10 @@ def _measure(explainer, model, table, cases: list[_Case], k: int, random: tuple[
     return out
 
 
-def _random_baselines(model, table, cases: list[_Case], k: int) -> tuple[float, float, float]:
-    """Comprehensiveness, sufficiency and exit rate of random orders: the same for every method."""
+def _random_baselines(model, table, cases: list[_Case], k: int) -> tuple[float, float, float, _Curves]:
+    """Comprehensiveness, sufficiency, exit rate and curves of random orders: the same for every method."""
     comp, suff, exit_ = [], [], []
+    curves = _Curves()
     for case in cases:
         T = len(case.read)
         if T < 2:
@@ -149,14 +158,35 @@ def _random_baselines(model, table, cases: list[_Case], k: int) -> tuple[float, 
         for order in case.random_orders:
             order = order[None, :].expand(len(case.targets), -1)
             c, s = _aopc(model, table, case, order)
-            comp.append(c), suff.append(s)
+            comp.append(np.mean(c)), suff.append(np.mean(s))
+            curves.add(c, s)
             exit_.append(_exit_rate(model, table, case, order[:, : min(EXIT_REMOVED, T - 1)], k))
-    return _mean(comp), _mean(suff), _mean(exit_)
+    return _mean(comp), _mean(suff), _mean(exit_), curves
+
+
+class _Curves:
+    """Mean score drop per number of items removed (deletion) / kept (keep), 1..MAX_REMOVED,
+    each point averaged over the cases long enough to have it."""
+
+    def __init__(self):
+        self._remove = [[] for _ in range(MAX_REMOVED)]
+        self._keep = [[] for _ in range(MAX_REMOVED)]
+
+    def add(self, remove: list[float], keep: list[float]) -> None:
+        for i, (r, k) in enumerate(zip(remove, keep, strict=True)):
+            self._remove[i].append(r), self._keep[i].append(k)
+
+    def deletion(self) -> list[float]:
+        return [_mean(v) for v in self._remove if v]
+
+    def keep(self) -> list[float]:
+        return [_mean(v) for v in self._keep if v]
 
 
 @torch.no_grad()
-def _aopc(model, table, case: _Case, order: torch.Tensor) -> tuple[float, float]:
-    """Mean over sizes 1..5 and targets of the score drop when removing / keeping only the top items."""
+def _aopc(model, table, case: _Case, order: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per size 1..5 (at most T - 1), the mean score drop over targets when removing / keeping
+    only the top items; their means are the case's comprehensiveness and sufficiency (AOPC)."""
     K, T = order.shape
     sizes = range(1, min(MAX_REMOVED, T - 1) + 1)
     remove, keep = [], []
@@ -168,8 +198,8 @@ def _aopc(model, table, case: _Case, order: torch.Tensor) -> tuple[float, float]
     targets = case.targets.repeat(2 * len(sizes))
     hidden = model(without(case.read, masks)).hidden[:, -1]
     scores = (hidden * table[targets]).sum(-1).view(2, len(sizes), K)
-    drops = case.full[None, None, :] - scores
-    return float(drops[0].mean()), float(drops[1].mean())
+    drops = (case.full[None, None, :] - scores).mean(-1)  # (2, S): mean over targets, per size
+    return drops[0].tolist(), drops[1].tolist()
 
 
 @torch.no_grad()
