@@ -1,6 +1,7 @@
 """Explainers on a tiny model: shapes, sums, determinism, exactness, hooks, faithfulness on a toy."""
 
 import dataclasses
+import itertools
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from recscope.explain.counterfactual import smallest_removal
 from recscope.explain.faithfulness import _aopc, _Case, _exit_rate, choose_default
 from recscope.explain.gradients import IntegratedGradientsExplainer, field_attributions
 from recscope.explain.occlusion import OcclusionExplainer, without
+from recscope.explain.shapley import ShapleyExplainer
 from recscope.model import SeqRec, SeqRecOutput
 
 torch.set_num_threads(1)
@@ -203,3 +205,65 @@ def test_explanations_are_json_and_html(tmp_path):
     assert '"item_id": "<b>"' in e.to_json()
     page = e._repr_html_()
     assert "<script>" not in page and "<img" not in page
+
+
+def _brute_force_shapley(explainer, history, targets):
+    """Shapley values by walking all T! orders one sub-history at a time: the definition."""
+    T = len(history)
+    phi = torch.zeros(len(targets), T)
+    orders = list(itertools.permutations(range(T)))
+    for order in orders:
+        keep = torch.zeros(T, dtype=torch.bool)
+        before = explainer.values(history, keep[None].clone(), targets)[0]
+        for i in order:
+            keep[i] = True
+            after = explainer.values(history, keep[None].clone(), targets)[0]
+            phi[:, i] += after - before
+            before = after
+    return phi / len(orders)
+
+
+@torch.no_grad()
+def test_exact_shapley_matches_the_definition_and_is_efficient(model):
+    explainer = ShapleyExplainer(model)
+    history = HISTORY[:5]
+    weights = explainer.attribute(history, TARGETS)
+    torch.testing.assert_close(weights, _brute_force_shapley(explainer, history, TARGETS), atol=1e-4, rtol=1e-4)
+    full = explainer.values(history, torch.ones(1, 5, dtype=torch.bool), TARGETS)[0]
+    empty = explainer.values(history, torch.zeros(1, 5, dtype=torch.bool), TARGETS)[0]
+    torch.testing.assert_close(weights.sum(1), full - empty, atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_sampled_shapley_agrees_with_exact_and_with_captum(model):
+    from captum.attr import ShapleyValueSampling
+
+    explainer = ShapleyExplainer(model)
+    exact = explainer.exact(HISTORY, TARGETS)
+    sampled = explainer.sampled(HISTORY, TARGETS, samples=1000)
+    scale = float(exact.abs().max())
+    assert float((sampled - exact).abs().max()) < 0.1 * scale
+    # Captum's estimator of the same quantity, one target at a time, on keep-masks
+    masks = torch.ones(1, len(HISTORY))
+    for k, target in enumerate(TARGETS.tolist()):
+
+        def forward(batch, target=target):
+            return explainer.values(HISTORY, batch > 0.5, torch.tensor([target]))[:, 0]
+
+        torch.manual_seed(0)
+        captum = ShapleyValueSampling(forward).attribute(masks, baselines=torch.zeros_like(masks), n_samples=300)
+        assert float((captum[0] - exact[k]).abs().max()) < 0.1 * scale
+    # the long-history path is the one used above EXACT_UP_TO items, and is deterministic
+    torch.testing.assert_close(explainer.sampled(HISTORY, TARGETS), explainer.sampled(HISTORY, TARGETS))
+
+
+def test_shapley_on_an_additive_model_is_each_items_value():
+    values = [0.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.0]
+    model = AdditiveModel(values)
+    explainer = ShapleyExplainer.__new__(ShapleyExplainer)
+    explainer.model, explainer.table = model, model.item_table()
+    read = torch.tensor([6, 1, 4, 2, 3, 5])
+    truth = torch.tensor([values[i] for i in read.tolist()])
+    with torch.no_grad():
+        torch.testing.assert_close(explainer.exact(read, torch.tensor([7]))[0], truth)
+        torch.testing.assert_close(explainer.sampled(read, torch.tensor([7]))[0], truth)

@@ -23,12 +23,14 @@ from recscope.explain.gradients import (
     field_attributions,
 )
 from recscope.explain.occlusion import OcclusionExplainer
+from recscope.explain.shapley import ShapleyExplainer
 from recscope.explain.text import cited, sentence
 
 METHODS: dict[str, type[Explainer]] = {
     cls.name: cls
     for cls in (
         OcclusionExplainer,
+        ShapleyExplainer,
         IntegratedGradientsExplainer,
         GradInputExplainer,
         RolloutExplainer,
