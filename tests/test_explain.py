@@ -267,3 +267,34 @@ def test_shapley_on_an_additive_model_is_each_items_value():
     with torch.no_grad():
         torch.testing.assert_close(explainer.exact(read, torch.tensor([7]))[0], truth)
         torch.testing.assert_close(explainer.sampled(read, torch.tensor([7]))[0], truth)
+
+
+def _explanation(weights, counterfactual=None, target_dependent=True):
+    from recscope.explain.base import Explanation, HistoryWeight
+
+    history = [HistoryWeight(t, f"i{t}", f"Item {t}", w) for t, w in enumerate(weights)]
+    return Explanation(None, "c", "Cand", 5.0, 1, "shapley", target_dependent, history, counterfactual=counterfactual)
+
+
+def test_sentence_cites_only_what_the_weights_carry():
+    from recscope.explain.base import Counterfactual, HistoryWeight
+    from recscope.explain.text import sentence
+
+    # item 2 holds 6 of 8 positive units: cited; item 0 (1 unit, 12%) is not
+    text = sentence(_explanation([1.0, -2.0, 6.0, 1.0]), {"brand": ["Acme"]})
+    assert text.startswith("Because you bought “Item 2” (same brand: Acme).")
+    assert "Item 0" not in text and "Item 1" not in text
+    # weights spread thin: nobody is named
+    assert "no single past item stands out" in sentence(_explanation([1.0] * 8))
+    # a push that is small next to the item's lead over the cut-off is not a reason
+    assert "no single past item" in sentence(_explanation([0.3, 0.1]), margin=4.0)
+    # the counterfactual is quoted only when verified, short lists by name, long ones by count
+    gone = [HistoryWeight(2, "i2", "Item 2", 6.0)]
+    verified = sentence(_explanation([1.0, 6.0], Counterfactual(gone, new_rank=14, k=10)))
+    assert verified.endswith("Without “Item 2”, it would drop out of your top 10.")
+    unverified = sentence(_explanation([1.0, 6.0], Counterfactual([], None, 10, found=False)))
+    assert "drop out" not in unverified
+    many = sentence(_explanation([1.0, 6.0], Counterfactual(gone * 5, new_rank=11, k=10)))
+    assert many.endswith("only once 5 of your past items are taken away.")
+    # attention is labelled as the same for every recommendation
+    assert "same for every recommendation" in sentence(_explanation([0.2, 0.8], target_dependent=False))

@@ -44,7 +44,9 @@ def sentence(
     text += "."
     cf = expl.counterfactual
     if cf is not None and cf.found and cf.removed:
-        gone = " and ".join(f"“{h.title}”" for h in cf.removed[:2])
-        more = f" and {len(cf.removed) - 2} more" if len(cf.removed) > 2 else ""
-        text += f" Without {gone}{more}, it would drop out of your top {cf.k}."
+        if len(cf.removed) <= 2:
+            gone = " and ".join(f"“{h.title}”" for h in cf.removed)
+            text += f" Without {gone}, it would drop out of your top {cf.k}."
+        else:  # no short list of items carries it: say how many it takes
+            text += f" It leaves your top {cf.k} only once {len(cf.removed)} of your past items are taken away."
     return text
