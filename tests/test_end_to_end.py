@@ -90,7 +90,7 @@ def test_explain_json_for_one_item_and_for_all_methods(run):
     every = json.loads(
         runner.invoke(app, ["explain", str(run), "--user", "U00007", "--top", "2", "--method", "all", "--json"]).output
     )
-    assert set(every) == {"occlusion", "integrated_gradients", "grad_input", "rollout", "attention"}
+    assert set(every) == {"occlusion", "shapley", "integrated_gradients", "grad_input", "rollout", "attention"}
 
 
 def test_explain_eval_json_has_the_documented_keys_and_sets_the_default(run):

@@ -113,7 +113,7 @@ def _measure(explainer, model, table, cases: list[_Case], k: int, random: tuple[
             c, s = _aopc(model, table, case, order)
             comp.append(np.mean(c)), suff.append(np.mean(s))
             curves.add(c, s)
-            exit_.append(_exit_rate(model, table, case, order[:, : min(EXIT_REMOVED, T - 1)], k))
+            exit_.append((T, _exit_rate(model, table, case, order[:, : min(EXIT_REMOVED, T - 1)], k)))
             for j in range(len(case.targets)):
                 tau = kendalltau(weights[j].numpy(), case.loo[j].numpy()).statistic
                 if not np.isnan(tau):
@@ -129,8 +129,10 @@ def _measure(explainer, model, table, cases: list[_Case], k: int, random: tuple[
         "comprehensiveness_random": comp_r,
         "sufficiency": _mean(suff),
         "sufficiency_random": suff_r,
-        "topk_exit_rate": _mean(exit_),
-        "topk_exit_rate_random": exit_r,
+        "topk_exit_rate": _mean([e for _, e in exit_]),
+        "topk_exit_rate_random": _mean([e for _, e in exit_r]),
+        "topk_exit_rate_by_length": _by_length(exit_),
+        "topk_exit_rate_random_by_length": _by_length(exit_r),
         "kendall_tau_loo": _mean(taus),
         "ms_per_explanation": _mean(ms),
         "ms_p99": float(np.percentile(ms, 99)) if ms else float("nan"),
@@ -147,21 +149,24 @@ def _measure(explainer, model, table, cases: list[_Case], k: int, random: tuple[
     return out
 
 
-def _random_baselines(model, table, cases: list[_Case], k: int) -> tuple[float, float, float, _Curves]:
-    """Comprehensiveness, sufficiency, exit rate and curves of random orders: the same for every method."""
+def _random_baselines(model, table, cases: list[_Case], k: int) -> tuple[float, float, list, _Curves]:
+    """Comprehensiveness, sufficiency, (history length, exit rate) per case and curves of random
+    orders: the same for every method."""
     comp, suff, exit_ = [], [], []
     curves = _Curves()
     for case in cases:
         T = len(case.read)
         if T < 2:
             continue
+        exits = []
         for order in case.random_orders:
             order = order[None, :].expand(len(case.targets), -1)
             c, s = _aopc(model, table, case, order)
             comp.append(np.mean(c)), suff.append(np.mean(s))
             curves.add(c, s)
-            exit_.append(_exit_rate(model, table, case, order[:, : min(EXIT_REMOVED, T - 1)], k))
-    return _mean(comp), _mean(suff), _mean(exit_), curves
+            exits.append(_exit_rate(model, table, case, order[:, : min(EXIT_REMOVED, T - 1)], k))
+        exit_.append((T, _mean(exits)))
+    return _mean(comp), _mean(suff), exit_, curves
 
 
 class _Curves:
@@ -212,6 +217,19 @@ def _exit_rate(model, table, case: _Case, removed: torch.Tensor, k: int) -> floa
     own = scores.gather(1, case.targets[:, None])
     ranks = (scores > own).sum(1)
     return float((ranks >= k).float().mean())
+
+
+LENGTHS = ((2, 4), (5, 9), (10, 19), (20, None))  # history-length buckets of the exit rate
+
+
+def _by_length(pairs: list[tuple[int, float]]) -> dict[str, float]:
+    """Mean exit rate per history-length bucket: removing 3 of 4 items is not removing 3 of 40."""
+    out = {}
+    for low, high in LENGTHS:
+        values = [e for T, e in pairs if T >= low and (high is None or T <= high)]
+        if values:
+            out[f"{low}-{high}" if high else f"{low}+"] = _mean(values)
+    return out
 
 
 def _mean(values) -> float:
