@@ -57,11 +57,12 @@ def train(
 ) -> None:
     """Train a model; the run directory holds weights, config, ids and data."""
     from recscope.data import load_dataset
-    from recscope.train import fit
 
     cfg = config_mod.load(config, set_ or [])
     dataset = load_dataset(data, catalog, cfg.data, _columns(map_))
     _print_report(dataset.report)
+    from recscope.train import fit  # torch loads only once the data is known to be good
+
     fit(
         dataset, cfg, out_dir, data_spec=data, catalog=str(catalog) if catalog else None, resume=resume, console=console
     )
@@ -280,10 +281,10 @@ def main() -> None:
         sys.exit(e.exit_code)
     except typer.Abort:
         sys.exit(130)
-    except Exception as e:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:
+        # Usage errors (missing option, bad value) come from the click bundled inside typer;
+        # they know how to print themselves with the command's usage line.
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
         raise

@@ -38,7 +38,12 @@ def rank_targets(
     batch_size: int = 1024,
     seed: int = 0,
 ) -> np.ndarray:
-    """0-based rank of each case's target (number of candidates scored strictly higher)."""
+    """0-based rank of each case's target among the candidates.
+
+    Ties are broken at random (seeded): a target tied with n candidates lands uniformly among
+    them. Counting only strictly higher scores would flatter scorers with many equal scores
+    (co-occurrence kNN gives most items 0; popularity ties items bought equally often).
+    """
     rng = np.random.default_rng(seed)
     ranks = np.empty(len(cases), dtype=np.int64)
     for start in range(0, len(cases), batch_size):
@@ -54,14 +59,22 @@ def rank_targets(
             if exclude_history:
                 scores = scores.scatter(1, full_hist, float("-inf"))
             scores[:, 0] = float("-inf")
-            ranks[sl] = (scores > target_scores).sum(1).numpy()
+            scores.scatter_(1, target[:, None], float("-inf"))  # the target is not its own rival
+            ranks[sl] = _rank(scores, target_scores, rng)
         elif protocol == "sampled":
             negatives = _sample_negatives(rng, data.n_items, full_hist.numpy(), targets, num_negatives)
             neg_scores = scores.gather(1, torch.from_numpy(negatives))
-            ranks[sl] = (neg_scores > target_scores).sum(1).numpy()
+            ranks[sl] = _rank(neg_scores, target_scores, rng)
         else:
             raise ValueError(f"unknown protocol {protocol!r}: use 'full' or 'sampled'")
     return ranks
+
+
+def _rank(rivals: torch.Tensor, target_scores: torch.Tensor, rng: np.random.Generator) -> np.ndarray:
+    """Rivals scored higher, plus a uniform share of the tied ones."""
+    higher = (rivals > target_scores).sum(1).numpy()
+    tied = (rivals == target_scores).sum(1).numpy()
+    return higher + np.floor(rng.random(len(higher)) * (tied + 1)).astype(np.int64)
 
 
 def _sample_negatives(

@@ -190,8 +190,13 @@ def _read_movielens(path: Path, report: LoadReport, skip_bad: bool) -> tuple[pl.
     if not path.is_dir():
         raise DataError("movielens: expects the unpacked folder", file=str(path), fix="movielens:DIR")
     if (path / "u.data").exists():
-        ratings = _read_delimited(path / "u.data", "\t", ["user_id", "item_id", "value", "timestamp"])
+        ratings_file = path / "u.data"
+        ratings = _read_delimited(ratings_file, "\t", ["user_id", "item_id", "value", "timestamp"])
         movies = _read_delimited(path / "u.item", "|", None, encoding="latin-1")
+        if not (path / "u.genre").exists():
+            raise DataError(
+                "file is missing", file=str(path / "u.genre"), fix="copy u.genre (it names u.item's genre columns)"
+            )
         genres = [g.split("|")[0] for g in (path / "u.genre").read_text(encoding="latin-1").splitlines() if g]
         flags = movies.columns[5 : 5 + len(genres)]
         if len(flags) != len(genres):
@@ -210,7 +215,8 @@ def _read_movielens(path: Path, report: LoadReport, skip_bad: bool) -> tuple[pl.
             year.alias("year"),
         )
     elif (path / "ratings.dat").exists():
-        ratings = _read_double_colon(path / "ratings.dat", ["user_id", "item_id", "value", "timestamp"])
+        ratings_file = path / "ratings.dat"
+        ratings = _read_double_colon(ratings_file, ["user_id", "item_id", "value", "timestamp"])
         movies = _read_double_colon(path / "movies.dat", ["item_id", "title", "genre"], encoding="latin-1")
         catalog = movies.select(
             "item_id",
@@ -226,7 +232,7 @@ def _read_movielens(path: Path, report: LoadReport, skip_bad: bool) -> tuple[pl.
         )
     report.rows_read = ratings.height
     interactions = _validate_interactions(
-        ratings.select("user_id", "item_id", "timestamp"), str(path), report, skip_bad, first_row=1
+        ratings.select("user_id", "item_id", "timestamp"), str(ratings_file), report, skip_bad, first_row=1
     )
     return interactions, catalog
 
@@ -263,7 +269,10 @@ def _read_table(path: Path, kind: str) -> pl.DataFrame:
     try:
         if kind == "parquet" or path.suffix == ".parquet":
             frame = pl.read_parquet(path)
-            return frame.with_columns(pl.col(c).cast(pl.String) for c in frame.columns if frame[c].dtype != pl.List)
+            # Every cell as text (lists as lists of text): the catalog code detects numbers itself.
+            return frame.with_columns(
+                pl.col(c).cast(pl.List(pl.String) if frame[c].dtype == pl.List else pl.String) for c in frame.columns
+            )
         return pl.read_csv(path, infer_schema=False)
     except pl.exceptions.NoDataError:
         raise DataError("the file is empty", file=str(path), fix="write a header line and one row per event") from None
@@ -355,7 +364,10 @@ def _parse_time(column: pl.Series) -> pl.Series:
     as_number = column.cast(pl.Float64, strict=False)
     if as_number.null_count() == column.null_count():
         return as_number
-    as_date = column.str.to_datetime(strict=False, time_unit="ms")
+    try:
+        as_date = column.str.to_datetime(strict=False, time_unit="ms")
+    except pl.exceptions.ComputeError:  # no value looks like a date: the bad rows are reported as such
+        return as_number
     if as_date.null_count() <= as_number.null_count():
         return as_date.dt.epoch("ms").cast(pl.Float64) / 1000.0
     return as_number
@@ -364,8 +376,10 @@ def _parse_time(column: pl.Series) -> pl.Series:
 def _read_catalog(path: Path, columns: dict[str, str]) -> pl.DataFrame:
     if not path.exists():
         raise DataError("catalog file does not exist", file=str(path), fix="check the path in --catalog")
-    frame = _read_table(path, "parquet" if path.suffix == ".parquet" else "csv")
-    if "item_id" not in frame.columns and "item_id" in columns:
+    kind = "parquet" if path.suffix == ".parquet" else "csv"
+    frame = _read_table(path, kind)
+    first_row = 2 if kind == "csv" else 1  # file line (csv: after the header) of row 0
+    if "item_id" not in frame.columns and columns.get("item_id") in frame.columns:
         frame = frame.rename({columns["item_id"]: "item_id"})
     if "item_id" not in frame.columns:
         raise DataError(
@@ -376,13 +390,13 @@ def _read_catalog(path: Path, columns: dict[str, str]) -> pl.DataFrame:
         )
     blank = frame.with_row_index("_r").filter(pl.col("item_id").is_null())
     if blank.height:
-        raise DataError("empty item_id", file=str(path), row=int(blank["_r"][0]) + 2, column="item_id")
-    dup = frame.with_row_index("_r").filter(pl.col("item_id").is_duplicated())
+        raise DataError("empty item_id", file=str(path), row=int(blank["_r"][0]) + first_row, column="item_id")
+    dup = frame.with_row_index("_r").filter(~pl.col("item_id").is_first_distinct())  # the repeats
     if dup.height:
         raise DataError(
-            f"item {dup['item_id'][1]!r} appears more than once",
+            f"item {dup['item_id'][0]!r} appears more than once",
             file=str(path),
-            row=int(dup["_r"][1]) + 2,
+            row=int(dup["_r"][0]) + first_row,
             column="item_id",
             fix="keep one row per item; put several values in one cell separated by '|'",
         )
