@@ -144,7 +144,8 @@ def explain(
         str | None,
         typer.Option(
             "--method",
-            help="occlusion | integrated_gradients | grad_input | rollout | attention | all (default: measured best)",
+            help="shapley | occlusion | integrated_gradients | grad_input | rollout | attention | all"
+            " (default: the run's measured best)",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
@@ -257,6 +258,46 @@ def faithfulness_table(result: dict) -> Table:
             *(f"{m[key]:.3f}" if key in m else "-" for key, _ in keys),
         )
     return table
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for index.html and figures/")],
+    users: Annotated[str | None, typer.Option("--users", help="comma-separated user ids to explain")] = None,
+    sample: Annotated[int, typer.Option("--sample", help="explain N random users (when --users is not given)")] = 10,
+    k: Annotated[int, typer.Option("--k", help="recommendations per user")] = 10,
+    methods: Annotated[str | None, typer.Option("--methods", help="comma-separated methods (default: all)")] = None,
+    merchant_users: Annotated[
+        int, typer.Option("--merchant-users", help="random users aggregated in the merchant view")
+    ] = 500,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the random samples")] = 0,
+    figures: Annotated[bool, typer.Option("--figures/--no-figures", help="also write PNG figures")] = True,
+) -> None:
+    """A self-contained HTML report (one file, works offline) plus PNG figures."""
+    from recscope.recommend import Recommender
+    from recscope.viz.report import build_report
+
+    rec = Recommender.load(run)
+    rng = np.random.default_rng(seed)
+    ids = rec.data.user_ids
+    chosen = [u.strip() for u in users.split(",") if u.strip()] if users else None
+    if chosen:
+        for u in chosen:
+            rec.data.user_index(u)  # unknown ids fail here, named, before any work
+    else:
+        chosen = [ids[i] for i in sorted(rng.choice(len(ids), min(sample, len(ids)), replace=False))]
+    crowd = sorted(set(chosen) | {ids[i] for i in rng.choice(len(ids), min(merchant_users, len(ids)), replace=False)})
+    build_report(
+        rec,
+        chosen,
+        out_dir,
+        k=k,
+        methods=methods.split(",") if methods else None,
+        merchant_users=crowd,
+        figures=figures,
+        console=out,
+    )
 
 
 @app.command()

@@ -90,8 +90,8 @@ def explain_items(
             method=explainer.name,
             target_dependent=explainer.target_dependent,
             history=entries,
-            attributes_history=_history_attributes(data, read, hist_fields[j], names),
-            attributes_candidate=_candidate_attributes(data, target, cand_fields[j], names),
+            attributes_history=history_attributes(data, read, hist_fields[j], names),
+            attributes_candidate=candidate_attributes(data, target, cand_fields[j], names),
             attentions=maps,
         )
         if counterfactual:
@@ -124,7 +124,7 @@ def _labels(data: Dataset, item: int, names: list[str]) -> dict[str, list[str]]:
     return {n: (by_name[n].labels(item) if n in by_name else []) for n in names}
 
 
-def _history_attributes(data: Dataset, read: torch.Tensor, fields: torch.Tensor, names: list[str]) -> dict[str, float]:
+def history_attributes(data: Dataset, read: torch.Tensor, fields: torch.Tensor, names: list[str]) -> dict[str, float]:
     """(T, F) per-position field weights -> "field=value" totals over the history."""
     totals: dict[str, float] = {}
     for t, item in enumerate(read.tolist()):
@@ -141,7 +141,7 @@ def _history_attributes(data: Dataset, read: torch.Tensor, fields: torch.Tensor,
     return dict(sorted(totals.items(), key=lambda kv: -abs(kv[1])))
 
 
-def _candidate_attributes(data: Dataset, item: int, fields: torch.Tensor, names: list[str]) -> dict[str, float]:
+def candidate_attributes(data: Dataset, item: int, fields: torch.Tensor, names: list[str]) -> dict[str, float]:
     labels = _labels(data, item, names)
     out: dict[str, float] = {}
     for f, name in enumerate(names):

@@ -1,0 +1,146 @@
+"""The merchant's view: what drives recommendations over many users, and what gets recommended.
+
+    view = global_view(rec, users=rec.data.user_ids[:500], k=10)
+
+Each user's whole history is read as it stands now, and the attribute attribution of every
+item in its top-``k`` is computed (the field split of :func:`recscope.explain.gradients.
+field_attributions`: gradient x input on the history tokens' field parts, exact on the
+candidate's; one batched pass per user). The view is a plain JSON-serialisable dict; the
+figures (:mod:`recscope.viz.figures`) and the HTML report render it::
+
+    {"users": n, "k": k, "method": name,
+     "drivers": [{"label": "brand=Acme", "field": "brand", "weight": mean push per
+                  recommendation, "count": recommendations it pushed}, ...],
+     "recommended": {field: {value: recommendations}},   # every catalog field
+     "catalog": {field: {value: catalog items}},
+     "coverage": {"recommended_items", "catalog_items", "share"},
+     "popularity": {"labels": [...], "recommended": [shares], "interactions": [shares]}}
+
+A driver's weight sums the value's attribution on the history side (the value in the
+user's history pushed the item up) and on the candidate side (the recommended item's own
+value pushed its score up), averaged over every recommendation in the view.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+
+import numpy as np
+import torch
+
+from recscope.data import Dataset, make_split
+from recscope.errors import RunError
+from recscope.explain.api import candidate_attributes, history_attributes
+from recscope.explain.attention import AttentionExplainer
+from recscope.explain.gradients import field_attributions
+
+# items ranked by interactions, most popular first: (label, upper edge as a share of items)
+POPULARITY_BUCKETS = (("top 1%", 0.01), ("1-5%", 0.05), ("5-20%", 0.20), ("20-50%", 0.50), ("bottom 50%", 1.0))
+WHOLE_ITEM_FIELDS = ("id", "text")  # attributions that belong to the item, not to a value
+
+
+METHOD = "attribute attribution"
+
+
+def global_view(rec, users: list[str], k: int = 10) -> dict:
+    """Attribute attributions of the top-``k`` of every user in ``users`` (own ids), aggregated."""
+    if not users:
+        raise RunError("no users to aggregate over", fix="pass at least one user id")
+    data: Dataset = rec.data
+    explainer = AttentionExplainer(rec.model)  # only its model and item table are used here
+    totals: dict[str, float] = defaultdict(float)
+    counts: Counter = Counter()
+    field_of: dict[str, str] = {}
+    recommended: list[int] = []
+    for user in users:
+        history = rec.history(user)
+        scores = rec.scores(history)
+        top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum()))).indices
+        read = rec.tensor(history)[0]
+        hist_fields, cand_fields, names = field_attributions(explainer, read, top)
+        for j, item in enumerate(top.tolist()):
+            recommended.append(item)
+            sides = (
+                history_attributes(data, read, hist_fields[j], names),
+                candidate_attributes(data, item, cand_fields[j], names),
+            )
+            for label, field, weight in _value_weights(data, item, *sides):
+                totals[label] += weight
+                counts[label] += weight != 0.0
+                field_of[label] = field
+    n_recs = max(len(recommended), 1)
+    drivers = [
+        {"label": label, "field": field_of[label], "weight": total / n_recs, "count": int(counts[label])}
+        for label, total in totals.items()
+    ]
+    drivers.sort(key=lambda d: -abs(d["weight"]))
+    return {
+        "users": len(users),
+        "k": k,
+        "method": METHOD,
+        "drivers": drivers,
+        "recommended": {f.name: _value_counts(f, recommended) for f in data.fields},
+        "catalog": {f.name: _value_counts(f, range(1, data.n_items + 1)) for f in data.fields},
+        "coverage": {
+            "recommended_items": len(set(recommended)),
+            "catalog_items": data.n_items,
+            "share": len(set(recommended)) / data.n_items,
+        },
+        "popularity": popularity(rec, recommended),
+    }
+
+
+def _value_weights(
+    data: Dataset, item: int, history_side: dict[str, float], candidate_side: dict[str, float]
+) -> list[tuple[str, str, float]]:
+    """(label, field, weight) per attribute value of one recommendation, from both sides."""
+    out: list[tuple[str, str, float]] = []
+    for key, weight in history_side.items():
+        field = key.split("=", 1)[0]
+        out.append((key, field, weight))
+    # the candidate side names all of a multi-valued cell at once ("genre=Action, Comedy"): share it out
+    by_key = {}
+    for f in data.fields:
+        labels = f.labels(item)
+        if labels:
+            by_key[f"{f.name}={', '.join(labels)}"] = (f.name, labels)
+    for key, weight in candidate_side.items():
+        if key in WHOLE_ITEM_FIELDS:
+            out.append((key, key, weight))
+        elif key in by_key:
+            field, labels = by_key[key]
+            out.extend((f"{field}={label}", field, weight / len(labels)) for label in labels)
+    return out
+
+
+def _value_counts(field, items) -> dict[str, int]:
+    counts: Counter = Counter()
+    for item in items:
+        counts.update(field.labels(int(item)) or ["(none)"])
+    return dict(counts.most_common())
+
+
+def popularity(rec, recommended: list[int]) -> dict:
+    """Share of recommendations and of training interactions per item-popularity bucket."""
+    from recscope.evaluate import _train_events
+
+    data: Dataset = rec.data
+    cfg = rec.config.data
+    train_len = make_split(data, cfg.split, cfg.temporal_valid, cfg.temporal_test).train_len
+    interactions = np.bincount(_train_events(data, train_len), minlength=data.n_items + 1)[1:]
+    order = np.argsort(-interactions, kind="stable")  # most popular first
+    bucket = np.empty(data.n_items, dtype=np.int64)
+    start = 0
+    for b, (_, edge) in enumerate(POPULARITY_BUCKETS):
+        stop = max(start, math.ceil(edge * data.n_items))
+        bucket[order[start:stop]] = b
+        start = stop
+    n = len(POPULARITY_BUCKETS)
+    rec_counts = np.bincount(bucket[np.asarray(recommended, dtype=np.int64) - 1], minlength=n)
+    inter_counts = np.bincount(bucket, weights=interactions, minlength=n)
+    return {
+        "labels": [label for label, _ in POPULARITY_BUCKETS],
+        "recommended": (rec_counts / max(rec_counts.sum(), 1)).tolist(),
+        "interactions": (inter_counts / max(inter_counts.sum(), 1)).tolist(),
+    }

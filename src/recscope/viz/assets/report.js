@@ -1,0 +1,470 @@
+// recscope report: draws the JSON in #data as SVG. Data strings reach the page only through
+// textContent and setAttribute (never innerHTML), so a title cannot become markup.
+"use strict";
+
+const DATA = JSON.parse(document.getElementById("data").textContent);
+const SVG_NS = "http://www.w3.org/2000/svg";
+const UP = [43, 108, 176];
+const DOWN = [197, 48, 48];
+const FIELD_COLOURS = { brand: "#1f77b4", category: "#ff7f0e", price: "#2ca02c", text: "#d62728", id: "#9467bd" };
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"];
+const state = { history: 0, method: DATA.default_method, rec: 0, layer: DATA.layers - 1, head: "mean" };
+
+// ------------------------------------------------------------------ small helpers
+function el(tag, attrs, parent, text) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  if (parent) parent.appendChild(node);
+  return node;
+}
+function svgEl(tag, attrs, parent, text) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  if (parent) parent.appendChild(node);
+  return node;
+}
+function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
+function shorten(text, n) { text = String(text); return text.length > n ? text.slice(0, n - 1) + "…" : text; }
+function fmt(x, digits) {
+  if (x === null || x === undefined || !isFinite(x)) return "–";
+  const d = digits === undefined ? 2 : digits;
+  const s = Math.abs(x) >= 100 ? x.toFixed(0) : x.toFixed(d);
+  return x > 0 ? "+" + s : s;
+}
+function plain(x, digits) { return x === null || x === undefined || !isFinite(x) ? "–" : x.toFixed(digits === undefined ? 3 : digits); }
+function pct(x) { return x === null || x === undefined || !isFinite(x) ? "–" : (100 * x).toFixed(1) + "%"; }
+function withTitle(node, text) { svgEl("title", {}, node, text); return node; }
+function diverging(v, limit) {
+  const t = Math.max(-1, Math.min(1, limit > 0 ? v / limit : 0));
+  const c = t >= 0 ? UP : DOWN;
+  const a = Math.abs(t);
+  const mix = c.map((ch) => Math.round(255 + (ch - 255) * a));
+  return { fill: `rgb(${mix.join(",")})`, ink: a > 0.55 ? "#ffffff" : "#1f2933" };
+}
+function robustLimit(values) {
+  const abs = values.filter((v) => v !== null && isFinite(v)).map(Math.abs).sort((a, b) => a - b);
+  if (!abs.length) return 1;
+  const q = abs[Math.min(abs.length - 1, Math.floor(0.98 * (abs.length - 1)))];
+  return q > 0 ? q : abs[abs.length - 1] || 1;
+}
+function textWidth(n) { return 6.2 * n; }  // 11px sans-serif, roughly
+
+// ------------------------------------------------------------------ current selection
+function current() { return DATA.histories[state.history]; }
+function explained() { return current().explanations[state.method]; }
+function methodInfo(name) { return DATA.methods.find((m) => m.name === name); }
+function attrText(item) {
+  return Object.entries(item.attrs || {}).map(([k, v]) => `${k}: ${v.join(", ")}`).join(" · ");
+}
+function itemTooltip(item) {
+  const attrs = attrText(item);
+  return `${item.title}\nid ${item.id}${attrs ? "\n" + attrs : ""}`;
+}
+
+// ------------------------------------------------------------------ header and tabs
+function drawHeader() {
+  const r = DATA.run;
+  const parts = [`data ${r.data}`, `${r.users.toLocaleString()} users`, `${r.items.toLocaleString()} items`,
+    `${r.events.toLocaleString()} events`];
+  if (r.test) parts.push(`test NDCG@10 ${plain(r.test["NDCG@10"], 4)}, HR@10 ${plain(r.test["HR@10"], 4)}`);
+  parts.push(`default method: ${DATA.default_method}`);
+  document.getElementById("run-summary").textContent = parts.join(" · ");
+  for (const button of document.querySelectorAll("nav button")) {
+    button.addEventListener("click", () => {
+      for (const b of document.querySelectorAll("nav button")) b.setAttribute("aria-selected", String(b === button));
+      for (const s of document.querySelectorAll("section.tab")) s.hidden = s.id !== "tab-" + button.dataset.tab;
+    });
+  }
+}
+
+function drawControls() {
+  const user = document.getElementById("user");
+  DATA.histories.forEach((h, i) => el("option", { value: String(i) }, user, `${shorten(h.label, 60)} (${h.length} items)`));
+  user.addEventListener("change", () => { state.history = Number(user.value); state.rec = 0; drawWhy(); });
+  const method = document.getElementById("method");
+  for (const m of DATA.methods) {
+    const label = m.name + (m.name === DATA.default_method ? " (default, most faithful)" : "");
+    el("option", { value: m.name }, method, label);
+  }
+  method.value = state.method;
+  method.addEventListener("change", () => { state.method = method.value; drawWhy(); });
+  const layer = document.getElementById("layer");
+  for (let l = 0; l < DATA.layers; l++) el("option", { value: String(l) }, layer, `${l + 1} of ${DATA.layers}`);
+  layer.value = String(state.layer);
+  layer.addEventListener("change", () => { state.layer = Number(layer.value); drawAttention(); });
+  const head = document.getElementById("head");
+  el("option", { value: "mean" }, head, "mean of heads");
+  for (let h = 0; h < DATA.heads; h++) el("option", { value: String(h) }, head, `${h + 1}`);
+  head.addEventListener("change", () => { state.head = head.value; drawAttention(); });
+}
+
+// ------------------------------------------------------------------ the "why" tab
+function drawWhy() {
+  const h = current();
+  const info = methodInfo(state.method);
+  const note = document.getElementById("method-note");
+  note.textContent = info.description + (info.target_dependent ? "" : " — the same for every recommended item");
+  document.getElementById("recs-title").textContent = `Top ${h.recs.length} for ${h.label}`;
+  const list = clear(document.getElementById("recs"));
+  if (!h.recs.length) el("li", { class: "empty" }, list, "nothing left to recommend");
+  h.recs.forEach((r, j) => {
+    const li = el("li", { "aria-selected": String(j === state.rec), "data-rank": String(r.rank), tabindex: "0" }, list);
+    const head = el("div", { class: "head" }, li);
+    el("span", { class: "rank" }, head, `#${r.rank}`);
+    el("span", { class: "title", title: itemTooltip(r) }, head, r.title);
+    el("span", { class: "score", title: "model score" }, head, plain(r.score, 2));
+    el("div", { class: "why" }, li, explained().items[j].sentence);
+    const pick = () => { state.rec = j; drawWhy(); };
+    li.addEventListener("click", pick);
+    li.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); pick(); } });
+  });
+  drawDetail();
+  drawHeatmap();
+  drawAttention();
+}
+
+function drawDetail() {
+  const h = current();
+  const r = h.recs[state.rec];
+  const title = document.getElementById("detail-title");
+  const sentence = document.getElementById("sentence");
+  const cfNode = document.getElementById("counterfactual");
+  if (!r) { title.textContent = ""; sentence.textContent = ""; cfNode.textContent = ""; return; }
+  const item = explained().items[state.rec];
+  title.textContent = `Why #${r.rank} “${shorten(r.title, 70)}”`;
+  title.setAttribute("title", itemTooltip(r));
+  sentence.textContent = item.sentence;
+  cfNode.textContent = counterfactualText(item.counterfactual, h);
+  cfNode.hidden = !item.counterfactual;
+  drawBars(document.getElementById("bars-history"), item.history_attributes, 8);
+  drawBars(document.getElementById("bars-candidate"), item.candidate_attributes, 8);
+}
+
+function counterfactualText(cf, h) {
+  if (!cf) return "";
+  if (!cf.found) {
+    return `Removing past items one by one (most pushing first) never dropped it out of the top ${cf.k}` +
+      (cf.new_rank ? `; the best found still ranks it #${cf.new_rank}.` : ".");
+  }
+  const names = cf.removed.map((i) => `“${shorten(h.history[i].title, 50)}”`);
+  const shown = names.length > 3 ? `${names.slice(0, 3).join(", ")} and ${names.length - 3} more` : names.join(" and ");
+  let text = `Without ${shown}, it would drop out of the top ${cf.k}`;
+  if (cf.new_rank) text += ` (to #${cf.new_rank})`;
+  return text + ". Checked by re-ranking.";
+}
+
+// one horizontal bar per [label, weight]: blue pushes up, red down
+function drawBars(container, pairs, top) {
+  clear(container);
+  const rows = (pairs || []).filter((p) => p[1] !== null).slice(0, top);
+  if (!rows.length) { el("p", { class: "empty" }, container, "no attributes"); return; }
+  const labelW = 210, barW = 260, rowH = 20, pad = 52;
+  const limit = Math.max(...rows.map((p) => Math.abs(p[1]))) || 1;
+  const width = labelW + barW + 2 * pad, height = rows.length * rowH + 8;
+  const svg = svgEl("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img" }, container);
+  const zero = labelW + pad + barW / 2;
+  svgEl("line", { x1: zero, x2: zero, y1: 0, y2: height, stroke: "#9aa5b1" }, svg);
+  rows.forEach(([label, w], i) => {
+    const y = 4 + i * rowH;
+    const len = (Math.abs(w) / limit) * (barW / 2);
+    const bar = svgEl("rect", { x: w >= 0 ? zero : zero - len, y: y + 3, width: Math.max(len, 0.5), height: rowH - 7,
+      fill: w >= 0 ? "rgb(43,108,176)" : "rgb(197,48,48)" }, svg);
+    withTitle(bar, `${label}: ${fmt(w, 3)}`);
+    withTitle(svgEl("text", { x: labelW - 4, y: y + rowH / 2 + 4, "text-anchor": "end" }, svg, shorten(label, 34)), label);
+    svgEl("text", { x: w >= 0 ? zero + len + 4 : zero - len - 4, y: y + rowH / 2 + 4,
+      "text-anchor": w >= 0 ? "start" : "end", class: "muted" }, svg, fmt(w));
+  });
+}
+
+// rows x columns of coloured cells with values; one column may be selected
+function drawGrid(container, opts) {
+  clear(container);
+  const { rows, cols, value, selected, onSelect, diverge, rowMarks } = opts;
+  if (!rows.length || !cols.length) { el("p", { class: "empty" }, container, "nothing to show"); return; }
+  const cellW = opts.cellW || 54, cellH = rows.length > 30 ? 16 : 20;
+  const labelChars = 40, labelW = textWidth(labelChars) + 34;
+  const colChars = 24, top = Math.min(170, textWidth(colChars) * 0.72 + 24);
+  const width = Math.max(labelW + cols.length * cellW + top, labelW + 480), height = top + rows.length * cellH + 30;
+  const svg = svgEl("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img" }, container);
+  const values = [];
+  rows.forEach((_, i) => cols.forEach((_, j) => values.push(value(i, j))));
+  const limit = opts.limit || robustLimit(values);
+  cols.forEach((c, j) => {
+    const x = labelW + j * cellW + cellW / 2;
+    const t = svgEl("text", { x, y: top - 6, transform: `rotate(-40 ${x} ${top - 6})`,
+      "font-weight": j === selected ? "700" : "400", cursor: onSelect ? "pointer" : "default" }, svg, shorten(c.label, colChars));
+    withTitle(t, c.tooltip || c.label);
+    if (onSelect) t.addEventListener("click", () => onSelect(j));
+  });
+  rows.forEach((r, i) => {
+    const y = top + i * cellH;
+    const mark = rowMarks && rowMarks.has(i);
+    const t = svgEl("text", { x: labelW - 8, y: y + cellH / 2 + 4, "text-anchor": "end",
+      "font-weight": mark ? "700" : "400" }, svg, `${mark ? "✂ " : ""}${shorten(r.label, labelChars)}`);
+    withTitle(t, r.tooltip || r.label);
+    cols.forEach((c, j) => {
+      const v = value(i, j);
+      const colour = diverge ? diverging(v, limit) : sequential(v, limit);
+      const cell = svgEl("rect", { x: labelW + j * cellW, y, width: cellW - 1, height: cellH - 1, fill: colour.fill,
+        "data-row": String(i), "data-col": String(j), cursor: onSelect ? "pointer" : "default" }, svg);
+      withTitle(cell, `${r.label}\n→ ${c.label}\n${diverge ? fmt(v, 3) : plain(v, 3)}`);
+      if (onSelect) cell.addEventListener("click", () => onSelect(j));
+      if (cellW >= 36) {
+        svgEl("text", { x: labelW + j * cellW + cellW / 2, y: y + cellH / 2 + 4, "text-anchor": "middle",
+          fill: colour.ink, "font-size": cellH < 20 ? "9.5" : "10.5", "pointer-events": "none" },
+        svg, diverge ? fmt(v) : plain(v, 2));
+      }
+    });
+  });
+  if (selected !== null && selected !== undefined && selected < cols.length) {
+    svgEl("rect", { x: labelW + selected * cellW - 1, y: top - 1, width: cellW + 1, height: rows.length * cellH + 1,
+      fill: "none", stroke: "#1f2933", "stroke-width": 2.5, class: "selected-column",
+      "data-col": String(selected), "pointer-events": "none" }, svg);
+  }
+  const legend = opts.legend;
+  if (legend) svgEl("text", { x: labelW, y: top + rows.length * cellH + 20, class: "muted" }, svg, legend(limit));
+}
+
+function sequential(v, limit) {
+  const a = Math.max(0, Math.min(1, limit > 0 ? v / limit : 0));
+  const c = [49, 54, 149].map((ch) => Math.round(255 + (ch - 255) * a));
+  return { fill: `rgb(${c.join(",")})`, ink: a > 0.55 ? "#ffffff" : "#1f2933" };
+}
+
+function historyRows(h) {
+  const offset = h.length - h.history.length;
+  return h.history.map((item, t) => ({ label: `${offset + t + 1}. ${item.title}`, tooltip: itemTooltip(item) }));
+}
+
+function drawHeatmap() {
+  const h = current();
+  const e = explained();
+  const info = methodInfo(state.method);
+  const cf = e.items[state.rec] ? e.items[state.rec].counterfactual : null;
+  const hidden = h.length - h.history.length;
+  document.getElementById("heatmap-note").textContent =
+    `Rows: the shopper's past items, oldest first${hidden ? ` (the model reads the last ${h.history.length}; ` +
+    `${hidden} older items are not shown)` : ""}. Columns: the top ${h.recs.length}. Colour: ${state.method} ` +
+    `attribution, blue pushes the item up, red down (model score units). Click a column to explain it; ✂ marks ` +
+    `the counterfactual's items.` + (info.target_dependent ? "" : " This method gives every column the same values.");
+  drawGrid(document.getElementById("heatmap"), {
+    rows: historyRows(h),
+    cols: h.recs.map((r) => ({ label: `#${r.rank} ${r.title}`, tooltip: itemTooltip(r) })),
+    value: (i, j) => e.weights[j][i],
+    selected: state.rec,
+    onSelect: (j) => { state.rec = j; drawWhy(); },
+    diverge: true,
+    rowMarks: cf && cf.found ? new Set(cf.removed) : null,
+    legend: (limit) => `colour saturates at ±${plain(limit, 2)} (98th percentile of |weight|)`,
+  });
+}
+
+function drawAttention() {
+  const h = current();
+  const heads = state.head === "mean" ? [...Array(DATA.heads).keys()] : [Number(state.head)];
+  const cols = [];
+  for (let l = 0; l < DATA.layers; l++) {
+    for (let k = 0; k < DATA.heads; k++) cols.push({ label: `layer ${l + 1} head ${k + 1}`, l, k });
+  }
+  const chosen = cols.findIndex((c) => c.l === state.layer && (state.head === "mean" ? c.k === 0 : c.k === heads[0]));
+  const mean = (i) => heads.reduce((s, k) => s + h.attention[state.layer][k][i], 0) / heads.length;
+  const allCols = [...cols, { label: `layer ${state.layer + 1}, ${state.head === "mean" ? "mean of heads" : "head " + (heads[0] + 1)}` }];
+  drawGrid(document.getElementById("attention"), {
+    rows: historyRows(h),
+    cols: allCols,
+    value: (i, j) => (j < cols.length ? h.attention[cols[j].l][cols[j].k][i] : mean(i)),
+    selected: state.head === "mean" ? allCols.length - 1 : chosen,
+    onSelect: (j) => {
+      if (j >= cols.length) return;
+      state.layer = cols[j].l; state.head = String(cols[j].k);
+      document.getElementById("layer").value = String(state.layer);
+      document.getElementById("head").value = state.head;
+      drawAttention();
+    },
+    diverge: false,
+    cellW: 48,
+    legend: (limit) => `attention weight of the final position (each column sums to 1); colour saturates at ${plain(limit, 2)}`,
+  });
+}
+
+// ------------------------------------------------------------------ faithfulness tab
+const FAITH_COLUMNS = [
+  ["comprehensiveness", "comprehensiveness_random", "Comprehensiveness ↑", "mean score drop when the top 1..5 items are removed"],
+  ["sufficiency", "sufficiency_random", "Sufficiency ↓", "mean score drop when only the top 1..5 items are kept"],
+  ["topk_exit_rate", "topk_exit_rate_random", "Top-K exit ↑", "share of items that leave the top-K when the top 3 are removed"],
+  ["kendall_tau_loo", null, "Kendall τ vs leave-one-out", ""],
+  ["planted_hit@1", null, "Planted hit@1", "share of single-cause events whose planted cause is ranked first"],
+  ["planted_hit@3", null, "Planted hit@3", ""],
+  ["ms_per_explanation", null, "ms / item", "mean milliseconds per explanation"],
+];
+
+function drawFaithfulness() {
+  const f = DATA.faithfulness;
+  const note = document.getElementById("faith-note");
+  const table = clear(document.getElementById("faith-table"));
+  if (!f) {
+    note.textContent = "Not measured for this run yet: run `recscope explain-eval RUN` and write the report again.";
+    return;
+  }
+  note.textContent = `Measured by recscope explain-eval over the top-${f.k} of ${f.users} test users` +
+    ` (${f.data}); grey numbers are the same measure for random choices of history items.` +
+    ` The default method is chosen by these numbers.`;
+  const cols = FAITH_COLUMNS.filter(([key]) => Object.values(f.methods).some((m) => m[key] !== undefined));
+  const head = el("tr", {}, el("thead", {}, table));
+  el("th", {}, head, "method");
+  for (const [, , label, help] of cols) el("th", { title: help }, head, label);
+  const body = el("tbody", {}, table);
+  for (const [name, m] of Object.entries(f.methods)) {
+    const tr = el("tr", { class: name === f.default ? "default" : "" }, body);
+    const first = el("td", {}, tr, name);
+    if (name === f.default) el("span", { class: "badge" }, first, "default");
+    if (m.target_dependent === false) el("span", { class: "badge warn", title: "the same weights for every item" }, first, "target-independent");
+    for (const [key, random] of cols) {
+      const td = el("td", {}, tr, plain(m[key], key.startsWith("ms") ? 1 : 3));
+      if (random && m[random] !== undefined) el("span", { class: "vs" }, td, ` vs ${plain(m[random], 3)}`);
+    }
+  }
+  drawDeletion(f);
+}
+
+function drawDeletion(f) {
+  const container = clear(document.getElementById("deletion"));
+  const methods = Object.entries(f.methods).filter(([, m]) => Array.isArray(m.deletion_curve));
+  if (!methods.length) { el("p", { class: "empty" }, container, "no deletion curves in this measurement"); return; }
+  const random = methods[0][1].deletion_curve_random || [];
+  const all = methods.flatMap(([, m]) => m.deletion_curve).concat(random).filter((v) => isFinite(v));
+  const lo = Math.min(0, ...all), hi = Math.max(...all) || 1;
+  const n = Math.max(...methods.map(([, m]) => m.deletion_curve.length));
+  const W = 640, H = 320, L = 56, R = 190, T = 12, B = 42;
+  const svg = svgEl("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" }, container);
+  const x = (i) => L + (i / Math.max(n, 1)) * (W - L - R);
+  const y = (v) => T + (1 - (v - lo) / (hi - lo || 1)) * (H - T - B);
+  for (let tick = 0; tick <= 4; tick++) {
+    const v = lo + ((hi - lo) * tick) / 4;
+    svgEl("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#eef0f2" }, svg);
+    svgEl("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", class: "muted" }, svg, v.toFixed(1));
+  }
+  for (let i = 0; i <= n; i++) svgEl("text", { x: x(i), y: H - B + 16, "text-anchor": "middle", class: "muted" }, svg, String(i));
+  svgEl("text", { x: (L + W - R) / 2, y: H - 6, "text-anchor": "middle", class: "muted" }, svg, "history items removed (most attributed first)");
+  svgEl("text", { x: 12, y: (T + H - B) / 2, transform: `rotate(-90 12 ${(T + H - B) / 2})`, "text-anchor": "middle", class: "muted" }, svg, "mean score drop");
+  const line = (curve, colour, dash, label, bold) => {
+    const pts = [[0, 0], ...curve.map((v, i) => [i + 1, v])].map(([i, v]) => `${x(i)},${y(v)}`).join(" ");
+    withTitle(svgEl("polyline", { points: pts, fill: "none", stroke: colour, "stroke-width": bold ? 3 : 1.8,
+      "stroke-dasharray": dash ? "5 4" : "none" }, svg), label);
+  };
+  const legend = [];
+  methods.forEach(([name, m], i) => {
+    const colour = PALETTE[i % PALETTE.length];
+    line(m.deletion_curve, colour, false, name, name === f.default);
+    legend.push([name + (name === f.default ? " (default)" : ""), colour, false]);
+  });
+  if (random.length) { line(random, "#8c8c8c", true, "random"); legend.push(["random items", "#8c8c8c", true]); }
+  legend.forEach(([label, colour, dash], i) => {
+    const ly = T + 10 + i * 18;
+    svgEl("line", { x1: W - R + 14, x2: W - R + 36, y1: ly, y2: ly, stroke: colour, "stroke-width": 2.5, "stroke-dasharray": dash ? "5 4" : "none" }, svg);
+    svgEl("text", { x: W - R + 42, y: ly + 4 }, svg, label);
+  });
+}
+
+// ------------------------------------------------------------------ merchant tab
+function drawMerchant() {
+  const v = DATA.merchant;
+  const note = document.getElementById("merchant-note");
+  if (!v) { note.textContent = "No merchant view: the report was built from histories without users."; return; }
+  const whole = v.drivers.filter((d) => d.field === "id" || d.field === "text");
+  note.textContent = `Over the top-${v.k} of ${v.users.toLocaleString()} shoppers. A bar is the mean push per ` +
+    `recommendation of an attribute value, in the shopper's history and on the recommended item (${v.method}).` +
+    whole.map((d) => ` Beside these, the item's ${d.field === "id" ? "own identity (id, learned from behaviour)" :
+      "title text"} pushes ${fmt(d.weight)} per recommendation.`).join("");
+  const drivers = v.drivers.filter((d) => d.field !== "id" && d.field !== "text").slice(0, 15);
+  const container = clear(document.getElementById("drivers"));
+  const fields = [...new Set(drivers.map((d) => d.field))];
+  const colour = (field) => FIELD_COLOURS[field] || PALETTE[(fields.indexOf(field) + 5) % PALETTE.length];
+  drawBarRows(container, drivers.map((d) => ({ label: d.label, values: [d.weight], colours: [colour(d.field)],
+    tooltip: `${d.label}\nmean push ${fmt(d.weight, 3)}, pushed ${d.count.toLocaleString()} recommendations`,
+    note: `in ${d.count.toLocaleString()} recs` })), { format: (x) => fmt(x), legend: fields.map((f) => [f, colour(f)]) });
+
+  const select = clear(document.getElementById("mix-field"));
+  for (const field of Object.keys(v.recommended)) el("option", { value: field }, select, field);
+  select.onchange = () => drawMix(select.value);
+  if (select.options.length) drawMix(select.value);
+
+  const c = v.coverage;
+  document.getElementById("coverage").textContent = `${c.recommended_items.toLocaleString()} distinct items ` +
+    `recommended, ${pct(c.share)} of the ${c.catalog_items.toLocaleString()} in the catalog. Items are ranked by ` +
+    `training interactions; a recommender that only repeats best-sellers piles its bars into “top 1%”.`;
+  const p = v.popularity;
+  drawBarRows(clear(document.getElementById("popularity")), p.labels.map((label, i) => ({
+    label, values: [p.recommended[i], p.interactions[i]], colours: ["rgb(43,108,176)", "#bdbdbd"],
+    tooltip: `${label} most popular items: ${pct(p.recommended[i])} of recommendations, ${pct(p.interactions[i])} of interactions`,
+  })), { format: pct, legend: [["share of recommendations", "rgb(43,108,176)"], ["share of interactions", "#bdbdbd"]] });
+}
+
+function drawMix(field) {
+  const v = DATA.merchant;
+  const rec = v.recommended[field] || {};
+  const cat = v.catalog[field] || {};
+  const total = (o) => Object.values(o).reduce((a, b) => a + b, 0) || 1;
+  const rt = total(rec), ct = total(cat);
+  const keys = [...new Set([...Object.keys(rec), ...Object.keys(cat)])];
+  keys.sort((a, b) => Math.max((rec[b] || 0) / rt, (cat[b] || 0) / ct) - Math.max((rec[a] || 0) / rt, (cat[a] || 0) / ct));
+  const shown = keys.slice(0, 12).sort((a, b) => (rec[b] || 0) - (rec[a] || 0));
+  const rest = keys.slice(12);
+  const rows = shown.map((k) => ({ label: `${field}=${k}`, values: [(rec[k] || 0) / rt, (cat[k] || 0) / ct],
+    colours: ["rgb(43,108,176)", "#bdbdbd"],
+    tooltip: `${field}=${k}: ${rec[k] || 0} recommendations (${pct((rec[k] || 0) / rt)}), ${cat[k] || 0} catalog items (${pct((cat[k] || 0) / ct)})` }));
+  if (rest.length) {
+    const r = rest.reduce((s, k) => s + (rec[k] || 0), 0) / rt, c = rest.reduce((s, k) => s + (cat[k] || 0), 0) / ct;
+    rows.push({ label: `other (${rest.length} values)`, values: [r, c], colours: ["rgb(43,108,176)", "#bdbdbd"], tooltip: rest.join(", ") });
+  }
+  drawBarRows(clear(document.getElementById("mix")), rows,
+    { format: pct, legend: [["share of recommendations", "rgb(43,108,176)"], ["share of catalog items", "#bdbdbd"]] });
+}
+
+// labelled rows of one or more horizontal bars each (grouped), zero at the left unless values go negative
+function drawBarRows(container, rows, opts) {
+  if (!rows.length) { el("p", { class: "empty" }, container, "nothing to show"); return; }
+  const labelW = 250, barW = 380, group = rows[0].values.length, barH = group > 1 ? 11 : 16, rowH = group * barH + 10;
+  const legendH = opts.legend ? 24 : 0;
+  const all = rows.flatMap((r) => r.values);
+  const lo = Math.min(0, ...all), hi = Math.max(0, ...all) || 1;
+  const width = labelW + barW + 110, height = legendH + rows.length * rowH + 6;
+  const svg = svgEl("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img" }, container);
+  const x = (v) => labelW + ((v - lo) / (hi - lo || 1)) * barW;
+  let lx = labelW;
+  for (const [label, colour] of opts.legend || []) {
+    svgEl("rect", { x: lx, y: 4, width: 12, height: 12, fill: colour }, svg);
+    svgEl("text", { x: lx + 17, y: 14 }, svg, label);
+    lx += 17 + textWidth(label.length) + 18;
+  }
+  svgEl("line", { x1: x(0), x2: x(0), y1: legendH, y2: height, stroke: "#9aa5b1" }, svg);
+  rows.forEach((r, i) => {
+    const y = legendH + i * rowH + 5;
+    withTitle(svgEl("text", { x: labelW - 8, y: y + (group * barH) / 2 + 4, "text-anchor": "end" }, svg, shorten(r.label, 38)), r.tooltip || r.label);
+    r.values.forEach((v, g) => {
+      const x0 = Math.min(x(0), x(v)), w = Math.max(Math.abs(x(v) - x(0)), 0.5);
+      withTitle(svgEl("rect", { x: x0, y: y + g * barH, width: w, height: barH - 2, fill: r.colours[g] }, svg), r.tooltip || r.label);
+      // values sit right of the bar, or right of the zero line for a negative bar (never over the labels)
+      svgEl("text", { x: (v >= 0 ? x0 + w : x(0)) + 4, y: y + g * barH + barH / 2 + 3, class: "muted", "font-size": "10" },
+        svg, opts.format(v) + (g === 0 && r.note ? `  ${r.note}` : ""));
+    });
+  });
+}
+
+// ------------------------------------------------------------------ about tab
+function drawAbout() {
+  const dl = document.getElementById("methods-about");
+  for (const m of DATA.methods) {
+    el("dt", {}, dl, m.name + (m.name === DATA.default_method ? " (default)" : ""));
+    el("dd", {}, dl, m.description + (m.target_dependent ? "." : "; the same weights for every recommended item."));
+  }
+}
+
+drawHeader();
+drawControls();
+drawWhy();
+drawFaithfulness();
+drawMerchant();
+drawAbout();

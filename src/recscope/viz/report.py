@@ -1,0 +1,269 @@
+"""The self-contained HTML report: ``DIR/index.html`` plus static figures in ``DIR/figures/``.
+
+    build_report(rec, users=["42", "77"], out_dir="report")
+
+Data contract + renderer (STYLE.md): :func:`report_data` gathers everything the page shows
+into one JSON-serialisable dict (every user's history, top-K, each method's attributions,
+attribute attributions, counterfactuals and sentences, the attention per layer and head,
+the run's faithfulness measurements and the merchant view); the page is one file whose
+inline script draws it as SVG. The data sits in a ``<script type="application/json">``
+with every ``<``, ``>`` and ``&`` escaped, the script writes data strings only through
+``textContent``, and a Content-Security-Policy with the script's hash blocks anything else
+(no network request of any kind, no inline handler smuggled in by a title).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from recscope.errors import RunError
+
+ASSETS = resources.files("recscope.viz") / "assets"
+
+
+@dataclass
+class Case:
+    """One history to explain: a known user's whole history, or any history of item ids."""
+
+    label: str  # what the page calls it, e.g. "user 42" or "user 42, before their last purchase"
+    user: str | None = None
+    history: list[str] | None = None  # own item ids, oldest first (None: the user's whole history)
+
+
+def build_report(
+    rec,
+    users: list[str] | None = None,
+    out_dir: str | Path = "report",
+    *,
+    cases: list[Case] | None = None,
+    k: int = 10,
+    methods: list[str] | None = None,
+    merchant_users: list[str] | None = None,
+    figures: bool = True,
+    console=None,
+) -> Path:
+    """Write ``out_dir/index.html`` (and ``out_dir/figures/``); returns the page's path.
+
+    ``users`` (own ids) are explained from their whole histories; ``cases`` adds any
+    history. ``merchant_users`` (default: the same users) feed the merchant view.
+    """
+    cases = [Case(f"user {u}", user=u) for u in users or []] + list(cases or [])
+    if not cases:
+        raise RunError("the report needs at least one user", fix="pass --users ID,ID or --sample N")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = report_data(rec, cases, k=k, methods=methods, merchant_users=merchant_users)
+    if figures:
+        data["figures"] = write_figures(data, out_dir / "figures")
+    page = out_dir / "index.html"
+    tmp = page.with_suffix(".html.tmp")
+    tmp.write_text(render(data), encoding="utf-8")
+    tmp.replace(page)
+    if console is not None:
+        size = page.stat().st_size / 1024
+        console.print(f"report: {page} ({size:,.0f} KiB, {len(cases)} histories, {len(data['methods'])} methods)")
+    return page
+
+
+# ------------------------------------------------------------------------------ data
+def report_data(
+    rec, cases: list[Case], *, k: int = 10, methods: list[str] | None = None, merchant_users: list[str] | None = None
+) -> dict:
+    from recscope.explain.api import METHODS
+    from recscope.explain.attention import attention_maps
+    from recscope.insights import global_view
+
+    methods = methods or list(METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise RunError(f"unknown explanation method(s) {', '.join(unknown)}", fix=f"use some of {', '.join(METHODS)}")
+    default = rec.default_method()
+    if default not in methods:
+        methods = [default, *methods]
+    data = rec.data
+    tic = time.perf_counter()
+    histories = []
+    for case in cases:
+        hist = rec.history(case.user) if case.history is None else rec.history_from_ids(case.history)
+        read = hist[-rec.config.model.max_len :]
+        ids = [data.item_ids[i] for i in hist]
+        explained = {m: rec.explain(history=ids, top=k, k=k, method=m) for m in methods}
+        first = explained[default]
+        maps = attention_maps(rec.model, rec.tensor(hist)[0])[:, :, -1, :]  # (L, H, T)
+        histories.append(
+            {
+                "label": case.label,
+                "user": case.user,
+                "length": int(len(hist)),
+                "history": [_item(data, int(i)) for i in read],
+                "recs": [
+                    {**_item(data, data.item_index(e.item_id)), "score": _r(e.score), "rank": e.rank} for e in first
+                ],
+                "attention": _round(maps.numpy()),
+                "explanations": {m: _explained(es) for m, es in explained.items()},
+            }
+        )
+    merchant_users = merchant_users or [c.user for c in cases if c.user is not None]
+    merchant = global_view(rec, merchant_users, k=k) if merchant_users else None
+    return {
+        "title": f"recscope report: {data.name}" + (f" ({rec.path.name})" if rec.path else ""),
+        "run": _run_summary(rec),
+        "k": k,
+        "default_method": default,
+        "methods": [
+            {"name": m, "description": METHODS[m].description, "target_dependent": METHODS[m].target_dependent}
+            for m in methods
+        ],
+        "layers": rec.config.model.n_layers,
+        "heads": rec.config.model.n_heads,
+        "histories": histories,
+        "faithfulness": rec.info.state.get("explain_eval"),
+        "merchant": merchant,
+        "seconds": round(time.perf_counter() - tic, 1),
+    }
+
+
+def _item(data, item: int) -> dict:
+    """An item as the page shows it: own id, title and its attribute values."""
+    return {
+        "id": data.item_ids[item],
+        "title": data.title(item),
+        "attrs": {f.name: f.labels(item) for f in data.fields if f.labels(item)},
+    }
+
+
+def _explained(explanations) -> dict:
+    """One method's explanations of a top-K: (K, T) weights and per-item details."""
+    return {
+        "weights": [[_r(h.weight) for h in e.history] for e in explanations],
+        "items": [
+            {
+                "sentence": e.sentence,
+                "history_attributes": [[key, _r(w)] for key, w in list(e.attributes_history.items())[:12]],
+                "candidate_attributes": [[key, _r(w)] for key, w in e.attributes_candidate.items()],
+                "counterfactual": _counterfactual(e),
+            }
+            for e in explanations
+        ],
+        "ms": _r(sum(e.ms for e in explanations)),
+    }
+
+
+def _counterfactual(e) -> dict | None:
+    cf = e.counterfactual
+    if cf is None:
+        return None
+    offset = e.history[0].position if e.history else 0
+    return {
+        "found": cf.found,
+        "removed": [h.position - offset for h in cf.removed],  # indices into the history the page shows
+        "new_rank": cf.new_rank,
+        "k": cf.k,
+        "replaced_by": cf.replaced_by,
+    }
+
+
+def _run_summary(rec) -> dict:
+    state = rec.info.state
+    test = (state.get("evaluations") or {}).get("test/full", {}).get("recscope")
+    return {
+        "data": rec.info.data_spec,
+        "users": rec.data.n_users,
+        "items": rec.data.n_items,
+        "events": rec.data.n_events,
+        "best_epoch": state.get("best_epoch"),
+        "test": {m: _r(test[m]) for m in ("HR@10", "NDCG@10", "MRR@10") if m in test} if test else None,
+    }
+
+
+def _r(x: float) -> float | None:
+    """4 significant digits: the page shows 2-3, and the file stays small."""
+    x = float(x)
+    return None if not math.isfinite(x) else float(f"{x:.4g}")
+
+
+def _round(array: np.ndarray):
+    return [_round(a) for a in array] if array.ndim > 1 else [_r(x) for x in array]
+
+
+# ------------------------------------------------------------------------------ figures
+def write_figures(data: dict, directory: Path) -> list[str]:
+    """The page's pictures as files (PNG): per history the heatmap, attention grid and the top
+    item's attribute bars; the deletion curves; the merchant charts. Returns relative paths."""
+    from recscope.viz import figures as F
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    default = data["default_method"]
+    for n, h in enumerate(data["histories"], start=1):
+        titles = [i["title"] for i in h["history"]]
+        recs = [f"{r['rank']}. {r['title']}" for r in h["recs"]]
+        if not recs:
+            continue
+        weights = np.array(h["explanations"][default]["weights"], dtype=float).T  # (T, K)
+        written.append(
+            F.attribution_heatmap(
+                weights, titles, recs, directory / f"{n:02d}_why.png", title=f"{h['label']}: why ({default})"
+            )
+        )
+        written.append(
+            F.attention_heatmap(
+                np.array(h["attention"], dtype=float),
+                titles,
+                directory / f"{n:02d}_attention.png",
+                title=f"{h['label']}: final-position attention (the same for every candidate)",
+            )
+        )
+        top = h["explanations"][default]["items"][0]
+        written.append(
+            F.attribute_bars(
+                dict(top["candidate_attributes"] + [[f"history: {k}", w] for k, w in top["history_attributes"]]),
+                directory / f"{n:02d}_attributes.png",
+                title=f"{h['label']}: what made #1 “{h['recs'][0]['title']}” score",
+            )
+        )
+    if data.get("faithfulness"):
+        written.append(F.deletion_curves(data["faithfulness"], directory / "deletion_curves.png"))
+    if data.get("merchant"):
+        view = data["merchant"]
+        written.append(F.drivers_chart(view, directory / "drivers.png"))
+        for field in view["recommended"]:
+            written.append(F.recommended_mix(view, directory / f"mix_{_slug(field)}.png", field=field))
+        written.append(F.popularity_chart(view, directory / "popularity.png"))
+    return [str(p.relative_to(directory.parent)) for p in written]
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)[:40] or "field"
+
+
+# ------------------------------------------------------------------------------ page
+def payload(data: dict) -> str:
+    """JSON safe inside <script>: no '<', '>' or '&' survive, so no '</script>' or '<!--' can."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render(data: dict) -> str:
+    script = (ASSETS / "report.js").read_text(encoding="utf-8")
+    style = (ASSETS / "report.css").read_text(encoding="utf-8")
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    template = env.from_string((ASSETS / "report.html.j2").read_text(encoding="utf-8"))
+    return template.render(
+        title=data["title"],
+        script=jinja2.utils.markupsafe.Markup(script),
+        style=jinja2.utils.markupsafe.Markup(style),
+        data=jinja2.utils.markupsafe.Markup(payload(data)),
+        script_hash=f"sha256-{digest}",
+    )
