@@ -19,6 +19,7 @@ from recscope.recommend import Recommender
 from recscope.run import save_info
 from recscope.train import fit
 from recscope.viz.figures import attention_heatmap, attribution_heatmap
+from recscope.viz.report import Case, build_report
 
 
 def run_demo(out_dir: Path, spec: str, overrides: list[str], console: Console, out: Console) -> dict:
@@ -89,6 +90,7 @@ def run_demo(out_dir: Path, spec: str, overrides: list[str], console: Console, o
         out_dir / "figures" / f"attention_{user}.png",
         title=f"user {user}: final-position attention",
     )
+    page = _report(rec, user, history_ids, out_dir / "report", out)
     summary = {
         "data": data.describe(),
         "train_seconds": round(train_seconds, 1),
@@ -99,11 +101,27 @@ def run_demo(out_dir: Path, spec: str, overrides: list[str], console: Console, o
         "recommendations": [r.to_dict() for r in items],
         "explanations": [e.to_dict() for e in explanations],
         "figures": [str(heatmap), str(png)],
+        "report": str(page),
         "run": str(run),
     }
     (out_dir / "demo.json").write_text(json.dumps(summary, indent=2))
-    out.print(f"\nrun: {run}\nwhy-heatmap: {heatmap}\nattention heatmap: {png}\nsummary: {out_dir / 'demo.json'}")
+    out.print(
+        f"\nrun: {run}\nwhy-heatmap: {heatmap}\nattention heatmap: {png}\nsummary: {out_dir / 'demo.json'}"
+        f"\n[bold]report (open in a browser, works offline): {page}[/]"
+    )
     return summary
+
+
+def _report(rec: Recommender, user: str, history_ids: list[str], out_dir: Path, out: Console) -> Path:
+    """The HTML report: the showcased shopper before their last purchase, then a few others as they
+    stand now; the merchant view over 500 shoppers."""
+    rng = np.random.default_rng(0)
+    ids = rec.data.user_ids
+    others = [ids[i] for i in rng.choice(len(ids), 4, replace=False) if ids[i] != user][:3]
+    cases = [Case(f"user {user}, just before their last purchase", user=user, history=history_ids)]
+    cases += [Case(f"user {u}", user=u) for u in others]
+    crowd = [ids[i] for i in rng.choice(len(ids), min(500, len(ids)), replace=False)]
+    return build_report(rec, out_dir=out_dir, cases=cases, merchant_users=crowd, console=out)
 
 
 def _planted_cause(rec: Recommender, user: str):

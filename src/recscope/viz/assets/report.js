@@ -91,12 +91,12 @@ function drawControls() {
   method.value = state.method;
   method.addEventListener("change", () => { state.method = method.value; drawWhy(); });
   const layer = document.getElementById("layer");
-  for (let l = 0; l < DATA.layers; l++) el("option", { value: String(l) }, layer, `${l + 1} of ${DATA.layers}`);
+  for (let l = 0; l < DATA.layers; l++) el("option", { value: String(l) }, layer, `layer ${l + 1} of ${DATA.layers}`);
   layer.value = String(state.layer);
   layer.addEventListener("change", () => { state.layer = Number(layer.value); drawAttention(); });
   const head = document.getElementById("head");
   el("option", { value: "mean" }, head, "mean of heads");
-  for (let h = 0; h < DATA.heads; h++) el("option", { value: String(h) }, head, `${h + 1}`);
+  for (let h = 0; h < DATA.heads; h++) el("option", { value: String(h) }, head, `head ${h + 1}`);
   head.addEventListener("change", () => { state.head = head.value; drawAttention(); });
 }
 
@@ -160,7 +160,7 @@ function drawBars(container, pairs, top) {
   clear(container);
   const rows = (pairs || []).filter((p) => p[1] !== null).slice(0, top);
   if (!rows.length) { el("p", { class: "empty" }, container, "no attributes"); return; }
-  const labelW = 210, barW = 260, rowH = 20, pad = 52;
+  const labelW = 230, barW = 260, rowH = 20, pad = 52;
   const limit = Math.max(...rows.map((p) => Math.abs(p[1]))) || 1;
   const width = labelW + barW + 2 * pad, height = rows.length * rowH + 8;
   const svg = svgEl("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img" }, container);
@@ -214,7 +214,7 @@ function drawGrid(container, opts) {
       if (cellW >= 36) {
         svgEl("text", { x: labelW + j * cellW + cellW / 2, y: y + cellH / 2 + 4, "text-anchor": "middle",
           fill: colour.ink, "font-size": cellH < 20 ? "9.5" : "10.5", "pointer-events": "none" },
-        svg, diverge ? fmt(v) : plain(v, 2));
+        svg, diverge ? fmt(v) : plain(v, limit < 0.1 ? 3 : 2));
       }
     });
   });

@@ -1,0 +1,117 @@
+"""The report in a real browser (Debian's chromium driven by Playwright): it works offline, reacts
+to clicks and to the method, layer and head controls, and runs nothing that came from the data."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import HOSTILE_TITLE, HOSTILE_USER, LONG_USER
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright's own browsers are never downloaded
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make setup installs it)")
+if not CHROMIUM.exists():
+    pytest.skip("Debian's chromium is absent: apt-get install chromium chromium-driver", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, report_run):
+    """The report opened from disk, with every console error and request recorded."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.errors, page.requests = [], []
+    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.on("request", lambda r: page.requests.append(r.url))
+    url = (report_run["report"] / "index.html").as_uri()
+    page.goto(url)
+    page.url_of_report = url
+    yield page
+    page.close()
+
+
+def cell_texts(page, container: str) -> list[str]:
+    return page.eval_on_selector_all(f"#{container} svg text", "nodes => nodes.map(n => n.textContent)")
+
+
+def selected_column(page, container: str) -> str:
+    return page.get_attribute(f"#{container} rect.selected-column", "data-col")
+
+
+def test_opens_offline_without_errors_or_requests(page):
+    page.click("nav button[data-tab=faithfulness]")
+    page.click("nav button[data-tab=merchant]")
+    page.click("nav button[data-tab=about]")
+    page.click("nav button[data-tab=why]")
+    assert page.errors == []
+    assert page.requests == [page.url_of_report], "the page fetched something besides itself"
+    assert page.locator("#recs li").count() == 10
+    assert page.locator("#faith-table tbody tr").count() == 6
+    assert page.locator("#drivers svg rect").count() > 3
+
+
+def test_clicking_a_recommendation_changes_the_heatmap_and_the_detail(page):
+    assert selected_column(page, "heatmap") == "0"
+    title = page.text_content("#detail-title")
+    page.click("#recs li:nth-child(3)")
+    assert selected_column(page, "heatmap") == "2"
+    assert page.get_attribute("#recs li:nth-child(3)", "aria-selected") == "true"
+    assert page.text_content("#detail-title") != title and "#3" in page.text_content("#detail-title")
+    # a click on a heatmap cell selects its column too
+    page.click("#heatmap rect[data-row='0'][data-col='5']")
+    assert selected_column(page, "heatmap") == "5"
+    assert page.errors == []
+
+
+def test_switching_method_changes_the_values(page):
+    before = cell_texts(page, "heatmap")
+    page.select_option("#method", value="attention")
+    after = cell_texts(page, "heatmap")
+    assert after != before
+    assert "same for every" in page.text_content("#method-note")
+    page.select_option("#method", value="occlusion")
+    assert cell_texts(page, "heatmap") not in (before, after)
+
+
+def test_layer_and_head_controls_move_the_attention_view(page):
+    page.select_option("#layer", value="0")
+    page.select_option("#head", value="1")
+    assert selected_column(page, "attention") == "1"  # layer 1 head 2
+    page.select_option("#layer", value="1")
+    assert selected_column(page, "attention") == "3"
+    page.select_option("#head", value="mean")
+    mean_column = selected_column(page, "attention")
+    assert mean_column == "4"  # the extra "mean of heads" column
+    page.click("#attention rect[data-row='0'][data-col='2']")  # layer 2 head 1
+    assert page.input_value("#layer") == "1" and page.input_value("#head") == "0"
+
+
+def test_data_strings_show_as_text_and_run_nothing(page, report_run):
+    index = [o.split(" (")[0] for o in page.eval_on_selector_all("#user option", "os => os.map(o => o.textContent)")]
+    page.select_option("#user", value=str(index.index(f"user {HOSTILE_USER}")))
+    texts = " ".join(cell_texts(page, "heatmap")) + page.text_content("#tab-why")
+    assert HOSTILE_TITLE[:30] in texts  # shown as text (shortened), not an <img>
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("img").count() == 0
+    page.click("nav button[data-tab=merchant]")
+    assert page.evaluate("window.__pwned") is None
+    assert page.errors == []
+
+
+def test_a_sixty_item_history_stays_readable(page, report_run):
+    options = page.eval_on_selector_all("#user option", "os => os.map(o => o.textContent)")
+    page.select_option("#user", value=str(next(i for i, o in enumerate(options) if LONG_USER in o)))
+    rows = page.locator("#heatmap rect[data-row][data-col='0']").count()
+    assert rows == 60
+    box = page.locator("#heatmap rect[data-row='0'][data-col='0']").bounding_box()
+    assert box["height"] >= 14 and box["width"] >= 40  # cells big enough to read their values
+    labels = page.eval_on_selector_all("#heatmap svg > text", "ts => ts.map(t => t.getBBox().x)")
+    assert min(labels) >= 0, "row labels start inside the picture"
