@@ -65,8 +65,11 @@ def test_every_method_matches_the_python_api(report_run):
         got = h["explanations"][method]
         for j, e in enumerate(expected):
             assert got["weights"][j] == [float(f"{x.weight:.4g}") for x in e.history]
-            assert got["items"][j]["sentence"] == e.sentence
-        assert len(got["items"][0]["candidate_attributes"]) == len(expected[0].attributes_candidate)
+            assert got["sentences"][j] == e.sentence
+            removed = [x.position for x in e.counterfactual.removed]
+            assert [h["length"] - len(h["history"]) + p for p in got["counterfactuals"][j]["removed"]] == removed
+        # attribute attributions do not depend on the method: kept once per item
+        assert [k for k, _ in h["attributes"][0]["candidate"]] == list(expected[0].attributes_candidate)
     # methods disagree, so switching method changes what the page shows
     assert h["explanations"]["shapley"]["weights"] != h["explanations"]["attention"]["weights"]
     layers, heads = rec.config.model.n_layers, rec.config.model.n_heads

@@ -29,6 +29,8 @@ import numpy as np
 from recscope.errors import RunError
 
 ASSETS = resources.files("recscope.viz") / "assets"
+TOP_ATTRIBUTES = 12  # history-side attribute values kept per recommendation (the page shows 8)
+TOP_DRIVERS = 60
 
 
 @dataclass
@@ -110,11 +112,14 @@ def report_data(
                     {**_item(data, data.item_index(e.item_id)), "score": _r(e.score), "rank": e.rank} for e in first
                 ],
                 "attention": _round(maps.numpy()),
+                "attributes": _attributes(first),
                 "explanations": {m: _explained(es) for m, es in explained.items()},
             }
         )
     merchant_users = merchant_users or [c.user for c in cases if c.user is not None]
     merchant = global_view(rec, merchant_users, k=k) if merchant_users else None
+    if merchant is not None:
+        merchant["drivers"] = merchant["drivers"][:TOP_DRIVERS]  # the page shows 15; the rest is weight
     return {
         "title": f"recscope report: {data.name}" + (f" ({rec.path.name})" if rec.path else ""),
         "run": _run_summary(rec),
@@ -143,20 +148,24 @@ def _item(data, item: int) -> dict:
 
 
 def _explained(explanations) -> dict:
-    """One method's explanations of a top-K: (K, T) weights and per-item details."""
+    """One method's explanations of a top-K: (K, T) weights, sentences and counterfactuals."""
     return {
         "weights": [[_r(h.weight) for h in e.history] for e in explanations],
-        "items": [
-            {
-                "sentence": e.sentence,
-                "history_attributes": [[key, _r(w)] for key, w in list(e.attributes_history.items())[:12]],
-                "candidate_attributes": [[key, _r(w)] for key, w in e.attributes_candidate.items()],
-                "counterfactual": _counterfactual(e),
-            }
-            for e in explanations
-        ],
+        "sentences": [e.sentence for e in explanations],
+        "counterfactuals": [_counterfactual(e) for e in explanations],
         "ms": _r(sum(e.ms for e in explanations)),
     }
+
+
+def _attributes(explanations) -> list[dict]:
+    """Attribute attributions per recommended item: the same whichever method explains the history."""
+    return [
+        {
+            "history": [[key, _r(w)] for key, w in list(e.attributes_history.items())[:TOP_ATTRIBUTES]],
+            "candidate": [[key, _r(w)] for key, w in e.attributes_candidate.items()],
+        }
+        for e in explanations
+    ]
 
 
 def _counterfactual(e) -> dict | None:
@@ -224,10 +233,10 @@ def write_figures(data: dict, directory: Path) -> list[str]:
                 title=f"{h['label']}: final-position attention (the same for every candidate)",
             )
         )
-        top = h["explanations"][default]["items"][0]
+        top = h["attributes"][0]
         written.append(
             F.attribute_bars(
-                dict(top["candidate_attributes"] + [[f"history: {k}", w] for k, w in top["history_attributes"]]),
+                dict(top["candidate"] + [[f"history: {k}", w] for k, w in top["history"]]),
                 directory / f"{n:02d}_attributes.png",
                 title=f"{h['label']}: what made #1 “{h['recs'][0]['title']}” score",
             )

@@ -115,7 +115,7 @@ function drawWhy() {
     el("span", { class: "rank" }, head, `#${r.rank}`);
     el("span", { class: "title", title: itemTooltip(r) }, head, r.title);
     el("span", { class: "score", title: "model score" }, head, plain(r.score, 2));
-    el("div", { class: "why" }, li, explained().items[j].sentence);
+    el("div", { class: "why" }, li, explained().sentences[j]);
     const pick = () => { state.rec = j; drawWhy(); };
     li.addEventListener("click", pick);
     li.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); pick(); } });
@@ -132,14 +132,15 @@ function drawDetail() {
   const sentence = document.getElementById("sentence");
   const cfNode = document.getElementById("counterfactual");
   if (!r) { title.textContent = ""; sentence.textContent = ""; cfNode.textContent = ""; return; }
-  const item = explained().items[state.rec];
+  const e = explained();
+  const cf = e.counterfactuals[state.rec];
   title.textContent = `Why #${r.rank} “${shorten(r.title, 70)}”`;
   title.setAttribute("title", itemTooltip(r));
-  sentence.textContent = item.sentence;
-  cfNode.textContent = counterfactualText(item.counterfactual, h);
-  cfNode.hidden = !item.counterfactual;
-  drawBars(document.getElementById("bars-history"), item.history_attributes, 8);
-  drawBars(document.getElementById("bars-candidate"), item.candidate_attributes, 8);
+  sentence.textContent = e.sentences[state.rec];
+  cfNode.textContent = counterfactualText(cf, h);
+  cfNode.hidden = !cf;
+  drawBars(document.getElementById("bars-history"), h.attributes[state.rec].history, 8);
+  drawBars(document.getElementById("bars-candidate"), h.attributes[state.rec].candidate, 8);
 }
 
 function counterfactualText(cf, h) {
@@ -242,7 +243,7 @@ function drawHeatmap() {
   const h = current();
   const e = explained();
   const info = methodInfo(state.method);
-  const cf = e.items[state.rec] ? e.items[state.rec].counterfactual : null;
+  const cf = e.counterfactuals[state.rec] || null;
   const hidden = h.length - h.history.length;
   document.getElementById("heatmap-note").textContent =
     `Rows: the shopper's past items, oldest first${hidden ? ` (the model reads the last ${h.history.length}; ` +
