@@ -30,12 +30,14 @@ def field(data: Dataset, name: str):
     return next(f for f in data.fields if f.name == name)
 
 
-def assert_located(err: DataError, file: Path, row: int | None = None, column: str | None = None) -> None:
-    """The message names the file, the line and the column, as attributes and as text."""
+def assert_located(
+    err: DataError, file: Path, row: int | None = None, column: str | None = None, unit: str = "line"
+) -> None:
+    """The message names the file, the line (parquet: the row) and the column, as attributes and as text."""
     message = str(err)
     assert err.file == str(file) and str(file) in message
     if row is not None:
-        assert err.row == row and f"line {row}" in message
+        assert err.row == row and f"{unit} {row}" in message
     if column is not None:
         assert err.column == column and repr(column) in message
 
@@ -242,6 +244,17 @@ def test_movielens_1m_line_with_the_wrong_number_of_fields(ml1m):
     assert_located(e.value, ml1m / "ratings.dat", 2)
 
 
+def test_movielens_1m_blank_lines_do_not_shift_line_numbers(ml1m):
+    write(ml1m / "ratings.dat", "1::10::5::978300760\n\n\n1::20::3::978300700\n2::10::4::soon\n")
+    with pytest.raises(DataError) as e:
+        load_dataset(f"movielens:{ml1m}")
+    assert_located(e.value, ml1m / "ratings.dat", 5, "timestamp")
+    write(ml1m / "ratings.dat", "1::10::5::978300760\n\n1::20::3\n")
+    with pytest.raises(DataError, match="found 3") as e:
+        load_dataset(f"movielens:{ml1m}")
+    assert_located(e.value, ml1m / "ratings.dat", 3)
+
+
 def test_movielens_folder_without_ratings(tmp_path):
     with pytest.raises(DataError, match="no u.data") as e:
         load_dataset(f"movielens:{tmp_path}")
@@ -355,7 +368,7 @@ def test_parquet_bad_timestamp_row_is_one_based(tmp_path):
     pl.DataFrame({"user_id": ["u", "u"], "item_id": ["a", "b"], "timestamp": ["1", "x"]}).write_parquet(events)
     with pytest.raises(DataError) as e:
         load_dataset(f"parquet:{events}")
-    assert_located(e.value, events, 2, "timestamp")
+    assert_located(e.value, events, 2, "timestamp", unit="row")
 
 
 def test_parquet_catalog_blank_item_id_row_is_one_based(tmp_path):
@@ -364,7 +377,7 @@ def test_parquet_catalog_blank_item_id_row_is_one_based(tmp_path):
     pl.DataFrame({"item_id": ["a", None], "title": ["A", "B"]}).write_parquet(catalog)
     with pytest.raises(DataError, match="empty item_id") as e:
         load_dataset(f"csv:{events}", catalog=catalog)
-    assert_located(e.value, catalog, 2, "item_id")
+    assert_located(e.value, catalog, 2, "item_id", unit="row")
 
 
 @pytest.mark.parametrize(

@@ -34,13 +34,14 @@ class DataError(RecscopeError):
         row: int | None = None,
         column: str | None = None,
         fix: str | None = None,
+        row_label: str = "line",  # "row" for files without lines (parquet)
     ):
         self.file, self.row, self.column = file, row, column
         where = []
         if file is not None:
             where.append(str(file))
         if row is not None:
-            where.append(f"line {row}")
+            where.append(f"{row_label} {row}")
         if column is not None:
             where.append(f"column {column!r}")
         prefix = ", ".join(where)

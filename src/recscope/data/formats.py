@@ -231,8 +231,9 @@ def _read_movielens(path: Path, report: LoadReport, skip_bad: bool) -> tuple[pl.
             fix="point movielens: at the unpacked ml-100k or ml-1m folder",
         )
     report.rows_read = ratings.height
+    lines = ratings["_line"].to_list() if "_line" in ratings.columns else None
     interactions = _validate_interactions(
-        ratings.select("user_id", "item_id", "timestamp"), str(ratings_file), report, skip_bad, first_row=1
+        ratings.select("user_id", "item_id", "timestamp"), str(ratings_file), report, skip_bad, first_row=1, lines=lines
     )
     return interactions, catalog
 
@@ -255,13 +256,21 @@ def _read_delimited(path: Path, sep: str, names: list[str] | None, encoding: str
 
 
 def _read_double_colon(path: Path, names: list[str], encoding: str = "utf-8") -> pl.DataFrame:
+    """The ``::``-separated ml-1m files; blank lines hold nothing, and ``_line`` keeps each row's line."""
     if not path.exists():
         raise DataError("file is missing", file=str(path))
-    rows = [line.split("::") for line in path.read_text(encoding=encoding).splitlines() if line]
-    for i, row in enumerate(rows, start=1):
+    rows, lines = [], []
+    for number, line in enumerate(path.read_text(encoding=encoding).splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = line.split("::")
         if len(row) != len(names):
-            raise DataError(f"expected {len(names)} '::'-separated fields, found {len(row)}", file=str(path), row=i)
-    return pl.DataFrame(rows, schema=names, orient="row")
+            raise DataError(
+                f"expected {len(names)} '::'-separated fields, found {len(row)}", file=str(path), row=number
+            )
+        rows.append(row)
+        lines.append(number)
+    return pl.DataFrame(rows, schema=names, orient="row").with_columns(pl.Series("_line", lines, dtype=pl.Int64))
 
 
 # ---------------------------------------------------------------------- csv / parquet
@@ -289,7 +298,10 @@ def _read_interactions(
         raise DataError("the file has a header but no rows", file=str(path), fix="add one row per event")
     report.rows_read = frame.height
     keep = [c for c in ("user_id", "item_id", "timestamp") if c in frame.columns]
-    return _validate_interactions(frame.select(keep), str(path), report, skip_bad, first_row=2 if kind == "csv" else 1)
+    text = kind == "csv" and path.suffix != ".parquet"
+    return _validate_interactions(
+        frame.select(keep), str(path), report, skip_bad, first_row=2 if text else 1, row_label="line" if text else "row"
+    )
 
 
 def _rename(frame: pl.DataFrame, columns: dict[str, str], file: str, required: tuple[str, ...]) -> pl.DataFrame:
@@ -319,9 +331,20 @@ def _rename(frame: pl.DataFrame, columns: dict[str, str], file: str, required: t
 
 
 def _validate_interactions(
-    frame: pl.DataFrame, file: str, report: LoadReport, skip_bad: bool, first_row: int
+    frame: pl.DataFrame,
+    file: str,
+    report: LoadReport,
+    skip_bad: bool,
+    first_row: int,
+    *,
+    lines: list[int] | None = None,
+    row_label: str = "line",
 ) -> pl.DataFrame:
-    """Check ids are present and timestamps parse; ``first_row`` is the file line of row 0."""
+    """Check ids are present and timestamps parse.
+
+    Row ``r`` is reported as ``lines[r]`` when given (files that skip blank lines), else as
+    ``r + first_row`` (the file line of row 0, or the 1-based row of a parquet file)."""
+    where = (lambda r: lines[r]) if lines is not None else (lambda r: r + first_row)
     frame = frame.with_columns(_parse_time(frame["timestamp"]).alias("_time"))
     checks = [
         ("user_id", pl.col("user_id").is_null() | (pl.col("user_id").str.strip_chars() == ""), "empty user_id"),
@@ -343,13 +366,14 @@ def _validate_interactions(
             raise DataError(
                 f"{reason} (value {value!r}); {bad.height} row(s) have this problem",
                 file=file,
-                row=row + first_row,
+                row=where(row),
                 column=column,
                 fix="correct the value, or pass --set data.skip_bad_rows=true to skip such rows "
                 "(they are counted and reported)",
+                row_label=row_label,
             )
         for r in bad["_r"].to_list():
-            report.skip(f"{reason} in column {column}", f"{file}, line {r + first_row}")
+            report.skip(f"{reason} in column {column}", f"{file}, {row_label} {where(r)}")
         bad_any = bad_any | condition
     frame = frame.filter(~bad_any)
     if frame.height == 0:
@@ -378,7 +402,8 @@ def _read_catalog(path: Path, columns: dict[str, str]) -> pl.DataFrame:
         raise DataError("catalog file does not exist", file=str(path), fix="check the path in --catalog")
     kind = "parquet" if path.suffix == ".parquet" else "csv"
     frame = _read_table(path, kind)
-    first_row = 2 if kind == "csv" else 1  # file line (csv: after the header) of row 0
+    first_row = 2 if kind == "csv" else 1  # file line (csv: after the header) of row 0, or parquet's 1-based row
+    row_label = "line" if kind == "csv" else "row"
     if "item_id" not in frame.columns and columns.get("item_id") in frame.columns:
         frame = frame.rename({columns["item_id"]: "item_id"})
     if "item_id" not in frame.columns:
@@ -390,7 +415,9 @@ def _read_catalog(path: Path, columns: dict[str, str]) -> pl.DataFrame:
         )
     blank = frame.with_row_index("_r").filter(pl.col("item_id").is_null())
     if blank.height:
-        raise DataError("empty item_id", file=str(path), row=int(blank["_r"][0]) + first_row, column="item_id")
+        raise DataError(
+            "empty item_id", file=str(path), row=int(blank["_r"][0]) + first_row, column="item_id", row_label=row_label
+        )
     dup = frame.with_row_index("_r").filter(~pl.col("item_id").is_first_distinct())  # the repeats
     if dup.height:
         raise DataError(
@@ -398,6 +425,7 @@ def _read_catalog(path: Path, columns: dict[str, str]) -> pl.DataFrame:
             file=str(path),
             row=int(dup["_r"][0]) + first_row,
             column="item_id",
+            row_label=row_label,
             fix="keep one row per item; put several values in one cell separated by '|'",
         )
     return frame
