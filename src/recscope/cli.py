@@ -305,11 +305,14 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="where to write the run and figures")] = Path("demo-out"),
     data: Annotated[str, typer.Option("--data", help="synthetic shop spec")] = "synthetic",
     set_: SetOpt = None,
+    explain_users: Annotated[
+        int, typer.Option("--explain-users", help="test users whose explanations are measured for faithfulness")
+    ] = 300,
 ) -> None:
     """The synthetic shop end to end: train, evaluate against baselines, recommend, explain."""
     from recscope.demo import run_demo
 
-    run_demo(out_dir, data, set_ or [], console=console, out=out)
+    run_demo(out_dir, data, set_ or [], console=console, out=out, explain_users=explain_users)
 
 
 def main() -> None:

@@ -22,7 +22,9 @@ from recscope.viz.figures import attention_heatmap, attribution_heatmap
 from recscope.viz.report import Case, build_report
 
 
-def run_demo(out_dir: Path, spec: str, overrides: list[str], console: Console, out: Console) -> dict:
+def run_demo(
+    out_dir: Path, spec: str, overrides: list[str], console: Console, out: Console, explain_users: int = 300
+) -> dict:
     out_dir = Path(out_dir)
     run = out_dir / "run"
     if run.exists():
@@ -39,7 +41,7 @@ def run_demo(out_dir: Path, spec: str, overrides: list[str], console: Console, o
 
     out.print(metrics_table(results, f"{data.name}: test split, full ranking over {data.n_items} items"))
 
-    faithfulness = evaluate_faithfulness(rec, users=300)
+    faithfulness = evaluate_faithfulness(rec, users=explain_users)
     rec.info.state["explain_eval"] = faithfulness  # the measured best becomes the run's default method
     save_info(run, rec.info)
     out.print(faithfulness_table(faithfulness))
@@ -90,7 +92,13 @@ def run_demo(out_dir: Path, spec: str, overrides: list[str], console: Console, o
         out_dir / "figures" / f"attention_{user}.png",
         title=f"user {user}: final-position attention",
     )
-    page = _report(rec, user, history_ids, out_dir / "report", out)
+    note = ""
+    if cause is not None:
+        note = (
+            f"Ground truth from the shop: this shopper then bought “{cause[2]}”, planted as caused by "
+            f"“{cause[1]}”. " + (f"recscope ranks it #{hit.rank}." if hit else "It is not in this top 10.")
+        )
+    page = _report(rec, user, history_ids, note, out_dir / "report", out)
     summary = {
         "data": data.describe(),
         "train_seconds": round(train_seconds, 1),
@@ -112,13 +120,13 @@ def run_demo(out_dir: Path, spec: str, overrides: list[str], console: Console, o
     return summary
 
 
-def _report(rec: Recommender, user: str, history_ids: list[str], out_dir: Path, out: Console) -> Path:
+def _report(rec: Recommender, user: str, history_ids: list[str], note: str, out_dir: Path, out: Console) -> Path:
     """The HTML report: the showcased shopper before their last purchase, then a few others as they
     stand now; the merchant view over 500 shoppers."""
     rng = np.random.default_rng(0)
     ids = rec.data.user_ids
     others = [ids[i] for i in rng.choice(len(ids), 4, replace=False) if ids[i] != user][:3]
-    cases = [Case(f"user {user}, just before their last purchase", user=user, history=history_ids)]
+    cases = [Case(f"user {user}, just before their last purchase", user=user, history=history_ids, note=note)]
     cases += [Case(f"user {u}", user=u) for u in others]
     crowd = [ids[i] for i in rng.choice(len(ids), min(500, len(ids)), replace=False)]
     return build_report(rec, out_dir=out_dir, cases=cases, merchant_users=crowd, console=out)

@@ -40,6 +40,7 @@ class Case:
     label: str  # what the page calls it, e.g. "user 42" or "user 42, before their last purchase"
     user: str | None = None
     history: list[str] | None = None  # own item ids, oldest first (None: the user's whole history)
+    note: str = ""  # shown beside the recommendations, e.g. what the shopper really did next
 
 
 def build_report(
@@ -105,6 +106,7 @@ def report_data(
         histories.append(
             {
                 "label": case.label,
+                "note": case.note,
                 "user": case.user,
                 "length": int(len(hist)),
                 "history": [_item(data, int(i)) for i in read],

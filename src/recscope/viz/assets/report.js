@@ -107,6 +107,9 @@ function drawWhy() {
   const note = document.getElementById("method-note");
   note.textContent = info.description + (info.target_dependent ? "" : " — the same for every recommended item");
   document.getElementById("recs-title").textContent = `Top ${h.recs.length} for ${h.label}`;
+  const caseNote = document.getElementById("case-note");
+  caseNote.textContent = h.note || "";
+  caseNote.hidden = !h.note;
   const list = clear(document.getElementById("recs"));
   if (!h.recs.length) el("li", { class: "empty" }, list, "nothing left to recommend");
   h.recs.forEach((r, j) => {
