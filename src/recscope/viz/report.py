@@ -27,6 +27,7 @@ import jinja2
 import numpy as np
 
 from recscope.errors import RunError
+from recscope.insights import WHOLE_ITEM_FIELDS
 
 ASSETS = resources.files("recscope.viz") / "assets"
 TOP_ATTRIBUTES = 12  # history-side attribute values kept per recommendation (the page shows 8)
@@ -247,7 +248,15 @@ def write_figures(data: dict, directory: Path) -> list[str]:
         written.append(F.deletion_curves(data["faithfulness"], directory / "deletion_curves.png"))
     if data.get("merchant"):
         view = data["merchant"]
-        written.append(F.drivers_chart(view, directory / "drivers.png"))
+        # as on the page: attribute values in the chart, the item's own id / text in the title
+        whole = [d for d in view["drivers"] if d["field"] in WHOLE_ITEM_FIELDS]
+        values = dict(view, drivers=[d for d in view["drivers"] if d["field"] not in WHOLE_ITEM_FIELDS])
+        title = f"What drives recommendations ({view['users']:,} users, top-{view['k']}, {view['method']})"
+        if whole:
+            title += "\nbeside these, per recommendation: " + ", ".join(
+                f"item {d['label']} {d['weight']:+.2f}" for d in whole
+            )
+        written.append(F.drivers_chart(values, directory / "drivers.png", title=title))
         for field in view["recommended"]:
             written.append(F.recommended_mix(view, directory / f"mix_{_slug(field)}.png", field=field))
         written.append(F.popularity_chart(view, directory / "popularity.png"))
