@@ -27,7 +27,9 @@ import jinja2
 import numpy as np
 
 from recscope.errors import RunError
-from recscope.insights import WHOLE_ITEM_FIELDS
+from recscope.explain.api import METHODS
+from recscope.explain.attention import attention_maps
+from recscope.insights import WHOLE_ITEM_FIELDS, global_view
 
 ASSETS = resources.files("recscope.viz") / "assets"
 TOP_ATTRIBUTES = 12  # history-side attribute values kept per recommendation (the page shows 8)
@@ -83,10 +85,6 @@ def build_report(
 def report_data(
     rec, cases: list[Case], *, k: int = 10, methods: list[str] | None = None, merchant_users: list[str] | None = None
 ) -> dict:
-    from recscope.explain.api import METHODS
-    from recscope.explain.attention import attention_maps
-    from recscope.insights import global_view
-
     methods = methods or list(METHODS)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
