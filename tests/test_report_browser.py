@@ -115,3 +115,34 @@ def test_a_sixty_item_history_stays_readable(page, report_run):
     assert box["height"] >= 14 and box["width"] >= 40  # cells big enough to read their values
     labels = page.eval_on_selector_all("#heatmap svg > text", "ts => ts.map(t => t.getBBox().x)")
     assert min(labels) >= 0, "row labels start inside the picture"
+
+
+def test_a_bare_run_says_what_is_missing(browser, tmp_path):
+    """Ids only (no catalog) and no explain-eval yet: the page says what to do instead of drawing nothing."""
+    from typer.testing import CliRunner
+
+    from recscope.cli import app
+    from recscope.data.synthetic import ShopConfig, generate
+
+    events = tmp_path / "events.csv"
+    generate(ShopConfig(users=120, items=60, seed=4))[0].select("user_id", "item_id", "timestamp").write_csv(events)
+    runner, run = CliRunner(), tmp_path / "run"
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    args = ["train", "--data", f"csv:{events}", "--out", str(run), "--config", str(tiny), "--set", "train.epochs=1"]
+    assert runner.invoke(app, args).exit_code == 0
+    report = tmp_path / "report"
+    args = ["report", str(run), "--out", str(report), "--sample", "2", "--methods", "attention", "--no-figures"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert not (report / "figures").exists()
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((report / "index.html").as_uri())
+    # the run's default (measured or not) is always included beside the asked-for methods
+    methods = page.eval_on_selector_all("#method option", "os => os.map(o => o.value)")
+    assert methods == ["shapley", "attention"]
+    assert "explain-eval" in page.text_content("#faith-note")
+    assert "--catalog" in page.text_content("#drivers")
+    assert page.locator("#popularity svg").count() == 1 and errors == []
+    page.close()

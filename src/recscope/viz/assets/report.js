@@ -384,9 +384,16 @@ function drawMerchant() {
       "title text"} pushes ${fmt(d.weight)} per recommendation.`).join("");
   const drivers = v.drivers.filter((d) => d.field !== "id" && d.field !== "text").slice(0, 15);
   const container = clear(document.getElementById("drivers"));
+  if (!Object.keys(v.recommended).length) {
+    const none = "This run has no catalog attributes: train with --catalog FILE (brand, category, price, ...) " +
+      "to see which of them drive recommendations and how the recommended mix compares with the catalog.";
+    el("p", { class: "empty" }, container, none);
+    el("p", { class: "empty" }, clear(document.getElementById("mix")), none);
+    document.getElementById("mix-field").disabled = true;
+  }
   const fields = [...new Set(drivers.map((d) => d.field))];
   const colour = (field) => FIELD_COLOURS[field] || PALETTE[(fields.indexOf(field) + 5) % PALETTE.length];
-  drawBarRows(container, drivers.map((d) => ({ label: d.label, values: [d.weight], colours: [colour(d.field)],
+  if (drivers.length) drawBarRows(container, drivers.map((d) => ({ label: d.label, values: [d.weight], colours: [colour(d.field)],
     tooltip: `${d.label}\nmean push ${fmt(d.weight, 3)}, pushed ${d.count.toLocaleString()} recommendations`,
     note: `in ${d.count.toLocaleString()} recs` })), { format: (x) => fmt(x), legend: fields.map((f) => [f, colour(f)]) });
 
