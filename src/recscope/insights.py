@@ -29,17 +29,17 @@ from collections import Counter, defaultdict
 import numpy as np
 import torch
 
-from recscope.data import Dataset, make_split
+from recscope.data import Dataset
 from recscope.errors import RunError
-from recscope.explain.api import candidate_attributes, history_attributes
+from recscope.evaluate import PopularityScorer
+from recscope.explain.api import history_attributes
 from recscope.explain.attention import AttentionExplainer
 from recscope.explain.gradients import field_attributions
+from recscope.recommend import top_k
 
 # items ranked by interactions, most popular first: (label, upper edge as a share of items)
 POPULARITY_BUCKETS = (("top 1%", 0.01), ("1-5%", 0.05), ("5-20%", 0.20), ("20-50%", 0.50), ("bottom 50%", 1.0))
 WHOLE_ITEM_FIELDS = ("id", "text")  # attributions that belong to the item, not to a value
-
-
 METHOD = "attribute attribution"
 
 
@@ -56,16 +56,13 @@ def global_view(rec, users: list[str], k: int = 10) -> dict:
     for user in users:
         history = rec.history(user)
         scores = rec.scores(history)
-        top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum()))).indices
+        top = top_k(scores, k).indices
         read = rec.tensor(history)[0]
         hist_fields, cand_fields, names = field_attributions(explainer, read, top)
         for j, item in enumerate(top.tolist()):
             recommended.append(item)
-            sides = (
-                history_attributes(data, read, hist_fields[j], names),
-                candidate_attributes(data, item, cand_fields[j], names),
-            )
-            for label, field, weight in _value_weights(data, item, *sides):
+            history_side = history_attributes(data, read, hist_fields[j], names)
+            for label, field, weight in _value_weights(data, item, history_side, cand_fields[j], names):
                 totals[label] += weight
                 counts[label] += weight != 0.0
                 field_of[label] = field
@@ -92,25 +89,20 @@ def global_view(rec, users: list[str], k: int = 10) -> dict:
 
 
 def _value_weights(
-    data: Dataset, item: int, history_side: dict[str, float], candidate_side: dict[str, float]
+    data: Dataset, item: int, history_side: dict[str, float], candidate_fields: torch.Tensor, names: list[str]
 ) -> list[tuple[str, str, float]]:
-    """(label, field, weight) per attribute value of one recommendation, from both sides."""
-    out: list[tuple[str, str, float]] = []
-    for key, weight in history_side.items():
-        field = key.split("=", 1)[0]
-        out.append((key, field, weight))
-    # the candidate side names all of a multi-valued cell at once ("genre=Action, Comedy"): share it out
-    by_key = {}
-    for f in data.fields:
-        labels = f.labels(item)
-        if labels:
-            by_key[f"{f.name}={', '.join(labels)}"] = (f.name, labels)
-    for key, weight in candidate_side.items():
-        if key in WHOLE_ITEM_FIELDS:
-            out.append((key, key, weight))
-        elif key in by_key:
-            field, labels = by_key[key]
-            out.extend((f"{field}={label}", field, weight / len(labels)) for label in labels)
+    """(label, field, weight) per attribute value of one recommendation, from both sides.
+
+    ``history_side`` is keyed "field=value" (or "id" / "text"); ``candidate_fields`` (F,) holds
+    the candidate's weight per model field in ``names``, shared equally by a multi-valued cell."""
+    out = [(key, key.split("=", 1)[0], weight) for key, weight in history_side.items()]
+    by_name = {f.name: f for f in data.fields}
+    for name, weight in zip(names, candidate_fields.tolist(), strict=True):
+        if name in WHOLE_ITEM_FIELDS:
+            out.append((name, name, weight))
+            continue
+        labels = by_name[name].labels(item) if name in by_name else []
+        out.extend((f"{name}={label}", name, weight / len(labels)) for label in labels)
     return out
 
 
@@ -123,12 +115,8 @@ def _value_counts(field, items) -> dict[str, int]:
 
 def popularity(rec, recommended: list[int]) -> dict:
     """Share of recommendations and of training interactions per item-popularity bucket."""
-    from recscope.evaluate import _train_events
-
     data: Dataset = rec.data
-    cfg = rec.config.data
-    train_len = make_split(data, cfg.split, cfg.temporal_valid, cfg.temporal_test).train_len
-    interactions = np.bincount(_train_events(data, train_len), minlength=data.n_items + 1)[1:]
+    interactions = PopularityScorer(data, rec.split().train_len).scores.numpy()[1:]  # training events per item
     order = np.argsort(-interactions, kind="stable")  # most popular first
     bucket = np.empty(data.n_items, dtype=np.int64)
     start = 0

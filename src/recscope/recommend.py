@@ -31,6 +31,11 @@ class Recommendation:
         return asdict(self)
 
 
+def top_k(scores: torch.Tensor, k: int):
+    """The ``k`` best of (n_items + 1,) scores, fewer if fewer are finite (owned items are -inf)."""
+    return torch.topk(scores, min(k, int(torch.isfinite(scores).sum())))
+
+
 class Recommender:
     def __init__(self, model: SeqRec, data: Dataset, info: RunInfo, path: Path | None = None):
         self.model, self.data, self.info, self.path = model, data, info, path
@@ -113,7 +118,7 @@ class Recommender:
             target = self.data.item_index(item)
             targets = [target]
         else:
-            targets = torch.topk(scores, min(top, int(torch.isfinite(scores).sum()))).indices.tolist()
+            targets = top_k(scores, top).indices.tolist()
         ranks = [int((scores > scores[t]).sum()) + 1 for t in targets]
         finite = int(torch.isfinite(scores).sum())
         cutoff = float(torch.topk(scores, k + 1).values[-1]) if finite > k else None
@@ -166,13 +171,18 @@ class Recommender:
 
     def _top(self, hist: np.ndarray, k: int, exclude_history: bool = True) -> list[Recommendation]:
         scores = self.scores(hist, exclude_history)
-        top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum())))
+        top = top_k(scores, k)
         return [
             Recommendation(r + 1, self.data.item_ids[i], self.data.title(i), float(s))
             for r, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True))
         ]
 
     # ------------------------------------------------------------------ evaluate
+    def split(self):
+        """The run's train / valid / test split, as the run's config defines it."""
+        cfg = self.config.data
+        return make_split(self.data, cfg.split, cfg.temporal_valid, cfg.temporal_test)
+
     def evaluate(self, split: str = "test", protocol: str = "full", baselines: bool = False) -> dict[str, dict]:
         """Metrics of the model (and optionally the baselines) on valid or test; stored in run.json."""
         if split not in ("valid", "test"):
@@ -180,7 +190,7 @@ class Recommender:
         if protocol not in ("full", "sampled"):
             raise RunError(f"unknown protocol {protocol!r}", fix="use full or sampled")
         cfg = self.config
-        parts = make_split(self.data, cfg.data.split, cfg.data.temporal_valid, cfg.data.temporal_test)
+        parts = self.split()
         cases = getattr(parts, split)
         kwargs = dict(
             protocol=protocol,

@@ -91,7 +91,7 @@ def explain_items(
             target_dependent=explainer.target_dependent,
             history=entries,
             attributes_history=history_attributes(data, read, hist_fields[j], names),
-            attributes_candidate=candidate_attributes(data, target, cand_fields[j], names),
+            attributes_candidate=_candidate_attributes(data, target, cand_fields[j], names),
             attentions=maps,
         )
         if counterfactual:
@@ -141,7 +141,7 @@ def history_attributes(data: Dataset, read: torch.Tensor, fields: torch.Tensor, 
     return dict(sorted(totals.items(), key=lambda kv: -abs(kv[1])))
 
 
-def candidate_attributes(data: Dataset, item: int, fields: torch.Tensor, names: list[str]) -> dict[str, float]:
+def _candidate_attributes(data: Dataset, item: int, fields: torch.Tensor, names: list[str]) -> dict[str, float]:
     labels = _labels(data, item, names)
     out: dict[str, float] = {}
     for f, name in enumerate(names):
