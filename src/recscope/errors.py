@@ -1,6 +1,7 @@
 """Errors a user can act on: what was wrong, where, and how to fix it.
 
-The CLI prints these as one message and exits non-zero, without a traceback.
+The CLI prints these as one line (``error: <what, where>; how to fix: <fix>``) and exits
+with status 2, without a traceback.
 Anything else reaching the CLI is a bug in recscope and keeps its traceback.
 """
 
@@ -16,7 +17,7 @@ class RecscopeError(Exception):
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
-        return self.problem if not self.fix else f"{self.problem}\n  how to fix: {self.fix}"
+        return self.problem if not self.fix else f"{self.problem}; how to fix: {self.fix}"
 
 
 class ConfigError(RecscopeError):
