@@ -155,11 +155,58 @@ def test_fifty_item_history_stays_readable(tmp_path):
 def test_very_long_history_drops_annotations_and_thins_labels(tmp_path):
     T = 200
     rows = [f"item {i}" for i in range(T)]
-    path = F.attribution_heatmap(rng.normal(0, 1, (T, 5)), rows, list("abcde"), tmp_path / "h.svg", title="long")
+    weights = rng.normal(0, 1, (T, 5))
+    weights[-2] = 0.0  # the newest row's neighbour is unimportant: the newest row gets its label
+    path = F.attribution_heatmap(weights, rows, list("abcde"), tmp_path / "h.svg", title="long")
     text = svg_text(path)
-    assert "200. item 199" in text, "the newest row is always labelled"
-    assert "one row in" in text and "199. item 198" not in text
+    assert "200. item 199" in text and "199. item 198" not in text, "labels never overlap"
+    assert "of 200 rows unlabelled" in text and "the largest |weight|" in text
     assert "0.00" not in text and "\u22120." not in text, "no annotations at this size"
+
+
+def drawn(monkeypatch) -> list:
+    """Keep the figures the functions draw (instead of saving and closing them)."""
+    figures = []
+    monkeypatch.setattr(F, "_save", lambda fig, path: figures.append(fig) or path)
+    return figures
+
+
+def test_tall_heatmap_labels_the_rows_that_matter_and_clips_no_cell(tmp_path, monkeypatch):
+    T, K = 200, 10
+    weights = np.random.default_rng(1).normal(0, 0.3, (T, K))
+    weights[57, 3] = 9.0  # the largest row, at an odd index, between rows that get no label
+    weights[56, 0] = 2.0  # a close second right above it: its neighbour takes the room
+    weights[121, 1] = -4.0
+    figures = drawn(monkeypatch)
+    rows = [f"past purchase {i}" for i in range(T)]
+    F.attribution_heatmap(weights, rows, [f"rec {k}" for k in range(K)], tmp_path / "h.png", title="tall")
+    ax = figures[0].axes[0]
+    labels = {t.get_text(): t for t in ax.get_yticklabels()}
+    assert "58. past purchase 57" in labels and labels["58. past purchase 57"].get_fontweight() == "bold"
+    assert "122. past purchase 121" in labels and "57. past purchase 56" not in labels
+    unlabelled = T - len(labels)
+    assert 0 < unlabelled < T and f"{unlabelled} of 200 rows unlabelled" in ax.get_ylabel()
+    low, high = ax.images[0].get_clim()
+    assert low <= weights.min() and high >= weights.max() and low == -high == -9.0, "no cell clipped"
+    assert "±9" in figures[0].axes[1].get_ylabel(), "the colour bar says the range"
+    plt.close("all")
+
+
+def test_colour_limits_fit_the_data():
+    scale = F.colour_limits(np.array([[0.1, -9.5], [np.nan, 2.0]]))
+    assert (scale.low, scale.high) == (-9.5, 9.5) and "±9.5" in scale.note
+    attention = F.colour_limits(np.array([0.02, 0.31, 0.0]), signed=False)
+    assert (attention.low, attention.high) == (0.0, 0.31) and "0 to 0.31" in attention.note
+    assert (F.colour_limits(np.zeros((3, 2))).high, F.colour_limits([]).high) == (1.0, 1.0)
+
+
+def test_label_rows_puts_the_important_rows_first():
+    importance = np.zeros(20)
+    importance[[7, 8, 15]] = [5.0, 4.0, 3.0]
+    shown, bold = F.label_rows(importance, gap=3, first=3)
+    assert 7 in shown and 8 not in shown and 15 in shown and bold == [7, 15]
+    assert all(b - a >= 3 for a, b in zip(shown, shown[1:], strict=False)), "labels at least a gap apart"
+    assert F.label_rows(importance, gap=1) == (list(range(20)), [])
 
 
 def test_text_from_data_is_plain_text(tmp_path):

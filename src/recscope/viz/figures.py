@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -141,16 +142,54 @@ def _colours(names, fixed: tuple[str, ...] = ()) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------
 
 
-def _robust_limit(matrix: np.ndarray) -> tuple[float, bool]:
-    """Colour limit for |values|: at most 3x the 90th percentile, so one huge cell does not
-    wash out the rest (its annotation still shows the value). Returns (limit, clipped)."""
-    a = np.abs(matrix[np.isfinite(matrix)])
-    if not a.size:
-        return 1.0, False
-    top = float(a.max())
-    limit = min(top, 3.0 * float(np.quantile(a, 0.9)))
-    limit = max(limit, 1e-6)
-    return limit, top > limit * (1 + 1e-9)
+@dataclass(frozen=True)
+class ColourScale:
+    """Colour limits of a heatmap and what its legend says about them."""
+
+    low: float
+    high: float
+    note: str  # e.g. "colour scale ±9.12 (the largest |value|)"
+
+
+def colour_limits(values, *, signed: bool = True) -> ColourScale:
+    """The colour scale of a heatmap, fitted to the data so that no cell is clipped.
+
+    Signed values (attributions) get ±max|value|, centred on zero so that white means 0;
+    non-negative ones (attention) get 0..max. Missing values (nan) are ignored; with no
+    non-zero value the scale is ±1 (0..1). The report page applies the same rule.
+    """
+    a = np.abs(np.asarray(values, dtype=float))
+    a = a[np.isfinite(a)]
+    top = float(a.max()) if a.size else 0.0
+    if top <= 0:
+        top = 1.0
+    if signed:
+        return ColourScale(-top, top, f"colour scale ±{top:.3g} (the largest |value|)")
+    return ColourScale(0.0, top, f"colour scale 0 to {top:.3g} (the largest value)")
+
+
+def label_rows(importance: np.ndarray, gap: int, first: int = 10) -> tuple[list[int], list[int]]:
+    """Which rows of a tall heatmap get a label when only every ``gap``-th row has room.
+
+    The ``first`` rows with the largest importance are placed first (a row too close to a
+    more important one is skipped: its neighbour's label is there), then the newest (last)
+    row, then every row that still has room, newest first. Returns (labelled rows in order,
+    the important ones among them).
+    """
+    T = len(importance)
+    if gap <= 1:
+        return list(range(T)), []
+    free = np.ones(T, dtype=bool)
+    chosen, important = [], []
+    by_importance = np.argsort(-np.nan_to_num(np.asarray(importance, dtype=float), nan=-np.inf), kind="stable")
+    head = [int(i) for i in by_importance[:first]]
+    for i, row in enumerate(head + list(range(T - 1, -1, -1))):
+        if free[row]:
+            free[max(0, row - gap + 1) : row + gap] = False
+            chosen.append(row)
+            if i < len(head):
+                important.append(row)
+    return sorted(chosen), sorted(important)
 
 
 def _heatmap(
@@ -161,14 +200,19 @@ def _heatmap(
     title: str,
     *,
     cmap: str,
-    norm: Normalize,
+    scale: ColourScale,
     colour_label: str,
-    extend: str,
     column_title: str,
+    important: str,
     groups: int = 0,
     annotate: bool | None = None,
 ) -> Path:
-    """Rows = history (oldest at top), columns on top; sizes and fonts follow the row count."""
+    """Rows = history (oldest at top), columns on top; sizes and fonts follow the row count.
+
+    When the rows are too thin for a label each, the rows with the largest |value| in any
+    column are labelled first (in bold), then as many others as fit; the axis title says
+    how many rows have no label. ``important`` names that rule for the reader.
+    """
     T, K = matrix.shape
     if T == 0 or K == 0:
         raise RecscopeError(f"nothing to draw in {title!r}: the heatmap has shape {matrix.shape}")
@@ -185,21 +229,24 @@ def _heatmap(
     col_w = float(np.clip(9.0 / max(K, 1), 0.42, 0.72))
     row_pt, col_pt = row_h * 72, col_w * 72
     row_fs = min(8.0, row_pt * 0.62)
-    step = 1
-    if row_fs < 6:  # too many rows for one label each: label every step-th row
+    gap = 1
+    if row_fs < 6:  # too many rows for one label each: labels at least `gap` rows apart
         row_fs = 6.0
-        step = math.ceil(row_fs * 1.3 / row_pt)
+        gap = math.ceil(row_fs * 1.3 / row_pt)
+    importance = np.nanmax(np.abs(np.where(np.isfinite(matrix), matrix, np.nan)), axis=1, initial=0.0)  # (T,)
+    shown, bold = label_rows(importance, gap)
     value_fs = min(7.5, row_pt * 0.55, col_pt / 3.4)
     annotate = value_fs >= 5 if annotate is None else annotate
     column_fs = 8.0
     longest = max((len(c) for c in columns), default=1)
     rotate = longest * column_fs * 0.55 > col_pt * 0.9
-    label_w = max((len(r) for r in rows[::step]), default=1) * row_fs * 0.55 / 72
+    label_w = max((len(rows[i]) for i in shown), default=1) * row_fs * 0.55 / 72
     head_h = 1.0 + (longest * column_fs * 0.55 / 72 * math.sin(math.radians(ROTATION)) if rotate else 0.2)
     fig_w = max(5.5, label_w + K * col_w + 1.7)
     fig_h = min(MAX_HEIGHT + 2.0, head_h + T * row_h + 0.5)
 
     fig, ax = plt.subplots(figsize=(fig_w, fig_h), layout="constrained")
+    norm = TwoSlopeNorm(0.0, scale.low, scale.high) if scale.low < 0 else Normalize(scale.low, scale.high)
     image = ax.imshow(matrix, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
@@ -209,11 +256,17 @@ def _heatmap(
         ax.set_xticks(range(K), columns, rotation=ROTATION, ha="left", rotation_mode="anchor", fontsize=column_fs)
     else:
         ax.set_xticks(range(K), columns, fontsize=column_fs)
-    shown = list(range(T - 1, -1, -step))[::-1]  # the newest row is always labelled
     ax.set_yticks(shown, [rows[i] for i in shown], fontsize=row_fs)
+    for tick, i in zip(ax.get_yticklabels(), shown, strict=True):
+        if i in bold:
+            tick.set_fontweight("bold")
     ax.tick_params(length=0)
     ax.set_xlabel(column_title, labelpad=8)
-    ax.set_ylabel("history (oldest at top)" + (f", one row in {step} labelled" if step > 1 else ""))
+    unlabelled = T - len(shown)
+    ax.set_ylabel(
+        "history (oldest at top)"
+        + (f"\n{unlabelled} of {T} rows unlabelled; bold = the {len(bold)} with {important}" if unlabelled else "")
+    )
     if row_pt >= 6:  # thin white rules between cells, where rows are tall enough to see them
         ax.set_xticks(np.arange(K + 1) - 0.5, minor=True)
         ax.set_yticks(np.arange(T + 1) - 0.5, minor=True)
@@ -228,8 +281,8 @@ def _heatmap(
                 shade = (norm(v) - 0.5) * 2 if isinstance(norm, TwoSlopeNorm) else norm(v)
                 dark = math.isfinite(v) and abs(float(np.clip(shade, -1, 1))) > 0.6
                 ax.text(c, r, _fmt(v), ha="center", va="center", fontsize=value_fs, color="white" if dark else "black")
-    bar = fig.colorbar(image, ax=ax, extend=extend, shrink=float(min(1.0, 5.0 / max(T * row_h, 1e-6))), aspect=25)
-    bar.set_label(colour_label)
+    bar = fig.colorbar(image, ax=ax, shrink=float(min(1.0, 5.0 / max(T * row_h, 1e-6))), aspect=25)
+    bar.set_label(f"{colour_label}\n{scale.note}")
     bar.outline.set_visible(False)
     ax.set_title(_wrap(title, fig_w), loc="left", pad=10)
     return _save(fig, path)
@@ -248,15 +301,10 @@ def attribution_heatmap(
     """weights (T, K): rows = history items (oldest at top), columns = recommended items.
 
     A diverging map centred on zero: blue pushed the item up, red pushed it down. The colour
-    scale saturates at 3x the 90th percentile of |weight| (the colour bar then shows an
-    arrow); every cell is annotated with its value while rows are tall enough (``annotate``
-    forces it on or off).
+    scale runs to ±max|weight| (:func:`colour_limits`), so no cell is clipped; every cell is
+    annotated with its value while rows are tall enough (``annotate`` forces it on or off).
     """
     weights = np.asarray(weights, dtype=float)  # (T, K)
-    limit, clipped = _robust_limit(weights)
-    above = bool(np.nanmax(weights, initial=0.0) > limit) if clipped else False
-    below = bool(np.nanmin(weights, initial=0.0) < -limit) if clipped else False
-    extend = {(True, True): "both", (True, False): "max", (False, True): "min"}.get((above, below), "neither")
     return _heatmap(
         weights,
         row_labels,
@@ -264,10 +312,10 @@ def attribution_heatmap(
         path,
         title,
         cmap="RdBu",
-        norm=TwoSlopeNorm(0.0, -limit, limit),
+        scale=colour_limits(weights),
         colour_label=f"{unit}\nblue = pushed up, red = pushed down",
-        extend=extend,
         column_title="recommended item (rank order)",
+        important="the largest |weight|",
         annotate=annotate,
     )
 
@@ -285,7 +333,6 @@ def attention_heatmap(
     n_layers, n_heads, T = weights.shape
     matrix = weights.transpose(2, 0, 1).reshape(T, n_layers * n_heads)  # (T, L*H)
     columns = [f"L{layer + 1} H{head + 1}" for layer in range(n_layers) for head in range(n_heads)]
-    limit, clipped = _robust_limit(matrix)
     return _heatmap(
         matrix,
         row_labels,
@@ -293,10 +340,10 @@ def attention_heatmap(
         path,
         title,
         cmap="Blues",
-        norm=Normalize(0.0, limit),
+        scale=colour_limits(matrix, signed=False),
         colour_label="attention weight (each column sums to 1)",
-        extend="max" if clipped else "neither",
         column_title="layer × head",
+        important="the most attention",
         groups=n_layers,
         annotate=annotate,
     )
