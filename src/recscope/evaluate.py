@@ -22,6 +22,7 @@ import torch
 
 from recscope.data import Dataset, EvalCases, pad_left
 from recscope.metrics import all_metrics
+from recscope.progress import track
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -37,16 +38,21 @@ def rank_targets(
     num_negatives: int = 99,
     batch_size: int = 1024,
     seed: int = 0,
+    progress: str | None = None,
 ) -> np.ndarray:
     """0-based rank of each case's target among the candidates.
 
     Ties are broken at random (seeded): a target tied with n candidates lands uniformly among
     them. Counting only strictly higher scores would flatter scorers with many equal scores
     (co-occurrence kNN gives most items 0; popularity ties items bought equally often).
+
+    ``progress`` names the step in a progress display (``recscope.progress.track``); None
+    shows none (training validates inside its own bar).
     """
     rng = np.random.default_rng(seed)
     ranks = np.empty(len(cases), dtype=np.int64)
-    for start in range(0, len(cases), batch_size):
+    starts = range(0, len(cases), batch_size)
+    for start in track(starts, progress) if progress else starts:
         sl = slice(start, start + batch_size)
         users, hist_len, targets = cases.users[sl], cases.hist_len[sl], cases.targets[sl]
         histories = torch.from_numpy(pad_left(data, users, hist_len, max_len))
@@ -157,7 +163,7 @@ def _train_events(data: Dataset, train_len: np.ndarray) -> np.ndarray:
 def _keep_top(sim: sp.csr_matrix, k: int) -> sp.csr_matrix:
     """Keep each row's k largest similarities (the 'k' of kNN)."""
     rows, cols, vals = [], [], []
-    for r in range(sim.shape[0]):
+    for r in track(range(sim.shape[0]), "item-kNN: each item's nearest neighbours"):
         lo, hi = sim.indptr[r], sim.indptr[r + 1]
         if hi - lo > k:
             top = np.argpartition(-sim.data[lo:hi], k)[:k] + lo

@@ -203,7 +203,9 @@ class Recommender:
             scorers["popularity"] = PopularityScorer(self.data, parts.train_len)
             scorers["item-kNN"] = ItemKNNScorer(self.data, parts.train_len)
         results = {
-            name: evaluate(scorer, self.data, cases, cfg.model.max_len, cfg.eval.ks, **kwargs)
+            name: evaluate(
+                scorer, self.data, cases, cfg.model.max_len, cfg.eval.ks, progress=f"evaluate: {name}", **kwargs
+            )
             for name, scorer in scorers.items()
         }
         if self.path is not None:

@@ -34,6 +34,7 @@ from scipy.stats import kendalltau
 from recscope.data import make_split
 from recscope.explain.api import METHODS, make_explainer
 from recscope.explain.occlusion import OcclusionExplainer, without
+from recscope.progress import track
 
 MAX_REMOVED = 5
 EXIT_REMOVED = 3
@@ -67,7 +68,7 @@ def evaluate_faithfulness(rec, users: int = 200, methods: list[str] | None = Non
     occlusion = OcclusionExplainer(model)
 
     cases = []
-    for c in chosen:
+    for c in track(chosen, "explain-eval: scoring test users"):
         u, n = int(test.users[c]), int(test.hist_len[c])
         history = data.sequence(u)[:n]
         read = torch.from_numpy(history[-model.cfg.max_len :].astype(np.int64))
@@ -103,7 +104,7 @@ def evaluate_faithfulness(rec, users: int = 200, methods: list[str] | None = Non
 def _measure(explainer, model, table, cases: list[_Case], k: int, random: tuple[float, float, float]) -> dict:
     comp, suff, exit_, taus, ms, hits1, hits3 = [], [], [], [], [], [], []
     curves = _Curves()
-    for case in cases:
+    for case in track(cases, f"explain-eval: {explainer.name}"):
         tic = time.perf_counter()
         weights = explainer.attribute(case.read, case.targets)  # (K, T)
         ms.append((time.perf_counter() - tic) * 1000 / len(case.targets))

@@ -30,6 +30,7 @@ from recscope.errors import RunError
 from recscope.explain.api import METHODS
 from recscope.explain.attention import attention_maps
 from recscope.insights import WHOLE_ITEM_FIELDS, global_view
+from recscope.progress import track
 
 ASSETS = resources.files("recscope.viz") / "assets"
 TOP_ATTRIBUTES = 12  # history-side attribute values kept per recommendation (the page shows 8)
@@ -95,7 +96,7 @@ def report_data(
     data = rec.data
     tic = time.perf_counter()
     histories = []
-    for case in cases:
+    for case in track(cases, "report: explaining users"):
         hist = rec.history(case.user) if case.history is None else rec.history_from_ids(case.history)
         read = hist[-rec.config.model.max_len :]
         ids = [data.item_ids[i] for i in hist]
