@@ -11,7 +11,8 @@ from recscope.config import ModelConfig
 from recscope.explain.api import METHODS, make_explainer
 from recscope.explain.counterfactual import smallest_removal
 from recscope.explain.faithfulness import _aopc, _Case, _exit_rate, choose_default
-from recscope.explain.gradients import IntegratedGradientsExplainer, field_attributions
+from recscope.explain.fields import candidate_fields, field_game
+from recscope.explain.gradients import IntegratedGradientsExplainer
 from recscope.explain.occlusion import OcclusionExplainer, without
 from recscope.explain.shapley import ShapleyExplainer
 from recscope.model import SeqRec, SeqRecOutput
@@ -94,13 +95,21 @@ def test_integrated_gradients_is_complete(model):
     assert delta.abs().max() < 0.02
 
 
-def test_field_attributions_add_up(model):
-    explainer = OcclusionExplainer(model)
-    history_fields, candidate_fields, names = field_attributions(explainer, HISTORY, TARGETS)
-    assert names == ["id", "brand", "tags"]
-    assert history_fields.shape == (3, 6, 3)
+@pytest.mark.parametrize("name", list(METHODS))
+def test_field_attributions_add_up(model, name):
+    explainer = make_explainer(model, name)
+    game = field_game(model, explainer.table, HISTORY)
+    assert game.fields == ["id", "brand", "tags"]
+    weights = explainer.attribute_fields(game, TARGETS)
+    assert weights.shape == (3, 3) and torch.isfinite(weights).all()
     # candidate side is exact: the fields add up to the score
-    torch.testing.assert_close(candidate_fields.sum(1), model.score(HISTORY[None, :])[0, TARGETS], rtol=1e-4, atol=1e-4)
+    cand, names = candidate_fields(model, HISTORY, TARGETS)
+    assert names == ["id", "brand", "tags"]
+    torch.testing.assert_close(cand.sum(1), model.score(HISTORY[None, :])[0, TARGETS], rtol=1e-4, atol=1e-4)
+    # one player per (position, field): the parts still add up to the tokens
+    fine = field_game(model, explainer.table, HISTORY, by_position=True)
+    assert fine.n_players == 18 and fine.positions[:4] == [0, 0, 0, 1]
+    torch.testing.assert_close(fine.tokens(torch.ones(1, 18))[0], model.item_tokens(HISTORY))
 
 
 def test_counterfactual_is_verified_by_reranking(model):
@@ -111,7 +120,8 @@ def test_counterfactual_is_verified_by_reranking(model):
     found = 0
     for target in torch.topk(scores, k).indices.tolist():
         weights = explainer.attribute(HISTORY, torch.tensor([target]))[0]
-        positions, new_rank, _ = smallest_removal(model, explainer.table, HISTORY, HISTORY, target, weights, k)
+        removal = smallest_removal(model, explainer.table, HISTORY, HISTORY, target, weights, k)
+        positions, new_rank = removal.positions, removal.new_rank
         if positions is None:
             continue
         found += 1
@@ -281,9 +291,16 @@ def test_sentence_cites_only_what_the_weights_carry():
     from recscope.explain.text import sentence
 
     # item 2 holds 6 of 8 positive units: cited; item 0 (1 unit, 12%) is not
-    text = sentence(_explanation([1.0, -2.0, 6.0, 1.0]), {"brand": ["Acme"]})
+    e = _explanation([1.0, -2.0, 6.0, 1.0])
+    e.attributes_history, e.attributes_candidate = {"id": 2.0, "brand": 0.5}, {"id": 3.0, "brand=Acme": 0.3}
+    text = sentence(e, {"brand": ["Acme"]})
     assert text.startswith("Because you bought “Item 2” (same brand: Acme).")
     assert "Item 0" not in text and "Item 1" not in text
+    # a shared brand is claimed only while the brand bars beside the sentence push up, on both sides
+    e.attributes_history["brand"] = -0.1
+    assert sentence(e, {"brand": ["Acme"]}) == "Because you bought “Item 2”."
+    e.attributes_history["brand"], e.attributes_candidate["brand=Acme"] = 0.5, -0.2
+    assert "same brand" not in sentence(e, {"brand": ["Acme"]})
     # weights spread thin: nobody is named
     assert "no single past item stands out" in sentence(_explanation([1.0] * 8))
     # a push that is small next to the item's lead over the cut-off is not a reason

@@ -3,14 +3,14 @@
     view = global_view(rec, users=rec.data.user_ids[:500], k=10)
 
 Each user's whole history is read as it stands now, and the attribute attribution of every
-item in its top-``k`` is computed (the field split of :func:`recscope.explain.gradients.
-field_attributions`: gradient x input on the history tokens' field parts, exact on the
-candidate's; one batched pass per user). The view is a plain JSON-serialisable dict; the
-figures (:mod:`recscope.viz.figures`) and the HTML report render it::
+item in its top-``k`` is computed (:mod:`recscope.explain.fields`: gradient x input on each
+field's part of each history token, summed per attribute value over the history; exact on
+the candidate's; one batched pass per user, cheap enough for thousands of users). The view
+is a plain JSON-serialisable dict; the figures (:mod:`recscope.viz.figures`) and the HTML report render it::
 
     {"users": n, "k": k, "method": name,
      "drivers": [{"label": "brand=Acme", "field": "brand", "weight": mean push per
-                  recommendation, "count": recommendations it pushed}, ...],
+                  recommendation, "count": recommendations it took part in}, ...],
      "recommended": {field: {value: recommendations}},   # every catalog field
      "catalog": {field: {value: catalog items}},
      "coverage": {"recommended_items", "catalog_items", "share"},
@@ -18,7 +18,9 @@ figures (:mod:`recscope.viz.figures`) and the HTML report render it::
 
 A driver's weight sums the value's attribution on the history side (the value in the
 user's history pushed the item up) and on the candidate side (the recommended item's own
-value pushed its score up), averaged over every recommendation in the view.
+value pushed its score up), averaged over every recommendation in the view. Its count is
+the number of recommendations in which the value took part, on either side or both, so it
+never exceeds the number of recommendations.
 """
 
 from __future__ import annotations
@@ -32,15 +34,14 @@ import torch
 from recscope.data import Dataset
 from recscope.errors import RunError
 from recscope.evaluate import PopularityScorer
-from recscope.explain.api import history_attributes
-from recscope.explain.attention import AttentionExplainer
-from recscope.explain.gradients import field_attributions
+from recscope.explain.fields import WHOLE_ITEM, candidate_fields, field_game
+from recscope.explain.gradients import GradInputExplainer
 from recscope.recommend import top_k
 
 # items ranked by interactions, most popular first: (label, upper edge as a share of items)
 POPULARITY_BUCKETS = (("top 1%", 0.01), ("1-5%", 0.05), ("5-20%", 0.20), ("20-50%", 0.50), ("bottom 50%", 1.0))
-WHOLE_ITEM_FIELDS = ("id", "text")  # attributions that belong to the item, not to a value
-METHOD = "attribute attribution"
+WHOLE_ITEM_FIELDS = WHOLE_ITEM  # attributions that belong to the item, not to a value
+METHOD = "gradient × input"
 
 
 def global_view(rec, users: list[str], k: int = 10) -> dict:
@@ -48,7 +49,7 @@ def global_view(rec, users: list[str], k: int = 10) -> dict:
     if not users:
         raise RunError("no users to aggregate over", fix="pass at least one user id")
     data: Dataset = rec.data
-    explainer = AttentionExplainer(rec.model)  # only its model and item table are used here
+    explainer = GradInputExplainer(rec.model)
     totals: dict[str, float] = defaultdict(float)
     counts: Counter = Counter()
     field_of: dict[str, str] = {}
@@ -58,14 +59,20 @@ def global_view(rec, users: list[str], k: int = 10) -> dict:
         scores = rec.scores(history)
         top = top_k(scores, k).indices
         read = rec.tensor(history)[0]
-        hist_fields, cand_fields, names = field_attributions(explainer, read, top)
+        game = field_game(rec.model, explainer.table, read, by_position=True)
+        hist_weights = explainer.attribute_fields(game, top).view(len(top), len(read), -1)  # (K, T, F)
+        cand_weights, names = candidate_fields(rec.model, read, top)  # (K, F)
         for j, item in enumerate(top.tolist()):
             recommended.append(item)
-            history_side = history_attributes(data, read, hist_fields[j], names)
-            for label, field, weight in _value_weights(data, item, history_side, cand_fields[j], names):
+            merged: dict[str, float] = defaultdict(float)  # one entry per value: both sides summed
+            sides = [(i, hist_weights[j, t]) for t, i in enumerate(read.tolist())] + [(item, cand_weights[j])]
+            for part, weights in sides:  # every history token, then the recommended item
+                for label, field, weight in _value_weights(data, part, weights, names):
+                    merged[label] += weight
+                    field_of[label] = field
+            for label, weight in merged.items():
                 totals[label] += weight
                 counts[label] += weight != 0.0
-                field_of[label] = field
     n_recs = max(len(recommended), 1)
     drivers = [
         {"label": label, "field": field_of[label], "weight": total / n_recs, "count": int(counts[label])}
@@ -88,16 +95,12 @@ def global_view(rec, users: list[str], k: int = 10) -> dict:
     }
 
 
-def _value_weights(
-    data: Dataset, item: int, history_side: dict[str, float], candidate_fields: torch.Tensor, names: list[str]
-) -> list[tuple[str, str, float]]:
-    """(label, field, weight) per attribute value of one recommendation, from both sides.
-
-    ``history_side`` is keyed "field=value" (or "id" / "text"); ``candidate_fields`` (F,) holds
-    the candidate's weight per model field in ``names``, shared equally by a multi-valued cell."""
-    out = [(key, key.split("=", 1)[0], weight) for key, weight in history_side.items()]
+def _value_weights(data: Dataset, item: int, weights: torch.Tensor, names: list[str]) -> list[tuple[str, str, float]]:
+    """(label, field, weight) per attribute value of one item's token: ``weights`` (F,) per model
+    field in ``names``; a multi-valued cell's weight is shared equally by its values."""
     by_name = {f.name: f for f in data.fields}
-    for name, weight in zip(names, candidate_fields.tolist(), strict=True):
+    out = []
+    for name, weight in zip(names, weights.tolist(), strict=True):
         if name in WHOLE_ITEM_FIELDS:
             out.append((name, name, weight))
             continue

@@ -3,6 +3,10 @@
 rec = Recommender.load("runs/beauty")
 rec.recommend(user="42", k=10)                 # a known user's next items
 rec.recommend(history=["B001", "B002"], k=10)  # anyone, from item ids
+
+A history of item ids may hold ids the run does not know (items added after training, typos):
+they are skipped and named in the result's ``unknown`` (``unknown="error"`` refuses instead);
+a history with no known item at all is an error.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import numpy as np
 import torch
 
 from recscope.data import Dataset, make_split
-from recscope.errors import RunError
+from recscope.errors import DataError, RunError
 from recscope.evaluate import ItemKNNScorer, PopularityScorer, evaluate, model_scorer
 from recscope.model import SeqRec
 from recscope.run import RunInfo, load_data, load_model, save_info
@@ -29,6 +33,23 @@ class Recommendation:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class Results(list):
+    """A list of results (recommendations or explanations) and the history ids that were skipped
+    because the run does not know them (``unknown``, in the order given)."""
+
+    def __init__(self, items=(), unknown: list[str] | None = None):
+        super().__init__(items)
+        self.unknown = list(unknown or [])
+
+
+UNKNOWN_POLICIES = ("skip", "error")
+
+
+def _at_least_one(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RunError(f"{name} must be a whole number of at least 1, got {value!r}", fix=f"pass {name}=1 or more")
 
 
 def top_k(scores: torch.Tensor, k: int):
@@ -54,15 +75,41 @@ class Recommender:
         """The known user's whole history (dense item indices, oldest first)."""
         return self.data.sequence(self.data.user_index(user))
 
-    def history_from_ids(self, item_ids: list[str]) -> np.ndarray:
+    def history_from_ids(self, item_ids: list[str], unknown: str = "error") -> np.ndarray:
+        """Dense indices of ``item_ids``; ``unknown="skip"`` leaves out ids the run does not know,
+        ``"error"`` refuses them."""
+        return self._indices(item_ids, unknown)[0]
+
+    def _indices(self, item_ids: list[str], unknown: str) -> tuple[np.ndarray, list[str]]:
+        if unknown not in UNKNOWN_POLICIES:
+            raise RunError(f"unknown={unknown!r} is not a policy", fix=f"use one of {', '.join(UNKNOWN_POLICIES)}")
         if not item_ids:
             raise RunError("the history is empty", fix="pass at least one item id")
-        return np.array([self.data.item_index(i) for i in item_ids], dtype=np.int64)
+        if isinstance(item_ids, str):
+            raise RunError("history must be a list of item ids, not one string", fix=f"pass history=[{item_ids!r}]")
+        indices, skipped = [], []
+        for item in item_ids:
+            try:
+                indices.append(self.data.item_index(item))
+            except DataError:
+                if unknown == "error":
+                    raise
+                skipped.append(str(item))
+        if not indices:
+            shown = ", ".join(repr(i) for i in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+            raise RunError(
+                f"none of the {len(skipped)} history items is known to this run ({shown})",
+                fix=f"use item ids from the catalog the run was trained on (e.g. {', '.join(self.data.item_ids[1:4])})",
+            )
+        return np.array(indices, dtype=np.int64), skipped
 
-    def _resolve(self, user: str | None, history: list[str] | None) -> np.ndarray:
+    def _resolve(self, user: str | None, history: list[str] | None, unknown: str = "skip"):
+        """(dense history, unknown ids skipped from ``history``)."""
         if (user is None) == (history is None):
             raise RunError("pass exactly one of user=... or history=[...]")
-        return self.history(user) if user is not None else self.history_from_ids(history)
+        if user is not None:
+            return self.history(user), []
+        return self._indices(history, unknown)
 
     def tensor(self, history: np.ndarray) -> torch.Tensor:
         """(1, T) the last max_len items of a history, as the model reads them."""
@@ -83,8 +130,13 @@ class Recommender:
         history: list[str] | None = None,
         k: int = 10,
         exclude_history: bool = True,
-    ) -> list[Recommendation]:
-        return self._top(self._resolve(user, history), k, exclude_history)
+        unknown: str = "skip",
+    ) -> Results:
+        """The top-``k`` (a list of :class:`Recommendation`); ``.unknown`` names the history ids
+        that were skipped (``unknown="error"`` refuses them instead)."""
+        _at_least_one("k", k)
+        hist, skipped = self._resolve(user, history, unknown)
+        return Results(self._top(hist, k, exclude_history), skipped)
 
     # ------------------------------------------------------------------ explain
     def default_method(self) -> str:
@@ -105,40 +157,50 @@ class Recommender:
         k: int = 10,
         counterfactual: bool = True,
         attentions: bool = False,
-    ):
-        """Explanations for one recommended item (``item=``) or the whole top-``top``.
+        unknown: str = "skip",
+    ) -> Results:
+        """Explanations (:class:`~recscope.explain.base.Explanation`) for one item (``item=``) or
+        the whole top-``top``; ``k`` is the top-K their status and counterfactuals refer to.
 
-        An ``item`` outside the top-K is explained too: its rank says where it stands.
+        Any ``item`` is explained: one outside the top-K has status ``outside_top_k`` and its
+        rank ("ranked 37 of 1,200"); one already in the history has status ``owned`` and no
+        score or rank (owned items are never recommended). ``.unknown`` names skipped history ids.
         """
         from recscope.explain.api import explain_items, make_explainer
+        from recscope.explain.base import OUTSIDE_TOP_K, OWNED, RECOMMENDED
 
-        hist = self._resolve(user, history)
+        _at_least_one("top", top)
+        _at_least_one("k", k)
+        hist, skipped = self._resolve(user, history, unknown)
         scores = self.scores(hist)
         if item is not None:
-            target = self.data.item_index(item)
-            targets = [target]
+            targets = [self.data.item_index(item)]
         else:
             targets = top_k(scores, top).indices.tolist()
-        ranks = [int((scores > scores[t]).sum()) + 1 for t in targets]
         finite = int(torch.isfinite(scores).sum())
+        ranks = [int((scores > scores[t]).sum()) + 1 if torch.isfinite(scores[t]) else None for t in targets]
+        statuses = [OWNED if r is None else RECOMMENDED if r <= k else OUTSIDE_TOP_K for r in ranks]
         cutoff = float(torch.topk(scores, k + 1).values[-1]) if finite > k else None
         explainer = self._explainers.get(method or self.default_method())
         if explainer is None:
             explainer = make_explainer(self.model, method or self.default_method())
             self._explainers[explainer.name] = explainer
-        return explain_items(
+        explanations = explain_items(
             explainer,
             self.data,
             hist,
             targets,
-            scores=[float(scores[t]) for t in targets],
+            scores=[float(scores[t]) if r is not None else None for t, r in zip(targets, ranks, strict=True)],
             ranks=ranks,
             user=user,
             k=k,
             counterfactual=counterfactual,
             attentions=attentions,
             cutoff=cutoff,
+            statuses=statuses,
+            candidates=finite,
         )
+        return Results(explanations, skipped)
 
     def what_if(
         self,
@@ -148,12 +210,23 @@ class Recommender:
         remove: list[str] = (),
         add: list[str] = (),
         k: int = 10,
+        unknown: str = "skip",
     ) -> dict:
         """Re-rank an edited history: items removed from it and/or appended to it.
 
-        Returns the top-K before and after, and which items entered or left.
+        Returns the top-K before and after, which items entered or left, and the history ids
+        skipped as unknown (``"unknown"``). Removing an item the history does not hold is an
+        error naming it (an edit that silently did nothing would read as "no effect").
         """
-        hist = self._resolve(user, history)
+        _at_least_one("k", k)
+        hist, skipped = self._resolve(user, history, unknown)
+        held = {self.data.item_ids[i] for i in hist}
+        missing = [str(i) for i in remove if str(i) not in held]
+        if missing:
+            raise RunError(
+                f"cannot remove {', '.join(repr(i) for i in missing)}: not in the history",
+                fix=f"remove items the history holds (e.g. {', '.join(sorted(held)[:3])})",
+            )
         drop = {self.data.item_index(i) for i in remove}
         edited = np.array([i for i in hist if i not in drop] + [self.data.item_index(i) for i in add], dtype=np.int64)
         if len(edited) == 0:
@@ -167,6 +240,7 @@ class Recommender:
             "after": [r.to_dict() for r in after],
             "entered": [i for i in ids_after if i not in ids_before],
             "left": [i for i in ids_before if i not in ids_after],
+            "unknown": skipped,
         }
 
     def _top(self, hist: np.ndarray, k: int, exclude_history: bool = True) -> list[Recommendation]:

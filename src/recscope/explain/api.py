@@ -1,12 +1,15 @@
 """From a history and recommended items to full :class:`Explanation` objects.
 
 One call explains all K items of a history: the chosen method's attributions come from
-one batched pass, the attribute attributions from one more, each counterfactual from
-one batched re-ranking.
+one batched pass, the attribute attributions (by the same method, see
+:mod:`recscope.explain.fields`) from one more, each counterfactual from one batched
+re-ranking, and the check that the items a sentence names really carry the score from one
+more pass.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -15,16 +18,13 @@ import torch
 from recscope.data import Dataset
 from recscope.errors import RunError
 from recscope.explain.attention import AttentionExplainer, RolloutExplainer, attention_maps
-from recscope.explain.base import Counterfactual, Explainer, Explanation, HistoryWeight
+from recscope.explain.base import RECOMMENDED, Counterfactual, Explainer, Explanation, HistoryWeight
 from recscope.explain.counterfactual import smallest_removal
-from recscope.explain.gradients import (
-    GradInputExplainer,
-    IntegratedGradientsExplainer,
-    field_attributions,
-)
-from recscope.explain.occlusion import OcclusionExplainer
+from recscope.explain.fields import WHOLE_ITEM, candidate_fields, field_game
+from recscope.explain.gradients import GradInputExplainer, IntegratedGradientsExplainer
+from recscope.explain.occlusion import OcclusionExplainer, without
 from recscope.explain.shapley import ShapleyExplainer
-from recscope.explain.text import cited, sentence
+from recscope.explain.text import cited, confirmed, sentence
 
 METHODS: dict[str, type[Explainer]] = {
     cls.name: cls
@@ -53,26 +53,32 @@ def explain_items(
     history: np.ndarray,
     targets: list[int],
     *,
-    scores: list[float],
-    ranks: list[int],
+    scores: list[float | None],
+    ranks: list[int | None],
     user: str | None = None,
     k: int = 10,
     counterfactual: bool = True,
     attentions: bool = False,
     cutoff: float | None = None,
+    statuses: list[str] | None = None,
+    candidates: int | None = None,
 ) -> list[Explanation]:
-    """Explain ``targets`` (dense item indices) recommended for ``history`` (the whole history).
+    """Explain ``targets`` (dense item indices) for ``history`` (the whole history).
 
     ``cutoff`` is the score of the first item outside the top-K: sentences only name reasons
-    that are large next to an item's lead over it.
+    that are large next to an item's lead over it. ``statuses`` (default: all RECOMMENDED)
+    say what each target is; only a recommended item gets a counterfactual.
     """
     tic = time.perf_counter()
     model = explainer.model
     read = torch.from_numpy(np.asarray(history[-model.cfg.max_len :], dtype=np.int64))  # what the model reads
     offset = len(history) - len(read)
     target_t = torch.tensor(targets, dtype=torch.long)
+    statuses = statuses or [RECOMMENDED] * len(targets)
     weights = explainer.attribute(read, target_t)  # (K, T)
-    hist_fields, cand_fields, names = field_attributions(explainer, read, target_t)
+    game = field_game(model, explainer.table, read)
+    field_weights = explainer.attribute_fields(game, target_t)  # (K, P)
+    cand_fields, names = candidate_fields(model, read, target_t)  # (K, F)
     maps = attention_maps(model, read)[:, :, -1, :].tolist() if attentions else None
     owned = torch.from_numpy(np.unique(np.asarray(history, dtype=np.int64)))
     explanations = []
@@ -85,68 +91,81 @@ def explain_items(
             user=user,
             item_id=data.item_ids[target],
             title=data.title(target),
-            score=float(scores[j]),
-            rank=int(ranks[j]),
+            score=scores[j] if scores[j] is not None and math.isfinite(scores[j]) else None,
+            rank=ranks[j],
             method=explainer.name,
             target_dependent=explainer.target_dependent,
             history=entries,
-            attributes_history=history_attributes(data, read, hist_fields[j], names),
+            attributes_history=_by_weight(game.fields, field_weights[j]),
             attributes_candidate=_candidate_attributes(data, target, cand_fields[j], names),
+            attributes_method=explainer.fields_method or explainer.name,
+            status=statuses[j],
+            k=k,
+            candidates=candidates,
             attentions=maps,
         )
-        if counterfactual:
+        if counterfactual and expl.status == RECOMMENDED:
             expl.counterfactual = _counterfactual(explainer, read, owned, target, weights[j], k, entries, data)
-        margin = scores[j] - cutoff if cutoff is not None else 0.0
-        reasons = [int(read[h.position - offset]) for h in cited(expl, margin)]
-        expl.sentence = sentence(expl, _shared(data, reasons, target), margin)
         explanations.append(expl)
+    margins = [s - cutoff if s is not None and cutoff is not None else 0.0 for s in (e.score for e in explanations)]
+    _cited_drops(explainer, read, offset, targets, explanations, margins)
+    for j, expl in enumerate(explanations):
+        reasons = [int(read[h.position - offset]) for h in confirmed(expl, margins[j])]
+        expl.sentence = sentence(expl, _shared(data, reasons, targets[j]), margins[j])
     elapsed = (time.perf_counter() - tic) * 1000 / max(len(targets), 1)
     for expl in explanations:
         expl.ms = round(elapsed, 3)
     return explanations
 
 
+@torch.no_grad()
+def _cited_drops(explainer, read, offset, targets, explanations, margins) -> None:
+    """Set ``cited_drop`` of every recommended item whose sentence may name history items: its own
+    score drop when they are taken out together (one batch for all items)."""
+    rows, masks = [], []
+    for j, expl in enumerate(explanations):
+        items = cited(expl, margins[j]) if expl.status == RECOMMENDED and expl.target_dependent else []
+        if items:
+            mask = torch.ones(len(read), dtype=torch.bool)
+            mask[[h.position - offset for h in items]] = False
+            rows.append(j)
+            masks.append(mask)
+    if not rows:
+        return
+    variants = torch.cat([read[None, :], without(read, torch.stack(masks))])  # (1 + R, T)
+    hidden = explainer.model(variants).hidden[:, -1]  # (1 + R, C)
+    own = explainer.table[torch.tensor([targets[j] for j in rows])]  # (R, C)
+    drops = (hidden[0][None, :] * own).sum(-1) - (hidden[1:] * own).sum(-1)
+    for j, drop in zip(rows, drops.tolist(), strict=True):
+        explanations[j].cited_drop = drop
+
+
 def _counterfactual(explainer, read, owned, target, weights, k, entries, data) -> Counterfactual:
-    positions, new_rank, entered = smallest_removal(explainer.model, explainer.table, read, owned, target, weights, k)
-    if positions is None:
-        return Counterfactual(removed=[], new_rank=new_rank, k=k, found=False)
+    found = smallest_removal(explainer.model, explainer.table, read, owned, target, weights, k)
     return Counterfactual(
-        removed=[entries[p] for p in positions],
-        new_rank=new_rank,
+        removed=[entries[p] for p in found.positions or []],
+        new_rank=found.new_rank,
         k=k,
-        replaced_by=data.item_ids[entered] if entered is not None else None,
+        replaced_by=data.item_ids[found.entered] if found.entered is not None else None,
+        found=found.positions is not None,
+        kind=found.kind,
+        score_before=found.score_before,
+        score_after=found.score_after,
+        cutoff=found.cutoff,
     )
 
 
-def _labels(data: Dataset, item: int, names: list[str]) -> dict[str, list[str]]:
-    """field name -> value labels of one item, in the order of the model's fields."""
-    by_name = {f.name: f for f in data.fields}
-    return {n: (by_name[n].labels(item) if n in by_name else []) for n in names}
-
-
-def history_attributes(data: Dataset, read: torch.Tensor, fields: torch.Tensor, names: list[str]) -> dict[str, float]:
-    """(T, F) per-position field weights -> "field=value" totals over the history."""
-    totals: dict[str, float] = {}
-    for t, item in enumerate(read.tolist()):
-        labels = _labels(data, item, names)
-        for f, name in enumerate(names):
-            w = float(fields[t, f])
-            if name == "id" or name == "text":
-                totals[name] = totals.get(name, 0.0) + w
-                continue
-            values = labels[name]
-            for v in values:  # a multi-valued cell shares its weight equally
-                key = f"{name}={v}"
-                totals[key] = totals.get(key, 0.0) + w / len(values)
-    return dict(sorted(totals.items(), key=lambda kv: -abs(kv[1])))
+def _by_weight(labels: list[str], weights: torch.Tensor) -> dict[str, float]:
+    """(F,) field weights -> {field: weight}, largest |weight| first."""
+    return dict(sorted(zip(labels, weights.tolist(), strict=True), key=lambda kv: -abs(kv[1])))
 
 
 def _candidate_attributes(data: Dataset, item: int, fields: torch.Tensor, names: list[str]) -> dict[str, float]:
-    labels = _labels(data, item, names)
+    by_name = {f.name: f for f in data.fields}
     out: dict[str, float] = {}
     for f, name in enumerate(names):
-        values = labels.get(name) or []
-        key = f"{name}={', '.join(values)}" if name not in ("id", "text") and values else name
+        values = by_name[name].labels(item) if name in by_name else []
+        key = f"{name}={', '.join(values)}" if name not in WHOLE_ITEM and values else name
         out[key] = float(fields[f])
     return dict(sorted(out.items(), key=lambda kv: -abs(kv[1])))
 

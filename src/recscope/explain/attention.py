@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from recscope.explain.base import Explainer
+from recscope.explain.shapley import shapley
 from recscope.model import SeqRec
 
 
@@ -41,9 +42,20 @@ def final_position_attention(model: SeqRec, history: torch.Tensor) -> AttentionV
     return AttentionView(history.numpy(), maps[:, :, -1, :].numpy())
 
 
-class AttentionExplainer(Explainer):
-    name = "attention"
+class _ReadingExplainer(Explainer):
+    """Attention has no notion of fields: the history's attribute values are explained by
+    Shapley values instead (the method the faithfulness measurements chose)."""
+
     target_dependent = False
+    fields_method = "shapley"
+
+    @torch.no_grad()
+    def attribute_fields(self, game, targets: torch.Tensor) -> torch.Tensor:
+        return shapley(lambda masks: game.scores(masks, targets), game.n_players, len(targets))
+
+
+class AttentionExplainer(_ReadingExplainer):
+    name = "attention"
     description = "last layer's attention from the final position, mean over heads"
 
     def attribute(self, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -52,9 +64,8 @@ class AttentionExplainer(Explainer):
         return row.expand(len(targets), -1).clone()
 
 
-class RolloutExplainer(Explainer):
+class RolloutExplainer(_ReadingExplainer):
     name = "rollout"
-    target_dependent = False
     description = "attention rollout (Abnar & Zuidema 2020): heads averaged, residual added, layers multiplied"
 
     def attribute(self, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

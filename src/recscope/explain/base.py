@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -27,6 +28,7 @@ class Explainer:
     name: str = ""
     target_dependent: bool = True
     description: str = ""
+    fields_method: str = ""  # the method that explains attribute values when it is not this one
 
     def __init__(self, model: SeqRec):
         self.model = model.eval()
@@ -35,6 +37,10 @@ class Explainer:
 
     def attribute(self, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """history (T,) item indices without padding, targets (K,) -> (K, T) attributions."""
+        raise NotImplementedError
+
+    def attribute_fields(self, game, targets: torch.Tensor) -> torch.Tensor:
+        """game (:class:`recscope.explain.fields.FieldGame`, P players), targets (K,) -> (K, P)."""
         raise NotImplementedError
 
     # helpers shared by the methods --------------------------------------------
@@ -54,6 +60,17 @@ class HistoryWeight:
     weight: float
 
 
+# Why a counterfactual's item left the top-K (Counterfactual.kind)
+OWN_SCORE_FELL = "own_score_fell"  # its own score fell below the old cut-off: the removed items carried it
+OTHERS_ROSE = "others_rose"  # its own score stayed above the old cut-off: other items rose past it
+NOT_FOUND = "not_found"  # no greedy prefix of the history drops it out
+
+# What an explained item is to the history (Explanation.status)
+RECOMMENDED = "recommended"  # in the top-K
+OUTSIDE_TOP_K = "outside_top_k"  # ranked, but below the top-K
+OWNED = "owned"  # already in the history: never recommended, so it has no score or rank
+
+
 @dataclass
 class Counterfactual:
     removed: list[HistoryWeight]  # the smallest set found (greedy by attribution, verified)
@@ -61,6 +78,16 @@ class Counterfactual:
     k: int  # the top-K it drops out of
     replaced_by: str | None = None  # the item that enters the top-K in its place (own id)
     found: bool = True
+    kind: str = OWN_SCORE_FELL  # OWN_SCORE_FELL, OTHERS_ROSE or NOT_FOUND
+    score_before: float | None = None  # the item's own score with the whole history
+    score_after: float | None = None  # its own score once ``removed`` are taken out
+    cutoff: float | None = None  # the score of the first item outside the top-K, before the removal
+
+    @property
+    def carried(self) -> bool:
+        """True when the removed items carried the item: their removal alone (every other score
+        as it was) drops its own score below the old cut-off."""
+        return self.found and self.kind == OWN_SCORE_FELL
 
 
 @dataclass
@@ -70,23 +97,32 @@ class Explanation:
     user: str | None
     item_id: str
     title: str
-    score: float
-    rank: int  # 1-based rank among the recommendations (owned items excluded)
+    score: float | None  # the model's score (None for an owned item: it is not ranked)
+    rank: int | None  # 1-based rank among the rankable items (owned excluded); None if owned
     method: str
     target_dependent: bool
     history: list[HistoryWeight]  # every history item the model read, oldest first
-    attributes_history: dict[str, float] = field(default_factory=dict)  # "brand=X" -> weight
-    attributes_candidate: dict[str, float] = field(default_factory=dict)  # "brand=X" -> weight
+    # "id" / "text" / "brand=X" -> how much that part of the history's tokens pushed the score,
+    # by ``attributes_method`` (the chosen method, or Shapley values for attention and rollout)
+    attributes_history: dict[str, float] = field(default_factory=dict)
+    attributes_candidate: dict[str, float] = field(default_factory=dict)  # the item's own fields (exact split)
+    attributes_method: str = ""
+    status: str = RECOMMENDED  # RECOMMENDED, OUTSIDE_TOP_K or OWNED
+    k: int = 10  # the top-K the status and the counterfactual refer to
+    candidates: int | None = None  # how many items were ranked (the catalog minus owned items)
+    # the item's own score drop when the history items the sentence may name are taken out together
+    cited_drop: float | None = None
     attentions: list | None = None  # (n_layers, n_heads, T) final-position attention, if asked
     counterfactual: Counterfactual | None = None
     sentence: str = ""
     ms: float = 0.0  # time to build this explanation (its share of a batched call)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON types; a non-finite number becomes None (null), never Infinity or NaN."""
+        return finite(asdict(self))
 
     def to_json(self, **kwargs) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
+        return json.dumps(self.to_dict(), allow_nan=False, **kwargs)
 
     def top(self, n: int = 3) -> list[HistoryWeight]:
         return sorted(self.history, key=lambda h: -h.weight)[:n]
@@ -105,9 +141,22 @@ class Explanation:
             f"<li>{e(k)}: {v:+.3f}</li>"
             for k, v in sorted(self.attributes_candidate.items(), key=lambda kv: -abs(kv[1]))[:6]
         )
+        score = f"{self.score:.3f}" if self.score is not None else "none"
         return (
-            f"<div><b>{e(self.title)}</b> ({e(self.item_id)}), rank {self.rank}, score {self.score:.3f}, "
+            f"<div><b>{e(self.title)}</b> ({e(self.item_id)}), rank {self.rank}, score {score}, "
             f"method <code>{e(self.method)}</code><p>{e(self.sentence)}</p>"
             f"<table><tr><th>#</th><th>history item</th><th>weight</th><th></th></tr>{rows}</table>"
             f"<p>candidate attributes:</p><ul>{attrs}</ul></div>"
         )
+
+
+def finite(value):
+    """``value`` with every non-finite float (in dicts and lists, at any depth) replaced by None:
+    standard JSON has no Infinity or NaN, and browsers reject them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value

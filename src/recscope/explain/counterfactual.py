@@ -3,12 +3,21 @@
 Greedy by attribution: remove the most positive items first, one more at each step; every
 step is verified by re-ranking the whole catalog with the shortened history (all steps
 in one batch). Items the user already has stay excluded from the ranking.
+
+An item can leave the top-K for two reasons, and a counterfactual says which: its own score
+fell below the old cut-off (the score of the first item outside the top-K before the
+removal: the removed items carried it), or its own score stayed above that cut-off and other
+items rose past it (the removed items were holding those down; they did not carry this one).
+Only the first is a reason to quote in a sentence.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from recscope.explain.base import NOT_FOUND, OTHERS_ROSE, OWN_SCORE_FELL
 from recscope.explain.occlusion import without
 
 
@@ -22,6 +31,19 @@ def removal_ranks(model, table, history: torch.Tensor, owned: torch.Tensor, mask
     return scores
 
 
+@dataclass
+class Removal:
+    """What :func:`smallest_removal` found; ``positions`` is None when no greedy prefix works."""
+
+    positions: list[int] | None  # into the history, most attributed first
+    new_rank: int | None  # the item's 1-based rank once they are removed (or after the longest prefix tried)
+    entered: int | None  # the item that enters the top-K in its place
+    kind: str  # OWN_SCORE_FELL, OTHERS_ROSE or NOT_FOUND
+    score_before: float  # the item's own score with the whole history
+    score_after: float | None  # ... without ``positions``
+    cutoff: float | None  # the score of the first item outside the top-K before any removal
+
+
 @torch.no_grad()
 def smallest_removal(
     model,
@@ -32,26 +54,27 @@ def smallest_removal(
     weights: torch.Tensor,
     k: int,
     max_steps: int = 10,
-):
-    """Positions (into ``history``) to remove, the item's new 1-based rank, the item that enters
-    the top-K in its place; ``None`` positions if no greedy prefix of up to ``max_steps`` works."""
-    order = [int(p) for p in torch.argsort(weights, descending=True) if weights[p] > 0][:max_steps]
-    if not order or len(order) >= len(history):
-        order = order[: len(history) - 1]
-    if not order:
-        return None, None, None
+) -> Removal:
+    """The smallest greedy prefix (by ``weights``) of history items whose removal drops ``target``
+    out of the top-``k``, verified by re-ranking, and why it drops: whether its own score fell
+    below the old cut-off (the removed items carried it) or other items rose past it."""
     T = len(history)
-    masks = torch.ones(len(order), T, dtype=torch.bool)
+    order = [int(p) for p in torch.argsort(weights, descending=True) if weights[p] > 0][:max_steps]
+    order = order[: T - 1]  # an empty history cannot be scored
+    masks = torch.ones(len(order) + 1, T, dtype=torch.bool)  # variant 0 keeps everything
     for step in range(len(order)):
-        masks[step:, order[step]] = False  # variant m removes order[:m + 1]
-    scores = removal_ranks(model, table, history, owned, masks)  # (M, N + 1)
-    ranks = (scores > scores[:, target : target + 1]).sum(1)  # 0-based
-    dropped = torch.nonzero(ranks >= k)
+        masks[step + 1 :, order[step]] = False  # variant m removes order[:m]
+    scores = removal_ranks(model, table, history, owned, masks)  # (M + 1, N + 1)
+    own = scores[:, target]
+    ranks = (scores > own[:, None]).sum(1)  # 0-based
+    finite = scores[0][torch.isfinite(scores[0])]
+    cutoff = float(torch.topk(finite, k + 1).values[-1]) if len(finite) > k else None
+    dropped = torch.nonzero(ranks[1:] >= k)
     if len(dropped) == 0:
-        return None, int(ranks[-1]) + 1, None
-    m = int(dropped[0])
-    top = torch.topk(scores[m], k).indices.tolist()
-    base = removal_ranks(model, table, history, owned, torch.ones(1, T, dtype=torch.bool))[0]
-    before = set(torch.topk(base, k).indices.tolist())
-    entered = next((i for i in top if i not in before), None)
-    return order[: m + 1], int(ranks[m]) + 1, entered
+        last = int(ranks[-1]) + 1 if order else None
+        return Removal(None, last, None, NOT_FOUND, float(own[0]), float(own[-1]) if order else None, cutoff)
+    m = int(dropped[0]) + 1
+    before = set(torch.topk(scores[0], k).indices.tolist())
+    entered = next((i for i in torch.topk(scores[m], k).indices.tolist() if i not in before), None)
+    kind = OWN_SCORE_FELL if cutoff is not None and float(own[m]) < cutoff else OTHERS_ROSE
+    return Removal(order[:m], int(ranks[m]) + 1, entered, kind, float(own[0]), float(own[m]), cutoff)

@@ -4,7 +4,9 @@
 ``integrated_gradients``: Captum's IntegratedGradients from an all-zero token baseline (an
 item with no content, keeping its position), so each item's attributions add up, with the
 others', to score(history) - score(baseline). Both are target-dependent: each target's
-score is differentiated on its own.
+score is differentiated on its own. Both explain the attribute values of the history
+(``attribute_fields``, see :mod:`recscope.explain.fields`) by the same rule, on each value's
+presence in the tokens.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ class GradInputExplainer(_TokenExplainer):
         attr = InputXGradient(self._forward).attribute(tokens, additional_forward_args=(histories, targets))
         return attr.sum(-1).detach()  # (K, T)
 
+    def attribute_fields(self, game, targets: torch.Tensor) -> torch.Tensor:
+        """(K, P) gradient x input on each attribute value's presence (its part of the tokens)."""
+        masks = torch.ones(len(targets), game.n_players, requires_grad=True)
+        return InputXGradient(game.paired).attribute(masks, additional_forward_args=(targets,)).detach()
+
 
 class IntegratedGradientsExplainer(_TokenExplainer):
     name = "integrated_gradients"
@@ -59,26 +66,15 @@ class IntegratedGradientsExplainer(_TokenExplainer):
         result = attr.sum(-1).detach()
         return (result, delta.detach()) if return_delta else result
 
-
-def field_attributions(explainer: Explainer, history: torch.Tensor, targets: torch.Tensor):
-    """How much each field of the history tokens and of each candidate contributed.
-
-    Returns ``(history_fields (K, T, F), candidate_fields (K, F), names)``. History: gradient x
-    input on each field's part of the token (the parts add up to the token). Candidate:
-    exact, since a score is the dot product of the final hidden state with the sum of the
-    candidate's field parts.
-    """
-    model = explainer.model
-    K = len(targets)
-    histories = history[None, :].expand(K, -1)
-    with torch.no_grad():
-        parts = model.field_embeddings(histories)  # name -> (K, T, C)
-        cand_parts = model.field_embeddings(targets)  # name -> (K, C)
-    names = list(parts)
-    tokens = torch.stack([parts[n] for n in names]).sum(0).requires_grad_(True)
-    hidden = model(histories, tokens=tokens).hidden[:, -1]  # (K, C)
-    score = (hidden * explainer.table[targets]).sum()
-    (grad,) = torch.autograd.grad(score, tokens)
-    history_fields = torch.stack([(grad * parts[n]).sum(-1) for n in names], dim=-1)  # (K, T, F)
-    candidate_fields = torch.stack([(hidden.detach() * cand_parts[n]).sum(-1) for n in names], dim=-1)  # (K, F)
-    return history_fields.detach(), candidate_fields, names
+    def attribute_fields(self, game, targets: torch.Tensor) -> torch.Tensor:
+        """(K, P) integrated gradients on each attribute value's presence, from all parts removed;
+        they add up to score(history) - score(empty tokens)."""
+        masks = torch.ones(len(targets), game.n_players)
+        attr = IntegratedGradients(game.paired).attribute(
+            masks,
+            baselines=torch.zeros_like(masks),
+            additional_forward_args=(targets,),
+            n_steps=self.n_steps,
+            internal_batch_size=max(len(targets) * self.n_steps, 1),
+        )
+        return attr.detach()

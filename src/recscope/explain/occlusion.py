@@ -34,3 +34,11 @@ class OcclusionExplainer(Explainer):
         hidden = self.model(variants).hidden[:, -1]  # (T + 1, C)
         scores = hidden @ self.table[targets].T  # (T + 1, K)
         return (scores[0][None, :] - scores[1:]).T.contiguous()  # (K, T)
+
+    @torch.no_grad()
+    def attribute_fields(self, game, targets: torch.Tensor) -> torch.Tensor:
+        """(K, P) leave-one-value-out: the score drop when one attribute value's part is removed."""
+        P = game.n_players
+        masks = torch.cat([torch.ones(1, P, dtype=torch.bool), ~torch.eye(P, dtype=torch.bool)])  # (P + 1, P)
+        scores = game.scores(masks, targets)  # (P + 1, K)
+        return (scores[0][None, :] - scores[1:]).T.contiguous()

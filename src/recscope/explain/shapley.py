@@ -42,9 +42,7 @@ class ShapleyExplainer(Explainer):
 
     @torch.no_grad()
     def attribute(self, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if len(history) <= EXACT_UP_TO:
-            return self.exact(history, targets)
-        return self.sampled(history, targets)
+        return shapley(lambda masks: self.values(history, masks, targets), len(history), len(targets))
 
     def values(self, history: torch.Tensor, masks: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(V, T) keep-masks -> (V, K) scores of the targets given each sub-history."""
@@ -55,32 +53,51 @@ class ShapleyExplainer(Explainer):
         return torch.cat(out)
 
     def exact(self, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        T = len(history)
-        subsets = torch.arange(2**T)
-        bits = 1 << torch.arange(T)
-        masks = (subsets[:, None] & bits) > 0  # (2^T, T): subset s keeps the items of its bits
-        v = self.values(history, masks, targets)  # (2^T, K)
-        size = masks.sum(1)
-        # weight of a coalition S of size s when item i joins it: s! (T - s - 1)! / T!
-        weight = torch.tensor([math.factorial(s) * math.factorial(T - s - 1) / math.factorial(T) for s in range(T)])
-        weights = torch.empty(len(targets), T)
-        for i in range(T):
-            without_i = subsets[~masks[:, i]]  # coalitions that lack item i
-            gain = v[without_i | (1 << i)] - v[without_i]  # (2^(T-1), K)
-            weights[:, i] = (weight[size[without_i]][:, None] * gain).sum(0)
-        return weights
+        return exact_shapley(lambda masks: self.values(history, masks, targets), len(history), len(targets))
 
     def sampled(self, history: torch.Tensor, targets: torch.Tensor, samples: int = SAMPLES) -> torch.Tensor:
-        T = len(history)
-        generator = torch.Generator().manual_seed(0)  # same history and targets, same weights
-        half = torch.stack([torch.randperm(T, generator=generator) for _ in range(samples // 2)])
-        orders = torch.cat([half, half.flip(1)])  # (M, T): the order in which items join
-        M = len(orders)
-        # prefix p of an order keeps its first p items: (M, T + 1, T) masks
-        rank = torch.empty_like(orders).scatter_(1, orders, torch.arange(T).expand(M, -1))  # position of each item
-        masks = rank[:, None, :] < torch.arange(T + 1)[None, :, None]
-        unique, inverse = torch.unique(masks.view(-1, T), dim=0, return_inverse=True)
-        v = self.values(history, unique, targets)[inverse].view(M, T + 1, -1)  # (M, T + 1, K)
-        gains = v[:, 1:] - v[:, :-1]  # (M, T, K): what the p-th item of each order added
-        weights = torch.zeros(M, T, len(targets)).scatter_(1, orders[:, :, None].expand(-1, -1, len(targets)), gains)
-        return weights.mean(0).T.contiguous()  # (K, T)
+        return sampled_shapley(lambda masks: self.values(history, masks, targets), len(history), len(targets), samples)
+
+    @torch.no_grad()
+    def attribute_fields(self, game, targets: torch.Tensor) -> torch.Tensor:
+        """(K, P) Shapley values of the history's attribute values (see :mod:`recscope.explain.fields`)."""
+        return shapley(lambda masks: game.scores(masks, targets), game.n_players, len(targets))
+
+
+def shapley(value, n: int, k: int) -> torch.Tensor:
+    """Shapley values of ``n`` players for ``k`` targets; exact up to EXACT_UP_TO players, sampled beyond."""
+    return exact_shapley(value, n, k) if n <= EXACT_UP_TO else sampled_shapley(value, n, k)
+
+
+def exact_shapley(value, n: int, k: int) -> torch.Tensor:
+    """``value`` maps (V, n) keep-masks to (V, k) scores -> (k, n) exact Shapley values."""
+    subsets = torch.arange(2**n)
+    bits = 1 << torch.arange(n)
+    masks = (subsets[:, None] & bits) > 0  # (2^n, n): subset s keeps the players of its bits
+    v = value(masks)  # (2^n, k)
+    size = masks.sum(1)
+    # weight of a coalition S of size s when player i joins it: s! (n - s - 1)! / n!
+    weight = torch.tensor([math.factorial(s) * math.factorial(n - s - 1) / math.factorial(n) for s in range(n)])
+    weights = torch.empty(k, n)
+    for i in range(n):
+        without_i = subsets[~masks[:, i]]  # coalitions that lack player i
+        gain = v[without_i | (1 << i)] - v[without_i]  # (2^(n-1), k)
+        weights[:, i] = (weight[size[without_i]][:, None] * gain).sum(0)
+    return weights
+
+
+def sampled_shapley(value, n: int, k: int, samples: int = SAMPLES) -> torch.Tensor:
+    """The same from ``samples`` random orders (antithetic pairs); every order's gains add up to
+    value(all) - value(none), so the estimate is efficient exactly, like the exact values."""
+    generator = torch.Generator().manual_seed(0)  # same players and targets, same weights
+    half = torch.stack([torch.randperm(n, generator=generator) for _ in range(samples // 2)])
+    orders = torch.cat([half, half.flip(1)])  # (M, n): the order in which players join
+    M = len(orders)
+    # prefix p of an order keeps its first p players: (M, n + 1, n) masks
+    rank = torch.empty_like(orders).scatter_(1, orders, torch.arange(n).expand(M, -1))  # position of each player
+    masks = rank[:, None, :] < torch.arange(n + 1)[None, :, None]
+    unique, inverse = torch.unique(masks.view(-1, n), dim=0, return_inverse=True)
+    v = value(unique)[inverse].view(M, n + 1, -1)  # (M, n + 1, k)
+    gains = v[:, 1:] - v[:, :-1]  # (M, n, k): what the p-th player of each order added
+    weights = torch.zeros(M, n, k).scatter_(1, orders[:, :, None].expand(-1, -1, k), gains)
+    return weights.mean(0).T.contiguous()  # (k, n)
