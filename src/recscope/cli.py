@@ -1,38 +1,142 @@
 """recscope's command line: a thin layer over the Python API.
 
-User errors (bad input, unknown ids, missing files) print one message saying what was
-wrong, where and how to fix it, and exit with status 2, without a traceback.
+What a user sees when something goes wrong is one line on stderr, never a traceback:
+
+- bad input (a RecscopeError, or a bad option value): ``error: <what, where>; how to fix: <fix>``, status 2;
+- a file the system refuses (permission denied, disk full, ...): ``error: <file>: <reason>``, status 2;
+- Ctrl-C: ``error: interrupted``, status 130;
+- anything else is a bug in recscope: one line naming it and the file its traceback was
+  written to, status 1. ``RECSCOPE_DEBUG=1`` lets the exception through instead.
+
+Every string that came from the user or the data (ids, titles, paths, sentences) is printed
+as rich ``Text`` or escaped, never parsed as markup: an id like ``[bold]u0`` prints as itself.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
+import tempfile
+import traceback
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import typer
-from rich.console import Console
-from rich.markup import escape
+from rich import box
+from rich.console import Console, Group
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from recscope import config as config_mod
 from recscope.errors import RecscopeError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="An explainable product recommender.")
-console = Console(stderr=True)
-out = Console(width=None if sys.stdout.isatty() else 160)  # wide tables stay whole in pipes and logs
 
+# ---------------------------------------------------------------------------------------
+# help without type labels
+# ---------------------------------------------------------------------------------------
+class _Argument(TyperArgument):
+    def display_type_rich(self, ctx) -> str | None:
+        return None  # the metavar (RUN) already names it; typer would add "<path>"
+
+
+def _plain(params: list) -> list:
+    """Typer's rich help prints a type label beside every parameter, flags included
+    (``--help <bool>``, ``--set <list[str]>``). Our options carry a metavar (``N``, ``DIR``,
+    ``KEY=VALUE``), which typer prints instead; flags take no value, so theirs is empty."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+        if type(param) is TyperArgument:
+            param.__class__ = _Argument
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx) -> list:
+        return _plain(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return [p.strip("{}") for p in super().collect_usage_pieces(ctx)]  # "{RUN}" -> "RUN"
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx) -> list:
+        return _plain(super().get_params(ctx))
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, help="An explainable product recommender.")
+command = app.command
+
+
+def _command(name: str | None = None):
+    return command(name, cls=_Command)
+
+
+def _width(stream) -> int | None:
+    """A terminal's own width; in a pipe, $COLUMNS or 100 (rich would use 80). Tables are
+    built to read at 100 columns; anything longer folds onto the next line, never cut to "…"."""
+    return None if stream.isatty() or os.environ.get("COLUMNS") else 100
+
+
+console = Console(stderr=True, width=_width(sys.stderr))
+out = Console(width=_width(sys.stdout))
+
+RunArg = Annotated[Path, typer.Argument(metavar="RUN", help="run directory (written by train)", show_default=False)]
 DataOpt = Annotated[
-    str, typer.Option("--data", help="csv:FILE | parquet:FILE | s3rec:DIR | movielens:DIR | synthetic[:k=v,...]")
+    str,
+    typer.Option(
+        "--data", metavar="SPEC", help="csv:FILE | parquet:FILE | s3rec:DIR | movielens:DIR | synthetic[:k=v,...]"
+    ),
 ]
 CatalogOpt = Annotated[
-    Path | None, typer.Option("--catalog", help="csv/parquet catalog: item_id + attribute/text columns")
+    Path | None,
+    typer.Option("--catalog", metavar="FILE", help="csv/parquet catalog: item_id + attribute/text columns"),
 ]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config (see configs/default.yaml)")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a config key: section.key=value")]
-MapOpt = Annotated[list[str] | None, typer.Option("--map", help="column mapping ours=yours, e.g. user_id=customer")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", metavar="FILE", help="YAML config (see configs/default.yaml)")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="KEY=VALUE", help="override a config key: section.key=value (repeatable)"),
+]
+MapOpt = Annotated[
+    list[str] | None,
+    typer.Option("--map", metavar="OURS=YOURS", help="column mapping ours=yours, e.g. user_id=customer (repeatable)"),
+]
+MethodsOpt = Annotated[
+    str | None, typer.Option("--methods", metavar="M,M", help="comma-separated methods (default: all)")
+]
+
+
+def _count(flags: tuple[str, ...], help: str):
+    """An option counting something: a whole number of at least 1 (0 or -1 is a usage error)."""
+    return typer.Option(*flags, metavar="N", min=1, help=help)
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            v = package_version("recscope")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            v = "unknown (not installed)"
+        out.print(Text(f"recscope {v}"))
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """An explainable product recommender."""
 
 
 def _columns(mapping: list[str] | None) -> dict[str, str]:
@@ -45,10 +149,10 @@ def _columns(mapping: list[str] | None) -> dict[str, str]:
     return columns
 
 
-@app.command()
+@_command()
 def train(
     data: DataOpt,
-    out_dir: Annotated[Path, typer.Option("--out", help="run directory to write")],
+    out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="run directory to write")],
     catalog: CatalogOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -70,18 +174,117 @@ def train(
 
 def _print_report(report) -> None:
     if report.rows_skipped:
-        console.print(f"[yellow]skipped {report.rows_skipped} bad row(s):[/] {report.reasons}")
+        console.print(Text.assemble((f"skipped {report.rows_skipped} bad row(s): ", "yellow"), str(report.reasons)))
         for example in report.examples:
-            console.print(f"  e.g. {example}")
+            console.print(Text(f"  e.g. {example}"))
     for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(Text.assemble(("note: ", "yellow"), str(note)))
 
 
-@app.command("evaluate")
+# ---------------------------------------------------------------------------------------
+# tables: built to read at 100 columns (and in a pipe) without cutting anything
+# ---------------------------------------------------------------------------------------
+
+
+def _table(*columns: tuple[str, str]) -> Table:
+    """A borderless table; ``columns`` are (header, "left" | "right"). Long cells fold."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, header_style="bold")
+    for header, justify in columns:
+        table.add_column(header, justify=justify, overflow="fold")
+    return table
+
+
+def _titled(title: str, table: Table, legend: str | None = None) -> Group:
+    """The title above the table (it wraps to the screen, not to the table's width) and a legend below."""
+    parts = [Text(title, style="bold"), table]
+    if legend:
+        parts.append(Text(legend, style="dim"))
+    return Group(*parts)
+
+
+def metrics_table(results: dict[str, dict], title: str) -> Group:
+    """One row per metric, one column per model (the best in bold): narrow at any number of models."""
+    keys = [k for k in results[next(iter(results))] if k.split("@")[0] in ("HR", "NDCG", "MRR")]
+    keys.sort(key=lambda k: (("HR", "NDCG", "MRR").index(k.split("@")[0]), int(k.split("@")[1])))
+    table = _table(("metric", "left"), *((name, "right") for name in results))
+    for key in keys:
+        values = [m.get(key, float("nan")) for m in results.values()]
+        best = max((v for v in values if v == v), default=None)
+        table.add_row(key, *(Text(f"{v:.4f}", style="bold" if v == best and len(values) > 1 else "") for v in values))
+    legend = "HR = hit rate, NDCG = normalised discounted cumulative gain, MRR = mean reciprocal rank; @K = top K"
+    if len(results) > 1:
+        legend += "; best in bold"
+    return _titled(title, table, legend)
+
+
+FAITHFULNESS_COLUMNS = [  # (key in explain-eval's JSON, header); the legend says what each means
+    ("comprehensiveness", "comp"),
+    ("sufficiency", "suff"),
+    ("topk_exit_rate", "exit"),
+    ("kendall_tau_loo", "tau"),
+    ("planted_hit@1", "hit@1"),
+    ("planted_hit@3", "hit@3"),
+    ("ms_per_explanation", "ms"),
+    ("ms_p99", "p99"),
+]
+FAITHFULNESS_LEGEND = {
+    "comp": "comp: score drop without the top items (higher = more faithful)",
+    "suff": "suff: drop keeping only them (lower = better)",
+    "exit": "exit: share of items leaving the top-K without their top 3",
+    "tau": "tau: Kendall tau with leave-one-out",
+    "hit@1": "hit@1, hit@3: the planted cause first, in the top 3",
+    "ms": "ms, p99: mean, 99th-percentile milliseconds per explanation",
+}
+
+
+def faithfulness_table(result: dict) -> Group:
+    """One row per method (the default starred) and one for random items, the baseline to beat."""
+    methods = result["methods"]
+    columns = [(key, short) for key, short in FAITHFULNESS_COLUMNS if any(key in m for m in methods.values())]
+    table = _table(("method", "left"), *((short, "right") for _, short in columns))
+    for name, m in methods.items():
+        star = " *" if name == result["default"] else ""
+        table.add_row(Text(name + star), *(_number(m.get(key), key) for key, _ in columns))
+    first = next(iter(methods.values()), {})
+    if "comprehensiveness_random" in first:
+        table.add_row(
+            Text("random items", style="dim"),
+            *(_number(first.get(f"{key}_random"), key) if key in CRITERIA_WITH_RANDOM else "" for key, _ in columns),
+        )
+    legend = "; ".join(text for short, text in FAITHFULNESS_LEGEND.items() if any(s == short for _, s in columns))
+    legend += "; *: the run's default method"
+    title = f"{result['data']}: faithfulness over the top-{result['k']} of {result['users']} test users"
+    return _titled(title, table, legend)
+
+
+CRITERIA_WITH_RANDOM = ("comprehensiveness", "sufficiency", "topk_exit_rate")
+
+
+def _number(value, key: str) -> str:
+    if value is None or value != value:
+        return "-"
+    return f"{value:.1f}" if key.startswith("ms") else f"{value:.3f}"
+
+
+def recommendations_table(items, title: str) -> Group:
+    table = _table(("rank", "right"), ("item", "left"), ("title", "left"), ("score", "right"))
+    for r in items:
+        table.add_row(str(r.rank), Text(r.item_id), Text(r.title), f"{r.score:.3f}")
+    return _titled(title, table)
+
+
+# ---------------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------------
+
+
+@_command("evaluate")
 def evaluate_cmd(
-    run: Annotated[Path, typer.Argument(help="run directory")],
-    split: Annotated[str, typer.Option(help="valid | test")] = "test",
-    protocol: Annotated[str, typer.Option(help="full (whole catalog) | sampled (99 negatives)")] = "full",
+    run: RunArg,
+    split: Annotated[str, typer.Option(metavar="SPLIT", help="valid | test")] = "test",
+    protocol: Annotated[
+        str, typer.Option(metavar="NAME", help="full (whole catalog) | sampled (99 negatives)")
+    ] = "full",
     baselines: Annotated[bool, typer.Option("--baselines", help="also evaluate popularity and item-kNN")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
@@ -99,23 +302,14 @@ def evaluate_cmd(
     out.print(metrics_table(results, f"{rec.data.name}: {split} split, {protocol} ranking"))
 
 
-def metrics_table(results: dict[str, dict], title: str) -> Table:
-    keys = ["HR@10", "NDCG@10", "MRR@10", "HR@20", "NDCG@20", "HR@5", "NDCG@5"]
-    table = Table(title=title)
-    table.add_column("model")
-    for k in keys:
-        table.add_column(k, justify="right")
-    for name, metrics in results.items():
-        table.add_row(name, *(f"{metrics[k]:.4f}" for k in keys))
-    return table
-
-
-@app.command()
+@_command()
 def recommend(
-    run: Annotated[Path, typer.Argument(help="run directory")],
-    user: Annotated[str | None, typer.Option("--user", help="a user id from the training data")] = None,
-    history: Annotated[str | None, typer.Option("--history", help="comma-separated item ids (any user)")] = None,
-    k: Annotated[int, typer.Option("-k", "--k", help="how many items")] = 10,
+    run: RunArg,
+    user: Annotated[str | None, typer.Option("--user", metavar="ID", help="a user id from the training data")] = None,
+    history: Annotated[
+        str | None, typer.Option("--history", metavar="ID,ID", help="comma-separated item ids (any user)")
+    ] = None,
+    k: Annotated[int, _count(("-k", "--k"), "how many items")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Top-K next items for a user (or a history), with their own ids, titles and scores."""
@@ -126,32 +320,32 @@ def recommend(
     if as_json:
         out.print_json(json.dumps({"user": user, "items": [r.to_dict() for r in items]}))
         return
-    table = Table(title=f"top {k} for user {user}" if user else f"top {k} for the given history")
-    for col in ("rank", "item_id", "title", "score"):
-        table.add_column(col, justify="right" if col in ("rank", "score") else "left")
-    for r in items:
-        table.add_row(str(r.rank), r.item_id, r.title, f"{r.score:.3f}")
-    out.print(table)
+    out.print(recommendations_table(items, f"top {k} for user {user}" if user else f"top {k} for the given history"))
 
 
-@app.command()
+@_command()
 def explain(
-    run: Annotated[Path, typer.Argument(help="run directory")],
-    user: Annotated[str, typer.Option("--user", help="a user id from the training data")],
-    item: Annotated[str | None, typer.Option("--item", help="explain this item (default: the top K)")] = None,
-    top: Annotated[int, typer.Option("--top", help="explain the top K recommendations")] = 10,
+    run: RunArg,
+    user: Annotated[str, typer.Option("--user", metavar="ID", help="a user id from the training data")],
+    item: Annotated[
+        str | None, typer.Option("--item", metavar="ID", help="explain this item (default: the top K)")
+    ] = None,
+    top: Annotated[int, _count(("--top",), "explain the top K recommendations")] = 10,
     method: Annotated[
         str | None,
         typer.Option(
             "--method",
+            metavar="NAME",
             help="shapley | occlusion | integrated_gradients | grad_input | rollout | attention | all"
             " (default: the run's measured best)",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-    png: Annotated[Path | None, typer.Option("--png", help="heatmap: history items x recommended items")] = None,
+    png: Annotated[
+        Path | None, typer.Option("--png", metavar="FILE", help="heatmap: history items x recommended items")
+    ] = None,
     attention_png: Annotated[
-        Path | None, typer.Option("--attention-png", help="final-position attention per layer x head")
+        Path | None, typer.Option("--attention-png", metavar="FILE", help="final-position attention per layer x head")
     ] = None,
 ) -> None:
     """Why each recommended item: history and attribute attributions, counterfactual, a sentence."""
@@ -184,7 +378,7 @@ def explain(
             png,
             title=f"user {user}: why these items ({methods[0]})",
         )
-        out.print(f"heatmap: {png}")
+        out.print(Text(f"heatmap: {png}"))
     if attention_png:
         from recscope.explain.attention import final_position_attention
         from recscope.viz.figures import attention_heatmap
@@ -196,26 +390,28 @@ def explain(
             attention_png,
             title=f"user {user}: final-position attention",
         )
-        out.print(f"attention heatmap: {attention_png}")
+        out.print(Text(f"attention heatmap: {attention_png}"))
 
 
 def _print_explanations(method: str, explanations, default: str) -> None:
     label = f"{method} (default)" if method == default else method
     for e in explanations:
-        out.print(f"\n[bold]#{e.rank} {escape(e.title)}[/] ({escape(e.item_id)}) score {e.score:.3f}  [dim]{label}[/]")
-        out.print(f"  {escape(e.sentence)}")
+        score = f"score {e.score:.3f}" if e.score is not None else e.status  # an owned item has no score
+        out.print()
+        out.print(Text.assemble((f"#{e.rank} {e.title}", "bold"), f" ({e.item_id}) {score}  ", (label, "dim")))
+        out.print(Padding(Text(e.sentence), (0, 0, 0, 2), expand=False))  # wrapped lines keep the indent
         for h in e.top(3):
-            out.print(f"    {h.weight:+.3f}  {escape(h.title)}")
-        attrs = list(e.attributes_candidate.items())[:3]
-        out.print("  candidate: " + ", ".join(f"{escape(k)} {v:+.2f}" for k, v in attrs))
+            out.print(Padding(Text(f"{h.weight:+.3f}  {h.title}"), (0, 0, 0, 4), expand=False))
+        attrs = ", ".join(f"{k} {v:+.2f}" for k, v in list(e.attributes_candidate.items())[:3])
+        out.print(Padding(Text(f"candidate: {attrs}"), (0, 0, 0, 2), expand=False))
 
 
-@app.command("explain-eval")
+@_command("explain-eval")
 def explain_eval(
-    run: Annotated[Path, typer.Argument(help="run directory")],
-    users: Annotated[int, typer.Option("--users", help="test users to explain")] = 200,
-    methods: Annotated[str | None, typer.Option("--methods", help="comma-separated methods (default: all)")] = None,
-    k: Annotated[int, typer.Option("--k", help="explain each user's top K")] = 10,
+    run: RunArg,
+    users: Annotated[int, _count(("--users",), "test users to explain")] = 200,
+    methods: MethodsOpt = None,
+    k: Annotated[int, _count(("--k",), "explain each user's top K")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Measure how faithful each explanation method is; the best becomes the run's default."""
@@ -231,47 +427,21 @@ def explain_eval(
         out.print_json(json.dumps(result))
         return
     out.print(faithfulness_table(result))
-    out.print(f"default method: [bold]{result['default']}[/] (saved in {run}/run.json)")
+    out.print(Text.assemble("default method: ", (result["default"], "bold"), f" (saved in {run}/run.json)"))
 
 
-def faithfulness_table(result: dict) -> Table:
-    keys = [
-        ("comprehensiveness", "comp"),
-        ("comprehensiveness_random", "comp rnd"),
-        ("sufficiency", "suff"),
-        ("sufficiency_random", "suff rnd"),
-        ("topk_exit_rate", "exit"),
-        ("topk_exit_rate_random", "exit rnd"),
-        ("kendall_tau_loo", "tau LOO"),
-        ("planted_hit@1", "planted@1"),
-        ("planted_hit@3", "planted@3"),
-        ("ms_per_explanation", "ms"),
-        ("ms_p99", "ms p99"),
-    ]
-    table = Table(title=f"{result['data']}: faithfulness over the top-{result['k']} of {result['users']} test users")
-    table.add_column("method")
-    for _, short in keys:
-        table.add_column(short, justify="right")
-    for name, m in result["methods"].items():
-        table.add_row(
-            name + (" *" if name == result["default"] else ""),
-            *(f"{m[key]:.3f}" if key in m else "-" for key, _ in keys),
-        )
-    return table
-
-
-@app.command()
+@_command()
 def report(
-    run: Annotated[Path, typer.Argument(help="run directory")],
-    out_dir: Annotated[Path, typer.Option("--out", help="folder for index.html and figures/")],
-    users: Annotated[str | None, typer.Option("--users", help="comma-separated user ids to explain")] = None,
-    sample: Annotated[int, typer.Option("--sample", help="explain N random users (when --users is not given)")] = 10,
-    k: Annotated[int, typer.Option("--k", help="recommendations per user")] = 10,
-    methods: Annotated[str | None, typer.Option("--methods", help="comma-separated methods (default: all)")] = None,
-    merchant_users: Annotated[
-        int, typer.Option("--merchant-users", help="random users aggregated in the merchant view")
-    ] = 500,
-    seed: Annotated[int, typer.Option("--seed", help="seed of the random samples")] = 0,
+    run: RunArg,
+    out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="folder for index.html and figures/")],
+    users: Annotated[
+        str | None, typer.Option("--users", metavar="ID,ID", help="comma-separated user ids to explain")
+    ] = None,
+    sample: Annotated[int, _count(("--sample",), "explain N random users (when --users is not given)")] = 10,
+    k: Annotated[int, _count(("--k",), "recommendations per user")] = 10,
+    methods: MethodsOpt = None,
+    merchant_users: Annotated[int, _count(("--merchant-users",), "random users aggregated in the merchant view")] = 500,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="seed of the random samples")] = 0,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="also write PNG figures")] = True,
 ) -> None:
     """A self-contained HTML report (one file, works offline) plus PNG figures."""
@@ -300,13 +470,15 @@ def report(
     )
 
 
-@app.command()
+@_command()
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="where to write the run and figures")] = Path("demo-out"),
-    data: Annotated[str, typer.Option("--data", help="synthetic shop spec")] = "synthetic",
+    out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="where to write the run and figures")] = Path(
+        "demo-out"
+    ),
+    data: Annotated[str, typer.Option("--data", metavar="SPEC", help="synthetic shop spec")] = "synthetic",
     set_: SetOpt = None,
     explain_users: Annotated[
-        int, typer.Option("--explain-users", help="test users whose explanations are measured for faithfulness")
+        int, _count(("--explain-users",), "test users whose explanations are measured for faithfulness")
     ] = 300,
 ) -> None:
     """The synthetic shop end to end: train, evaluate against baselines, recommend, explain."""
@@ -315,20 +487,88 @@ def demo(
     run_demo(out_dir, data, set_ or [], console=console, out=out, explain_users=explain_users)
 
 
-def main() -> None:
+# ---------------------------------------------------------------------------------------
+# the one place errors become messages
+# ---------------------------------------------------------------------------------------
+
+_OS_FIXES = {
+    errno.EACCES: "choose a path you may write to, or change its permissions",
+    errno.EPERM: "choose a path you may write to, or change its permissions",
+    errno.EROFS: "choose a path on a writable disk",
+    errno.ENOSPC: "free some disk space, or write somewhere else",
+    errno.EDQUOT: "free some disk space, or write somewhere else",
+    errno.EISDIR: "give a file name, not a directory",
+    errno.ENOTDIR: "a part of the path is a file, not a directory: choose another path",
+    errno.EEXIST: "a file is in the way: choose another path or remove it",
+    errno.ENOENT: "check the path",
+}
+
+
+def _error(message: str) -> None:
+    """``error: <message>`` on one line of stderr, however long (no wrapping at 80 columns)."""
+    message = " ".join(message.split())
+    console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True, highlight=False)
+
+
+def _os_message(e: OSError) -> str:
+    where = ": ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    reason = e.strerror or str(e)
+    message = f"{where}: {reason}" if where else reason
+    fix = _OS_FIXES.get(e.errno) if e.errno is not None else None
+    return f"{message}; how to fix: {fix}" if fix else message
+
+
+def _internal_error(e: BaseException) -> str:
+    """Write the traceback to a file; return the line that names the bug and the file."""
+    detail = " ".join(f"{type(e).__name__}: {e}".split())
+    if len(detail) > 200:
+        detail = detail[:199] + "…"
     try:
-        app(standalone_mode=False)
+        fd, path = tempfile.mkstemp(prefix="recscope-traceback-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"recscope {' '.join(sys.argv[1:])}\n\n")
+            traceback.print_exception(e, file=f)
+        where = f"the traceback is in {path}"
+    except OSError:
+        where = "run again with RECSCOPE_DEBUG=1 to see the traceback"
+    return f"internal error ({detail}) — this is a bug in recscope; {where}"
+
+
+def _usage_message(e) -> str:
+    message = e.format_message().strip().rstrip(".")
+    ctx = getattr(e, "ctx", None)
+    path = ctx.command_path if ctx is not None else "recscope"
+    return f"{message}; how to fix: see `{path} --help`"
+
+
+def main() -> None:
+    debug = os.environ.get("RECSCOPE_DEBUG", "") not in ("", "0")
+    try:
+        code = app(standalone_mode=False)
     except RecscopeError as e:
-        console.print(f"[bold red]error:[/] {escape(str(e))}")
+        _error(str(e))
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
+        _error("interrupted")
         sys.exit(130)
     except Exception as e:
-        # Usage errors (missing option, bad value) come from the click bundled inside typer;
-        # they know how to print themselves with the command's usage line.
-        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
-            e.show()
+        # Usage errors (missing option, bad value) come from the click bundled inside typer.
+        if callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int):
+            if type(e).__name__ == "NoArgsIsHelpError":
+                e.show()  # `recscope` alone prints the help
+            else:
+                _error(_usage_message(e))
             sys.exit(e.exit_code)
-        raise
+        if debug:
+            raise
+        if isinstance(e, OSError):
+            _error(_os_message(e))
+            sys.exit(2)
+        _error(_internal_error(e))
+        sys.exit(1)
+    if code == 130:  # typer turns Ctrl-C into this status and returns it
+        _error("interrupted")
+    if isinstance(code, int) and code:
+        sys.exit(code)

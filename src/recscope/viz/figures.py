@@ -91,6 +91,10 @@ def _save(fig, path: str | Path) -> Path:
         fmt = path.suffix.lower().lstrip(".")
         metadata = {"Date": None} if fmt == "svg" else None  # no timestamp: reproducible files
         fig.savefig(path, format=fmt, dpi=DPI, bbox_inches="tight", pad_inches=0.15, metadata=metadata)
+    except OSError as e:
+        if e.filename is None:  # a failed write (disk full) names no file: say which one
+            e.filename = str(path)
+        raise
     finally:
         plt.close(fig)
     return path
