@@ -345,3 +345,11 @@ def test_cli_output_in_a_pipe_is_never_cut(markup_run, tmp_path):
         result = recscope(*args, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert "…" not in result.stdout and max(len(line) for line in result.stdout.splitlines()) <= 100, args
+
+
+def test_the_report_shows_progress_per_user(markup_run, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr("recscope.viz.report.track", functools.partial(track, every=0))
+    args = ["report", str(markup_run), "--out", str(tmp_path / "r"), "--users", USER, "--no-figures"]
+    result = run_main(monkeypatch, capsys, *args, "--merchant-users", "5", "--methods", "occlusion")
+    assert result.code == 0, result.err
+    assert "report: explaining users: 1/1 done" in result.err and (tmp_path / "r" / "index.html").exists()

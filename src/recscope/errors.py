@@ -1,8 +1,9 @@
 """Errors a user can act on: what was wrong, where, and how to fix it.
 
 The CLI prints these as one line (``error: <what, where>; how to fix: <fix>``) and exits
-with status 2, without a traceback.
-Anything else reaching the CLI is a bug in recscope and keeps its traceback.
+with status 2, without a traceback. Anything else reaching the CLI is either an OSError
+(one line naming the file, status 2) or a bug in recscope: one line naming it and the
+file holding its traceback, status 1 (``recscope.cli.main``).
 """
 
 from __future__ import annotations
