@@ -82,7 +82,8 @@ def _command(name: str | None = None):
 def _width(stream) -> int | None:
     """A terminal's own width; in a pipe, $COLUMNS or 100 (rich would use 80). Tables are
     built to read at 100 columns; anything longer folds onto the next line, never cut to "…"."""
-    return None if stream.isatty() or os.environ.get("COLUMNS") else 100
+    terminal = callable(getattr(stream, "isatty", None)) and stream.isatty()
+    return None if terminal or os.environ.get("COLUMNS") else 100
 
 
 console = Console(stderr=True, width=_width(sys.stderr))
