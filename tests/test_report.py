@@ -5,6 +5,7 @@ import hashlib
 import json
 import re
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -68,14 +69,36 @@ def test_every_method_matches_the_python_api(report_run):
             assert got["sentences"][j] == e.sentence
             removed = [x.position for x in e.counterfactual.removed]
             assert [h["length"] - len(h["history"]) + p for p in got["counterfactuals"][j]["removed"]] == removed
-        # attribute attributions do not depend on the method: kept once per item
-        assert [k for k, _ in h["attributes"][0]["candidate"]] == list(expected[0].attributes_candidate)
+        # the history's attribute bars come from the method's own attribute attributions (attention's
+        # from Shapley values, and it says so); the item's own are an exact split, kept once
+        by = got["attributes_method"]
+        assert by == expected[0].attributes_method == ("shapley" if method == "attention" else method)
+        for j, e in enumerate(expected):
+            assert h["attributes"][by][j] == [[key, float(f"{w:.4g}")] for key, w in e.attributes_history.items()]
+            assert [key for key, _ in h["candidate_attributes"][j]] == list(e.attributes_candidate)
+            assert got["counterfactuals"][j]["kind"] == e.counterfactual.kind
+    assert h["explanations"]["shapley"]["attributes_method"] != h["explanations"]["occlusion"]["attributes_method"]
     # methods disagree, so switching method changes what the page shows
     assert h["explanations"]["shapley"]["weights"] != h["explanations"]["attention"]["weights"]
     layers, heads = rec.config.model.n_layers, rec.config.model.n_heads
     assert (data["layers"], data["heads"]) == (layers, heads) == (2, 2)
     assert len(h["attention"]) == layers and len(h["attention"][0]) == heads
     assert len(h["attention"][0][0]) == len(h["history"])
+
+
+def test_colour_scales_are_in_the_data_and_follow_the_figures_rule(report_run):
+    from recscope.viz.figures import colour_limits
+
+    html = page(report_run)
+    raw = re.search(r'<script type="application/json" id="data">(.*?)</script>', html, re.S).group(1)
+    json.loads(raw, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    for h in page_data(html)["histories"]:
+        for got in h["explanations"].values():
+            top = max(abs(w) for row in got["weights"] for w in row)  # ±max|weight|, nothing clipped
+            assert got["scale"]["high"] == pytest.approx(top, rel=1e-3) and got["scale"]["low"] == -got["scale"]["high"]
+            assert got["scale"]["note"] == colour_limits(got["weights"]).note
+        assert h["attention_scale"]["low"] == 0
+        assert h["attention_scale"]["high"] == pytest.approx(max(max(map(max, head)) for head in h["attention"]))
 
 
 def test_a_long_history_is_shown_whole(report_run):

@@ -81,6 +81,41 @@ def test_switching_method_changes_the_values(page):
     assert cell_texts(page, "heatmap") not in (before, after)
 
 
+def test_the_attribute_bars_follow_the_method_and_say_where_they_come_from(page):
+    def bars():
+        return cell_texts(page, "bars-history")
+
+    page.select_option("#method", value="shapley")
+    shapley = bars()
+    assert "by shapley" in page.text_content("#attributes-note")
+    page.select_option("#method", value="occlusion")
+    assert "by occlusion" in page.text_content("#attributes-note") and bars() != shapley
+    page.select_option("#method", value="attention")
+    note = page.text_content("#attributes-note")
+    assert "by shapley" in note and "attention has no notion of fields" in note
+    assert bars() == shapley
+    assert "own score goes from" in page.text_content("#counterfactual") or "never dropped" in page.text_content(
+        "#counterfactual"
+    )
+    assert page.errors == []
+
+
+def test_the_heatmap_colour_scale_is_the_one_in_the_data(page):
+    legend = page.eval_on_selector_all("#heatmap svg > text.muted", "ts => ts.map(t => t.textContent)")
+    note = page.evaluate(
+        "JSON.parse(document.getElementById('data').textContent).histories[0]"
+        ".explanations[document.getElementById('method').value].scale.note"
+    )
+    assert note in legend and "the largest |value|" in note
+    top = page.evaluate(
+        "(() => { const d = JSON.parse(document.getElementById('data').textContent).histories[0];"
+        " const w = d.explanations[document.getElementById('method').value].weights.flat().map(Math.abs);"
+        " const i = w.indexOf(Math.max(...w)); return [i % d.history.length, Math.floor(i / d.history.length)]; })()"
+    )
+    fill = page.get_attribute(f"#heatmap rect[data-row='{top[0]}'][data-col='{top[1]}']", "fill")
+    assert fill in ("rgb(43,108,176)", "rgb(197,48,48)"), "the largest |weight| takes the full colour"
+
+
 def test_layer_and_head_controls_move_the_attention_view(page):
     page.select_option("#layer", value="0")
     page.select_option("#head", value="1")

@@ -3,9 +3,12 @@
     build_report(rec, users=["42", "77"], out_dir="report")
 
 Data contract + renderer (STYLE.md): :func:`report_data` gathers everything the page shows
-into one JSON-serialisable dict (every user's history, top-K, each method's attributions,
-attribute attributions, counterfactuals and sentences, the attention per layer and head,
-the run's faithfulness measurements and the merchant view); the page is one file whose
+into one JSON-serialisable dict (every user's history, top-K, each method's attributions
+with their colour scale, the attribute attributions of the method each method's bars come
+from, counterfactuals and sentences, the attention per layer and head with its colour
+scale, the run's faithfulness measurements and the merchant view); the colour scales are
+computed by :func:`recscope.viz.figures.colour_limits`, the rule the PNG figures use, so the
+page and the figures cannot disagree. Standard JSON only (no NaN or Infinity). The page is one file whose
 inline script draws it as SVG. The data sits in a ``<script type="application/json">``
 with every ``<``, ``>`` and ``&`` escaped, the script writes data strings only through
 ``textContent``, and a Content-Security-Policy with the script's hash blocks anything else
@@ -33,7 +36,6 @@ from recscope.insights import WHOLE_ITEM_FIELDS, global_view
 from recscope.progress import track
 
 ASSETS = resources.files("recscope.viz") / "assets"
-TOP_ATTRIBUTES = 12  # history-side attribute values kept per recommendation (the page shows 8)
 TOP_DRIVERS = 60
 
 
@@ -102,7 +104,7 @@ def report_data(
         ids = [data.item_ids[i] for i in hist]
         explained = {m: rec.explain(history=ids, top=k, k=k, method=m) for m in methods}
         first = explained[default]
-        maps = attention_maps(rec.model, rec.tensor(hist)[0])[:, :, -1, :]  # (L, H, T)
+        maps = _round(attention_maps(rec.model, rec.tensor(hist)[0])[:, :, -1, :].numpy())  # (L, H, T)
         histories.append(
             {
                 "label": case.label,
@@ -113,8 +115,11 @@ def report_data(
                 "recs": [
                     {**_item(data, data.item_index(e.item_id)), "score": _r(e.score), "rank": e.rank} for e in first
                 ],
-                "attention": _round(maps.numpy()),
-                "attributes": _attributes(first),
+                "attention": maps,
+                "attention_scale": _scale(maps, signed=False),
+                # history side per attribute method (attention and rollout share Shapley's), item side once
+                "attributes": {es[0].attributes_method: _history_attributes(es) for es in explained.values() if es},
+                "candidate_attributes": [[[key, _r(w)] for key, w in e.attributes_candidate.items()] for e in first],
                 "explanations": {m: _explained(es) for m, es in explained.items()},
             }
         )
@@ -150,24 +155,30 @@ def _item(data, item: int) -> dict:
 
 
 def _explained(explanations) -> dict:
-    """One method's explanations of a top-K: (K, T) weights, sentences and counterfactuals."""
+    """One method's explanations of a top-K: (K, T) weights, their colour scale, the method its
+    attribute bars come from, sentences and counterfactuals."""
+    weights = [[_r(h.weight) for h in e.history] for e in explanations]
     return {
-        "weights": [[_r(h.weight) for h in e.history] for e in explanations],
+        "weights": weights,
+        "scale": _scale(weights, signed=True),
+        "attributes_method": explanations[0].attributes_method if explanations else "",
         "sentences": [e.sentence for e in explanations],
         "counterfactuals": [_counterfactual(e) for e in explanations],
         "ms": _r(sum(e.ms for e in explanations)),
     }
 
 
-def _attributes(explanations) -> list[dict]:
-    """Attribute attributions per recommended item: the same whichever method explains the history."""
-    return [
-        {
-            "history": [[key, _r(w)] for key, w in list(e.attributes_history.items())[:TOP_ATTRIBUTES]],
-            "candidate": [[key, _r(w)] for key, w in e.attributes_candidate.items()],
-        }
-        for e in explanations
-    ]
+def _history_attributes(explanations) -> list[list]:
+    """Per recommended item, [field, weight] pairs of the history side, largest |weight| first."""
+    return [[[key, _r(w)] for key, w in e.attributes_history.items()] for e in explanations]
+
+
+def _scale(values, signed: bool) -> dict:
+    """The colour scale of a heatmap, by the rule the PNG figures use (one function for both)."""
+    from recscope.viz.figures import colour_limits
+
+    scale = colour_limits(np.array(values, dtype=float), signed=signed)
+    return {"low": _r(scale.low), "high": _r(scale.high), "note": scale.note}
 
 
 def _counterfactual(e) -> dict | None:
@@ -177,10 +188,14 @@ def _counterfactual(e) -> dict | None:
     offset = e.history[0].position if e.history else 0
     return {
         "found": cf.found,
+        "kind": cf.kind,  # own_score_fell | others_rose | not_found
         "removed": [h.position - offset for h in cf.removed],  # indices into the history the page shows
         "new_rank": cf.new_rank,
         "k": cf.k,
         "replaced_by": cf.replaced_by,
+        "score_before": _r(cf.score_before) if cf.score_before is not None else None,
+        "score_after": _r(cf.score_after) if cf.score_after is not None else None,
+        "cutoff": _r(cf.cutoff) if cf.cutoff is not None else None,
     }
 
 
@@ -235,12 +250,13 @@ def write_figures(data: dict, directory: Path) -> list[str]:
                 title=f"{h['label']}: final-position attention (the same for every candidate)",
             )
         )
-        top = h["attributes"][0]
+        by = h["explanations"][default]["attributes_method"]
+        history_side = [[f"history: {key}", w] for key, w in h["attributes"][by][0]]
         written.append(
             F.attribute_bars(
-                dict(top["candidate"] + [[f"history: {k}", w] for k, w in top["history"]]),
+                dict(h["candidate_attributes"][0] + history_side),
                 directory / f"{n:02d}_attributes.png",
-                title=f"{h['label']}: what made #1 “{h['recs'][0]['title']}” score",
+                title=f"{h['label']}: what made #1 “{h['recs'][0]['title']}” score (history fields: {by})",
             )
         )
     if data.get("faithfulness"):

@@ -43,12 +43,6 @@ function diverging(v, limit) {
   const mix = c.map((ch) => Math.round(255 + (ch - 255) * a));
   return { fill: `rgb(${mix.join(",")})`, ink: a > 0.55 ? "#ffffff" : "#1f2933" };
 }
-function robustLimit(values) {
-  const abs = values.filter((v) => v !== null && isFinite(v)).map(Math.abs).sort((a, b) => a - b);
-  if (!abs.length) return 1;
-  const q = abs[Math.min(abs.length - 1, Math.floor(0.98 * (abs.length - 1)))];
-  return q > 0 ? q : abs[abs.length - 1] || 1;
-}
 function textWidth(n) { return 6.2 * n; }  // 11px sans-serif, roughly
 
 // ------------------------------------------------------------------ current selection
@@ -142,8 +136,13 @@ function drawDetail() {
   sentence.textContent = e.sentences[state.rec];
   cfNode.textContent = counterfactualText(cf, h);
   cfNode.hidden = !cf;
-  drawBars(document.getElementById("bars-history"), h.attributes[state.rec].history, 8);
-  drawBars(document.getElementById("bars-candidate"), h.attributes[state.rec].candidate, 8);
+  // the history bars come from the method the sentence was built with (attention and rollout: Shapley)
+  const by = e.attributes_method;
+  document.getElementById("attributes-note").textContent = `Each history token split into its fields (id, ` +
+    `brand, category, price, text, ...), by ${by}` + (by === state.method ? "" : ` (${state.method} has no notion ` +
+    `of fields, so these bars come from ${by})`) + ". The sentence names a shared attribute only where both its bars push up.";
+  drawBars(document.getElementById("bars-history"), h.attributes[by][state.rec], 8);
+  drawBars(document.getElementById("bars-candidate"), h.candidate_attributes[state.rec], 8);
 }
 
 function counterfactualText(cf, h) {
@@ -154,9 +153,13 @@ function counterfactualText(cf, h) {
   }
   const names = cf.removed.map((i) => `“${shorten(h.history[i].title, 50)}”`);
   const shown = names.length > 3 ? `${names.slice(0, 3).join(", ")} and ${names.length - 3} more` : names.join(" and ");
-  let text = `Without ${shown}, it would drop out of the top ${cf.k}`;
-  if (cf.new_rank) text += ` (to #${cf.new_rank})`;
-  return text + ". Checked by re-ranking.";
+  const scores = `its own score goes from ${plain(cf.score_before, 2)} to ${plain(cf.score_after, 2)}, ` +
+    `against a cut-off of ${plain(cf.cutoff, 2)}`;
+  if (cf.kind === "others_rose") {
+    return `Removing ${shown} drops it to #${cf.new_rank}, but not because ${names.length > 1 ? "they" : "it"} ` +
+      `carried it: ${scores}; other items rose past it. Checked by re-ranking.`;
+  }
+  return `Without ${shown}, it would drop out of the top ${cf.k} (to #${cf.new_rank}): ${scores}. Checked by re-ranking.`;
 }
 
 // one horizontal bar per [label, weight]: blue pushes up, red down
@@ -192,9 +195,7 @@ function drawGrid(container, opts) {
   const colChars = 24, top = Math.min(170, textWidth(colChars) * 0.72 + 24);
   const width = Math.max(labelW + cols.length * cellW + top, labelW + 480), height = top + rows.length * cellH + 30;
   const svg = svgEl("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img" }, container);
-  const values = [];
-  rows.forEach((_, i) => cols.forEach((_, j) => values.push(value(i, j))));
-  const limit = opts.limit || robustLimit(values);
+  const limit = opts.limit > 0 ? opts.limit : 1;  // from the data contract: the PNG figures use the same
   cols.forEach((c, j) => {
     const x = labelW + j * cellW + cellW / 2;
     const t = svgEl("text", { x, y: top - 6, transform: `rotate(-40 ${x} ${top - 6})`,
@@ -261,7 +262,8 @@ function drawHeatmap() {
     onSelect: (j) => { state.rec = j; drawWhy(); },
     diverge: true,
     rowMarks: cf && cf.found ? new Set(cf.removed) : null,
-    legend: (limit) => `colour saturates at ±${plain(limit, 2)} (98th percentile of |weight|)`,
+    limit: e.scale.high,
+    legend: () => e.scale.note,
   });
 }
 
@@ -289,7 +291,8 @@ function drawAttention() {
     },
     diverge: false,
     cellW: 48,
-    legend: (limit) => `attention weight of the final position (each column sums to 1); colour saturates at ${plain(limit, 2)}`,
+    limit: h.attention_scale.high,
+    legend: () => `attention weight of the final position (each column sums to 1); ${h.attention_scale.note}`,
   });
 }
 
