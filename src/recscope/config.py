@@ -29,6 +29,10 @@ class DataConfig:
     price_bands: int = 5  # (int) numeric catalog columns are bucketed into this many quantile bands
     list_separator: str = "|"  # (str) separator of multi-valued catalog cells, e.g. "Makeup|Face"
     skip_bad_rows: bool = False  # (bool) skip unparsable rows (and report how many and why) instead of failing
+    max_skip_share: float = 0.1  # (float) with skip_bad_rows: stop if more than this share of the rows is bad
+    duplicates: str = "drop"  # (str) exact duplicate rows: "drop" (and report), "keep" (and report), "error"
+    time_format: str = ""  # (str) strftime format of text timestamps, e.g. "%m/%d/%Y"; "" = epoch numbers or ISO-8601
+    separator: str = ","  # (str) field separator of csv files (interactions and catalog), e.g. ";" or "\t"
 
 
 @dataclass(frozen=True)

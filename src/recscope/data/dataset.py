@@ -7,9 +7,11 @@ user u's items in time order are ``items[offsets[u]:offsets[u+1]]``.
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -19,32 +21,70 @@ from recscope.errors import DataError
 
 TEXT_COLUMNS = ("title", "name", "description")  # catalog columns read as text, not attributes
 RESERVED = ("item_id",)
+SKIPPED_FILE = "skipped_rows.csv"  # in a run folder: every input row that was read but not kept
+
+
+class SkippedRow(NamedTuple):
+    """A row that was read but not kept, with where it was and its text as read."""
+
+    file: str
+    unit: str  # "line" (text files) or "row" (parquet, 1-based)
+    number: int
+    reason: str
+    text: str  # the line as read (non-UTF-8 bytes as \\xNN escapes); parquet: the row's values as JSON
+
+
+SKIPPED_COLUMNS = SkippedRow._fields
 
 
 @dataclass
 class LoadReport:
-    """What a loader read and what it skipped (nothing is dropped silently)."""
+    """What a loader read, kept, skipped and dropped: nothing leaves without being counted.
 
-    rows_read: int = 0
-    rows_skipped: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)  # reason -> rows
-    examples: list[str] = field(default_factory=list)  # a few "file, line N: reason" strings
+    ``rows_read == rows_kept + rows_skipped + duplicates_dropped`` (s3rec: rows are lines).
+    """
+
+    rows_read: int = 0  # interaction rows read (lines that hold data; blank lines hold none)
+    rows_kept: int = 0  # rows that became events (s3rec: lines that became sequences)
+    rows_skipped: int = 0  # bad rows skipped (data.skip_bad_rows)
+    duplicates_dropped: int = 0  # exact repeats of an earlier row, dropped (data.duplicates=drop)
+    reasons: dict[str, int] = field(default_factory=dict)  # skip reason -> rows
+    examples: list[str] = field(default_factory=list)  # the first few "file, line N: reason" strings
     notes: list[str] = field(default_factory=list)  # things the user should know (not errors)
+    # Every row skipped or dropped; Dataset.save writes them to skipped_rows.csv.
+    skipped: list[SkippedRow] = field(default_factory=list)
 
-    def skip(self, reason: str, where: str) -> None:
+    def skip(self, row: SkippedRow) -> None:
+        """Skip a bad row: counted by reason and kept, with its text, in ``skipped``."""
         self.rows_skipped += 1
-        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        self.reasons[row.reason] = self.reasons.get(row.reason, 0) + 1
         if len(self.examples) < 5:
-            self.examples.append(f"{where}: {reason}")
+            self.examples.append(f"{row.file}, {row.unit} {row.number}: {row.reason}")
+        self.skipped.append(row)
 
     def to_dict(self) -> dict:
+        """Everything but the skipped rows themselves (those go to skipped_rows.csv)."""
         return {
             "rows_read": self.rows_read,
+            "rows_kept": self.rows_kept,
             "rows_skipped": self.rows_skipped,
+            "duplicates_dropped": self.duplicates_dropped,
             "reasons": self.reasons,
             "examples": self.examples,
             "notes": self.notes,
         }
+
+    def write_skipped(self, path: Path) -> None:
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(SKIPPED_COLUMNS)
+            writer.writerows(self.skipped)
+
+    @staticmethod
+    def read_skipped(path: Path) -> list[SkippedRow]:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))[1:]
+        return [SkippedRow(f, u, int(n), r, t) for f, u, n, r, t in rows]
 
 
 @dataclass
@@ -159,6 +199,8 @@ class Dataset:
             "report": self.report.to_dict(),
         }
         _atomic(directory / "data.json", lambda p: p.write_text(json.dumps(meta)))
+        if self.report.skipped:
+            _atomic(directory / SKIPPED_FILE, self.report.write_skipped)
 
     @classmethod
     def load(cls, directory: Path) -> Dataset:
@@ -169,6 +211,8 @@ class Dataset:
             for f in meta["fields"]
         ]
         report = LoadReport(**meta["report"])
+        if (directory / SKIPPED_FILE).exists():
+            report.skipped = LoadReport.read_skipped(directory / SKIPPED_FILE)
         return cls(
             name=meta["name"],
             user_ids=meta["user_ids"],
@@ -201,13 +245,15 @@ def from_frames(
     list_separator: str = "|",
     report: LoadReport | None = None,
     extra_labels: dict[str, list[str]] | None = None,
+    time_scale: float = 1.0,
 ) -> Dataset:
     """Build a Dataset from validated frames.
 
     ``interactions`` has string ``user_id``, ``item_id`` and numeric ``timestamp`` columns;
     any other integer columns are kept as per-event extras. ``catalog`` has a string
     ``item_id`` and any attribute or text columns (all strings; numeric ones are detected).
-    Ties in time keep file order.
+    Events are ordered by the timestamps as given (integers compare exactly), ties keep
+    file order; ``Dataset.timestamps`` is ``timestamp * time_scale`` (seconds).
     """
     report = report or LoadReport()
     catalog_ids = catalog["item_id"] if catalog is not None else pl.Series("item_id", [], pl.String)
@@ -233,12 +279,18 @@ def from_frames(
     }
 
     if catalog is not None:
-        missing = interactions.filter(~pl.col("item_id").is_in(catalog["item_id"].implode()))
-        n_missing = missing["item_id"].n_unique()
-        if n_missing:
+        bought = interactions["item_id"].unique(maintain_order=True)
+        missing = bought.filter(~bought.is_in(catalog["item_id"].implode()))
+        if len(missing):
             report.notes.append(
-                f"{n_missing} item(s) in the interactions are not in the catalog "
-                f"(e.g. {missing['item_id'][0]!r}); they get no attributes"
+                f"{len(missing):,} item(s) in the interactions are not in the catalog "
+                f"(e.g. {_examples(missing)}); they get no attributes"
+            )
+        unseen = catalog["item_id"].filter(~catalog["item_id"].is_in(bought.implode()))
+        if len(unseen):
+            report.notes.append(
+                f"{len(unseen):,} catalog item(s) never appear in the interactions (e.g. {_examples(unseen)}); "
+                "they stay in the catalog and can be recommended"
             )
     titles, item_fields = _catalog_fields(
         catalog, item_lookup, len(item_ids), price_bands=price_bands, sep=list_separator
@@ -249,7 +301,7 @@ def from_frames(
         item_ids=item_ids,
         offsets=offsets,
         items=events["_item"].to_numpy().astype(np.int64),
-        timestamps=events["timestamp"].to_numpy().astype(np.float64),
+        timestamps=events["timestamp"].to_numpy().astype(np.float64) * time_scale,
         titles=titles,
         fields=item_fields,
         extras=extras,
@@ -263,14 +315,14 @@ def _catalog_fields(
 ) -> tuple[list[str] | None, list[ItemField]]:
     if catalog is None:
         return None, []
-    cat = catalog.join(item_lookup, on="item_id", how="left")
-    index = cat["_item"].to_numpy()
+    # The dense index of each catalog row, without joining (a catalog column may be called anything).
+    index = catalog["item_id"].replace_strict(item_lookup["item_id"], item_lookup["_item"]).to_numpy()
     titles = None
     fields_: list[ItemField] = []
     for column in catalog.columns:
         if column in RESERVED:
             continue
-        series = cat[column]
+        series = catalog[column]
         if column.lower() in TEXT_COLUMNS:
             if titles is None and column.lower() in ("title", "name"):
                 titles = [""] * n_rows
@@ -281,7 +333,7 @@ def _catalog_fields(
             fields_.append(_multi_field(column, series.to_list(), index, n_rows))
             continue
         numeric = series.cast(pl.Float64, strict=False)
-        if series.null_count() < len(series) and numeric.null_count() == series.null_count():
+        if numeric.is_finite().any() and numeric.null_count() == series.null_count():
             fields_.append(_numeric_field(column, numeric.to_numpy(), index, n_rows, price_bands))
         elif series.str.contains(sep, literal=True).any():
             values = [None if v is None else [s.strip() for s in v.split(sep) if s.strip()] for v in series]
@@ -303,7 +355,7 @@ def _multi_field(name: str, values: list[list[str] | None], index: np.ndarray, n
 
 
 def _numeric_field(name: str, values: np.ndarray, index: np.ndarray, n_rows: int, bands: int) -> ItemField:
-    present = ~np.isnan(values)
+    present = np.isfinite(values)  # nan, inf and missing cells get no band
     edges = np.unique(np.quantile(values[present], np.linspace(0, 1, bands + 1)[1:-1]))
     band = np.searchsorted(edges, values[present], side="right") + 1  # 1..len(edges)+1
     matrix = np.zeros((n_rows, 1), dtype=np.int64)
@@ -311,6 +363,10 @@ def _numeric_field(name: str, values: np.ndarray, index: np.ndarray, n_rows: int
     bounds = [float(values[present].min()), *edges.tolist(), float(values[present].max())]
     vocab = ["<none>"] + [f"band{b} ({_fmt(bounds[b - 1])}-{_fmt(bounds[b])})" for b in range(1, len(edges) + 2)]
     return ItemField(name, "numeric", vocab, matrix, edges.tolist())
+
+
+def _examples(ids: pl.Series, n: int = 3) -> str:
+    return ", ".join(repr(i) for i in ids.head(n).to_list()) + (", ..." if len(ids) > n else "")
 
 
 def _fmt(x: float) -> str:

@@ -8,24 +8,46 @@
 - ``synthetic[:key=value,...]``: the built-in shop (see ``recscope.data.synthetic``).
 
 Every loader validates what it reads and raises :class:`DataError` naming the file, the
-line or row, the column and how to fix it. With ``skip_bad_rows`` bad rows are skipped and
-counted in the dataset's :class:`LoadReport` instead.
+line or row, the column and how to fix it. With ``skip_bad_rows`` bad interaction rows are
+skipped, counted and listed in the dataset's :class:`LoadReport` instead (up to
+``max_skip_share`` of them); exact duplicates follow ``data.duplicates``. Catalogs and item
+metadata are read strictly. How rows become checked rows is in :mod:`recscope.data.rows`.
 """
 
 from __future__ import annotations
 
-import io
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 
 from recscope.config import DataConfig
-from recscope.data.dataset import Dataset, LoadReport, from_frames
-from recscope.errors import DataError
+from recscope.data.dataset import Dataset, LoadReport, SkippedRow, from_frames
+from recscope.data.rows import (
+    SKIP_FIX,
+    Table,
+    check_interactions,
+    check_options,
+    check_skip_share,
+    read_bytes,
+    read_lines,
+    read_parquet,
+    read_text,
+    require_clean,
+    scalar_column,
+)
+from recscope.errors import ConfigError, DataError
 
 FORMATS = ("s3rec", "movielens", "csv", "parquet", "synthetic")
-REQUIRED = ("user_id", "item_id", "timestamp")
+
+
+class Source(NamedTuple):
+    name: str
+    interactions: pl.DataFrame  # user_id, item_id, timestamp (in file order)
+    catalog: pl.DataFrame | None
+    time_scale: float = 1.0  # seconds per timestamp unit
 
 
 def load_dataset(
@@ -53,35 +75,31 @@ def load_dataset(
         raise DataError(f"spec {spec!r} names no path", fix=f"write it as {kind}:PATH")
     path = Path(rest).expanduser()
     if not path.exists():
-        raise DataError(f"{path} does not exist", file=str(path), fix="check the path in --data")
+        raise DataError("does not exist", file=str(path), fix="check the path in --data")
     if catalog is not None and kind in ("s3rec", "movielens"):
         raise DataError(
             f"--catalog is for csv/parquet data; {kind} data brings its own item metadata",
             fix="drop --catalog, or convert the data to csv first",
         )
+    check_options(config)
     report = LoadReport()
-    if kind == "s3rec":
-        interactions, cat = _read_s3rec(path, report, config.skip_bad_rows)
-        name = path.stem if path.is_file() else path.name
-    elif kind == "movielens":
-        interactions, cat = _read_movielens(path, report, config.skip_bad_rows)
-        name = path.name
-    else:
-        interactions = _read_interactions(path, kind, columns or {}, report, config.skip_bad_rows)
-        cat = _read_catalog(Path(catalog), columns or {}) if catalog is not None else None
-        name = path.stem
+    source = LOADERS[kind](path, config, columns or {}, report)
+    cat = source.catalog
+    if catalog is not None:
+        cat = _read_catalog(Path(catalog), columns or {}, config)
     return from_frames(
-        name,
-        interactions,
+        source.name,
+        source.interactions,
         cat,
         price_bands=config.price_bands,
         list_separator=config.list_separator,
         report=report,
+        time_scale=source.time_scale,
     )
 
 
 # ---------------------------------------------------------------------- s3rec
-def _read_s3rec(path: Path, report: LoadReport, skip_bad: bool) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+def _load_s3rec(path: Path, config: DataConfig, columns: dict[str, str], report: LoadReport) -> Source:
     if path.is_dir():
         candidates = sorted(p for p in path.glob("*.txt") if not p.stem.endswith("_sample"))
         if len(candidates) != 1:
@@ -94,44 +112,79 @@ def _read_s3rec(path: Path, report: LoadReport, skip_bad: bool) -> tuple[pl.Data
         text_file = candidates[0]
     else:
         text_file = path
+    file = str(text_file)
+    lines, bad_bytes = read_lines(text_file)
     users: list[str] = []
     items: list[str] = []
     times: list[int] = []
-    with text_file.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            tokens = line.split()
-            if not tokens:
+    first_line: dict[str, tuple[int, list[str]]] = {}  # user -> (line, tokens) of the user's line
+    duplicates = []
+    for number, line in enumerate(lines.to_list(), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        report.rows_read += 1
+        problem, column = _s3rec_problem(number, line, tokens, bad_bytes)
+        earlier = first_line.get(tokens[0])
+        if problem is None and earlier is not None:
+            if earlier[1] == tokens and config.duplicates != "keep":
+                if config.duplicates == "error":
+                    raise DataError(
+                        f"line {number} repeats line {earlier[0]} exactly",
+                        file=file,
+                        row=number,
+                        fix="remove the repeat, or --set data.duplicates=drop to drop repeats (they are listed)",
+                    )
+                duplicates.append((number, earlier[0]))
+                report.skipped.append(SkippedRow(file, "line", number, f"exact duplicate of line {earlier[0]}", line))
                 continue
-            report.rows_read += 1
-            where = f"{text_file}, line {line_no}"
-            problem = None
-            if len(tokens) < 2:
-                problem, column = "the line has a user but no items", "items"
-            else:
-                bad = next((j for j, t in enumerate(tokens[1:], 1) if not t.isdigit() or t == "0"), None)
-                if bad is not None:
-                    problem = f"token {tokens[bad]!r} is not a positive integer item id"
-                    column = f"token {bad + 1}"
-            if problem:
-                if skip_bad:
-                    report.skip(problem, where)
-                    continue
+            problem, column = f"user {tokens[0]!r} already has a line (line {earlier[0]})", "user"
+        if problem:
+            if not config.skip_bad_rows:
                 raise DataError(
                     problem,
-                    file=str(text_file),
-                    row=line_no,
+                    file=file,
+                    row=number,
                     column=column,
-                    fix="each line is `user item item ...` with positive integer item ids separated by "
-                    "spaces, oldest first (or pass --set data.skip_bad_rows=true to skip such lines)",
+                    fix="each line is `user item item ...`, one line per user, with positive integer item ids "
+                    f"separated by spaces, oldest first; or {SKIP_FIX}",
                 )
-            n = len(tokens) - 1
-            users.extend([tokens[0]] * n)
-            items.extend(tokens[1:])
-            times.extend(range(n))
+            report.skip(SkippedRow(file, "line", number, problem, line))
+            continue
+        first_line[tokens[0]] = (number, tokens)
+        n = len(tokens) - 1
+        users.extend([tokens[0]] * n)
+        items.extend(tokens[1:])
+        times.extend(range(n))
+    if report.rows_skipped:
+        check_skip_share(report, file, config.max_skip_share)
+    if duplicates:
+        report.duplicates_dropped = len(duplicates)
+        shown = ", ".join(f"line {n} repeats line {f}" for n, f in duplicates[:3])
+        report.notes.append(
+            f"dropped {len(duplicates):,} line(s) of {file} that repeat an earlier line exactly: {shown}"
+            f"{', ...' if len(duplicates) > 3 else ''}; they are listed in skipped_rows.csv"
+        )
     if not users:
-        raise DataError("the file holds no interactions", file=str(text_file), fix="check the file is not empty")
+        raise DataError("the file holds no interactions", file=file, fix="check the file is not empty")
+    report.rows_kept = report.rows_read - report.rows_skipped - report.duplicates_dropped
+    report.notes.append(f"timestamps in {file}: none; each line's order is the time order")
     interactions = pl.DataFrame({"user_id": users, "item_id": items, "timestamp": times})
-    return interactions, _read_s3rec_catalog(text_file)
+    name = path.stem if path.is_file() else path.name
+    return Source(name, interactions, _read_s3rec_catalog(text_file))
+
+
+def _s3rec_problem(number: int, line: str, tokens: list[str], bad_bytes: set[int]) -> tuple[str | None, str | None]:
+    if number in bad_bytes:
+        return "bytes that are not UTF-8 text", None
+    if "\x00" in line:
+        return "a NUL byte (binary data?)", None
+    if len(tokens) < 2:
+        return "the line has a user but no items", "items"
+    for j, token in enumerate(tokens[1:], start=1):
+        if not (token.isascii() and token.isdigit()) or not token.strip("0"):
+            return f"token {token!r} is not a positive integer item id", f"token {j + 1}"
+    return None, None
 
 
 def _read_s3rec_catalog(text_file: Path) -> pl.DataFrame | None:
@@ -140,19 +193,17 @@ def _read_s3rec_catalog(text_file: Path) -> pl.DataFrame | None:
     titles_path = text_file.with_name(f"{stem}_item2title.json")
     columns: dict[str, dict[str, object]] = {}
     if attrs_path.exists():
-        raw = _read_json(attrs_path)
-        for item, values in raw.items():
-            if not isinstance(values, list):
+        for item, values in _read_json(attrs_path).items():
+            if not isinstance(values, list) or not all(_is_id(v) for v in values):
                 raise DataError(
-                    f"item {item!r} maps to {type(values).__name__}, not a list of attribute ids",
+                    f"item {item!r} maps to {json.dumps(values)[:60]}, not a list of attribute ids",
                     file=str(attrs_path),
                     column=item,
-                    fix='write {"item": [attribute ids]}',
+                    fix='write {"item": [attribute ids]} with integer or text ids',
                 )
             columns.setdefault(item, {})["attribute"] = [str(v) for v in values]
     if titles_path.exists():
-        raw = _read_json(titles_path)
-        for item, value in raw.items():
+        for item, value in _read_json(titles_path).items():
             title = value.get("title") if isinstance(value, dict) else value
             if title is not None and not isinstance(title, str):
                 raise DataError(
@@ -169,55 +220,66 @@ def _read_s3rec_catalog(text_file: Path) -> pl.DataFrame | None:
     if attrs_path.exists():
         frame["attribute"] = pl.Series([columns[i].get("attribute") for i in ids], dtype=pl.List(pl.String))
     if titles_path.exists():
-        frame["title"] = [columns[i].get("title") for i in ids]
+        frame["title"] = pl.Series([columns[i].get("title") for i in ids], dtype=pl.String)
     return pl.DataFrame(frame)
 
 
+def _is_id(value: object) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
 def _read_json(path: Path) -> dict:
+    def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+        out = dict(pairs)
+        if len(out) < len(pairs):  # json.loads would keep the last value silently
+            seen: set[str] = set()
+            repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise DataError(f"key {repeated!r} appears twice in one object", file=str(path), column=repeated)
+        return out
+
+    raw = read_bytes(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=unique_keys)
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError("is not UTF-8 text", file=str(path), row=line, fix="save it as UTF-8") from None
     except json.JSONDecodeError as e:
         raise DataError(
             f"not valid JSON: {e.msg}", file=str(path), row=e.lineno, fix="repair or remove the file"
         ) from None
-    if not isinstance(raw, dict):
+    except RecursionError:
+        raise DataError("not valid JSON: nested too deeply", file=str(path), fix="repair or remove the file") from None
+    if not isinstance(data, dict):
         raise DataError("expected a JSON object keyed by item id", file=str(path))
-    return raw
+    return data
 
 
 # ---------------------------------------------------------------------- movielens
-def _read_movielens(path: Path, report: LoadReport, skip_bad: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+ML_RATINGS = ["user_id", "item_id", "value", "timestamp"]
+
+
+def _load_movielens(path: Path, config: DataConfig, columns: dict[str, str], report: LoadReport) -> Source:
     if not path.is_dir():
         raise DataError("movielens: expects the unpacked folder", file=str(path), fix="movielens:DIR")
     if (path / "u.data").exists():
-        ratings_file = path / "u.data"
-        ratings = _read_delimited(ratings_file, "\t", ["user_id", "item_id", "value", "timestamp"])
-        movies = _read_delimited(path / "u.item", "|", None, encoding="latin-1")
-        if not (path / "u.genre").exists():
-            raise DataError(
-                "file is missing", file=str(path / "u.genre"), fix="copy u.genre (it names u.item's genre columns)"
-            )
-        genres = [g.split("|")[0] for g in (path / "u.genre").read_text(encoding="latin-1").splitlines() if g]
-        flags = movies.columns[5 : 5 + len(genres)]
-        if len(flags) != len(genres):
-            raise DataError(
-                f"u.item has {movies.width} columns, expected {5 + len(genres)} (5 + one per genre)",
-                file=str(path / "u.item"),
-            )
-        genre = pl.concat_list(
-            [pl.when(pl.col(c) == "1").then(pl.lit(g)).otherwise(None) for c, g in zip(flags, genres, strict=True)]
-        ).list.drop_nulls()
-        year = pl.col(movies.columns[2]).str.slice(-4)
-        catalog = movies.select(
-            pl.col(movies.columns[0]).alias("item_id"),
-            pl.col(movies.columns[1]).alias("title"),
-            genre.alias("genre"),
-            year.alias("year"),
+        ratings = read_text(
+            path / "u.data", "\t", names=ML_RATINGS, layout="user, item, rating, timestamp", quotes=False
         )
+        catalog = _ml100k_catalog(path)
     elif (path / "ratings.dat").exists():
-        ratings_file = path / "ratings.dat"
-        ratings = _read_double_colon(ratings_file, ["user_id", "item_id", "value", "timestamp"])
-        movies = _read_double_colon(path / "movies.dat", ["item_id", "title", "genre"], encoding="latin-1")
+        ratings = read_text(
+            path / "ratings.dat", "::", names=ML_RATINGS, layout="UserID::MovieID::Rating::Timestamp", quotes=False
+        )
+        movies = _clean(
+            read_text(
+                path / "movies.dat",
+                "::",
+                names=["item_id", "title", "genre"],
+                layout="MovieID::Title::Genres",
+                quotes=False,
+                encoding="latin-1",
+            )
+        )
         catalog = movies.select(
             "item_id",
             "title",
@@ -230,202 +292,136 @@ def _read_movielens(path: Path, report: LoadReport, skip_bad: bool) -> tuple[pl.
             file=str(path),
             fix="point movielens: at the unpacked ml-100k or ml-1m folder",
         )
-    report.rows_read = ratings.height
-    lines = ratings["_line"].to_list() if "_line" in ratings.columns else None
-    interactions = _validate_interactions(
-        ratings.select("user_id", "item_id", "timestamp"), str(ratings_file), report, skip_bad, first_row=1, lines=lines
-    )
-    return interactions, catalog
+    interactions, scale = check_interactions(ratings, {}, config, report)
+    return Source(path.name, interactions, catalog, scale)
 
 
-def _read_delimited(path: Path, sep: str, names: list[str] | None, encoding: str = "utf-8") -> pl.DataFrame:
-    if not path.exists():
-        raise DataError("file is missing", file=str(path))
-    text = path.read_bytes().decode(encoding)  # polars reads utf-8 only
-    try:
-        return pl.read_csv(
-            io.BytesIO(text.encode("utf-8")),
-            separator=sep,
-            has_header=False,
-            infer_schema=False,
-            quote_char=None,
-            new_columns=names,
+def _ml100k_catalog(path: Path) -> pl.DataFrame:
+    genre_file = path / "u.genre"
+    if not genre_file.exists():
+        raise DataError("file is missing", file=str(genre_file), fix="copy u.genre (it names u.item's genre columns)")
+    lines, _ = read_lines(genre_file, "latin-1")
+    genres = [line.split("|")[0] for line in lines.to_list() if line.strip()]
+    names = ["item_id", "title", "release", "video", "url", *genres]
+    repeated = next((g for g in genres if names.count(g) > 1), None)
+    if repeated is not None:
+        raise DataError(f"genre {repeated!r} is named twice (or is a u.item column)", file=str(genre_file))
+    if not (path / "u.item").exists():
+        raise DataError("file is missing", file=str(path / "u.item"), fix="copy u.item (the movies)")
+    movies = _clean(
+        read_text(
+            path / "u.item",
+            "|",
+            names=names,
+            layout=f"id, title, release date, video date, url and one flag per genre of u.genre ({len(genres)})",
+            quotes=False,
+            encoding="latin-1",
         )
-    except pl.exceptions.PolarsError as e:
-        raise DataError(f"could not be parsed: {e}", file=str(path)) from None
+    )
+    flags = movies.select(genres)
+    not_flag = flags.select(pl.any_horizontal(~pl.all().is_in(["0", "1"])).alias("bad"))["bad"]
+    if not_flag.any():
+        row = int(not_flag.arg_true()[0])
+        column = next(g for g in genres if flags[g][row] not in ("0", "1"))
+        raise DataError(
+            f"genre flag {flags[column][row]!r} is not 0 or 1",
+            file=str(path / "u.item"),
+            row=int(movies["_number"][row]),
+            column=column,
+            fix="write 1 if the movie has the genre, else 0",
+        )
+    genre = pl.concat_list([pl.when(pl.col(g) == "1").then(pl.lit(g)).otherwise(None) for g in genres])
+    return movies.select(
+        "item_id",
+        "title",
+        genre.list.drop_nulls().alias("genre"),
+        pl.col("release").str.extract(r"(\d{4})\s*$").alias("year"),
+    )
 
 
-def _read_double_colon(path: Path, names: list[str], encoding: str = "utf-8") -> pl.DataFrame:
-    """The ``::``-separated ml-1m files; blank lines hold nothing, and ``_line`` keeps each row's line."""
-    if not path.exists():
-        raise DataError("file is missing", file=str(path))
-    rows, lines = [], []
-    for number, line in enumerate(path.read_text(encoding=encoding).splitlines(), start=1):
-        if not line.strip():
-            continue
-        row = line.split("::")
-        if len(row) != len(names):
-            raise DataError(
-                f"expected {len(names)} '::'-separated fields, found {len(row)}", file=str(path), row=number
-            )
-        rows.append(row)
-        lines.append(number)
-    return pl.DataFrame(rows, schema=names, orient="row").with_columns(pl.Series("_line", lines, dtype=pl.Int64))
+def _clean(table: Table) -> pl.DataFrame:
+    """A strictly read file's cells under their names, with ``_number``."""
+    require_clean(table, str(Path(table.file).name))
+    return table.frame.select("_number", *(pl.col(f"#{j}").alias(n) for j, n in enumerate(table.names)))
 
 
 # ---------------------------------------------------------------------- csv / parquet
-def _read_table(path: Path, kind: str) -> pl.DataFrame:
-    try:
-        if kind == "parquet" or path.suffix == ".parquet":
-            frame = pl.read_parquet(path)
-            # Every cell as text (lists as lists of text): the catalog code detects numbers itself.
-            return frame.with_columns(
-                pl.col(c).cast(pl.List(pl.String) if frame[c].dtype == pl.List else pl.String) for c in frame.columns
-            )
-        return pl.read_csv(path, infer_schema=False)
-    except pl.exceptions.NoDataError:
-        raise DataError("the file is empty", file=str(path), fix="write a header line and one row per event") from None
-    except (pl.exceptions.PolarsError, OSError) as e:
-        raise DataError(f"could not be parsed as {kind}: {e}", file=str(path)) from None
+def _load_table(kind: str) -> Callable[[Path, DataConfig, dict[str, str], LoadReport], Source]:
+    def load(path: Path, config: DataConfig, columns: dict[str, str], report: LoadReport) -> Source:
+        interactions, scale = check_interactions(_read_table(path, kind, config), columns, config, report)
+        return Source(path.stem, interactions, None, scale)
+
+    return load
 
 
-def _read_interactions(
-    path: Path, kind: str, columns: dict[str, str], report: LoadReport, skip_bad: bool
-) -> pl.DataFrame:
-    frame = _read_table(path, kind)
-    frame = _rename(frame, columns, str(path), required=REQUIRED)
-    if frame.height == 0:
-        raise DataError("the file has a header but no rows", file=str(path), fix="add one row per event")
-    report.rows_read = frame.height
-    keep = [c for c in ("user_id", "item_id", "timestamp") if c in frame.columns]
-    text = kind == "csv" and path.suffix != ".parquet"
-    return _validate_interactions(
-        frame.select(keep), str(path), report, skip_bad, first_row=2 if text else 1, row_label="line" if text else "row"
-    )
+def _read_table(path: Path, kind: str, config: DataConfig) -> Table:
+    if kind == "parquet" or path.suffix == ".parquet":
+        return read_parquet(path)
+    return read_text(path, separator(config))
 
 
-def _rename(frame: pl.DataFrame, columns: dict[str, str], file: str, required: tuple[str, ...]) -> pl.DataFrame:
-    unknown = [k for k in columns if k not in ("user_id", "item_id", "timestamp", "event", "value")]
-    if unknown:
-        raise DataError(
-            f"cannot map unknown column(s) {unknown}", fix="map only user_id, item_id, timestamp, event, value"
+def separator(config: DataConfig) -> str:
+    if len(config.separator) != 1 or config.separator in '"\r\n':
+        raise ConfigError(
+            f"data.separator={config.separator!r} is not one character (other than a quote or line end)",
+            fix="""e.g. --set 'data.separator=";"' (or "\\t" for tabs)""",
         )
-    renames = {theirs: ours for ours, theirs in columns.items() if theirs in frame.columns}
-    for ours, theirs in columns.items():
-        if theirs not in frame.columns:
-            raise DataError(
-                f"column {theirs!r} (mapped to {ours}) is not in the file; it has {frame.columns}",
-                file=file,
-                column=theirs,
-            )
-    frame = frame.rename(renames)
-    for name in required:
-        if name not in frame.columns:
-            raise DataError(
-                f"required column {name!r} is missing; the file has {frame.columns}",
-                file=file,
-                column=name,
-                fix=f"add a {name} column, or map yours with --map {name}=YOUR_COLUMN",
-            )
-    return frame
+    return config.separator
 
 
-def _validate_interactions(
-    frame: pl.DataFrame,
-    file: str,
-    report: LoadReport,
-    skip_bad: bool,
-    first_row: int,
-    *,
-    lines: list[int] | None = None,
-    row_label: str = "line",
-) -> pl.DataFrame:
-    """Check ids are present and timestamps parse.
-
-    Row ``r`` is reported as ``lines[r]`` when given (files that skip blank lines), else as
-    ``r + first_row`` (the file line of row 0, or the 1-based row of a parquet file)."""
-    where = (lambda r: lines[r]) if lines is not None else (lambda r: r + first_row)
-    frame = frame.with_columns(_parse_time(frame["timestamp"]).alias("_time"))
-    checks = [
-        ("user_id", pl.col("user_id").is_null() | (pl.col("user_id").str.strip_chars() == ""), "empty user_id"),
-        ("item_id", pl.col("item_id").is_null() | (pl.col("item_id").str.strip_chars() == ""), "empty item_id"),
-        (
-            "timestamp",
-            pl.col("_time").is_null(),
-            "timestamp is not a number or an ISO date/time",
-        ),
-    ]
-    bad_any = pl.lit(False)
-    for column, condition, reason in checks:
-        bad = frame.with_row_index("_r").filter(condition)
-        if bad.height == 0:
-            continue
-        if not skip_bad:
-            row = int(bad["_r"][0])
-            value = bad[column][0]
-            raise DataError(
-                f"{reason} (value {value!r}); {bad.height} row(s) have this problem",
-                file=file,
-                row=where(row),
-                column=column,
-                fix="correct the value, or pass --set data.skip_bad_rows=true to skip such rows "
-                "(they are counted and reported)",
-                row_label=row_label,
-            )
-        for r in bad["_r"].to_list():
-            report.skip(f"{reason} in column {column}", f"{file}, {row_label} {where(r)}")
-        bad_any = bad_any | condition
-    frame = frame.filter(~bad_any)
-    if frame.height == 0:
-        raise DataError("no valid rows are left", file=file)
-    return frame.select("user_id", "item_id", pl.col("_time").alias("timestamp"))
-
-
-def _parse_time(column: pl.Series) -> pl.Series:
-    """Numbers as they are; otherwise ISO date/times as epoch seconds."""
-    if column.dtype.is_numeric():
-        return column.cast(pl.Float64)
-    as_number = column.cast(pl.Float64, strict=False)
-    if as_number.null_count() == column.null_count():
-        return as_number
-    try:
-        as_date = column.str.to_datetime(strict=False, time_unit="ms")
-    except pl.exceptions.ComputeError:  # no value looks like a date: the bad rows are reported as such
-        return as_number
-    if as_date.null_count() <= as_number.null_count():
-        return as_date.dt.epoch("ms").cast(pl.Float64) / 1000.0
-    return as_number
-
-
-def _read_catalog(path: Path, columns: dict[str, str]) -> pl.DataFrame:
+def _read_catalog(path: Path, columns: dict[str, str], config: DataConfig) -> pl.DataFrame:
     if not path.exists():
         raise DataError("catalog file does not exist", file=str(path), fix="check the path in --catalog")
-    kind = "parquet" if path.suffix == ".parquet" else "csv"
-    frame = _read_table(path, kind)
-    first_row = 2 if kind == "csv" else 1  # file line (csv: after the header) of row 0, or parquet's 1-based row
-    row_label = "line" if kind == "csv" else "row"
-    if "item_id" not in frame.columns and columns.get("item_id") in frame.columns:
-        frame = frame.rename({columns["item_id"]: "item_id"})
-    if "item_id" not in frame.columns:
+    table = _read_table(path, "parquet" if path.suffix == ".parquet" else "csv", config)
+    require_clean(table)
+    theirs = "item_id" if "item_id" in table.names else columns.get("item_id", "item_id")
+    if table.column(theirs) is None:
         raise DataError(
-            f"required column 'item_id' is missing; the catalog has {frame.columns}",
-            file=str(path),
+            f"required column 'item_id' is missing; the catalog has {table.names}",
+            file=table.file,
             column="item_id",
             fix="name the item column item_id (or map it with --map item_id=YOUR_COLUMN)",
         )
-    blank = frame.with_row_index("_r").filter(pl.col("item_id").is_null())
-    if blank.height:
+    item = scalar_column(table, theirs, table.column(theirs), "id").alias("item_id")
+    frame = table.frame.select(item, *(_catalog_column(table, name) for name in table.names if name != theirs))
+    numbers = table.frame["_number"]  # kept apart: a catalog column may be called anything
+    ids = frame["item_id"]
+    blank = ids.is_null() | (ids.str.strip_chars() == "")
+    if blank.any():
         raise DataError(
-            "empty item_id", file=str(path), row=int(blank["_r"][0]) + first_row, column="item_id", row_label=row_label
-        )
-    dup = frame.with_row_index("_r").filter(~pl.col("item_id").is_first_distinct())  # the repeats
-    if dup.height:
-        raise DataError(
-            f"item {dup['item_id'][0]!r} appears more than once",
-            file=str(path),
-            row=int(dup["_r"][0]) + first_row,
+            "empty item_id",
+            file=table.file,
+            row=numbers.filter(blank)[0],
             column="item_id",
-            row_label=row_label,
+            row_label=table.unit,
+            fix="give every catalog row an item_id",
+        )
+    repeat = ~ids.is_first_distinct()
+    if repeat.any():
+        item_id = ids.filter(repeat)[0]
+        raise DataError(
+            f"item {item_id!r} appears more than once (first at {table.unit} {numbers.filter(ids == item_id)[0]})",
+            file=table.file,
+            row=numbers.filter(repeat)[0],
+            column="item_id",
+            row_label=table.unit,
             fix="keep one row per item; put several values in one cell separated by '|'",
         )
     return frame
+
+
+def _catalog_column(table: Table, name: str) -> pl.Expr:
+    """A catalog column as text, or as a list of texts (parquet lists of scalars: multi-valued attributes)."""
+    column = table.column(name)
+    dtype = table.frame.schema[column]
+    if isinstance(dtype, pl.List | pl.Array) and not (dtype.inner.is_nested() or dtype.inner in (pl.Binary, pl.Object)):
+        return pl.col(column).cast(pl.List(pl.String)).alias(name)
+    return scalar_column(table, name, column, "value (or a list of values)").alias(name)
+
+
+LOADERS: dict[str, Callable[[Path, DataConfig, dict[str, str], LoadReport], Source]] = {
+    "s3rec": _load_s3rec,
+    "movielens": _load_movielens,
+    "csv": _load_table("csv"),
+    "parquet": _load_table("parquet"),
+}

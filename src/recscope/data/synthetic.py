@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from recscope.config import DataConfig
-from recscope.data.dataset import Dataset, from_frames
+from recscope.data.dataset import Dataset, LoadReport, from_frames
 from recscope.errors import DataError
 
 MECHANISMS = ["category_interest", "accessory_after_device", "brand_loyalty", "popularity"]
@@ -80,6 +80,9 @@ class ShopConfig:
     p_popularity: float = 0.1  # (float) chance a purchase is popularity noise
 
 
+PROBABILITIES = ("p_accessory", "p_brand", "p_popularity")
+
+
 def parse_spec(rest: str) -> ShopConfig:
     known = {f.name: f.type for f in fields(ShopConfig)}
     values: dict[str, object] = {}
@@ -90,23 +93,50 @@ def parse_spec(rest: str) -> ShopConfig:
                 f"synthetic option {part!r} is not key=value with a known key",
                 fix=f"known keys: {', '.join(known)}; e.g. synthetic:users=500,seed=1",
             )
+        if key in values:
+            raise DataError(f"synthetic option {key} is given twice", fix=f"give {key}= once")
+        is_float = known[key] in ("float", float)
         try:
-            values[key] = float(value) if known[key] in ("float", float) else int(value)
+            values[key] = float(value) if is_float else int(value)
         except ValueError:
-            raise DataError(f"synthetic option {key}={value!r} is not a number") from None
-    return ShopConfig(**values)
+            kind = "a number" if is_float else "a whole number"
+            raise DataError(f"synthetic option {key}={value!r} is not {kind}", fix=f"e.g. {key}=3") from None
+    shop = ShopConfig(**values)
+    limits = [
+        ("users", shop.users >= 1, "at least 1"),
+        ("items", shop.items >= 1, "at least 1"),
+        ("seed", shop.seed >= 0, "0 or more"),
+        ("min_len", shop.min_len >= 1, "at least 1"),
+        ("max_len", shop.max_len >= shop.min_len, f"at least min_len ({shop.min_len})"),
+        *((p, 0.0 <= getattr(shop, p) <= 1.0, "a probability from 0 to 1") for p in PROBABILITIES),
+    ]
+    for key, ok, should in limits:
+        if not ok:
+            default = getattr(ShopConfig(), key)
+            raise DataError(
+                f"synthetic option {key}={getattr(shop, key)} must be {should}", fix=f"e.g. {key}={default}"
+            )
+    total = sum(getattr(shop, p) for p in PROBABILITIES)
+    if total > 1.0:
+        raise DataError(
+            f"synthetic options {' + '.join(PROBABILITIES)} add up to {total:g}, more than 1",
+            fix="lower one of them (the rest of the purchases follow category interest)",
+        )
+    return shop
 
 
 def load_synthetic(rest: str, config: DataConfig) -> Dataset:
     shop = parse_spec(rest)
     interactions, catalog = generate(shop)
     name = "synthetic" + (f"-{rest.replace(',', '-').replace('=', '')}" if rest else "")
+    generated = LoadReport(rows_read=interactions.height, rows_kept=interactions.height)
     return from_frames(
         name,
         interactions,
         catalog,
         price_bands=config.price_bands,
         list_separator=config.list_separator,
+        report=generated,
         extra_labels={"mechanism": MECHANISMS},
     )
 
