@@ -69,7 +69,8 @@ class Table:
         """The text of each of ``rows`` (a slice of ``frame``): the line, or the parquet row as JSON."""
         if "_text" in rows.columns:
             return rows["_text"].to_list()
-        cells = rows.select(f"#{i}" for i in range(len(self.names))).rows()
+        originals = rows.select("_number").join(self.frame, on="_number", how="left", maintain_order="left")
+        cells = originals.select(f"#{i}" for i in range(len(self.names))).rows()
         return [json.dumps(dict(zip(self.names, row, strict=True)), default=str, ensure_ascii=False) for row in cells]
 
 
@@ -616,7 +617,9 @@ def _epoch(t: pl.DataFrame, table: Table, name: str) -> Times:
     else:
         largest = t.filter("ok")["number"].abs().max()
         scale = 1.0
-        note = f"{said} plain numbers, used for order (all within ±{largest:g}: too small for epoch seconds after 1973)"
+        note = f"{said} none readable"
+        if largest is not None:
+            note = f"{said} plain numbers, used for order (all within ±{largest:g}: too small for epochs after 1973)"
     return Times(values, t["problem"], scale, note)
 
 
