@@ -2,14 +2,18 @@
 
 Every key lives in a frozen dataclass with its type and meaning. A YAML file and
 ``--set section.key=value`` overrides change the defaults; unknown sections or keys
-fail with the list of valid ones. The resolved config is saved in the checkpoint and
-the model is rebuilt from it.
+fail with the list of valid ones. Every value is checked against its range in one table
+(``RULES``), and the rules that tie keys together in ``validate``: a config that loads
+can be trained. The resolved config is saved in the checkpoint and the model is rebuilt
+from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -62,7 +66,7 @@ class TrainConfig:
     eval_every: int = 1  # (int) evaluate on valid every this many epochs
     patience: int = 8  # (int) stop after this many evaluations without a better valid NDCG@10
     seed: int = 42  # (int) seeds shuffling, initialisation and dropout
-    threads: int = 0  # (int) torch CPU threads, 0 = torch's default
+    threads: int = 0  # (int) torch CPU threads, 0 = the CPUs this process may use (affinity and cgroup quota)
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,11 @@ class Config:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> Config:
-        return _apply(cls(), raw, source)
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: the config must be a mapping of sections, got {type(raw).__name__}")
+        config = _apply(cls(), raw, source)
+        validate(config, source)
+        return config
 
 
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -97,10 +105,13 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"config file {path} does not exist", fix="pass an existing YAML file")
         try:
             raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+            raise ConfigError(f"{path} is not valid YAML: {_one_line(e)}", fix="fix the file's syntax") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must hold a mapping of sections (data, model, train, eval)")
+        _refuse_derived(raw, str(path))
         config = _apply(config, raw, str(path))
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -110,11 +121,34 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
                 fix="e.g. --set train.epochs=3",
             )
         section, name = key.split(".", 1)
-        config = _apply(config, {section: {name: yaml.safe_load(value)}}, f"--set {item}")
+        source = f"--set {item if item.isprintable() else repr(item)}"  # one line, whatever was typed
+        try:
+            parsed = yaml.safe_load(value)
+        except (yaml.YAMLError, RecursionError) as e:
+            raise ConfigError(f"{source}: the value is not valid YAML: {_one_line(e)}") from None
+        raw = {section: {name: parsed}}
+        _refuse_derived(raw, source)
+        config = _apply(config, raw, source)
+    validate(config, " + ".join([str(path)] * (path is not None) + ["--set"] * bool(overrides)) or "defaults")
     return config
 
 
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def _refuse_derived(raw: dict[str, Any], source: str) -> None:
+    model = raw.get("model")
+    if isinstance(model, dict):
+        for key in DERIVED & set(model):
+            raise ConfigError(
+                f"{source}: model.{key} is filled from the data at training time", fix=f"remove model.{key}"
+            )
+
+
 def _apply(config: Config, raw: dict[str, Any], source: str) -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of sections, got {type(raw).__name__}")
     sections = {f.name: f for f in fields(Config)}
     updated = {}
     for section_name, values in raw.items():
@@ -126,18 +160,21 @@ def _apply(config: Config, raw: dict[str, Any], source: str) -> Config:
         current = getattr(config, section_name)
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: section {section_name!r} must be a mapping of keys")
-        updated[section_name] = _apply_section(current, values, f"{source}: {section_name}")
+        updated[section_name] = _apply_section(current, values, source, section_name)
     return dataclasses.replace(config, **updated)
 
 
-def _apply_section(section: Any, values: dict[str, Any], where: str) -> Any:
+def _apply_section(section: Any, values: dict[str, Any], source: str, section_name: str) -> Any:
     hints = get_type_hints(type(section))
     known = {f.name for f in fields(section)}
     changes = {}
     for key, value in values.items():
         if key not in known:
-            raise ConfigError(f"{where}: unknown key {key!r}", fix=f"valid keys: {', '.join(sorted(known))}")
-        changes[key] = _coerce(value, hints[key], f"{where}.{key}")
+            raise ConfigError(
+                f"{source}: {section_name}: unknown key {key!r}", fix=f"valid keys: {', '.join(sorted(known))}"
+            )
+        changes[key] = _coerce(value, hints[key], f"{source}: {section_name}.{key}")
+        _check(f"{section_name}.{key}", changes[key], source)
     return dataclasses.replace(section, **changes)
 
 
@@ -149,6 +186,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         args = hint.__args__
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], where) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where} must be a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
     if hint is bool:
         if isinstance(value, bool):
@@ -160,7 +199,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         raise ConfigError(f"{where} must be an integer, got {value!r}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer too large for a float
+                raise ConfigError(f"{where} is too large, got {value!r}") from None
         raise ConfigError(f"{where} must be a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):
@@ -171,3 +213,117 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 def dumps(config: Config) -> str:
     return json.dumps(config.to_dict(), indent=2)
+
+
+# ---------------------------------------------------------------------- valid values
+DERIVED = {"n_items", "fields", "text_dim"}  # model keys filled from the data, never set in a file or --set
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The values one key accepts; ``says`` is how the error message words them."""
+
+    ok: Callable[[Any], bool]
+    says: str
+
+
+def _range(low: float, high: float | None = None, *, open_low: bool = False, open_high: bool = False) -> Rule:
+    def ok(value: Any) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = value > low if open_low else value >= low
+        below = high is None or (value < high if open_high else value <= high)
+        return above and below
+
+    upper = "inf)" if high is None else f"{_number(high)}{')' if open_high else ']'}"
+    return Rule(ok, f"in {'(' if open_low else '['}{_number(low)}, {upper}")
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _one_of(*choices: str) -> Rule:
+    return Rule(lambda value: value in choices, "one of " + ", ".join(repr(c) for c in choices))
+
+
+def _cutoffs(value: tuple[int, ...]) -> bool:
+    return 10 in value and all(1 <= k <= 100_000 for k in value)
+
+
+def _fields(value: tuple[tuple[str, int, int], ...]) -> bool:
+    return all(vocab >= 1 and width >= 1 for _, vocab, width in value)
+
+
+# Upper bounds keep a typo (an extra zero or three) from asking torch for terabytes.
+RULES: dict[str, Rule] = {
+    "data.split": _one_of("loo", "temporal"),
+    "data.temporal_valid": _range(0, 1, open_low=True, open_high=True),
+    "data.temporal_test": _range(0, 1, open_low=True, open_high=True),
+    "data.price_bands": _range(1, 1000),
+    "data.list_separator": Rule(lambda value: len(value) >= 1, "a non-empty string"),
+    "data.max_skip_share": _range(0, 1),
+    "data.duplicates": _one_of("drop", "keep", "error"),
+    "data.separator": Rule(
+        lambda value: len(value) == 1 and value not in '"\r\n', "one character other than a quote or a line end"
+    ),
+    "model.max_len": _range(1, 10_000),
+    "model.d_model": _range(1, 8192),
+    "model.n_layers": _range(1, 64),
+    "model.n_heads": _range(1, 256),
+    "model.dropout": _range(0, 1, open_high=True),
+    "model.attn_dropout": _range(0, 1, open_high=True),
+    "model.n_items": _range(0),
+    "model.fields": Rule(_fields, "(name, vocabulary size >= 1, values per item >= 1) per field"),
+    "model.text_dim": _range(0, 65_536),
+    "train.epochs": _range(1, 1_000_000),
+    "train.batch_size": _range(1, 1_048_576),
+    "train.lr": _range(0, 10, open_low=True),
+    "train.weight_decay": _range(0, 10),
+    "train.loss": _one_of("ce", "sampled"),
+    "train.num_negatives": _range(1, 1_048_576),
+    "train.eval_every": _range(1, 1_000_000),
+    "train.patience": _range(1, 1_000_000),
+    "train.seed": _range(0, 2**31 - 1),
+    "train.threads": _range(0, 1024),
+    "eval.ks": Rule(_cutoffs, "a list of cut-offs from 1 to 100000 that includes 10 (model selection uses NDCG@10)"),
+    "eval.num_negatives": _range(1, 1_000_000),
+    "eval.batch_size": _range(1, 1_048_576),
+}
+
+
+def _check(key: str, value: Any, source: str) -> None:
+    rule = RULES.get(key)
+    if rule is None or rule.ok(value):
+        return
+    section, name = key.split(".")
+    default = getattr(getattr(Config(), section), name)
+    shown, default = (list(v) if isinstance(v, tuple) else v for v in (value, default))
+    raise ConfigError(
+        f"{source}: {key}={_short(shown)} is not valid: it must be {rule.says}",
+        fix=f"e.g. {key}={json.dumps(default)} (the default)",
+    )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def validate(config: Config, source: str = "config") -> None:
+    """Every key in its range (``RULES``), and the rules that tie keys together."""
+    for section in fields(Config):
+        values = getattr(config, section.name)
+        for key in fields(values):
+            _check(f"{section.name}.{key.name}", getattr(values, key.name), source)
+    d, m = config.data, config.model
+    if m.d_model % m.n_heads:
+        raise ConfigError(
+            f"{source}: model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}",
+            fix="pick n_heads among the divisors of d_model, e.g. model.n_heads=2",
+        )
+    if d.temporal_valid >= d.temporal_test:
+        raise ConfigError(
+            f"{source}: data.temporal_valid={d.temporal_valid} must be below data.temporal_test={d.temporal_test}",
+            fix="e.g. data.temporal_valid=0.8 and data.temporal_test=0.9",
+        )
