@@ -25,13 +25,6 @@ from recscope.model import SeqRec  # noqa: E402
 from recscope.train import _train_epoch, with_data_sizes  # noqa: E402
 
 
-class _NoProgress:
-    tasks = {0: type("T", (), {"completed": 0})()}
-
-    def update(self, *args, **kwargs):
-        pass
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=3)
@@ -52,7 +45,7 @@ def main() -> None:
     epoch_seconds = []
     for epoch in range(args.epochs):
         tic = time.perf_counter()
-        _train_epoch(model, optimizer, windows, cfg, epoch, _NoProgress(), 0)
+        _train_epoch(model, optimizer, windows, cfg, epoch)
         epoch_seconds.append(time.perf_counter() - tic)
         print(f"epoch {epoch + 1}: {epoch_seconds[-1]:.2f}s")
     eval_seconds = []

@@ -26,7 +26,14 @@ def run(tmp_path_factory) -> Path:
 
 
 def test_run_directory_is_self_contained(run):
-    for name in ("run.json", "data.json", "data.safetensors", "model.safetensors", "last.safetensors", "optimizer.pt"):
+    for name in (
+        "run.json",
+        "data.json",
+        "data.safetensors",
+        "model.safetensors",
+        "last.safetensors",
+        "optimizer.safetensors",
+    ):
         assert (run / name).stat().st_size > 0, name
     state = json.loads((run / "run.json").read_text())["state"]
     assert state["epoch"] == 4 and state["best_epoch"] >= 1

@@ -417,13 +417,15 @@ def explain_eval(
 ) -> None:
     """Measure how faithful each explanation method is; the best becomes the run's default."""
     from recscope.explain.faithfulness import evaluate_faithfulness
+    from recscope.lock import RunLock
     from recscope.recommend import Recommender
-    from recscope.run import save_info
+    from recscope.run import load_info, update_state
 
-    rec = Recommender.load(run)
-    result = evaluate_faithfulness(rec, users=users, methods=methods.split(",") if methods else None, k=k)
-    rec.info.state["explain_eval"] = result
-    save_info(Path(run), rec.info)
+    load_info(run)  # a missing or damaged run fails here, before the lock
+    with RunLock(run, "explain-eval", console, create=False):  # one writer: refused while the run trains
+        rec = Recommender.load(run)
+        result = evaluate_faithfulness(rec, users=users, methods=methods.split(",") if methods else None, k=k)
+        update_state(run, lambda state: state.update(explain_eval=result), "explain-eval")
     if as_json:
         out.print_json(json.dumps(result))
         return

@@ -1,32 +1,46 @@
 """A run directory: everything needed to rebuild, evaluate and explain a trained model.
 
     RUN/
-      run.json            config (with the data-derived model sizes), data spec, training summary
-      data.json           ids, titles, attribute vocabularies, load report
-      data.safetensors    sequences and item attribute matrices
-      model.safetensors   the best weights (selected on valid)
-      last.safetensors    the latest weights, with optimizer.pt, for --resume
-      optimizer.pt        AdamW state (tensors only; loaded with weights_only=True)
+      run.json                config (with the data-derived model sizes), data spec and fingerprint,
+                              training summary; "format" says which layout wrote it
+      data.json               ids, titles, attribute vocabularies, load report
+      data.safetensors        sequences and item attribute matrices
+      model.safetensors       the best weights (selected on valid)
+      last.safetensors        the latest weights, with optimizer.safetensors, for --resume
+      optimizer.safetensors   AdamW state: tensors, with the param groups as JSON in the header
+      .lock                   present while a process writes the run (recscope.lock)
 
 Every file is written to a temporary name and renamed, so a crash never leaves a
-half-written checkpoint. Nothing is unpickled.
+half-written checkpoint. Nothing is unpickled. Every file is checked as it is read: a
+truncated, foreign or mismatched file is a RunError naming it and saying what to do.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from recscope import __version__
 from recscope.config import Config
 from recscope.data import Dataset
 from recscope.data.dataset import _atomic
-from recscope.errors import RunError
+from recscope.errors import ConfigError, RunError
+from recscope.lock import RunLock
 from recscope.model import SeqRec
+
+# 1: before run.json said its format (optimizer.pt, no data fingerprint); readable, not resumable.
+# 2: "format", "recscope_version", "origin", "data_fingerprint"; optimizer.safetensors.
+FORMAT = 2
+RETRAIN = "train the run again (recscope train --out <new dir>)"
 
 
 @dataclass
@@ -35,13 +49,21 @@ class RunInfo:
     data_spec: str
     catalog: str | None = None
     state: dict[str, Any] = field(default_factory=dict)  # epoch, best_epoch, best_valid, history, ...
+    origin: str = "train"  # "train" | "demo": the demo replaces only runs it wrote itself
+    data_fingerprint: str | None = None  # fingerprint(data) of the data trained on; None in format 1
+    format: int = FORMAT
+    recscope_version: str = __version__
 
     def to_json(self) -> str:
         return json.dumps(
             {
+                "format": self.format,
+                "recscope_version": self.recscope_version,
+                "origin": self.origin,
                 "config": self.config.to_dict(),
                 "data_spec": self.data_spec,
                 "catalog": self.catalog,
+                "data_fingerprint": self.data_fingerprint,
                 "state": self.state,
             },
             indent=2,
@@ -49,52 +71,235 @@ class RunInfo:
 
 
 def save_info(run: Path, info: RunInfo) -> None:
+    """Write run.json. Callers hold the run's lock (fit does; others use ``update_state``)."""
     run.mkdir(parents=True, exist_ok=True)
+    info.format, info.recscope_version = FORMAT, __version__
     _atomic(run / "run.json", lambda p: p.write_text(info.to_json()))
 
 
+def update_state(run: str | Path, change: Callable[[dict], None], command: str) -> RunInfo:
+    """Re-read run.json under the run's lock, apply ``change`` to its state, write it back.
+
+    The one way for anything but training to write a run (explain-eval, evaluations): a
+    concurrent writer is refused with its pid, and nothing written meanwhile is lost.
+    """
+    run = Path(run)
+    with RunLock(run, command):
+        info = load_info(run)
+        change(info.state)
+        save_info(run, info)
+    return info
+
+
 def load_info(run: Path) -> RunInfo:
-    path = Path(run) / "run.json"
+    run = Path(run)
+    path = run / "run.json"
     if not path.exists():
         raise RunError(
             f"{run} is not a recscope run (no run.json)",
             fix="pass the --out directory of `recscope train`, or train one first",
         )
-    raw = json.loads(path.read_text())
-    return RunInfo(Config.from_dict(raw["config"], str(path)), raw["data_spec"], raw.get("catalog"), raw["state"])
+    try:
+        raw = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError, OSError) as e:  # JSONDecodeError is a ValueError
+        raise RunError(f"{path} is not readable JSON ({_brief(e)})", fix=f"the file is damaged: {RETRAIN}") from None
+    if not isinstance(raw, dict):
+        raise RunError(f"{path} is not a recscope run.json (not a JSON object)", fix=RETRAIN)
+    fmt = raw.get("format", 1)
+    if not isinstance(fmt, int) or fmt < 1:
+        raise RunError(f"{path} has an unknown format {fmt!r}", fix=RETRAIN)
+    if fmt > FORMAT:
+        raise RunError(
+            f"{path} was written by a newer recscope ({raw.get('recscope_version', '?')}, run format {fmt}); "
+            f"this is recscope {__version__} (format {FORMAT})",
+            fix="upgrade recscope (pip install -U recscope), or train the run again with this version",
+        )
+    missing = [k for k in ("config", "data_spec", "state") if k not in raw]
+    if missing:
+        raise RunError(f"{path} lacks {', '.join(missing)}: it is not a complete recscope run", fix=RETRAIN)
+    if not isinstance(raw["state"], dict) or not isinstance(raw["data_spec"], str):
+        raise RunError(f"{path}: 'state' or 'data_spec' has the wrong type", fix=RETRAIN)
+    try:
+        config = Config.from_dict(raw["config"], str(path))
+    except ConfigError as e:
+        raise RunError(
+            f"{e.problem} (the run's config is from another recscope version, or was edited)", fix=RETRAIN
+        ) from None
+    return RunInfo(
+        config,
+        raw["data_spec"],
+        raw.get("catalog"),
+        raw["state"],
+        origin=raw.get("origin", "train"),
+        data_fingerprint=raw.get("data_fingerprint"),
+        format=fmt,
+        recscope_version=raw.get("recscope_version", "unknown"),
+    )
 
 
+# ---------------------------------------------------------------------- weights
 def save_weights(path: Path, model: SeqRec) -> None:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     _atomic(path, lambda p: save_file(state, str(p)))
 
 
+def load_weights(path: Path, model: torch.nn.Module) -> None:
+    """Load ``path`` into ``model``; a missing, damaged or mismatched file is a RunError naming it."""
+    if not path.exists():
+        raise RunError(f"{path} is missing", fix=f"the run did not finish an epoch, or the file was removed: {RETRAIN}")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RunError(f"{path} is not a readable safetensors file ({_brief(e)})", fix=RETRAIN) from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # missing / unexpected keys, wrong shapes
+        raise RunError(
+            f"{path} does not fit the model in run.json ({_mismatch(e)}): the weights come from another run",
+            fix=f"put back this run's own weights, or {RETRAIN}",
+        ) from None
+
+
+def _mismatch(error: RuntimeError) -> str:
+    lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+    text = lines[0] if lines else _brief(error)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 def save_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
-    _atomic(path, lambda p: torch.save(optimizer.state_dict(), p))
+    """AdamW state as safetensors: tensors as ``state.<param>.<name>``, param groups as JSON metadata."""
+    sd = optimizer.state_dict()
+    tensors = {
+        f"state.{index}.{name}": value.detach().contiguous()
+        for index, values in sd["state"].items()
+        for name, value in values.items()
+    }
+    meta = {"param_groups": json.dumps(sd["param_groups"]), "optimizer": type(optimizer).__name__}
+    _atomic(path, lambda p: save_file(tensors, str(p), metadata=meta))
 
 
 def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
-    optimizer.load_state_dict(torch.load(path, weights_only=True))
+    if not path.exists():
+        raise RunError(f"{path} is missing", fix=f"the run cannot be resumed without it: {RETRAIN}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for key in f.keys():
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = f.get_tensor(key)
+        groups = json.loads(meta["param_groups"])
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise RunError(f"{path} is not this run's optimizer state ({_brief(e)})", fix=RETRAIN) from None
 
 
+# ---------------------------------------------------------------------- model and data
 def build_model(config: Config) -> SeqRec:
     return SeqRec(config.model)
 
 
 def load_model(run: Path, which: str = "model") -> tuple[SeqRec, RunInfo]:
+    from recscope.cpu import use_threads
+
     run = Path(run)
     info = load_info(run)
-    weights = run / f"{which}.safetensors"
-    if not weights.exists():
-        raise RunError(f"{weights} is missing", fix="the run did not finish an epoch: train it (again)")
+    use_threads()
     model = build_model(info.config)
-    model.load_state_dict(load_file(str(weights)))
+    load_weights(run / f"{which}.safetensors", model)
     model.eval()
     return model, info
 
 
-def load_data(run: Path) -> Dataset:
+def load_data(run: Path, info: RunInfo | None = None) -> Dataset:
+    """The run's data, checked against the fingerprint run.json recorded at training."""
     run = Path(run)
-    if not (run / "data.safetensors").exists():
-        raise RunError(f"{run} has no data.safetensors", fix="train the run again")
-    return Dataset.load(run)
+    info = info or load_info(run)
+    data = _read_data(run)
+    if info.data_fingerprint is not None:
+        if fingerprint(data) != info.data_fingerprint:
+            raise RunError(
+                f"{run / 'data.safetensors'} and {run / 'data.json'} are not the data {run / 'run.json'} "
+                "was trained on (their fingerprint differs)",
+                fix=f"put back this run's own data files, or {RETRAIN}",
+            )
+    elif data.n_items != info.config.model.n_items:  # format 1: no fingerprint, check what we can
+        raise RunError(
+            f"{run / 'data.json'} has {data.n_items} items but the model in run.json has {info.config.model.n_items}",
+            fix=f"put back this run's own data files, or {RETRAIN}",
+        )
+    return data
+
+
+def _read_data(run: Path) -> Dataset:
+    """Dataset.load, with every way a damaged or foreign file can fail turned into a RunError naming it."""
+    arrays, meta = run / "data.safetensors", run / "data.json"
+    for path in (arrays, meta):
+        if not path.exists():
+            raise RunError(f"{path} is missing", fix=f"put back this run's own data files, or {RETRAIN}")
+    try:
+        with safe_open(str(arrays), framework="np"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise RunError(f"{arrays} is not a readable safetensors file ({_brief(e)})", fix=RETRAIN) from None
+    try:
+        raw = json.loads(meta.read_text())
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise RunError(f"{meta} is not readable JSON ({_brief(e)})", fix=RETRAIN) from None
+    if not isinstance(raw, dict):
+        raise RunError(f"{meta} is not a recscope data.json (not a JSON object)", fix=RETRAIN)
+    try:
+        data = Dataset.load(run)
+        problem = _inconsistency(data)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, SafetensorError, OSError) as e:
+        problem = f"{type(e).__name__}: {_brief(e)}"
+    if problem:
+        raise RunError(
+            f"{meta} and {arrays} do not make one dataset ({problem}): a file is damaged or from another run",
+            fix=f"put back this run's own data files, or {RETRAIN}",
+        )
+    return data
+
+
+def _inconsistency(data: Dataset) -> str | None:
+    """What breaks the Dataset's contract (see data/dataset.py), or None."""
+    offsets, items = np.asarray(data.offsets), np.asarray(data.items)
+    if not (isinstance(data.user_ids, list) and isinstance(data.item_ids, list)):
+        return "user_ids and item_ids must be lists"
+    if offsets.ndim != 1 or len(offsets) != data.n_users + 1:
+        return f"offsets has {offsets.shape} entries for {data.n_users} users"
+    if offsets[0] != 0 or offsets[-1] != len(items) or (np.diff(offsets) < 0).any():
+        return "offsets do not index the item array"
+    if len(data.timestamps) != len(items):
+        return f"{len(data.timestamps)} timestamps for {len(items)} events"
+    if len(items) and (items.min() < 1 or items.max() > data.n_items):
+        return f"item indices outside 1..{data.n_items}"
+    for f in data.fields:
+        if f.values.ndim != 2 or f.values.shape[0] != data.n_items + 1:
+            return f"field {f.name!r} has shape {tuple(f.values.shape)}, expected ({data.n_items + 1}, width)"
+        if f.values.size and (f.values.min() < 0 or f.values.max() >= f.vocab_size):
+            return f"field {f.name!r} has values outside its vocabulary of {f.vocab_size}"
+    return None
+
+
+def fingerprint(data: Dataset) -> str:
+    """A hash of the prepared data: sequences, timestamps, attribute matrices, ids and vocabularies.
+
+    Two loads of the same input with the same data config give the same fingerprint;
+    any change in who bought what, when, or in the catalog's attributes changes it.
+    """
+    h = hashlib.sha256()
+    arrays = [("offsets", data.offsets), ("items", data.items), ("timestamps", data.timestamps)]
+    arrays += [(f"field.{f.name}", f.values) for f in data.fields]
+    for name, array in arrays:
+        array = np.ascontiguousarray(array)
+        h.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        h.update(array.tobytes())
+    ids = [data.user_ids, data.item_ids, [(f.name, f.kind, f.vocab) for f in data.fields]]
+    h.update(json.dumps(ids).encode())
+    return "sha256:" + h.hexdigest()
+
+
+def _brief(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -1,25 +1,40 @@
 """A plain training loop: shuffled windows, AdamW, evaluation on valid, early stopping, checkpoints.
 
 Model selection uses the valid split only (NDCG@10, full ranking); the test split is
-never looked at here.
+never looked at here. One process writes a run at a time (recscope.lock); a resumed run
+must be given the same data (its fingerprint is in run.json) and the same model config.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from recscope.config import Config
+from recscope.config import Config, validate
+from recscope.cpu import use_threads
 from recscope.data import Dataset, make_split, training_windows
-from recscope.errors import ConfigError, RunError
+from recscope.errors import RunError
 from recscope.evaluate import evaluate, model_scorer
+from recscope.lock import RunLock
 from recscope.model import SeqRec
-from recscope.run import RunInfo, load_info, load_optimizer, save_info, save_optimizer, save_weights
+from recscope.run import (
+    FORMAT,
+    RETRAIN,
+    RunInfo,
+    fingerprint,
+    load_info,
+    load_optimizer,
+    load_weights,
+    save_info,
+    save_optimizer,
+    save_weights,
+)
 
 SELECT_ON = "NDCG@10"
 
@@ -28,19 +43,6 @@ def with_data_sizes(config: Config, data: Dataset) -> Config:
     """The config with the model sizes the data implies (catalog size, attribute fields)."""
     fields = tuple((f.name, f.vocab_size, int(f.values.shape[1])) for f in data.fields)
     return dataclasses.replace(config, model=dataclasses.replace(config.model, n_items=data.n_items, fields=fields))
-
-
-def validate(config: Config) -> None:
-    m, t = config.model, config.train
-    if m.d_model % m.n_heads:
-        raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}")
-    if t.loss not in ("ce", "sampled"):
-        raise ConfigError(f"train.loss={t.loss!r} is unknown", fix='use "ce" or "sampled"')
-    if config.data.split not in ("loo", "temporal"):
-        raise ConfigError(f"data.split={config.data.split!r} is unknown", fix='use "loo" or "temporal"')
-    for name, value in [("model.max_len", m.max_len), ("train.batch_size", t.batch_size), ("train.epochs", t.epochs)]:
-        if value < 1:
-            raise ConfigError(f"{name} must be at least 1, got {value}")
 
 
 def fit(
@@ -52,27 +54,34 @@ def fit(
     catalog: str | None = None,
     resume: bool = False,
     console: Console | None = None,
+    origin: str = "train",
 ) -> RunInfo:
-    """Train on ``data`` and write the run to ``out``; returns the run's summary."""
+    """Train on ``data`` and write the run to ``out``; returns the run's summary.
+
+    Everything is checked before anything is written; ``out`` is locked while it is written.
+    """
     console = console or Console(stderr=True)
     out = Path(out)
     validate(config)
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
+    threads = use_threads(config.train.threads)
     config = with_data_sizes(config, data)
     split = make_split(data, config.data.split, config.data.temporal_valid, config.data.temporal_test)
     if len(split.valid) == 0:
         raise RunError("no user has enough events for a valid case", fix="each user needs at least 3 events")
+    with RunLock(out, "resume" if resume else "train", console):
+        return _fit(data, config, out, split, data_spec, catalog, resume, console, origin, threads)
 
+
+def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, threads) -> RunInfo:
     torch.manual_seed(config.train.seed)
     model = SeqRec(config.model)
     model.set_item_fields({f.name: torch.from_numpy(f.values) for f in data.fields})
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
-    info = RunInfo(
-        config, data_spec, catalog, {"epoch": 0, "best_epoch": 0, "best_valid": None, "bad_evals": 0, "history": []}
-    )
+    data_print = fingerprint(data)
+    state = {"epoch": 0, "best_epoch": 0, "best_valid": None, "bad_evals": 0, "history": []}
+    info = RunInfo(config, data_spec, catalog, state, origin=origin, data_fingerprint=data_print)
     if resume:
-        info = _resume(out, config, model, optimizer)
+        info = _resume(out, config, data_print, data_spec, model, optimizer)
     else:
         if (out / "run.json").exists():
             raise RunError(f"{out} already holds a run", fix="pass --resume to continue it, or another --out")
@@ -82,23 +91,16 @@ def fit(
 
     windows = torch.from_numpy(training_windows(data, split.train_len, config.model.max_len))
     t = config.train
-    console.print(f"[bold]{data.describe()}[/]\n{split.describe()}; {len(windows):,} training windows")
+    console.print(
+        f"[bold]{data.describe()}[/]\n{split.describe()}; {len(windows):,} training windows; {threads} thread(s)"
+    )
     start_epoch = info.state["epoch"]
     best = info.state["best_valid"][SELECT_ON] if info.state["best_valid"] else -1.0
-    steps_per_epoch = -(-len(windows) // t.batch_size)  # about: length batching may add a few
-    with Progress(
-        TextColumn("epoch {task.fields[epoch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  valid NDCG@10 {task.fields[valid]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("train", total=steps_per_epoch, epoch=start_epoch + 1, loss=0.0, valid="-")
+    started = time.perf_counter()
+    with TrainingProgress(console, t.epochs, start_epoch) as progress:
         for epoch in range(start_epoch, t.epochs):
             tic = time.perf_counter()
-            loss = _train_epoch(model, optimizer, windows, config, epoch, progress, task)
+            loss = _train_epoch(model, optimizer, windows, config, epoch, progress)
             seconds = time.perf_counter() - tic
             record = {"epoch": epoch + 1, "loss": loss, "train_seconds": round(seconds, 2)}
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
@@ -120,16 +122,21 @@ def fit(
                     save_weights(out / "model.safetensors", model)
                 else:
                     info.state["bad_evals"] += 1
-                progress.update(task, valid=f"{metrics[SELECT_ON]:.4f} (best {best:.4f})")
-                console.print(
-                    f"epoch {epoch + 1:3d}  loss {loss:.4f}  valid HR@10 {metrics['HR@10']:.4f} "
-                    f"NDCG@10 {metrics['NDCG@10']:.4f}  ({seconds:.1f}s)"
-                )
+                progress.end_epoch(f"best valid {SELECT_ON} {best:.4f}")
+                valid = f"  valid HR@10 {metrics['HR@10']:.4f} NDCG@10 {metrics['NDCG@10']:.4f}"
+            else:
+                progress.end_epoch()
+                valid = ""
+            console.print(
+                f"epoch {epoch + 1:3d}  loss {loss:.4f}{valid}  ({seconds:.1f} s; "
+                f"{_clock(time.perf_counter() - started)} in all)",
+                highlight=False,
+            )
             info.state["epoch"] = epoch + 1
             info.state["history"].append(record)
             info.state["train_seconds"] = round(sum(r["train_seconds"] for r in info.state["history"]), 2)
             save_weights(out / "last.safetensors", model)
-            save_optimizer(out / "optimizer.pt", optimizer)
+            save_optimizer(out / "optimizer.safetensors", optimizer)
             save_info(out, info)
             if info.state["bad_evals"] >= t.patience:
                 console.print(f"early stop: no better valid {SELECT_ON} for {t.patience} evaluations")
@@ -138,7 +145,61 @@ def fit(
     return info
 
 
-def _train_epoch(model: SeqRec, optimizer, windows: torch.Tensor, config: Config, epoch: int, progress, task) -> float:
+class TrainingProgress:
+    """Two rows on a terminal: the run (epochs done, time since the start) and the current
+    epoch (steps, its own time). The epoch row is reset each epoch, which restarts its
+    clock; the run row finishes only when training does, so its clock never stops.
+    """
+
+    def __init__(self, console: Console, epochs: int, start_epoch: int = 0):
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.run = self.progress.add_task("epochs", total=epochs, completed=start_epoch, info="")
+        self.epoch = self.progress.add_task(f"epoch {start_epoch + 1}", total=None, info="")
+        self._loss, self._steps = 0.0, 0
+
+    def __enter__(self) -> TrainingProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        self._loss, self._steps = 0.0, 0
+        self.progress.reset(self.epoch, total=steps, description=f"epoch {epoch}", info="loss -")
+
+    def step(self, loss: float) -> None:
+        self._loss += loss
+        self._steps += 1
+        self.progress.update(self.epoch, advance=1, info=f"loss {self._loss / self._steps:.4f}")
+
+    def end_epoch(self, info: str | None = None) -> None:
+        self.progress.advance(self.run)
+        if info is not None:
+            self.progress.update(self.run, info=info)
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}:{seconds:02d}"
+
+
+def _train_epoch(
+    model: SeqRec,
+    optimizer,
+    windows: torch.Tensor,
+    config: Config,
+    epoch: int,
+    progress: TrainingProgress | None = None,
+) -> float:
     t = config.train
     model.train()
     generator = torch.Generator().manual_seed(t.seed * 1000 + epoch)
@@ -146,7 +207,9 @@ def _train_epoch(model: SeqRec, optimizer, windows: torch.Tensor, config: Config
     # Length-sorted batches hold very different numbers of targets: normalise by the mean
     # per batch, so every target weighs the same whatever batch it falls in.
     targets_per_batch = float(((windows[:, :-1] > 0) & (windows[:, 1:] > 0)).sum()) / len(batches)
-    progress.update(task, completed=0, total=len(batches), epoch=epoch + 1)
+    step: Callable[[float], None] = progress.step if progress else lambda loss: None
+    if progress:
+        progress.start_epoch(epoch + 1, len(batches))
     total = 0.0
     for index in batches:
         batch = windows[index]  # (B, T + 1), left-padded
@@ -160,7 +223,7 @@ def _train_epoch(model: SeqRec, optimizer, windows: torch.Tensor, config: Config
         loss.backward()
         optimizer.step()
         total += loss.item()
-        progress.update(task, advance=1, loss=total / (progress.tasks[task].completed + 1))
+        step(loss.item())
     return total / max(len(batches), 1)
 
 
@@ -179,16 +242,44 @@ def _length_batches(windows: torch.Tensor, batch_size: int, generator: torch.Gen
     return [batches[i] for i in shuffle]
 
 
-def _resume(out: Path, config: Config, model: SeqRec, optimizer) -> RunInfo:
-    from safetensors.torch import load_file
+# Keys a resumed run must keep: the model's shape, and the split its best valid score was measured on.
+# (The data itself is checked by fingerprint; train.* and eval.* may change, e.g. more epochs.)
+RESUME_KEYS = ("model", "data.split", "data.temporal_valid", "data.temporal_test")
 
+
+def _resume(out: Path, config: Config, data_print: str, data_spec: str, model: SeqRec, optimizer) -> RunInfo:
     info = load_info(out)
-    if info.config.model != config.model:
+    if info.format < FORMAT or info.data_fingerprint is None:
         raise RunError(
-            f"the model config differs from the one {out} was trained with",
-            fix="resume with the same --config and --set model.* values",
+            f"{out} was written by an older recscope (run format {info.format}), before runs recorded their "
+            "data fingerprint and optimizer state in a resumable form",
+            fix=f"it can still be evaluated and explained; to train further, {RETRAIN}",
         )
-    model.load_state_dict(load_file(str(out / "last.safetensors")))
-    load_optimizer(out / "optimizer.pt", optimizer)
+    if info.data_fingerprint != data_print:
+        raise RunError(
+            f"--data {data_spec} is not the data {out} was trained on ({info.data_spec}): their fingerprints differ",
+            fix="resume with the same --data, --catalog and data.* settings as the first run, "
+            "or train a new run with another --out",
+        )
+    changed = _differences(info.config, config)
+    if changed:
+        raise RunError(
+            f"--resume would change {', '.join(changed)} of {out}",
+            fix=f"resume with the run's values (see {out / 'run.json'}), or train a new run with another --out",
+        )
+    load_weights(out / "last.safetensors", model)
+    load_optimizer(out / "optimizer.safetensors", optimizer)
     info.config = config  # training keys (e.g. epochs) may be raised on resume
     return info
+
+
+def _differences(old: Config, new: Config) -> list[str]:
+    """``section.key (old -> new)`` for every RESUME_KEYS key that differs."""
+    old_d, new_d = old.to_dict(), new.to_dict()
+    changed = []
+    for section in ("data", "model"):
+        for key, value in new_d[section].items():
+            name = f"{section}.{key}"
+            if (section in RESUME_KEYS or name in RESUME_KEYS) and old_d[section].get(key) != value:
+                changed.append(f"{name} ({old_d[section].get(key)!r} -> {value!r})")
+    return changed

@@ -1,0 +1,96 @@
+"""Training on a shared machine: threads sized to the CPUs this process may use, a passive
+OpenMP pool; and a progress display whose clocks keep running after the first epoch."""
+
+import io
+import os
+import subprocess
+import sys
+import time
+
+from rich.console import Console
+
+from recscope.cpu import _cgroup_quota, available_cpus, use_threads
+from recscope.train import TrainingProgress
+
+
+def test_available_cpus_is_within_the_affinity_mask():
+    assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_cgroup_quota_v2_and_v1(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert _cgroup_quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_quota(tmp_path) is None
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert _cgroup_quota(tmp_path) == 0.5
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert _cgroup_quota(tmp_path) is None
+    assert _cgroup_quota(tmp_path / "absent") is None
+
+
+def test_train_threads_overrides_the_count():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert use_threads(1) == 1 and torch.get_num_threads() == 1
+        assert use_threads(0) == available_cpus()
+    finally:
+        torch.set_num_threads(before)
+
+
+# CPU time a process burns while its main thread sleeps between small parallel ops: a
+# spinning OpenMP pool keeps every worker busy through the sleeps, a passive one does not.
+SPIN = """
+import os, resource, sys, time
+import recscope, torch
+torch.set_num_threads(2)
+x = torch.randn(256, 256)
+t0 = resource.getrusage(resource.RUSAGE_SELF)
+for _ in range(100):
+    x @ x
+    time.sleep(0.002)
+t1 = resource.getrusage(resource.RUSAGE_SELF)
+print(os.environ["OMP_WAIT_POLICY"], t1.ru_utime + t1.ru_stime - t0.ru_utime - t0.ru_stime)
+"""
+
+
+def test_importing_recscope_makes_the_openmp_pool_passive():
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    result = subprocess.run([sys.executable, "-c", SPIN], env=env, capture_output=True, text=True, check=True)
+    policy, cpu_seconds = result.stdout.split()
+    assert policy == "PASSIVE"
+    # Spinning workers burn ~0.2 s of CPU per 0.1 s of sleeping here; passive ones next to nothing.
+    assert float(cpu_seconds) < 0.5, cpu_seconds
+
+
+def test_a_policy_the_user_set_is_kept():
+    env = {**os.environ, "OMP_WAIT_POLICY": "ACTIVE"}
+    code = "import os, recscope; print(os.environ['OMP_WAIT_POLICY'])"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == (
+        "ACTIVE"
+    )
+
+
+def test_progress_clocks_keep_running_after_the_first_epoch():
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    with TrainingProgress(console, epochs=3) as bar:
+        tasks = {t.id: t for t in bar.progress.tasks}
+        for epoch in (1, 2):
+            bar.start_epoch(epoch, steps=2)
+            for _ in range(2):
+                time.sleep(0.02)
+                bar.step(1.0)
+            bar.end_epoch("best valid NDCG@10 0.1")
+        bar.start_epoch(3, steps=2)
+        run, epoch = tasks[bar.run], tasks[bar.epoch]
+        assert not epoch.finished and epoch.completed == 0, "a new epoch starts unfinished, from 0"
+        assert epoch.elapsed < 0.02 < run.elapsed, "the epoch clock restarts; the run clock does not"
+        first = run.elapsed
+        time.sleep(0.02)
+        assert run.elapsed > first and not run.finished, "the run clock keeps running"
+        assert epoch.description == "epoch 3" and run.completed == 2
