@@ -542,7 +542,9 @@ def test_synthetic_planted_causes_are_consistent():
     assert caused["accessory_after_device"] > 50 and caused["brand_loyalty"] > 10
 
 
-@pytest.mark.parametrize(("spec", "says"), [("synthetic:users=abc", "not a whole number"), ("synthetic:colour=3", "known")])
+@pytest.mark.parametrize(
+    ("spec", "says"), [("synthetic:users=abc", "not a whole number"), ("synthetic:colour=3", "known")]
+)
 def test_synthetic_bad_options(spec, says):
     with pytest.raises(RecscopeError, match=says):
         load_dataset(spec)
