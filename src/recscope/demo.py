@@ -1,10 +1,17 @@
-"""``recscope demo``: the built-in synthetic shop end to end, with no download."""
+"""``recscope demo``: the built-in synthetic shop end to end, with no download.
+
+The demo writes ``OUT/run`` (a run directory), ``OUT/figures``, ``OUT/report`` and
+``OUT/demo.json``. It checks its config and data before touching anything; it replaces
+``OUT/run`` only if a previous demo wrote it (``"origin": "demo"`` in its run.json), and
+then only the files a run consists of. Each step prints a line with its time.
+"""
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +20,13 @@ from rich.table import Table
 
 from recscope import config as config_mod
 from recscope.data import load_dataset, make_split
+from recscope.errors import RunError
 from recscope.explain.attention import final_position_attention
 from recscope.explain.faithfulness import evaluate_faithfulness
+from recscope.lock import LOCK_NAME, RunLock
+from recscope.progress import track
 from recscope.recommend import Recommender
-from recscope.run import save_info
+from recscope.run import update_state
 from recscope.train import fit
 from recscope.viz.figures import attention_heatmap, attribution_heatmap
 from recscope.viz.report import Case, build_report
@@ -27,26 +37,36 @@ def run_demo(
 ) -> dict:
     out_dir = Path(out_dir)
     run = out_dir / "run"
-    if run.exists():
-        shutil.rmtree(run)  # the demo always starts fresh
-    cfg = config_mod.load(None, overrides)
+    cfg = config_mod.load(None, overrides)  # everything is checked before anything is written
     data = load_dataset(spec, config=cfg.data)
-    tic = time.perf_counter()
-    fit(data, cfg, run, data_spec=spec, console=console)
-    train_seconds = time.perf_counter() - tic
+    with RunLock(run, "demo", console):  # first: a demo running into the same --out is named as such
+        _check_replaceable(run, out_dir)
+        _clear_previous_run(run)
+        return _demo(run, out_dir, data, cfg, spec, console, out, explain_users)
 
-    rec = Recommender.load(run)
-    results = rec.evaluate("test", "full", baselines=True)
+
+def _demo(run: Path, out_dir: Path, data, cfg, spec: str, console: Console, out: Console, explain_users: int) -> dict:
+    steps = _Steps(console, 6)
+    with steps("training"):
+        tic = time.perf_counter()
+        fit(data, cfg, run, data_spec=spec, console=console, origin="demo")
+        train_seconds = time.perf_counter() - tic
+
+    with steps("evaluating on the test split, with baselines"):
+        rec = Recommender.load(run)
+        results = rec.evaluate("test", "full", baselines=True)
     from recscope.cli import faithfulness_table, metrics_table  # the CLI's tables, shared
 
     out.print(metrics_table(results, f"{data.name}: test split, full ranking over {data.n_items} items"))
 
-    faithfulness = evaluate_faithfulness(rec, users=explain_users)
-    rec.info.state["explain_eval"] = faithfulness  # the measured best becomes the run's default method
-    save_info(run, rec.info)
+    with steps(f"measuring how faithful each explanation method is on {explain_users} test users"):
+        faithfulness = evaluate_faithfulness(rec, users=explain_users)
+        # The measured best becomes the run's default method.
+        rec.info = update_state(run, lambda state: state.update(explain_eval=faithfulness), "demo")
     out.print(faithfulness_table(faithfulness))
 
-    user, history_ids, bought = _showcase(rec)
+    with steps("finding a shopper to showcase"):
+        user, history_ids, bought = _showcase(rec)
     items = rec.recommend(history=history_ids, k=10)
     table = Table(title=f"user {user}, just before their last purchase: recent history -> top 10")
     table.add_column("history (most recent last)")
@@ -58,7 +78,42 @@ def run_demo(
         table.add_row(left, right)
     out.print(table)
 
+    with steps(f"explaining user {user}'s top 10, with figures"):
+        explanations, heatmap, png, cause, hit = _explain(rec, user, history_ids, bought, out_dir, out)
+    note = ""
+    if cause is not None:
+        note = (
+            f"Ground truth from the shop: this shopper then bought “{cause[2]}”, planted as caused by "
+            f"“{cause[1]}”. " + (f"recscope ranks it #{hit.rank}." if hit else "It is not in this top 10.")
+        )
+    with steps("writing the HTML report"):
+        page = _report(rec, user, history_ids, note, out_dir / "report", out)
+    summary = {
+        "data": data.describe(),
+        "train_seconds": round(train_seconds, 1),
+        "test": results,
+        "faithfulness": faithfulness,
+        "user": user,
+        "history": history_ids,
+        "recommendations": [r.to_dict() for r in items],
+        "explanations": [e.to_dict() for e in explanations],
+        "figures": [str(heatmap), str(png)],
+        "report": str(page),
+        "run": str(run),
+    }
+    (out_dir / "demo.json").write_text(json.dumps(summary, indent=2))
+    out.print(
+        f"\nrun: {run}\nwhy-heatmap: {heatmap}\nattention heatmap: {png}\nsummary: {out_dir / 'demo.json'}"
+        f"\n[bold]report (open in a browser, works offline): {page}[/]"
+    )
+    console.print(f"demo done in {steps.total()}", highlight=False)
+    return summary
+
+
+def _explain(rec: Recommender, user: str, history_ids: list[str], bought: str, out_dir: Path, out: Console):
+    """Print why the showcased user gets their top 10 and draw the two heatmaps."""
     explanations = rec.explain(history=history_ids, top=10)
+    hit = None
     for e in explanations:
         e.user = user
     out.print(f"\n[bold]Why these items for user {user}[/] (method: {explanations[0].method}, chosen by faithfulness)")
@@ -92,32 +147,79 @@ def run_demo(
         out_dir / "figures" / f"attention_{user}.png",
         title=f"user {user}: final-position attention",
     )
-    note = ""
-    if cause is not None:
-        note = (
-            f"Ground truth from the shop: this shopper then bought “{cause[2]}”, planted as caused by "
-            f"“{cause[1]}”. " + (f"recscope ranks it #{hit.rank}." if hit else "It is not in this top 10.")
+    return explanations, heatmap, png, cause, hit
+
+
+# Files a run directory consists of (run.py, Dataset.save): all the demo ever removes.
+RUN_FILES = (
+    "run.json",
+    "data.json",
+    "data.safetensors",
+    "model.safetensors",
+    "last.safetensors",
+    "optimizer.safetensors",
+    "optimizer.pt",  # runs of format 1
+    "skipped_rows.csv",
+)
+
+
+def _check_replaceable(run: Path, out_dir: Path) -> None:
+    """Refuse an ``OUT/run`` that holds anything but a previous demo's run."""
+    fix = f"pick another --out, or move {run} away"
+    if run.exists() and not run.is_dir():
+        raise RunError(f"{run} is a file, not a previous demo run; the demo will not replace it", fix=fix)
+    if not run.exists():
+        return
+    entries = sorted(p.name for p in run.iterdir() if p.name != LOCK_NAME)
+    if entries and not _is_demo_run(run, out_dir):
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise RunError(f"{run} is not a previous recscope demo run (it holds {shown}); it was left as it is", fix=fix)
+
+
+def _is_demo_run(run: Path, out_dir: Path) -> bool:
+    """run.json says the demo wrote it; or (runs before that marker) OUT/demo.json names this run."""
+    info = _json(run / "run.json")
+    if not isinstance(info, dict) or "config" not in info:
+        return False
+    if info.get("origin") == "demo":
+        return True
+    summary = _json(out_dir / "demo.json")
+    return "format" not in info and isinstance(summary, dict) and summary.get("run") == str(run)
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _clear_previous_run(run: Path) -> None:
+    """Remove a previous demo run's own files (and their half-written .tmp twins); nothing else."""
+    for name in RUN_FILES:
+        for path in (run / name, run / f"{name}.tmp"):
+            if path.is_file():
+                path.unlink()
+
+
+class _Steps:
+    """A line per demo step as it starts and one with its time as it ends, so no step looks hung."""
+
+    def __init__(self, console: Console, total: int):
+        self.console, self.count, self.n, self.started = console, total, 0, time.perf_counter()
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.n += 1
+        self.console.print(f"[{self.n}/{self.count}] {name} ...", markup=False, highlight=False)
+        tic = time.perf_counter()
+        yield
+        self.console.print(
+            f"[{self.n}/{self.count}] {name}: done in {time.perf_counter() - tic:.1f} s", markup=False, highlight=False
         )
-    page = _report(rec, user, history_ids, note, out_dir / "report", out)
-    summary = {
-        "data": data.describe(),
-        "train_seconds": round(train_seconds, 1),
-        "test": results,
-        "faithfulness": faithfulness,
-        "user": user,
-        "history": history_ids,
-        "recommendations": [r.to_dict() for r in items],
-        "explanations": [e.to_dict() for e in explanations],
-        "figures": [str(heatmap), str(png)],
-        "report": str(page),
-        "run": str(run),
-    }
-    (out_dir / "demo.json").write_text(json.dumps(summary, indent=2))
-    out.print(
-        f"\nrun: {run}\nwhy-heatmap: {heatmap}\nattention heatmap: {png}\nsummary: {out_dir / 'demo.json'}"
-        f"\n[bold]report (open in a browser, works offline): {page}[/]"
-    )
-    return summary
+
+    def total(self) -> str:
+        return f"{time.perf_counter() - self.started:.1f} s"
 
 
 def _report(rec: Recommender, user: str, history_ids: list[str], note: str, out_dir: Path, out: Console) -> Path:
@@ -153,7 +255,7 @@ def _showcase(rec: Recommender) -> tuple[str, list[str], str]:
     split = make_split(data)
     cause = data.extras.get("cause")
     fallback = None
-    for c in range(len(split.test)):
+    for c in track(range(len(split.test)), "demo: looking for a showcase user"):
         u, n = int(split.test.users[c]), int(split.test.hist_len[c])
         history = [data.item_ids[i] for i in data.sequence(u)[:n]]
         bought = data.item_ids[int(split.test.targets[c])]
