@@ -278,3 +278,23 @@ def test_torch_never_unpickles_in_a_run():
     source = (ROOT / "src" / "recscope" / "run.py").read_text()
     assert "torch.load" not in source and "pickle" not in source.replace("Nothing is unpickled", "")
     assert torch is not None
+
+
+def test_evaluate_writes_run_json_only_under_the_lock(run):
+    """Recommender.evaluate records its metrics through run.update_state: refused while
+    another process writes the run, saved once it is free."""
+    import socket
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "command": "train"}))
+        rec = Recommender.load(run)  # reading needs no lock
+        with pytest.raises(RunError, match=f"pid {sleeper.pid}"):
+            rec.evaluate("valid")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    rec.evaluate("valid")  # the holder is gone: its stale lock is taken over
+    state = json.loads((run / "run.json").read_text())["state"]
+    assert "valid/full" in state["evaluations"] and state["epoch"] == 2
+    assert not (run / ".lock").exists()

@@ -21,7 +21,7 @@ from recscope.data import Dataset, make_split
 from recscope.errors import DataError, RunError
 from recscope.evaluate import ItemKNNScorer, PopularityScorer, evaluate, model_scorer
 from recscope.model import SeqRec
-from recscope.run import RunInfo, load_data, load_model, save_info
+from recscope.run import RunInfo, load_data, load_model, update_state
 
 
 @dataclass
@@ -282,7 +282,9 @@ class Recommender:
             )
             for name, scorer in scorers.items()
         }
-        if self.path is not None:
-            self.info.state.setdefault("evaluations", {})[f"{split}/{protocol}"] = results
-            save_info(self.path, self.info)
+        if self.path is not None:  # under the run's lock: refused while another process writes the run
+            key = f"{split}/{protocol}"
+            self.info = update_state(
+                self.path, lambda state: state.setdefault("evaluations", {}).update({key: results}), "evaluate"
+            )
         return results
