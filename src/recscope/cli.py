@@ -547,7 +547,7 @@ def _usage_message(e) -> str:
 def main() -> None:
     debug = os.environ.get("RECSCOPE_DEBUG", "") not in ("", "0")
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="recscope")
     except RecscopeError as e:
         _error(str(e))
         sys.exit(2)
