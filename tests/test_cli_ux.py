@@ -7,6 +7,7 @@ ones about the real console script (a pipe, a signal) run it as a subprocess.
 
 import functools
 import io
+import json
 import os
 import re
 import signal
@@ -353,3 +354,33 @@ def test_the_report_shows_progress_per_user(markup_run, monkeypatch, capsys, tmp
     result = run_main(monkeypatch, capsys, *args, "--merchant-users", "5", "--methods", "occlusion")
     assert result.code == 0, result.err
     assert "report: explaining users: 1/1 done" in result.err and (tmp_path / "r" / "index.html").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# what the CLI says about history ids it skipped and items that are not recommended
+# ---------------------------------------------------------------------------------------
+
+
+def test_recommend_names_the_history_ids_it_skipped(markup_run, monkeypatch, capsys):
+    history = f"{ITEM},no-such-item,[red]ghost"
+    result = run_main(monkeypatch, capsys, "recommend", str(markup_run), "--history", history, "-k", "3")
+    assert result.code == 0, result.err
+    assert "skipped 2 history item(s) this run does not know: 'no-such-item', '[red]ghost'" in result.err
+    as_json = run_main(monkeypatch, capsys, "recommend", str(markup_run), "--history", history, "--json")
+    assert json.loads(as_json.out)["unknown"] == ["no-such-item", "[red]ghost"]
+    nothing_known = run_main(monkeypatch, capsys, "recommend", str(markup_run), "--history", "x,y")
+    assert_one_line_error(nothing_known, 2, "'x'")
+
+
+def test_explain_says_when_an_item_is_owned_or_outside_the_top_k(markup_run, monkeypatch, capsys):
+    from recscope.recommend import Recommender
+
+    rec = Recommender.load(markup_run)
+    owned = rec.data.item_ids[int(rec.history(USER)[-1])]
+    last = rec.recommend(USER, k=30)[-1]
+    result = run_main(monkeypatch, capsys, "explain", str(markup_run), "--user", USER, "--item", owned)
+    assert result.code == 0, result.err
+    assert "already in the history, not recommended" in result.out and "score" not in result.out.split("\n")[1]
+    result = run_main(monkeypatch, capsys, "explain", str(markup_run), "--user", USER, "--item", last.item_id)
+    assert result.code == 0, result.err
+    assert f"#{last.rank} " in result.out and "outside the top 10" in result.out

@@ -319,8 +319,9 @@ def recommend(
     rec = Recommender.load(run)
     items = rec.recommend(user, history=history.split(",") if history else None, k=k)
     if as_json:
-        out.print_json(json.dumps({"user": user, "items": [r.to_dict() for r in items]}))
+        out.print_json(json.dumps({"user": user, "items": [r.to_dict() for r in items], "unknown": items.unknown}))
         return
+    _note_unknown(items.unknown)
     out.print(recommendations_table(items, f"top {k} for user {user}" if user else f"top {k} for the given history"))
 
 
@@ -394,12 +395,24 @@ def explain(
         out.print(Text(f"attention heatmap: {attention_png}"))
 
 
+def _note_unknown(ids: list[str]) -> None:
+    if ids:
+        shown = ", ".join(repr(i) for i in ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        console.print(
+            Text(f"note: skipped {len(ids)} history item(s) this run does not know: {shown}"), highlight=False
+        )
+
+
 def _print_explanations(method: str, explanations, default: str) -> None:
     label = f"{method} (default)" if method == default else method
     for e in explanations:
-        score = f"score {e.score:.3f}" if e.score is not None else e.status  # an owned item has no score
+        if e.status == "owned":
+            head, where = e.title, "already in the history, not recommended"
+        else:
+            head = f"#{e.rank} {e.title}"
+            where = f"score {e.score:.3f}" + (f", outside the top {e.k}" if e.status == "outside_top_k" else "")
         out.print()
-        out.print(Text.assemble((f"#{e.rank} {e.title}", "bold"), f" ({e.item_id}) {score}  ", (label, "dim")))
+        out.print(Text.assemble((head, "bold"), f" ({e.item_id}) {where}  ", (label, "dim")))
         out.print(Padding(Text(e.sentence), (0, 0, 0, 2), expand=False))  # wrapped lines keep the indent
         for h in e.top(3):
             out.print(Padding(Text(f"{h.weight:+.3f}  {h.title}"), (0, 0, 0, 4), expand=False))
