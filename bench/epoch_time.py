@@ -38,7 +38,11 @@ def measure(hogs: int, epochs: int, extra: list[str]) -> dict:
                 [*args, *[a for s in sets for a in ("--set", s)]],
                 check=True,
                 capture_output=True,
-                env={k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")},
+                env={
+                    k: v
+                    for k, v in os.environ.items()
+                    if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+                },
             )
             wall = time.perf_counter() - tic
             history = json.loads((run / "run.json").read_text())["state"]["history"]
