@@ -224,3 +224,17 @@ def test_a_huge_integer_for_a_float_key_is_a_config_error():
     with pytest.raises(ConfigError, match="too large"):
         config.load(None, ["train.lr=" + "9" * 400])
     assert math.isfinite(config.load(None, ["train.lr=1"]).train.lr)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("data.time_format=%m/%d/%Y", "%m/%d/%Y"),  # a bare % would be a YAML directive
+        ("data.time_format='%d.%m.%Y %H:%M'", "%d.%m.%Y %H:%M"),  # quoted: read as YAML
+        ("data.separator=;", ";"),
+        ('data.separator="\\t"', "\t"),
+    ],
+)
+def test_text_keys_take_the_value_as_typed(override, expected):
+    key = override.split("=", 1)[0].split(".")[1]
+    assert getattr(config.load(None, [override]).data, key) == expected

@@ -123,7 +123,9 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
         section, name = key.split(".", 1)
         source = f"--set {item if item.isprintable() else repr(item)}"  # one line, whatever was typed
         try:
-            parsed = yaml.safe_load(value)
+            # A text key takes the value as typed (`data.time_format=%m/%d/%Y`: a bare % would be
+            # a YAML directive); quoted, it is read as YAML like any other value.
+            parsed = value if _is_text(section, name) and value[:1] not in ("'", '"') else yaml.safe_load(value)
         except (yaml.YAMLError, RecursionError) as e:
             raise ConfigError(f"{source}: the value is not valid YAML: {_one_line(e)}") from None
         raw = {section: {name: parsed}}
@@ -131,6 +133,12 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
         config = _apply(config, raw, source)
     validate(config, " + ".join([str(path)] * (path is not None) + ["--set"] * bool(overrides)) or "defaults")
     return config
+
+
+def _is_text(section: str, name: str) -> bool:
+    """Whether ``section.name`` is a known key of type str."""
+    section_type = get_type_hints(Config).get(section)
+    return section_type is not None and get_type_hints(section_type).get(name) is str
 
 
 def _one_line(error: Exception) -> str:
