@@ -175,8 +175,8 @@ def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 90) -> None:
 
 
 def test_two_trainings_into_one_out_exactly_one_writes(tmp_path):
-    """Real processes: the first holds the lock (a long run), the second train and an
-    explain-eval of the same run are refused naming its pid; SIGTERM ends the first cleanly."""
+    """Real processes: the first holds the lock (a long run), a second train, an explain-eval
+    and an evaluate of the same run are refused naming its pid; SIGTERM ends the first cleanly."""
     run = tmp_path / "run"
     spec = "synthetic:users=60,items=40,seed=1"
     train = ["train", "--data", spec, "--out", str(run), "--config", TINY]
@@ -184,8 +184,9 @@ def test_two_trainings_into_one_out_exactly_one_writes(tmp_path):
     try:
         wait_for(run / "run.json", first)  # training, past its first epoch
         second = recscope(*train, "--set", "train.epochs=1")
-        evaluating = recscope("explain-eval", str(run), "--users", "5")
-        for proc in (second, evaluating):
+        measuring = recscope("explain-eval", str(run), "--users", "5")
+        evaluating = recscope("evaluate", str(run))
+        for proc in (second, measuring, evaluating):
             stdout, stderr = proc.communicate(timeout=120)
             assert proc.returncode == 2, stderr
             errors = [line for line in stderr.splitlines() if line.startswith("error:")]  # after data notes
