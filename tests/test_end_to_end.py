@@ -149,3 +149,26 @@ def test_resume_continues_from_the_last_epoch(run, tmp_path):
 def test_training_into_an_existing_run_is_refused(run):
     result = runner.invoke(app, ["train", "--data", SPEC, "--out", str(run), "--config", TINY])
     assert result.exit_code != 0
+
+
+def test_evaluation_reads_only_as_wide_as_the_longest_history(run):
+    """Scoring batches trimmed to their longest history ranks every case exactly as scoring
+    them padded to max_len does (positions count from the right)."""
+    import torch
+    import torch.nn.functional as F
+
+    from recscope.evaluate import model_scorer, rank_targets
+
+    rec = Recommender.load(run)
+    cases, max_len = rec.split().test, rec.config.model.max_len
+    scorer = model_scorer(rec.model)
+    widths = []
+
+    def padded(histories: torch.Tensor) -> torch.Tensor:
+        widths.append(histories.shape[1])
+        return scorer(F.pad(histories, (max_len - histories.shape[1], 0)))
+
+    trimmed = rank_targets(scorer, rec.data, cases, max_len, batch_size=4)
+    full = rank_targets(padded, rec.data, cases, max_len, batch_size=4)
+    assert min(widths) < max_len  # some batches really were narrower
+    assert (trimmed == full).all()

@@ -55,7 +55,9 @@ def rank_targets(
     for start in track(starts, progress) if progress else starts:
         sl = slice(start, start + batch_size)
         users, hist_len, targets = cases.users[sl], cases.hist_len[sl], cases.targets[sl]
-        histories = torch.from_numpy(pad_left(data, users, hist_len, max_len))
+        # Only as wide as the batch's longest history: positions are counted from the right,
+        # so columns of padding in every row change no score, they only cost time.
+        histories = torch.from_numpy(pad_left(data, users, hist_len, min(max_len, max(int(hist_len.max()), 1))))
         scores = scorer(histories).float()  # (B, n_items + 1)
         target = torch.from_numpy(targets)
         target_scores = scores.gather(1, target[:, None])  # (B, 1)
