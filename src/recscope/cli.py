@@ -175,7 +175,8 @@ def train(
 
 def _print_report(report) -> None:
     if report.rows_skipped:
-        console.print(Text.assemble((f"skipped {report.rows_skipped} bad row(s): ", "yellow"), str(report.reasons)))
+        reasons = "; ".join(f"{n:,} x {reason}" for reason, n in sorted(report.reasons.items(), key=lambda r: -r[1]))
+        console.print(Text.assemble((f"skipped {report.rows_skipped:,} bad row(s): ", "yellow"), reasons))
         for example in report.examples:
             console.print(Text(f"  e.g. {example}"))
     for note in report.notes:
