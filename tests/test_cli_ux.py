@@ -384,3 +384,9 @@ def test_explain_says_when_an_item_is_owned_or_outside_the_top_k(markup_run, mon
     result = run_main(monkeypatch, capsys, "explain", str(markup_run), "--user", USER, "--item", last.item_id)
     assert result.code == 0, result.err
     assert f"#{last.rank} " in result.out and "outside the top 10" in result.out
+
+
+@pytest.mark.parametrize("history", ["", ",,,"])
+def test_a_history_without_ids_is_named(markup_run, monkeypatch, capsys, history):
+    result = run_main(monkeypatch, capsys, "recommend", str(markup_run), "--history", history)
+    assert_one_line_error(result, 2, "--history", "holds no item id")

@@ -322,7 +322,7 @@ def recommend(
     from recscope.recommend import Recommender
 
     rec = Recommender.load(run)
-    items = rec.recommend(user, history=history.split(",") if history else None, k=k)
+    items = rec.recommend(user, history=_history_ids(history), k=k)
     if as_json:
         out.print_json(json.dumps({"user": user, "items": [r.to_dict() for r in items], "unknown": items.unknown}))
         return
@@ -398,6 +398,16 @@ def explain(
             title=f"user {user}: final-position attention",
         )
         out.print(Text(f"attention heatmap: {attention_png}"))
+
+
+def _history_ids(history: str | None) -> list[str] | None:
+    """``--history a,b,c`` as item ids (ids are kept exactly; empty entries are no ids)."""
+    if history is None:
+        return None
+    ids = [i for i in history.split(",") if i]
+    if not ids:
+        raise RecscopeError(f"--history {history!r} holds no item id", fix="e.g. --history ITEM1,ITEM2")
+    return ids
 
 
 def _note_unknown(ids: list[str]) -> None:

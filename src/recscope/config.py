@@ -102,7 +102,8 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist", fix="pass an existing YAML file")
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise ConfigError(f"config file {path} {what}", fix="pass an existing YAML file, e.g. configs/tiny.yaml")
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
