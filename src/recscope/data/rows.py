@@ -140,7 +140,9 @@ def read_text(
         .filter(pl.col("_text").str.strip_chars() != "")
     )
     if frame.height == 0:
-        raise DataError("the file is empty", file=file, fix="write a header line, then one row per event (per item in a catalog)")
+        raise DataError(
+            "the file is empty", file=file, fix="write a header line, then one row per event (per item in a catalog)"
+        )
     if quotes and frame["_text"].str.contains('"', literal=True).any():
         frame = _quoted_records(lines.to_list(), separator, file, bad_bytes)
     else:
