@@ -28,7 +28,9 @@ from recscope.run import (
     RETRAIN,
     RunInfo,
     fingerprint,
+    load_data,
     load_info,
+    load_model,
     load_optimizer,
     load_weights,
     save_info,
@@ -267,6 +269,10 @@ def _resume(out: Path, config: Config, data_print: str, data_spec: str, model: S
             f"--resume would change {', '.join(changed)} of {out}",
             fix=f"resume with the run's values (see {out / 'run.json'}), or train a new run with another --out",
         )
+    # The run must be whole before it grows: resuming writes only what improves, so a damaged
+    # best model or data file would outlive a resume that says it succeeded.
+    load_data(out, info)
+    load_model(out)
     load_weights(out / "last.safetensors", model)
     load_optimizer(out / "optimizer.safetensors", optimizer)
     info.config = config  # training keys (e.g. epochs) may be raised on resume
