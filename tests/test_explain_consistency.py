@@ -117,6 +117,18 @@ def test_an_item_pushed_out_by_rivals_is_not_called_carried():
     assert "Without" not in text and "drop out" not in text
 
 
+def test_a_removal_that_carried_the_item_is_preferred_to_a_shorter_one_where_rivals_rose():
+    # history 1, 2, 3; item 4 = (1, 0) is recommended, 5 = (0, 1) its rival, 6 = (0, 0) scores 0.
+    # Removing 1 frees the rival (others rose); removing 1 and 2 also takes the item's own score
+    # below the cut-off (0, item 6's score): that removal is the reason, and the one reported.
+    model = BagModel([[0, 0], [0.1, -10.0], [3.0, 0.0], [-0.5, 5.5], [0, 0], [0, 0], [0, 0]])
+    table = torch.tensor([[0.0, 0.0]] * 4 + [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    history = torch.tensor([1, 2, 3])
+    found = smallest_removal(model, table, history, history, 4, torch.tensor([9.0, 5.0, 1.0]), k=1)
+    assert found.positions == [0, 1] and found.kind == OWN_SCORE_FELL
+    assert (found.score_before, found.score_after, found.cutoff) == pytest.approx((2.6, -0.5, 0.0))
+
+
 def test_an_item_whose_own_score_falls_is_carried_and_quoted():
     model = BagModel([[0, 0], [0.1, 1.0], [2.0, 0.0], [0, 0], [0, 0]])
     found = smallest_removal(model, TABLE, HISTORY, HISTORY, 3, torch.tensor([1.0, 9.0]), k=1)

@@ -57,7 +57,9 @@ def smallest_removal(
 ) -> Removal:
     """The smallest greedy prefix (by ``weights``) of history items whose removal drops ``target``
     out of the top-``k``, verified by re-ranking, and why it drops: whether its own score fell
-    below the old cut-off (the removed items carried it) or other items rose past it."""
+    below the old cut-off (the removed items carried it) or other items rose past it. A prefix
+    that carried the item is preferred to a shorter one after which others merely rose past it:
+    only the first is a reason."""
     T = len(history)
     order = [int(p) for p in torch.argsort(weights, descending=True) if weights[p] > 0][:max_steps]
     order = order[: T - 1]  # an empty history cannot be scored
@@ -69,12 +71,15 @@ def smallest_removal(
     ranks = (scores > own[:, None]).sum(1)  # 0-based
     finite = scores[0][torch.isfinite(scores[0])]
     cutoff = float(torch.topk(finite, k + 1).values[-1]) if len(finite) > k else None
-    dropped = torch.nonzero(ranks[1:] >= k)
-    if len(dropped) == 0:
+    out = ranks[1:] >= k  # (M,) variant m + 1 drops the item out of the top-K
+    fell = out & (own[1:] < cutoff) if cutoff is not None else torch.zeros_like(out)
+    # The smallest removal that carried the item, else the smallest after which others rose past it.
+    exits = torch.nonzero(fell) if fell.any() else torch.nonzero(out)
+    if len(exits) == 0:
         last = int(ranks[-1]) + 1 if order else None
         return Removal(None, last, None, NOT_FOUND, float(own[0]), float(own[-1]) if order else None, cutoff)
-    m = int(dropped[0]) + 1
+    m = int(exits[0]) + 1
     before = set(torch.topk(scores[0], k).indices.tolist())
     entered = next((i for i in torch.topk(scores[m], k).indices.tolist() if i not in before), None)
-    kind = OWN_SCORE_FELL if cutoff is not None and float(own[m]) < cutoff else OTHERS_ROSE
+    kind = OWN_SCORE_FELL if bool(fell[m - 1]) else OTHERS_ROSE
     return Removal(order[:m], int(ranks[m]) + 1, entered, kind, float(own[0]), float(own[m]), cutoff)
