@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 from recscope import config as config_mod
 from recscope.cli import app
 from recscope.data import load_dataset
-from recscope.demo import RUN_FILES, _check_replaceable, _clear_previous_run, _is_demo_run
+from recscope.demo import _check_replaceable, _clear_previous_run, _is_demo_run
 from recscope.errors import ConfigError, RunError
 from recscope.lock import LOCK_NAME
+from recscope.run import RUN_FILES
 from recscope.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,7 +26,7 @@ from recscope.explain.faithfulness import evaluate_faithfulness
 from recscope.lock import LOCK_NAME, RunLock
 from recscope.progress import track
 from recscope.recommend import Recommender
-from recscope.run import update_state
+from recscope.run import RUN_FILES, update_state
 from recscope.train import fit
 from recscope.viz.figures import attention_heatmap, attribution_heatmap
 from recscope.viz.report import Case, build_report
@@ -148,19 +148,6 @@ def _explain(rec: Recommender, user: str, history_ids: list[str], bought: str, o
         title=f"user {user}: final-position attention",
     )
     return explanations, heatmap, png, cause, hit
-
-
-# Files a run directory consists of (run.py, Dataset.save): all the demo ever removes.
-RUN_FILES = (
-    "run.json",
-    "data.json",
-    "data.safetensors",
-    "model.safetensors",
-    "last.safetensors",
-    "optimizer.safetensors",
-    "optimizer.pt",  # runs of format 1
-    "skipped_rows.csv",
-)
 
 
 def _check_replaceable(run: Path, out_dir: Path) -> None:

@@ -8,6 +8,7 @@
       model.safetensors       the best weights (selected on valid)
       last.safetensors        the latest weights, with optimizer.safetensors, for --resume
       optimizer.safetensors   AdamW state: tensors, with the param groups as JSON in the header
+      skipped_rows.csv        every input row skipped or dropped as a duplicate, with its reason
       .lock                   present while a process writes the run (recscope.lock)
 
 Every file is written to a temporary name and renamed, so a crash never leaves a
@@ -41,6 +42,18 @@ from recscope.model import SeqRec
 # 2: "format", "recscope_version", "origin", "data_fingerprint"; optimizer.safetensors.
 FORMAT = 2
 RETRAIN = "train the run again (recscope train --out <new dir>)"
+# The files a run directory consists of (this module and Dataset.save write them): all that
+# replacing a run (the demo) ever removes.
+RUN_FILES = (
+    "run.json",
+    "data.json",
+    "data.safetensors",
+    "model.safetensors",
+    "last.safetensors",
+    "optimizer.safetensors",
+    "optimizer.pt",  # runs of format 1
+    "skipped_rows.csv",
+)
 
 
 @dataclass
