@@ -52,3 +52,7 @@ class DataError(RecscopeError):
 
 class RunError(RecscopeError):
     """A run directory is missing, incomplete, or asked about something it does not know."""
+
+
+class StoreError(RecscopeError):
+    """The event and feedback store refused a request: names the field, id or record."""

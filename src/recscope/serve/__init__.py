@@ -1,0 +1,1 @@
+"""Live serving: the event and feedback store (``store``); the HTTP app builds on it."""

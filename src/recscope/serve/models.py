@@ -1,0 +1,99 @@
+"""The store's tables (SQLAlchemy 2 typed ORM). Alembic's migrations must build exactly these.
+
+Times are epoch seconds (UTC) as floats, like the training data's timestamps. Ids of any
+length are kept as text; where a row is looked up by an id, a SHA-256 of it (``*_key``)
+carries the index, so a 10 kB id never meets PostgreSQL's limit on an index entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+KEY_LENGTH = 64  # hex SHA-256
+REQUEST_ID_MAX = 128
+
+
+def key(text: str) -> str:
+    """The indexed stand-in for an id: hex SHA-256 of its UTF-8 (surrogates kept)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Event(Base):
+    """An interaction posted by a client; ``id`` is the arrival order."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_key: Mapped[str] = mapped_column(String(KEY_LENGTH), unique=True)
+    event_id: Mapped[str] = mapped_column(Text)
+    user_key: Mapped[str] = mapped_column(String(KEY_LENGTH), index=True)
+    user_id: Mapped[str] = mapped_column(Text)
+    item_id: Mapped[str] = mapped_column(Text)
+    event: Mapped[str] = mapped_column(Text)
+    timestamp: Mapped[float] = mapped_column(Float)
+    timestamp_given: Mapped[bool]  # False: the store stamped it on arrival
+    value: Mapped[float | None] = mapped_column(Float)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class Item(Base):
+    """An item added or updated after training."""
+
+    __tablename__ = "items"
+
+    item_key: Mapped[str] = mapped_column(String(KEY_LENGTH), primary_key=True)
+    item_id: Mapped[str] = mapped_column(Text)
+    title: Mapped[str] = mapped_column(Text)
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    added_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class Served(Base):
+    """One answered request: who asked (None: anonymous) and which model version answered."""
+
+    __tablename__ = "served"
+
+    request_id: Mapped[str] = mapped_column(String(REQUEST_ID_MAX), primary_key=True)
+    user_key: Mapped[str | None] = mapped_column(String(KEY_LENGTH), index=True)
+    user_id: Mapped[str | None] = mapped_column(Text)
+    model_version: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ServedItem(Base):
+    """One shown item of a served list (an impression), rank 0 first."""
+
+    __tablename__ = "served_items"
+
+    request_id: Mapped[str] = mapped_column(
+        String(REQUEST_ID_MAX), ForeignKey("served.request_id", ondelete="CASCADE"), primary_key=True
+    )
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[str] = mapped_column(Text)
+    score: Mapped[float] = mapped_column(Float)
+
+
+class Feedback(Base):
+    """A user's action on an item of a served list."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_user_action", "user_key", "action"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(
+        String(REQUEST_ID_MAX), ForeignKey("served.request_id", ondelete="CASCADE"), index=True
+    )
+    user_key: Mapped[str] = mapped_column(String(KEY_LENGTH))
+    user_id: Mapped[str] = mapped_column(Text)
+    item_id: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[float] = mapped_column(Float)

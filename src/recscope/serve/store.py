@@ -1,0 +1,569 @@
+"""The event and feedback store: SQLite in the run directory by default, PostgreSQL by URL.
+
+It keeps what the live service needs beyond the trained run (DESIGN.md, "Live"): events
+posted by clients (idempotent by their ``event_id``), items added or updated after
+training, every served list (request id, items, scores, model version) and the feedback
+on it, so feedback joins to what was shown. A write that returns has been committed and
+synced: on SQLite the journal is a WAL with ``synchronous=FULL`` (every commit fsyncs the
+log), on PostgreSQL the server's defaults (``fsync``, ``synchronous_commit``) do it.
+
+The schema is versioned with Alembic; ``Store.open`` upgrades any database to head.
+Input a client can get wrong raises ``StoreError`` naming the field or id.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, and_, create_engine, delete, event, or_, select, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from recscope.errors import StoreError
+from recscope.serve.models import REQUEST_ID_MAX, Event, Feedback, Item, Served, ServedItem, key
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+STORE_FILE = "store.sqlite"
+ACTIONS = ("click", "purchase", "dismiss", "explanation_helpful", "explanation_unhelpful")
+EVENT_FIELDS = ("event_id", "user_id", "item_id", "event", "timestamp", "value")
+DEFAULT_EVENT = "purchase"
+MAX_BATCH = 10_000
+_CHUNK = 500  # ids per IN (...) list: under SQLite's bound-parameter limit
+_PG_MIGRATION_LOCK = 0x72656373  # pg_advisory_xact_lock key while migrating
+_RETRIES = 3  # a concurrent writer inserted the same key between our read and our insert
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    event_id: str
+    user_id: str
+    item_id: str
+    event: str
+    timestamp: float  # epoch seconds, UTC
+    value: float | None
+    received_at: float
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    item_id: str
+    title: str
+    attributes: dict[str, Any]
+    added_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class ServedList:
+    """A served list and what came of it: ``items`` rank order, ``feedback`` oldest first."""
+
+    request_id: str
+    user_id: str | None
+    model_version: str
+    created_at: float
+    items: list[tuple[str, float]]  # (item_id, score)
+    feedback: list[tuple[str, str, str]] = field(default_factory=list)  # (user_id, item_id, action)
+
+
+def _show(value: str, limit: int = 60) -> str:
+    """An id for an error message: quoted, and cut when it is long."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
+
+
+def _text(value: Any, name: str, where: str = "", *, max_length: int | None = None) -> str:
+    at = f"{where}: " if where else ""
+    if not isinstance(value, str) or not value:
+        got = "missing" if value is None else f"{type(value).__name__} {value!r}"[:80]
+        raise StoreError(f"{at}field {name!r} must be a non-empty string (got {got})")
+    if "\x00" in value:
+        raise StoreError(f"{at}field {name!r} contains a NUL character, which the store cannot keep")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise StoreError(f"{at}field {name!r} is not valid Unicode (a lone surrogate at {e.start})") from None
+    if max_length is not None and len(value) > max_length:
+        raise StoreError(f"{at}field {name!r} is longer than {max_length} characters")
+    return value
+
+
+def _number(value: Any, name: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise StoreError(f"{where}: field {name!r} must be a finite number (got {value!r})"[:200])
+    return float(value)
+
+
+def parse_timestamp(value: Any, where: str = "") -> float:
+    """Epoch seconds from epoch seconds or an ISO-8601 string (no zone: UTC)."""
+    at = f"{where}: " if where else ""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise StoreError(
+                f"{at}field 'timestamp' {value!r} is neither ISO-8601 nor epoch seconds"[:200],
+                fix="send e.g. 2024-05-01T12:00:00Z or 1714564800",
+            ) from None
+    else:
+        return _number(value, "timestamp", where or "event")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+@dataclass(frozen=True)
+class _NewEvent:
+    event_key: str
+    event_id: str
+    user_id: str
+    item_id: str
+    event: str
+    timestamp: float
+    timestamp_given: bool
+    value: float | None
+
+    def same_as(self, other: _NewEvent | Event) -> bool:
+        """Same content; a timestamp the store stamped itself does not count (a retry has a new one)."""
+        same = (self.user_id, self.item_id, self.event, self.value) == (
+            other.user_id,
+            other.item_id,
+            other.event,
+            other.value,
+        )
+        if self.timestamp_given and other.timestamp_given:
+            same = same and self.timestamp == other.timestamp
+        return same and self.timestamp_given == other.timestamp_given
+
+
+def _parse_event(raw: Any, index: int, now: float) -> _NewEvent:
+    where = f"event {index}"
+    if not isinstance(raw, Mapping):
+        raise StoreError(f"{where}: must be an object with {', '.join(EVENT_FIELDS)} (got {type(raw).__name__})")
+    unknown = sorted(str(k) for k in raw if k not in EVENT_FIELDS)
+    if unknown:
+        raise StoreError(f"{where}: unknown field {unknown[0]!r}", fix=f"an event has {', '.join(EVENT_FIELDS)}")
+    event_id = _text(raw.get("event_id"), "event_id", where)
+    where = f"event {index} (event_id {_show(event_id)})"
+    stamp = raw.get("timestamp")
+    value = raw.get("value")
+    return _NewEvent(
+        event_key=key(event_id),
+        event_id=event_id,
+        user_id=_text(raw.get("user_id"), "user_id", where),
+        item_id=_text(raw.get("item_id"), "item_id", where),
+        event=_text(raw.get("event", DEFAULT_EVENT), "event", where, max_length=100),
+        timestamp=now if stamp is None else parse_timestamp(stamp, where),
+        timestamp_given=stamp is not None,
+        value=None if value is None else _number(value, "value", where),
+    )
+
+
+def _attributes(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise StoreError(f"{where}: field 'attributes' must be an object of field: value or [values]")
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        _text(name, "attributes", where)
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise StoreError(f"{where}: attribute {name!r} holds {v}, not a finite number")
+            if isinstance(v, str):
+                if v:
+                    _text(v, f"attributes.{name}", where)
+            elif v is not None and not isinstance(v, int | float | bool):
+                raise StoreError(
+                    f"{where}: attribute {name!r} must be a string, number, true/false or a list of them"
+                    f" (got {type(v).__name__})"
+                )
+        out[name] = list(value) if isinstance(value, list) else value
+    return out
+
+
+def _chunks(values: list[str], size: int = _CHUNK) -> Iterator[list[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    """Every SQLite connection: WAL, fsync on each commit, foreign keys, wait for a lock.
+
+    Python's sqlite3 is told not to manage transactions (``isolation_level = None``);
+    the ``begin`` hook issues ``BEGIN IMMEDIATE`` for writes, so a writer takes the lock
+    before reading what it will change instead of failing on upgrade, and ``BEGIN`` for reads.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 10000")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection) -> None:
+        write = connection.get_execution_options().get("recscope_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class Store:
+    """Events, items added after training, served lists and feedback in one database."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._writer = engine.execution_options(recscope_write=True)
+        self.dialect = engine.dialect.name
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str | URL) -> Store:
+        """Open (creating if need be) the store at a SQLAlchemy URL and migrate it to head."""
+        try:
+            parsed = make_url(url)
+            kwargs: dict[str, Any] = {}
+            if parsed.get_backend_name() == "postgresql":
+                kwargs["pool_pre_ping"] = True
+            engine = create_engine(parsed, **kwargs)
+        except (ArgumentError, ImportError) as e:
+            raise StoreError(
+                f"store URL {str(url)[:200]!r} is not usable: {e}",
+                fix="use sqlite:///path/to/store.sqlite or postgresql+psycopg://user@host/db",
+            ) from None
+        if engine.dialect.name == "sqlite":
+            _sqlite_pragmas(engine)
+        store = cls(engine)
+        try:
+            store._migrate()
+        except BaseException:
+            engine.dispose()
+            raise
+        return store
+
+    @classmethod
+    def for_run(cls, run_dir: str | Path) -> Store:
+        """The run's own store: a SQLite file ``store.sqlite`` in the run directory."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise StoreError(f"{run_dir}: no such run directory for the store", fix="train a run first")
+        return cls.open(URL.create("sqlite", database=str(run_dir / STORE_FILE)))
+
+    def _migrate(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+        from alembic.util import CommandError
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        where = self.engine.url.render_as_string(hide_password=True)
+        try:
+            with self._writer.connect() as connection, connection.begin():
+                if self.dialect == "postgresql":  # two services opening a fresh database
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        except CommandError as e:
+            raise StoreError(
+                f"store {where}: its schema is not one this recscope knows ({e})",
+                fix="upgrade recscope to the version that wrote this store",
+            ) from None
+        except OperationalError as e:
+            raise StoreError(
+                f"store {where} cannot be opened: {str(e.orig).strip().splitlines()[0]}",
+                fix="check the URL, that the server is running, and that the path is writable",
+            ) from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """One write transaction; committed (and synced) when the block ends without error."""
+        with Session(self._writer, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    def _read(self) -> Session:
+        return Session(self.engine)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def add_events(self, events: Mapping[str, Any] | Iterable[Mapping[str, Any]]) -> tuple[int, int]:
+        """Store events in one transaction; returns (accepted, duplicates).
+
+        An ``event_id`` seen before (in the store or earlier in the batch) with the same
+        content is a duplicate; with different content the whole batch is refused, naming it.
+        """
+        batch = [events] if isinstance(events, Mapping) else list(events)
+        if len(batch) > MAX_BATCH:
+            raise StoreError(f"a batch of {len(batch)} events is over the limit of {MAX_BATCH}", fix="split it")
+        now = time.time()
+        first: dict[str, _NewEvent] = {}
+        duplicates = 0
+        for index, raw in enumerate(batch):
+            new = _parse_event(raw, index, now)
+            seen = first.get(new.event_key)
+            if seen is None:
+                first[new.event_key] = new
+                continue
+            if not new.same_as(seen):
+                raise StoreError(
+                    f"event {index}: event_id {_show(new.event_id)} appears twice in the batch with different content",
+                    fix="give each event its own event_id",
+                )
+            duplicates += 1
+        for attempt in range(_RETRIES):
+            try:
+                with self._write() as session:
+                    existing: dict[str, Event] = {}
+                    for keys in _chunks(list(first)):
+                        for row in session.scalars(select(Event).where(Event.event_key.in_(keys))):
+                            existing[row.event_key] = row
+                    fresh = []
+                    for event_key, new in first.items():
+                        old = existing.get(event_key)
+                        if old is None:
+                            fresh.append(new)
+                        elif old.event_id == new.event_id and not new.same_as(old):
+                            raise StoreError(
+                                f"event_id {_show(new.event_id)} was stored before with different content"
+                                f" (user_id {_show(old.user_id)}, item_id {_show(old.item_id)},"
+                                f" event {old.event!r}, timestamp {old.timestamp}, value {old.value})",
+                                fix="a re-sent event must be identical; a new event needs a new event_id",
+                            )
+                    session.add_all(
+                        Event(
+                            event_key=e.event_key,
+                            event_id=e.event_id,
+                            user_key=key(e.user_id),
+                            user_id=e.user_id,
+                            item_id=e.item_id,
+                            event=e.event,
+                            timestamp=e.timestamp,
+                            timestamp_given=e.timestamp_given,
+                            value=e.value,
+                            received_at=now,
+                        )
+                        for e in fresh
+                    )
+                return len(fresh), duplicates + len(first) - len(fresh)
+            except IntegrityError:
+                if attempt == _RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def history(self, user_id: str) -> list[StoredEvent]:
+        """A user's stored events, oldest first; equal timestamps in order of arrival."""
+        user_id = _text(user_id, "user_id")
+        with self._read() as session:
+            rows = session.scalars(
+                select(Event)
+                .where(Event.user_key == key(user_id), Event.user_id == user_id)
+                .order_by(Event.timestamp, Event.id)
+            )
+            return [
+                StoredEvent(r.event_id, r.user_id, r.item_id, r.event, r.timestamp, r.value, r.received_at)
+                for r in rows
+            ]
+
+    def forget(self, user_id: str) -> dict[str, int]:
+        """Delete a user's events, served lists (with their items) and feedback; returns the counts."""
+        user_id = _text(user_id, "user_id")
+        user_key = key(user_id)
+        with self._write() as session:
+            theirs = select(Served.request_id).where(Served.user_key == user_key, Served.user_id == user_id)
+            events = session.execute(delete(Event).where(Event.user_key == user_key, Event.user_id == user_id))
+            feedback = session.execute(
+                delete(Feedback).where(
+                    or_(
+                        and_(Feedback.user_key == user_key, Feedback.user_id == user_id),
+                        Feedback.request_id.in_(theirs),
+                    )
+                )
+            )
+            session.execute(delete(ServedItem).where(ServedItem.request_id.in_(theirs)))
+            served = session.execute(delete(Served).where(Served.user_key == user_key, Served.user_id == user_id))
+            return {"events": events.rowcount, "served": served.rowcount, "feedback": feedback.rowcount}
+
+    # -- items added after training ---------------------------------------------------------
+
+    def put_item(self, item_id: str, title: str, attributes: Mapping[str, Any] | None = None) -> bool:
+        """Add or replace an item's title and attributes; True when it is new to the store."""
+        item_id = _text(item_id, "item_id")
+        where = f"item {_show(item_id)}"
+        title = _text(title, "title", where)
+        attrs = _attributes(attributes, where)
+        item_key = key(item_id)
+        for attempt in range(_RETRIES):
+            now = time.time()
+            try:
+                with self._write() as session:
+                    row = session.get(Item, item_key)
+                    if row is None:
+                        session.add(
+                            Item(
+                                item_key=item_key,
+                                item_id=item_id,
+                                title=title,
+                                attributes=attrs,
+                                added_at=now,
+                                updated_at=now,
+                            )
+                        )
+                        return True
+                    row.title, row.attributes, row.updated_at = title, attrs, now
+                    return False
+            except IntegrityError:
+                if attempt == _RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def get_item(self, item_id: str) -> StoredItem | None:
+        item_id = _text(item_id, "item_id")
+        with self._read() as session:
+            row = session.get(Item, key(item_id))
+            return None if row is None else _item(row)
+
+    def items_added(self) -> list[StoredItem]:
+        """Every item added or updated after training, in the order they were first added."""
+        with self._read() as session:
+            return [_item(r) for r in session.scalars(select(Item).order_by(Item.added_at, Item.item_key))]
+
+    # -- served lists and feedback ----------------------------------------------------------
+
+    def log_served(
+        self,
+        request_id: str,
+        user_id: str | None,
+        model_version: str,
+        items: Sequence[tuple[str, float]],
+    ) -> None:
+        """Record a served list: ``items`` as (item_id, score) in rank order; user None if anonymous."""
+        request_id = _text(request_id, "request_id", max_length=REQUEST_ID_MAX)
+        where = f"request {_show(request_id)}"
+        if user_id is not None:
+            user_id = _text(user_id, "user_id", where)
+        model_version = _text(model_version, "model_version", where)
+        shown = []
+        for rank, pair in enumerate(items):
+            try:
+                item_id, score = pair
+            except (TypeError, ValueError):
+                raise StoreError(f"{where}: items[{rank}] must be (item_id, score)") from None
+            shown.append(
+                (_text(item_id, f"items[{rank}].item_id", where), _number(score, f"items[{rank}].score", where))
+            )
+        try:
+            with self._write() as session:
+                session.add(
+                    Served(
+                        request_id=request_id,
+                        user_key=None if user_id is None else key(user_id),
+                        user_id=user_id,
+                        model_version=model_version,
+                        created_at=time.time(),
+                    )
+                )
+                session.flush()
+                session.add_all(
+                    ServedItem(request_id=request_id, rank=rank, item_id=item_id, score=score)
+                    for rank, (item_id, score) in enumerate(shown)
+                )
+        except IntegrityError:
+            raise StoreError(f"{where}: request_id is already logged", fix="give each request its own id") from None
+
+    def served(self, request_id: str) -> ServedList | None:
+        """A served list with its items and the feedback on it (the impressions join)."""
+        request_id = _text(request_id, "request_id")
+        with self._read() as session:
+            row = session.get(Served, request_id) if len(request_id) <= REQUEST_ID_MAX else None
+            if row is None:
+                return None
+            items = session.execute(
+                select(ServedItem.item_id, ServedItem.score)
+                .where(ServedItem.request_id == request_id)
+                .order_by(ServedItem.rank)
+            )
+            feedback = session.execute(
+                select(Feedback.user_id, Feedback.item_id, Feedback.action)
+                .where(Feedback.request_id == request_id)
+                .order_by(Feedback.id)
+            )
+            return ServedList(
+                request_id=row.request_id,
+                user_id=row.user_id,
+                model_version=row.model_version,
+                created_at=row.created_at,
+                items=[(i, s) for i, s in items],
+                feedback=[(u, i, a) for u, i, a in feedback],
+            )
+
+    def add_feedback(self, request_id: str, user_id: str, item_id: str, action: str) -> None:
+        """Record a user's action on an item of a served list; the list must exist and show the item."""
+        request_id = _text(request_id, "request_id")
+        where = f"feedback on request {_show(request_id)}"
+        user_id = _text(user_id, "user_id", where)
+        item_id = _text(item_id, "item_id", where)
+        if action not in ACTIONS:
+            raise StoreError(f"{where}: field 'action' is {str(action)[:60]!r}", fix=f"use one of {', '.join(ACTIONS)}")
+        with self._write() as session:
+            served = session.get(Served, request_id) if len(request_id) <= REQUEST_ID_MAX else None
+            if served is None:
+                raise StoreError(
+                    f"{where}: field 'request_id' names no served list",
+                    fix="send the request_id of the recommendations the feedback is about",
+                )
+            if served.user_id is not None and served.user_id != user_id:
+                raise StoreError(
+                    f"{where}: field 'user_id' {_show(user_id)} is not the user it was served to",
+                )
+            shown = session.scalar(
+                select(ServedItem.rank).where(ServedItem.request_id == request_id, ServedItem.item_id == item_id)
+            )
+            if shown is None:
+                raise StoreError(f"{where}: field 'item_id' {_show(item_id)} was not in that list")
+            session.add(
+                Feedback(
+                    request_id=request_id,
+                    user_key=key(user_id),
+                    user_id=user_id,
+                    item_id=item_id,
+                    action=action,
+                    created_at=time.time(),
+                )
+            )
+
+    def dismissed(self, user_id: str) -> set[str]:
+        """Items this user dismissed: never to be recommended to them again."""
+        user_id = _text(user_id, "user_id")
+        with self._read() as session:
+            return set(
+                session.scalars(
+                    select(Feedback.item_id).where(
+                        Feedback.user_key == key(user_id), Feedback.user_id == user_id, Feedback.action == "dismiss"
+                    )
+                )
+            )
+
+
+def _item(row: Item) -> StoredItem:
+    return StoredItem(row.item_id, row.title, dict(row.attributes), row.added_at, row.updated_at)
