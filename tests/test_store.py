@@ -303,3 +303,29 @@ def test_acknowledged_events_survive_kill_9(store_url, tmp_path):
             got = stored[f"k{n}-{j}"]
             assert (got.item_id, got.timestamp, got.value) == (f"i{n}-{j}", n, j)
     assert len(stored) % 3 == 0  # batches are all or nothing
+
+
+def test_concurrent_writers_and_openers_agree(store_url):
+    """Services opening a fresh store at once, then posting overlapping batches from threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        stores = list(pool.map(lambda _: Store.open(store_url), range(4)))
+    try:
+        batches = [
+            [event(f"c{(w * 7 + n) % 60}", item=f"i{(w * 7 + n) % 60}", timestamp=1) for n in range(30)]
+            for w in range(8)
+        ]
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda wb: stores[wb[0] % 4].add_events(wb[1]), enumerate(batches)))
+        assert sum(accepted for accepted, _ in results) == len({e["event_id"] for b in batches for e in b})
+        assert sum(a + d for a, d in results) == sum(len(b) for b in batches)
+        assert len(stores[0].history("u1")) == sum(accepted for accepted, _ in results)
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_in_memory_sqlite_is_refused():
+    with pytest.raises(StoreError, match="in-memory"):
+        Store.open("sqlite://")

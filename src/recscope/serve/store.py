@@ -160,7 +160,7 @@ def _parse_event(raw: Any, index: int, now: float) -> _NewEvent:
         event_id=event_id,
         user_id=_text(raw.get("user_id"), "user_id", where),
         item_id=_text(raw.get("item_id"), "item_id", where),
-        event=_text(raw.get("event", DEFAULT_EVENT), "event", where, max_length=100),
+        event=_text(DEFAULT_EVENT if raw.get("event") is None else raw["event"], "event", where, max_length=100),
         timestamp=now if stamp is None else parse_timestamp(stamp, where),
         timestamp_given=stamp is not None,
         value=None if value is None else _number(value, "value", where),
@@ -245,6 +245,12 @@ class Store:
                 fix="use sqlite:///path/to/store.sqlite or postgresql+psycopg://user@host/db",
             ) from None
         if engine.dialect.name == "sqlite":
+            if parsed.database in (None, "", ":memory:") or "mode=memory" in str(parsed.query):
+                engine.dispose()
+                raise StoreError(
+                    "an in-memory SQLite store would lose every write when it closes",
+                    fix="give a file: sqlite:///path/to/store.sqlite (or use Store.for_run)",
+                )
             _sqlite_pragmas(engine)
         store = cls(engine)
         try:
