@@ -23,6 +23,7 @@ import torch
 from recscope.data import Dataset, EvalCases, pad_left
 from recscope.metrics import all_metrics
 from recscope.progress import track
+from recscope.ranking import rank, rank_among
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -42,9 +43,10 @@ def rank_targets(
 ) -> np.ndarray:
     """0-based rank of each case's target among the candidates.
 
-    Ties are broken at random (seeded): a target tied with n candidates lands uniformly among
-    them. Counting only strictly higher scores would flatter scorers with many equal scores
-    (co-occurrence kNN gives most items 0; popularity ties items bought equally often).
+    Ties are broken by the one tie rule of :mod:`recscope.ranking` (seeded random): a target
+    tied with n candidates lands uniformly among them. Counting only strictly higher scores would
+    flatter scorers with many equal scores (co-occurrence kNN gives most items 0; popularity ties
+    items bought equally often).
 
     ``progress`` names the step in a progress display (``recscope.progress.track``); None
     shows none (training validates inside its own bar).
@@ -59,30 +61,18 @@ def rank_targets(
         # so columns of padding in every row change no score, they only cost time.
         histories = torch.from_numpy(pad_left(data, users, hist_len, min(max_len, max(int(hist_len.max()), 1))))
         scores = scorer(histories).float()  # (B, n_items + 1)
-        target = torch.from_numpy(targets)
-        target_scores = scores.gather(1, target[:, None])  # (B, 1)
         # The whole history (not only the last max_len items) is excluded / avoided.
         full_hist = torch.from_numpy(pad_left(data, users, hist_len, max(int(hist_len.max()), 1)))
-        if protocol == "full":
-            if exclude_history:
-                scores = scores.scatter(1, full_hist, float("-inf"))
-            scores[:, 0] = float("-inf")
-            scores.scatter_(1, target[:, None], float("-inf"))  # the target is not its own rival
-            ranks[sl] = _rank(scores, target_scores, rng)
+        if protocol == "full":  # the target is ranked even if owned (a repeat purchase)
+            ranks[sl] = rank(scores, targets, owned=full_hist if exclude_history else None, rng=rng).numpy()
         elif protocol == "sampled":
             negatives = _sample_negatives(rng, data.n_items, full_hist.numpy(), targets, num_negatives)
-            neg_scores = scores.gather(1, torch.from_numpy(negatives))
-            ranks[sl] = _rank(neg_scores, target_scores, rng)
+            neg_scores = scores.gather(1, torch.from_numpy(negatives))  # (B, num_negatives)
+            target_scores = scores.gather(1, torch.from_numpy(targets)[:, None])  # (B, 1)
+            ranks[sl] = rank_among(neg_scores, target_scores, rng).numpy()
         else:
             raise ValueError(f"unknown protocol {protocol!r}: use 'full' or 'sampled'")
     return ranks
-
-
-def _rank(rivals: torch.Tensor, target_scores: torch.Tensor, rng: np.random.Generator) -> np.ndarray:
-    """Rivals scored higher, plus a uniform share of the tied ones."""
-    higher = (rivals > target_scores).sum(1).numpy()
-    tied = (rivals == target_scores).sum(1).numpy()
-    return higher + np.floor(rng.random(len(higher)) * (tied + 1)).astype(np.int64)
 
 
 def _sample_negatives(

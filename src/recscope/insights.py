@@ -36,7 +36,7 @@ from recscope.errors import RunError
 from recscope.evaluate import PopularityScorer
 from recscope.explain.fields import WHOLE_ITEM, candidate_fields, field_game
 from recscope.explain.gradients import GradInputExplainer
-from recscope.recommend import top_k
+from recscope.ranking import top_k
 
 # items ranked by interactions, most popular first: (label, upper edge as a share of items)
 POPULARITY_BUCKETS = (("top 1%", 0.01), ("1-5%", 0.05), ("5-20%", 0.20), ("20-50%", 0.50), ("bottom 50%", 1.0))

@@ -21,6 +21,7 @@ from recscope.data import Dataset, make_split
 from recscope.errors import DataError, RunError
 from recscope.evaluate import ItemKNNScorer, PopularityScorer, evaluate, model_scorer
 from recscope.model import SeqRec
+from recscope.ranking import cutoff, hide, n_visible, rank, top_k
 from recscope.run import RunInfo, load_data, load_model, update_state
 
 
@@ -50,11 +51,6 @@ UNKNOWN_POLICIES = ("skip", "error")
 def _at_least_one(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise RunError(f"{name} must be a whole number of at least 1, got {value!r}", fix=f"pass {name}=1 or more")
-
-
-def top_k(scores: torch.Tensor, k: int):
-    """The ``k`` best of (n_items + 1,) scores, fewer if fewer are finite (owned items are -inf)."""
-    return torch.topk(scores, min(k, int(torch.isfinite(scores).sum())))
 
 
 class Recommender:
@@ -117,11 +113,9 @@ class Recommender:
 
     # ------------------------------------------------------------------ recommend
     def scores(self, history: np.ndarray, exclude_history: bool = True) -> torch.Tensor:
-        """(n_items + 1,) next-item scores; padding and (by default) owned items are -inf."""
+        """(n_items + 1,) next-item scores; padding and (by default) owned items are hidden (-inf)."""
         scores = self.model.score(self.tensor(history), self._table)[0]
-        if exclude_history:
-            scores[torch.from_numpy(np.asarray(history, dtype=np.int64))] = float("-inf")
-        return scores
+        return hide(scores, owned=history if exclude_history else None)
 
     def recommend(
         self,
@@ -177,10 +171,12 @@ class Recommender:
             targets = [self.data.item_index(item)]
         else:
             targets = top_k(scores, top).indices.tolist()
-        finite = int(torch.isfinite(scores).sum())
-        ranks = [int((scores > scores[t]).sum()) + 1 if torch.isfinite(scores[t]) else None for t in targets]
+        finite = int(n_visible(scores))
+        ranks = [
+            int(r) + 1 if torch.isfinite(scores[t]) else None  # owned items have no rank
+            for t, r in zip(targets, rank(scores, targets), strict=True)
+        ]
         statuses = [OWNED if r is None else RECOMMENDED if r <= k else OUTSIDE_TOP_K for r in ranks]
-        cutoff = float(torch.topk(scores, k + 1).values[-1]) if finite > k else None
         explainer = self._explainers.get(method or self.default_method())
         if explainer is None:
             explainer = make_explainer(self.model, method or self.default_method())
@@ -196,7 +192,7 @@ class Recommender:
             k=k,
             counterfactual=counterfactual,
             attentions=attentions,
-            cutoff=cutoff,
+            cutoff=cutoff(scores, k),
             statuses=statuses,
             candidates=finite,
         )

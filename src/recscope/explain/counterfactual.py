@@ -19,16 +19,14 @@ import torch
 
 from recscope.explain.base import NOT_FOUND, OTHERS_ROSE, OWN_SCORE_FELL
 from recscope.explain.occlusion import without
+from recscope.ranking import cutoff, hide, rank, top_k
 
 
 @torch.no_grad()
 def removal_ranks(model, table, history: torch.Tensor, owned: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Scores (V, n_items + 1) of the catalog for each variant (V, T) keep-mask; owned and padding -inf."""
+    """Scores (V, n_items + 1) of the catalog for each variant (V, T) keep-mask; owned and padding hidden."""
     hidden = model(without(history, masks)).hidden[:, -1]  # (V, C)
-    scores = hidden @ table.T
-    scores[:, owned] = float("-inf")
-    scores[:, 0] = float("-inf")
-    return scores
+    return hide(hidden @ table.T, owned=owned)
 
 
 @dataclass
@@ -68,18 +66,17 @@ def smallest_removal(
         masks[step + 1 :, order[step]] = False  # variant m removes order[:m]
     scores = removal_ranks(model, table, history, owned, masks)  # (M + 1, N + 1)
     own = scores[:, target]
-    ranks = (scores > own[:, None]).sum(1)  # 0-based
-    finite = scores[0][torch.isfinite(scores[0])]
-    cutoff = float(torch.topk(finite, k + 1).values[-1]) if len(finite) > k else None
+    ranks = rank(scores, torch.full((len(scores),), target))  # (M + 1,) 0-based
+    old_cutoff = cutoff(scores[0], k)
     out = ranks[1:] >= k  # (M,) variant m + 1 drops the item out of the top-K
-    fell = out & (own[1:] < cutoff) if cutoff is not None else torch.zeros_like(out)
+    fell = out & (own[1:] < old_cutoff) if old_cutoff is not None else torch.zeros_like(out)
     # The smallest removal that carried the item, else the smallest after which others rose past it.
     exits = torch.nonzero(fell) if fell.any() else torch.nonzero(out)
     if len(exits) == 0:
         last = int(ranks[-1]) + 1 if order else None
-        return Removal(None, last, None, NOT_FOUND, float(own[0]), float(own[-1]) if order else None, cutoff)
+        return Removal(None, last, None, NOT_FOUND, float(own[0]), float(own[-1]) if order else None, old_cutoff)
     m = int(exits[0]) + 1
-    before = set(torch.topk(scores[0], k).indices.tolist())
-    entered = next((i for i in torch.topk(scores[m], k).indices.tolist() if i not in before), None)
+    before = set(top_k(scores[0], k).indices.tolist())
+    entered = next((i for i in top_k(scores[m], k).indices.tolist() if i not in before), None)
     kind = OWN_SCORE_FELL if bool(fell[m - 1]) else OTHERS_ROSE
-    return Removal(order[:m], int(ranks[m]) + 1, entered, kind, float(own[0]), float(own[m]), cutoff)
+    return Removal(order[:m], int(ranks[m]) + 1, entered, kind, float(own[0]), float(own[m]), old_cutoff)

@@ -35,6 +35,7 @@ from recscope.data import make_split
 from recscope.explain.api import METHODS, make_explainer
 from recscope.explain.occlusion import OcclusionExplainer, without
 from recscope.progress import track
+from recscope.ranking import hide, rank, top_k
 
 MAX_REMOVED = 5
 EXIT_REMOVED = 3
@@ -74,9 +75,8 @@ def evaluate_faithfulness(rec, users: int = 200, methods: list[str] | None = Non
         read = torch.from_numpy(history[-model.cfg.max_len :].astype(np.int64))
         owned = torch.from_numpy(np.unique(history))
         with torch.no_grad():
-            scores = model.score(read[None, :], table)[0]
-        scores[owned] = float("-inf")
-        targets = torch.topk(scores, k).indices
+            scores = hide(model.score(read[None, :], table)[0], owned=owned)
+        targets = top_k(scores, k).indices
         orders = np.stack([rng.permutation(len(read)) for _ in range(RANDOM_DRAWS)])  # (R, T)
         loo = occlusion.attribute(read, targets)
         case = _Case(read, owned, targets, scores[targets], loo, torch.from_numpy(orders))
@@ -212,11 +212,8 @@ def _aopc(model, table, case: _Case, order: torch.Tensor) -> tuple[list[float], 
 def _exit_rate(model, table, case: _Case, removed: torch.Tensor, k: int) -> float:
     K, T = len(case.targets), len(case.read)
     masks = torch.ones(K, T, dtype=torch.bool).scatter(1, removed, False)
-    scores = model(without(case.read, masks)).hidden[:, -1] @ table.T  # (K, N + 1)
-    scores[:, case.owned] = float("-inf")
-    scores[:, 0] = float("-inf")
-    own = scores.gather(1, case.targets[:, None])
-    ranks = (scores > own).sum(1)
+    scores = model(without(case.read, masks)).hidden[:, -1] @ table.T  # (K, N + 1): row j for target j
+    ranks = rank(scores, case.targets, owned=case.owned)  # (K,)
     return float((ranks >= k).float().mean())
 
 
