@@ -255,8 +255,14 @@ def test_sqlite_store_in_the_run_directory_is_durable_by_configuration(tmp_path)
 def test_bad_url_is_a_store_error(tmp_path):
     with pytest.raises(StoreError, match="not usable"):
         Store.open("nonsense://x")
+    with pytest.raises(StoreError, match=r"nonsense://me:\*\*\*@host/db") as unusable:
+        Store.open("nonsense://me:pa55word@host/db")
+    assert "pa55word" not in str(unusable.value)
     with pytest.raises(StoreError, match="cannot be opened"):
         Store.open(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'store.sqlite'}")
+    with pytest.raises(StoreError, match=r"x:\*\*\*@127.0.0.1:1/db cannot be opened.*refused") as refused:
+        Store.open("postgresql+psycopg://x:secret@127.0.0.1:1/db")
+    assert "secret" not in str(refused.value)
 
 
 WRITER = textwrap.dedent(

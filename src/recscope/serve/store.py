@@ -14,6 +14,8 @@ Input a client can get wrong raises ``StoreError`` naming the field or id.
 from __future__ import annotations
 
 import math
+import re
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, and_, create_engine, delete, event, or_, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -38,7 +42,8 @@ DEFAULT_EVENT = "purchase"
 MAX_BATCH = 10_000
 _CHUNK = 500  # ids per IN (...) list: under SQLite's bound-parameter limit
 _PG_MIGRATION_LOCK = 0x72656373  # pg_advisory_xact_lock key while migrating
-_RETRIES = 3  # a concurrent writer inserted the same key between our read and our insert
+_SQLITE_BUSY_SECONDS = 10  # a writer waits this long for another's lock
+_RETRIES = 3  # put_item: another writer added the same item between our read and our insert
 
 
 @dataclass(frozen=True)
@@ -191,6 +196,10 @@ def _attributes(raw: Any, where: str) -> dict[str, Any]:
     return out
 
 
+def _hide_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
 def _chunks(values: list[str], size: int = _CHUNK) -> Iterator[list[str]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
@@ -208,8 +217,18 @@ def _sqlite_pragmas(engine: Engine) -> None:
     def _on_connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout = 10000")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_SECONDS * 1000}")
+        # Switching a fresh file to WAL does not wait on the busy handler: another process
+        # opening it at the same moment gets "locked" at once, so wait here instead.
+        deadline = time.monotonic() + _SQLITE_BUSY_SECONDS
+        while True:
+            try:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
@@ -241,7 +260,7 @@ class Store:
             engine = create_engine(parsed, **kwargs)
         except (ArgumentError, ImportError) as e:
             raise StoreError(
-                f"store URL {str(url)[:200]!r} is not usable: {e}",
+                f"store URL {_hide_password(str(url))[:200]!r} is not usable: {e}",
                 fix="use sqlite:///path/to/store.sqlite or postgresql+psycopg://user@host/db",
             ) from None
         if engine.dialect.name == "sqlite":
@@ -337,45 +356,41 @@ class Store:
                     fix="give each event its own event_id",
                 )
             duplicates += 1
-        for attempt in range(_RETRIES):
-            try:
-                with self._write() as session:
-                    existing: dict[str, Event] = {}
-                    for keys in _chunks(list(first)):
-                        for row in session.scalars(select(Event).where(Event.event_key.in_(keys))):
-                            existing[row.event_key] = row
-                    fresh = []
-                    for event_key, new in first.items():
-                        old = existing.get(event_key)
-                        if old is None:
-                            fresh.append(new)
-                        elif old.event_id == new.event_id and not new.same_as(old):
-                            raise StoreError(
-                                f"event_id {_show(new.event_id)} was stored before with different content"
-                                f" (user_id {_show(old.user_id)}, item_id {_show(old.item_id)},"
-                                f" event {old.event!r}, timestamp {old.timestamp}, value {old.value})",
-                                fix="a re-sent event must be identical; a new event needs a new event_id",
-                            )
-                    session.add_all(
-                        Event(
-                            event_key=e.event_key,
-                            event_id=e.event_id,
-                            user_key=key(e.user_id),
-                            user_id=e.user_id,
-                            item_id=e.item_id,
-                            event=e.event,
-                            timestamp=e.timestamp,
-                            timestamp_given=e.timestamp_given,
-                            value=e.value,
-                            received_at=now,
+        rows = [
+            {
+                "event_key": e.event_key,
+                "event_id": e.event_id,
+                "user_key": key(e.user_id),
+                "user_id": e.user_id,
+                "item_id": e.item_id,
+                "event": e.event,
+                "timestamp": e.timestamp,
+                "timestamp_given": e.timestamp_given,
+                "value": e.value,
+                "received_at": now,
+            }
+            for e in first.values()
+        ]
+        # Insert what is new and skip what is there (a concurrent writer of the same id waits
+        # for the other to finish, no retries); then the skipped ones must match what is stored.
+        insert = (pg_insert if self.dialect == "postgresql" else sqlite_insert)(Event)
+        statement = insert.on_conflict_do_nothing(index_elements=[Event.event_key]).returning(
+            Event.event_key, sort_by_parameter_order=True
+        )
+        with self._write() as session:
+            inserted = set(session.scalars(statement, rows)) if rows else set()
+            skipped = [k for k in first if k not in inserted]
+            for keys in _chunks(skipped):
+                for old in session.scalars(select(Event).where(Event.event_key.in_(keys))):
+                    new = first[old.event_key]
+                    if old.event_id == new.event_id and not new.same_as(old):
+                        raise StoreError(
+                            f"event_id {_show(new.event_id)} was stored before with different content"
+                            f" (user_id {_show(old.user_id)}, item_id {_show(old.item_id)},"
+                            f" event {old.event!r}, timestamp {old.timestamp}, value {old.value})",
+                            fix="a re-sent event must be identical; a new event needs a new event_id",
                         )
-                        for e in fresh
-                    )
-                return len(fresh), duplicates + len(first) - len(fresh)
-            except IntegrityError:
-                if attempt == _RETRIES - 1:
-                    raise
-        raise AssertionError("unreachable")
+        return len(inserted), duplicates + len(skipped)
 
     def history(self, user_id: str) -> list[StoredEvent]:
         """A user's stored events, oldest first; equal timestamps in order of arrival."""
