@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 from pg import postgres_server  # noqa: F401  (a fixture)
 from recscope.errors import RecscopeError, StoreError
 from recscope.serve.models import Base
-from recscope.serve.store import STORE_FILE, Store
+from recscope.serve.store import MIGRATIONS, STORE_FILE, Store
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -226,12 +226,24 @@ def test_migrated_schema_matches_the_models(store_url):
 
 
 def test_an_older_schema_is_upgraded_and_a_newer_one_refused(store_url):
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect
+
     engine = create_engine(store_url)
     try:
         with engine.begin() as connection:  # a database from before the store existed
             connection.execute(text("CREATE TABLE unrelated (x INTEGER)"))
         with Store.open(store_url) as store:
             assert store.add_events(event("e1")) == (1, 0)
+        with engine.begin() as connection:  # back to before the first revision, then up again on open
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = connection
+            command.downgrade(config, "base")
+            assert not inspect(connection).has_table("events")
+        with Store.open(store_url) as store:
+            assert store.history("u1") == [] and store.add_events(event("e1")) == (1, 0)
         with engine.begin() as connection:
             connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
         with pytest.raises(StoreError, match="schema is not one this recscope knows"):
