@@ -267,6 +267,8 @@ def test_sqlite_store_in_the_run_directory_is_durable_by_configuration(tmp_path)
 def test_bad_url_is_a_store_error(tmp_path):
     with pytest.raises(StoreError, match="not usable"):
         Store.open("nonsense://x")
+    with pytest.raises(StoreError, match="SQLite or PostgreSQL only"):
+        Store.open("mysql+pymysql://me@host/db")
     with pytest.raises(StoreError, match=r"nonsense://me:\*\*\*@host/db") as unusable:
         Store.open("nonsense://me:pa55word@host/db")
     assert "pa55word" not in str(unusable.value)

@@ -254,6 +254,8 @@ class Store:
         """Open (creating if need be) the store at a SQLAlchemy URL and migrate it to head."""
         try:
             parsed = make_url(url)
+            if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+                raise ArgumentError("the store runs on SQLite or PostgreSQL only")
             kwargs: dict[str, Any] = {}
             if parsed.get_backend_name() == "postgresql":
                 kwargs["pool_pre_ping"] = True
