@@ -502,6 +502,31 @@ def report(
 
 
 @_command()
+def serve(
+    run: RunArg,
+    db: Annotated[
+        str | None, typer.Option("--db", metavar="URL", help="store URL (default: store.sqlite in the run)")
+    ] = None,
+    host: Annotated[str, typer.Option("--host", metavar="ADDR", help="address to bind (loopback only for now)")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option("--port", metavar="N", min=1, max=65535, help="TCP port")] = 8000,
+) -> None:
+    """The live service: recommendations, explanations and events over HTTP (docs at /docs)."""
+    import uvicorn
+
+    from recscope.serve.app import create_app
+    from recscope.serve.settings import LOOPBACK, Settings
+
+    if host not in LOOPBACK:
+        raise RecscopeError(
+            f"--host {host!r} is not a loopback address: serving beyond this machine needs an API key",
+            fix="use --host 127.0.0.1 (API keys come with a later version)",
+        )
+    uvicorn.run(create_app(Settings(run=run, db=db, host=host, port=port)), host=host, port=port)
+
+
+@_command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="where to write the run and figures")] = Path(
         "demo-out"

@@ -1,0 +1,22 @@
+"""The service's settings: from arguments, or ``RECSCOPE_*`` environment variables.
+
+Nothing is read or checked at import: ``Settings()`` with no run is valid to build, and the
+app refuses it when it starts (``create_app``'s lifespan), naming the missing setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECSCOPE_", extra="forbid")
+
+    run: Path | None = None  # (path) run directory written by `recscope train`
+    db: str | None = None  # (SQLAlchemy URL) the event store; None: store.sqlite in the run
+    host: str = "127.0.0.1"  # (str) address to bind; loopback only until the service has API keys
+    port: int = 8000  # (int) TCP port

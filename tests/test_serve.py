@@ -1,0 +1,225 @@
+"""The live service over a tiny run: TestClient for the routes, one real uvicorn process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2 as httpx  # what starlette's TestClient uses; httpx there is deprecated
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from recscope.cli import app as cli
+from recscope.recommend import Recommender
+from recscope.serve.app import create_app
+from recscope.serve.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.yaml")
+SPEC = "synthetic:users=200,items=120,seed=5"
+USER = "U00007"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("serve") / "run"
+    result = CliRunner().invoke(
+        cli, ["train", "--data", SPEC, "--out", str(out), "--config", TINY, "--set", "train.epochs=2"]
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def rec(run) -> Recommender:
+    return Recommender.load(run)
+
+
+@pytest.fixture(scope="module")
+def client(run):
+    with TestClient(create_app(Settings(run=run))) as c:
+        yield c
+
+
+def _ids(response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [r["item_id"] for r in response.json()["items"]]
+
+
+def _event(event_id, user, item, **more):
+    return {"event_id": event_id, "user_id": user, "item_id": item, **more}
+
+
+def test_health(client):
+    assert client.get("/health/live").json() == {"status": "ok"}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200 and ready.json()["model"] and ready.json()["store"]
+    assert re.fullmatch(r"[0-9a-f]{16}", ready.json()["model_version"])
+
+
+def test_settings_never_fail_at_import_and_an_app_without_a_run_is_not_ready():
+    app = create_app(Settings())
+    assert TestClient(app).get("/health/ready").status_code == 503  # no lifespan run: nothing loaded
+
+
+def test_recommend_for_a_known_user(client, rec):
+    response = client.get(f"/users/{USER}/recommendations", params={"k": 5})
+    body = response.json()
+    assert [r["rank"] for r in body["items"]] == [1, 2, 3, 4, 5]
+    assert body["request_id"] and body["model_version"] and body["unknown_items"] == []
+    assert _ids(response) == [r.item_id for r in rec.recommend(user=USER, k=5)], "same as the Python API"
+    assert all(r["sentence"] is None and r["explanation"] is None for r in body["items"])
+
+
+def test_a_posted_purchase_changes_the_next_answer(client, rec):
+    user = "U00011"
+    before = _ids(client.get(f"/users/{user}/recommendations", params={"k": 10}))
+    length = len(client.get(f"/users/{user}/history").json()["items"])
+    bought = before[0]
+    event = _event("e-headline-1", user, bought, timestamp="2030-01-01T00:00:00Z", value=9.5)
+    assert client.post("/events", json={"events": [event]}).json() == {"accepted": 1, "duplicates": 0}
+    history = client.get(f"/users/{user}/history").json()
+    assert len(history["items"]) == length + 1
+    assert history["items"][-1] == {
+        "item_id": bought,
+        "event": "purchase",
+        "timestamp": 1893456000.0,
+        "source": "store",
+    }
+    after = _ids(client.get(f"/users/{user}/recommendations", params={"k": 10}))
+    assert after != before and bought not in after
+    assert client.post("/events", json={"events": [event]}).json() == {"accepted": 0, "duplicates": 1}
+    forgot = client.delete(f"/users/{user}").json()
+    assert forgot["deleted"]["events"] == 1 and forgot["deleted"]["served"] == 2
+    assert _ids(client.get(f"/users/{user}/recommendations", params={"k": 10})) == before
+
+
+def test_ad_hoc_history_names_unknown_ids(client, rec):
+    known = [rec.data.item_ids[i] for i in rec.history(USER)[:3]]
+    body = client.post("/recommendations", json={"history": [*known, "NOPE-1"], "k": 4}).json()
+    assert len(body["items"]) == 4 and not set(known) & {r["item_id"] for r in body["items"]}
+    assert body["unknown_items"] == ["NOPE-1"]
+    assert [r["item_id"] for r in body["items"]] == [r.item_id for r in rec.recommend(history=known, k=4)]
+
+
+def test_explanations_are_the_python_apis(client, rec):
+    top = rec.recommend(user=USER, k=3)[0].item_id
+    method = rec.default_method()
+    got = client.get(f"/users/{USER}/recommendations/{top}/explanation", params={"method": method}).json()
+    want = json.loads(rec.explain(user=USER, item=top, method=method)[0].to_json())
+    got.pop("ms"), want.pop("ms")  # time taken
+    assert got == want
+    body = client.get(f"/users/{USER}/recommendations", params={"k": 2, "explain": True}).json()
+    assert all(r["sentence"] and r["explanation"]["item_id"] == r["item_id"] for r in body["items"])
+
+
+def test_a_dismissed_item_is_never_recommended(client, run):
+    from recscope.serve.store import Store
+
+    user = "U00013"
+    first = client.get(f"/users/{user}/recommendations", params={"k": 5}).json()
+    with Store.for_run(run) as store:
+        store.add_feedback(first["request_id"], user, first["items"][0]["item_id"], "dismiss")
+    after = _ids(client.get(f"/users/{user}/recommendations", params={"k": 5}))
+    assert first["items"][0]["item_id"] not in after
+    assert after[:4] == [r["item_id"] for r in first["items"][1:]]
+
+
+def _field(response) -> list:
+    assert response.status_code == 422, response.text
+    return [e["loc"][-1] for e in response.json()["detail"]]
+
+
+def test_bad_input_is_422_naming_the_field_and_unknowns_are_404(client, rec):
+    assert "k" in _field(client.get(f"/users/{USER}/recommendations", params={"k": 0}))
+    assert "user_id" in _field(client.post("/events", json={"events": [{"event_id": "x", "item_id": "P1"}]}))
+    extra = _event("x", USER, "P1", colour="red")
+    assert "colour" in _field(client.post("/events", json={"events": [extra]}))
+    assert "k" in _field(client.post("/recommendations", json={"history": ["P1"], "k": 0}))
+    missing = client.get("/users/nobody-at-all/recommendations")
+    assert missing.status_code == 404 and "nobody-at-all" in missing.json()["error"]
+    assert client.get("/users/nobody-at-all/history").status_code == 404
+    item = client.get(f"/users/{USER}/recommendations/NO-SUCH-ITEM/explanation")
+    assert item.status_code == 404 and "NO-SUCH-ITEM" in item.json()["error"]
+    bad_time = client.post("/events", json={"events": [_event("t", USER, "P1", timestamp="yesterday")]})
+    assert bad_time.status_code == 422 and "timestamp" in bad_time.json()["error"]
+    assert client.post("/events", json={"events": [_event("e-once", USER, rec.data.item_ids[1])]}).status_code == 200
+    changed = client.post("/events", json={"events": [_event("e-once", USER, rec.data.item_ids[2])]})
+    assert changed.status_code == 422 and "e-once" in changed.json()["error"]
+    client.delete(f"/users/{USER}")
+
+
+def test_unicode_and_markup_ids_come_back_exactly(client, rec):
+    user = "<b>Zoë</b> & 用户 🛒\"'"
+    odd_item = "<script>alert('x')</script>–ü"
+    known = rec.data.item_ids[5]
+    events = [_event("u-1", user, known, timestamp=100.0), _event("u-2", user, odd_item, timestamp=200.0)]
+    assert client.post("/events", json={"events": events}).json() == {"accepted": 2, "duplicates": 0}
+    history = client.get(f"/users/{user}/history").json()
+    assert history["user_id"] == user and [h["item_id"] for h in history["items"]] == [known, odd_item]
+    body = client.get(f"/users/{user}/recommendations", params={"k": 3}).json()
+    assert body["unknown_items"] == [odd_item] and known not in {r["item_id"] for r in body["items"]}
+    assert client.delete(f"/users/{user}").json()["deleted"]["events"] == 2
+
+
+def test_docs_are_served_without_a_cdn(client):
+    page = client.get("/docs")
+    assert page.status_code == 200
+    urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text) + re.findall(
+        r"""url: ?['"]([^'"]+)['"]""", page.text
+    )
+    assert not re.search(r"https?://", page.text.replace("http://testserver", "")), "no external URL"
+    assets = [u for u in urls if u.startswith("/")]
+    assert any(u.endswith(".js") for u in assets) and any(u.endswith(".css") for u in assets)
+    for url in assets:
+        assert client.get(url).status_code == 200, url
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _recscope() -> str:
+    return str(Path(sys.executable).parent / "recscope")
+
+
+def test_a_non_loopback_host_is_refused(run):
+    result = subprocess.run([_recscope(), "serve", str(run), "--host", "0.0.0.0"], capture_output=True, text=True)
+    assert result.returncode == 2 and "API key" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_recscope_serve_in_a_real_process(run, rec, tmp_path):
+    port = _free_port()
+    db = f"sqlite:///{tmp_path / 'live.sqlite'}"
+    cmd = [_recscope(), "serve", str(run), "--db", db, "--port", str(port)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stdout.read().decode()
+            try:
+                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the service did not get ready in 60 s"
+            time.sleep(0.2)
+        before = _ids(httpx.get(f"{base}/users/{USER}/recommendations", params={"k": 5}))
+        event = {"events": [_event("live-1", USER, before[0])]}
+        assert httpx.post(f"{base}/events", json=event).json() == {"accepted": 1, "duplicates": 0}
+        after = _ids(httpx.get(f"{base}/users/{USER}/recommendations", params={"k": 5}))
+        assert before[0] not in after
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
