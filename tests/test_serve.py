@@ -192,9 +192,11 @@ def _recscope() -> str:
     return str(Path(sys.executable).parent / "recscope")
 
 
-def test_a_non_loopback_host_is_refused(run):
+def test_a_non_loopback_host_or_a_missing_run_is_one_line_of_error(run, tmp_path):
     result = subprocess.run([_recscope(), "serve", str(run), "--host", "0.0.0.0"], capture_output=True, text=True)
     assert result.returncode == 2 and "API key" in result.stderr and len(result.stderr.splitlines()) == 1
+    result = subprocess.run([_recscope(), "serve", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert result.returncode == 2 and "no run.json" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
 def test_recscope_serve_in_a_real_process(run, rec, tmp_path):

@@ -515,7 +515,7 @@ def serve(
     """The live service: recommendations, explanations and events over HTTP (docs at /docs)."""
     import uvicorn
 
-    from recscope.serve.app import create_app
+    from recscope.serve.app import create_app, load_service
     from recscope.serve.settings import LOOPBACK, Settings
 
     if host not in LOOPBACK:
@@ -523,7 +523,8 @@ def serve(
             f"--host {host!r} is not a loopback address: serving beyond this machine needs an API key",
             fix="use --host 127.0.0.1 (API keys come with a later version)",
         )
-    uvicorn.run(create_app(Settings(run=run, db=db, host=host, port=port)), host=host, port=port)
+    settings = Settings(run=run, db=db, host=host, port=port)
+    uvicorn.run(create_app(settings, service=load_service(settings)), host=host, port=port)
 
 
 @_command()

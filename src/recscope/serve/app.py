@@ -51,10 +51,13 @@ async def _recscope_error(_request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"error": error.problem, "fix": error.fix}, status_code=_status(error))
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI:
+    """The app over ``settings.run``; a ``service`` already loaded (the CLI loads it first, so a
+    bad run or store URL is one line of error, not a server traceback) is used as it is."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        svc = load_service(settings)
+        svc = service if service is not None else load_service(settings)
         app.state.service = svc
         try:
             yield
