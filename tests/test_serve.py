@@ -148,6 +148,8 @@ def test_bad_input_is_422_naming_the_field_and_unknowns_are_404(client, rec):
     assert client.get("/users/nobody-at-all/history").status_code == 404
     item = client.get(f"/users/{USER}/recommendations/NO-SUCH-ITEM/explanation")
     assert item.status_code == 404 and "NO-SUCH-ITEM" in item.json()["error"]
+    bogus = client.get(f"/users/{USER}/recommendations", params={"explain": True, "method": "bogus"})
+    assert bogus.status_code == 422 and "bogus" in bogus.json()["error"] and bogus.json()["fix"]
     bad_time = client.post("/events", json={"events": [_event("t", USER, "P1", timestamp="yesterday")]})
     assert bad_time.status_code == 422 and "timestamp" in bad_time.json()["error"]
     assert client.post("/events", json={"events": [_event("e-once", USER, rec.data.item_ids[1])]}).status_code == 200
