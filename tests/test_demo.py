@@ -19,6 +19,7 @@ def test_demo_end_to_end_writes_the_report(tmp_path):
     summary = json.loads((out / "demo.json").read_text())
     page = out / "report" / "index.html"
     assert summary["report"] == str(page) and str(page) in result.output.replace("\n", "")
+    assert f"recscope serve {out / 'run'}" in result.output.replace("\n", "")  # where the live half starts
     html = page.read_text(encoding="utf-8")
     data = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', html, re.S)[1])
     first = data["histories"][0]

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from recscope import config as config_mod
 from recscope.data import load_dataset, make_split
@@ -103,8 +104,10 @@ def _demo(run: Path, out_dir: Path, data, cfg, spec: str, console: Console, out:
     }
     (out_dir / "demo.json").write_text(json.dumps(summary, indent=2))
     out.print(
-        f"\nrun: {run}\nwhy-heatmap: {heatmap}\nattention heatmap: {png}\nsummary: {out_dir / 'demo.json'}"
-        f"\n[bold]report (open in a browser, works offline): {page}[/]"
+        Text(f"\nrun: {run}\nwhy-heatmap: {heatmap}\nattention heatmap: {png}\nsummary: {out_dir / 'demo.json'}\n"),
+        Text(f"report (open in a browser, works offline): {page}", style="bold"),
+        Text(f"live: recscope serve {run}  (then GET /users/{user}/recommendations?explain=true, POST /events, /docs)"),
+        sep="\n",
     )
     console.print(f"demo done in {steps.total()}", highlight=False)
     return summary
