@@ -227,3 +227,54 @@ def test_recscope_serve_in_a_real_process(run, rec, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_feedback_dismiss_hides_the_item_and_bad_feedback_is_refused(client):
+    user = "U00017"
+    first = client.get(f"/users/{user}/recommendations", params={"k": 5}).json()
+    top = first["items"][0]["item_id"]
+    body = {"request_id": first["request_id"], "user_id": user, "item_id": top, "action": "dismiss"}
+    posted = client.post("/feedback", json=body)
+    assert posted.status_code == 201 and posted.json() == body
+    after = _ids(client.get(f"/users/{user}/recommendations", params={"k": 5}))
+    assert top not in after and after[:4] == [r["item_id"] for r in first["items"][1:]]
+    helpful = {**body, "item_id": first["items"][1]["item_id"], "action": "explanation_helpful"}
+    assert client.post("/feedback", json=helpful).status_code == 201
+    unknown = client.post("/feedback", json={**body, "request_id": "no-such-request"})
+    assert unknown.status_code == 404 and "no-such-request" in unknown.json()["error"] and unknown.json()["fix"]
+    assert "action" in _field(client.post("/feedback", json={**body, "action": "like"}))
+    for name in ("request_id", "user_id", "item_id", "action"):
+        assert name in _field(client.post("/feedback", json={k: v for k, v in body.items() if k != name}))
+    assert "colour" in _field(client.post("/feedback", json={**body, "colour": "red"}))
+    other = client.post("/feedback", json={**body, "user_id": "U00018"})
+    assert other.status_code == 422 and "user_id" in other.json()["error"]
+    absent = client.post("/feedback", json={**body, "item_id": "NOT-SHOWN"})
+    assert absent.status_code == 422 and "NOT-SHOWN" in absent.json()["error"]
+    client.delete(f"/users/{user}")
+
+
+def test_what_if_on_the_live_history(client, rec):
+    user = "U00019"
+    held = [rec.data.item_ids[i] for i in rec.history(user)]
+    top = rec.recommend(user=user, k=3)[0].item_id
+    body = client.post("/what-if", json={"user_id": user, "remove": held[-1:], "add": [top], "k": 5}).json()
+    want = rec.what_if(user, remove=held[-1:], add=[top], k=5)
+    assert [r["item_id"] for r in body["before"]] == [r["item_id"] for r in want["before"]]
+    assert [r["item_id"] for r in body["after"]] == [r["item_id"] for r in want["after"]]
+    assert body["entered"] == want["entered"] and body["left"] == want["left"] and body["unknown"] == []
+    assert top in body["left"] and len(body["before"]) == 5
+    # a stored event joins the live history: it can be removed
+    assert client.post("/events", json={"events": [_event("wi-1", user, top)]}).status_code == 200
+    live = client.post("/what-if", json={"user_id": user, "remove": [top]}).json()
+    assert len(live["before"]) == 10 and top in [r["item_id"] for r in live["after"]]
+    client.delete(f"/users/{user}")
+    not_held = client.post("/what-if", json={"user_id": user, "remove": ["NOT-HELD-9"]})
+    assert not_held.status_code == 422 and "NOT-HELD-9" in not_held.json()["error"]
+    not_item = client.post("/what-if", json={"user_id": user, "add": ["NO-SUCH-ITEM"]})
+    assert not_item.status_code == 404 and "NO-SUCH-ITEM" in not_item.json()["error"]
+    nobody = client.post("/what-if", json={"user_id": "nobody-at-all"})
+    assert nobody.status_code == 404 and "nobody-at-all" in nobody.json()["error"]
+    assert "k" in _field(client.post("/what-if", json={"user_id": user, "k": 0}))
+    assert "user_id" in _field(client.post("/what-if", json={"remove": []}))
+    assert "remove" in _field(client.post("/what-if", json={"user_id": user, "remove": "P1"}))
+    assert "colour" in _field(client.post("/what-if", json={"user_id": user, "colour": 1}))

@@ -22,7 +22,7 @@ from recscope.errors import RecscopeError, RunError
 from recscope.recommend import Recommender
 from recscope.serve.deps import NotFound, NotReady, Service
 from recscope.serve.live import model_version
-from recscope.serve.routes import events, health, recommendations, users
+from recscope.serve.routes import events, feedback, health, recommendations, users, whatif
 from recscope.serve.settings import Settings
 from recscope.serve.store import Store
 
@@ -75,6 +75,6 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     app.state.settings = settings
     app.state.service = None
     app.add_exception_handler(RecscopeError, _recscope_error)
-    for module in (health, events, users, recommendations):
+    for module in (health, events, feedback, users, recommendations, whatif):
         app.include_router(module.router)
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -85,3 +85,35 @@ class Readiness(Strict):
 class ErrorOut(Strict):
     error: str
     fix: str | None = None
+
+
+Action = Literal["click", "purchase", "dismiss", "explanation_helpful", "explanation_unhelpful"]
+
+
+class FeedbackIn(Strict):
+    request_id: str = Field(min_length=1, description="the request_id of the served list")
+    user_id: str = Field(min_length=1)
+    item_id: str = Field(min_length=1, description="an item of that list")
+    action: Action
+
+
+class FeedbackOut(Strict):
+    request_id: str
+    user_id: str
+    item_id: str
+    action: str
+
+
+class WhatIfIn(Strict):
+    user_id: str = Field(min_length=1)
+    remove: list[str] = Field(default_factory=list, description="item ids the live history holds")
+    add: list[str] = Field(default_factory=list, description="item ids of the run, appended to the history")
+    k: int = Field(10, ge=1, le=1000)
+
+
+class WhatIfOut(Strict):
+    before: list[dict[str, Any]]  # Recommendation.to_dict() rows, rank order
+    after: list[dict[str, Any]]
+    entered: list[str]
+    left: list[str]
+    unknown: list[str]  # stored history ids the run does not know: skipped
