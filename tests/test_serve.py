@@ -278,3 +278,34 @@ def test_what_if_on_the_live_history(client, rec):
     assert "user_id" in _field(client.post("/what-if", json={"remove": []}))
     assert "remove" in _field(client.post("/what-if", json={"user_id": user, "remove": "P1"}))
     assert "colour" in _field(client.post("/what-if", json={"user_id": user, "colour": 1}))
+
+
+def test_items_of_the_run_and_of_the_store(client, rec):
+    index = 3
+    item_id = rec.data.item_ids[index]
+    got = client.get(f"/items/{item_id}").json()
+    assert got["item_id"] == item_id and got["title"] == rec.data.title(index)
+    assert got["source"] == "run" and got["recommendable"] is True and got["attributes"]
+    for f in rec.data.fields:
+        labels = f.labels(index)
+        if labels:
+            assert got["attributes"][f.name] == (labels if f.kind == "multi" else labels[0])
+    body = {"title": "Nova Lamp <b>2</b>", "attributes": {"brand": "Nova", "tags": ["home", "light"], "price": 19.5}}
+    created = client.put("/items/NEW-ITEM/1", json=body)
+    assert created.status_code == 201, created.text
+    assert created.json() == {**body, "item_id": "NEW-ITEM/1", "source": "store", "recommendable": False}
+    assert client.get("/items/NEW-ITEM/1").json() == created.json()
+    updated = client.put("/items/NEW-ITEM/1", json={"title": "Nova Lamp 3"})
+    assert updated.status_code == 200 and updated.json()["title"] == "Nova Lamp 3"
+    assert updated.json()["attributes"] == {}
+    in_run = client.put(f"/items/{item_id}", json=body)
+    assert in_run.status_code == 409 and item_id in in_run.json()["error"] and in_run.json()["fix"]
+    missing = client.get("/items/NO-SUCH-ITEM")
+    assert missing.status_code == 404 and "NO-SUCH-ITEM" in missing.json()["error"]
+    assert "title" in _field(client.put("/items/X", json={"attributes": {}}))
+    assert "title" in _field(client.put("/items/X", json={"title": ""}))
+    assert "colour" in _field(client.put("/items/X", json={"title": "t", "colour": "red"}))
+    assert "attributes" in [
+        e["loc"][1] for e in client.put("/items/X", json={"title": "t", "attributes": {"a": {"b": 1}}}).json()["detail"]
+    ]
+    assert client.get("/items/X").status_code == 404, "nothing stored by a refused PUT"

@@ -2,9 +2,9 @@
 
 The lifespan loads the run's Recommender and opens the Store once; routes reach them through
 the typed dependencies of ``deps.py``. Errors recscope raises for what a client sent come back
-as JSON ``{"error": ..., "fix": ...}``: 404 for an unknown user or item, 422 for other bad
-input (pydantic's own 422 names the field and the reason). ``/docs`` serves Swagger UI from
-the assets ``fastapi-offline`` installs: no CDN.
+as JSON ``{"error": ..., "fix": ...}``: 404 for an unknown user or item, 409 for a write the
+state refuses, 422 for other bad input (pydantic's own 422 names the field and the reason).
+``/docs`` serves Swagger UI from the assets ``fastapi-offline`` installs: no CDN.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from fastapi_offline import FastAPIOffline
 import recscope
 from recscope.errors import RecscopeError, RunError
 from recscope.recommend import Recommender
-from recscope.serve.deps import NotFound, NotReady, Service
+from recscope.serve.deps import Conflict, NotFound, NotReady, Service
 from recscope.serve.live import model_version
-from recscope.serve.routes import events, feedback, health, recommendations, users, whatif
+from recscope.serve.routes import events, feedback, health, items, recommendations, users, whatif
 from recscope.serve.settings import Settings
 from recscope.serve.store import Store
 
@@ -43,6 +43,8 @@ def _status(error: RecscopeError) -> int:
         return 404
     if isinstance(error, NotReady):
         return 503
+    if isinstance(error, Conflict):
+        return 409
     return 422
 
 
@@ -75,6 +77,6 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     app.state.settings = settings
     app.state.service = None
     app.add_exception_handler(RecscopeError, _recscope_error)
-    for module in (health, events, feedback, users, recommendations, whatif):
+    for module in (health, events, feedback, items, users, recommendations, whatif):
         app.include_router(module.router)
     return app

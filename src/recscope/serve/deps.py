@@ -17,6 +17,10 @@ class NotFound(RecscopeError):
     """A user or item the run and the store do not know: answered with 404."""
 
 
+class Conflict(RecscopeError):
+    """A write the current state refuses (e.g. PUT of an item the run was trained on): 409."""
+
+
 class NotReady(RecscopeError):
     """The model or store is not loaded (yet): answered with 503."""
 

@@ -117,3 +117,19 @@ class WhatIfOut(Strict):
     entered: list[str]
     left: list[str]
     unknown: list[str]  # stored history ids the run does not know: skipped
+
+
+Scalar = str | bool | int | float | None
+
+
+class ItemIn(Strict):
+    title: str = Field(min_length=1)
+    attributes: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict, description="field: value or [values]")
+
+
+class ItemOut(Strict):
+    item_id: str
+    title: str
+    attributes: dict[str, Any]
+    source: Literal["run", "store"]  # the trained catalog, or added to the store since
+    recommendable: bool  # the model can recommend it (items added after training: not yet)
