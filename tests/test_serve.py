@@ -201,11 +201,55 @@ def test_a_non_loopback_host_or_a_missing_run_is_one_line_of_error(run, tmp_path
     assert result.returncode == 2 and "no run.json" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
+def test_an_api_key_lifts_the_loopback_rule_and_an_unset_key_variable_is_one_line(run, tmp_path):
+    env = {**os.environ, "RECSCOPE_TEST_KEY": "cli-key-3"}
+    env.pop("RECSCOPE_UNSET_KEY", None)
+    unset = [_recscope(), "serve", str(run), "--api-key-env", "RECSCOPE_UNSET_KEY"]
+    for extra in ({}, {"RECSCOPE_UNSET_KEY": ""}):
+        result = subprocess.run(unset, capture_output=True, text=True, env={**env, **extra})
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+        assert "RECSCOPE_UNSET_KEY" in result.stderr and "unset or empty" in result.stderr
+    # with a key, 0.0.0.0 passes the host rule: what stops this run is the missing run.json
+    cmd = [_recscope(), "serve", str(tmp_path / "nope"), "--host", "0.0.0.0", "--api-key-env", "RECSCOPE_TEST_KEY"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and "no run.json" in result.stderr and "API key" not in result.stderr
+    assert "cli-key-3" not in result.stderr + result.stdout
+
+
+def test_with_an_api_key_writes_and_admin_need_it_and_reads_stay_open(run, rec, tmp_path):
+    settings = Settings(run=run, db=f"sqlite:///{tmp_path / 'keyed.sqlite'}", api_key="s3cret-key")
+    assert "s3cret-key" not in repr(settings) + str(settings)
+    user, item = "U00021", rec.data.item_ids[4]
+    with TestClient(create_app(settings)) as keyed:
+        good, bad = {"X-API-Key": "s3cret-key"}, {"X-API-Key": "s3cret-kex"}
+        served = keyed.get(f"/users/{user}/recommendations", params={"k": 3})
+        assert served.status_code == 200, "reads stay open"
+        top = served.json()["items"][0]["item_id"]
+        feedback = {"request_id": served.json()["request_id"], "user_id": user, "item_id": top, "action": "click"}
+        writes = [
+            ("post", "/events", {"json": {"events": [_event("k-1", user, item)]}}),
+            ("post", "/feedback", {"json": feedback}),
+            ("put", "/items/KEYED-1", {"json": {"title": "Keyed"}}),
+            ("delete", f"/users/{user}", {}),
+        ]
+        for method, url, kwargs in writes:
+            for headers in ({}, bad, {"X-API-Key": ""}):
+                refused = keyed.request(method, url, headers=headers, **kwargs)
+                assert refused.status_code == 401, (method, url, headers)
+                assert "X-API-Key" in refused.json()["error"] and refused.json()["fix"]
+            assert keyed.request(method, url, headers=good, **kwargs).status_code in (200, 201), (method, url)
+        assert keyed.put("/items/KEYED-2", json={"title": ""}).status_code == 401, "the key is checked first"
+        assert keyed.get("/items/KEYED-1").status_code == 200
+        assert keyed.post("/what-if", json={"user_id": user, "k": 3}).status_code == 200
+        assert keyed.post("/recommendations", json={"history": [item], "k": 3}).status_code == 200
+        assert keyed.get("/health/ready").status_code == 200 and keyed.get("/docs").status_code == 200
+
+
 def test_recscope_serve_in_a_real_process(run, rec, tmp_path):
     port = _free_port()
     db = f"sqlite:///{tmp_path / 'live.sqlite'}"
-    cmd = [_recscope(), "serve", str(run), "--db", db, "--port", str(port)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [_recscope(), "serve", str(run), "--db", db, "--port", str(port), "--api-key-env", "RECSCOPE_TEST_KEY"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RECSCOPE_TEST_KEY": "live-key-7"}
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -221,7 +265,9 @@ def test_recscope_serve_in_a_real_process(run, rec, tmp_path):
             time.sleep(0.2)
         before = _ids(httpx.get(f"{base}/users/{USER}/recommendations", params={"k": 5}))
         event = {"events": [_event("live-1", USER, before[0])]}
-        assert httpx.post(f"{base}/events", json=event).json() == {"accepted": 1, "duplicates": 0}
+        assert httpx.post(f"{base}/events", json=event).status_code == 401
+        key = {"X-API-Key": "live-key-7"}
+        assert httpx.post(f"{base}/events", json=event, headers=key).json() == {"accepted": 1, "duplicates": 0}
         after = _ids(httpx.get(f"{base}/users/{USER}/recommendations", params={"k": 5}))
         assert before[0] not in after
     finally:

@@ -507,10 +507,18 @@ def serve(
     db: Annotated[
         str | None, typer.Option("--db", metavar="URL", help="store URL (default: store.sqlite in the run)")
     ] = None,
-    host: Annotated[str, typer.Option("--host", metavar="ADDR", help="address to bind (loopback only for now)")] = (
-        "127.0.0.1"
-    ),
+    host: Annotated[
+        str, typer.Option("--host", metavar="ADDR", help="address to bind (beyond loopback only with --api-key-env)")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", metavar="N", min=1, max=65535, help="TCP port")] = 8000,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key-env",
+            metavar="VAR",
+            help="environment variable holding the X-API-Key that write and admin routes require",
+        ),
+    ] = None,
 ) -> None:
     """The live service: recommendations, explanations and events over HTTP (docs at /docs)."""
     import uvicorn
@@ -518,12 +526,20 @@ def serve(
     from recscope.serve.app import create_app, load_service
     from recscope.serve.settings import LOOPBACK, Settings
 
-    if host not in LOOPBACK:
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env, "")
+        if not api_key:
+            raise RecscopeError(
+                f"--api-key-env {api_key_env}: that environment variable is unset or empty",
+                fix=f"export {api_key_env}=<a long random key>, or leave out --api-key-env",
+            )
+    if host not in LOOPBACK and api_key is None:
         raise RecscopeError(
             f"--host {host!r} is not a loopback address: serving beyond this machine needs an API key",
-            fix="use --host 127.0.0.1 (API keys come with a later version)",
+            fix="use --host 127.0.0.1, or set a key with --api-key-env VAR",
         )
-    settings = Settings(run=run, db=db, host=host, port=port)
+    settings = Settings(run=run, db=db, host=host, port=port, api_key=api_key)
     uvicorn.run(create_app(settings, service=load_service(settings)), host=host, port=port)
 
 

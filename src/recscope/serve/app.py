@@ -2,8 +2,9 @@
 
 The lifespan loads the run's Recommender and opens the Store once; routes reach them through
 the typed dependencies of ``deps.py``. Errors recscope raises for what a client sent come back
-as JSON ``{"error": ..., "fix": ...}``: 404 for an unknown user or item, 409 for a write the
-state refuses, 422 for other bad input (pydantic's own 422 names the field and the reason).
+as JSON ``{"error": ..., "fix": ...}``: 401 for a write or admin request without the API key
+(when one is set), 404 for an unknown user or item, 409 for a write the state refuses, 422 for
+other bad input (pydantic's own 422 names the field and the reason).
 ``/docs`` serves Swagger UI from the assets ``fastapi-offline`` installs: no CDN.
 """
 
@@ -20,7 +21,7 @@ from fastapi_offline import FastAPIOffline
 import recscope
 from recscope.errors import RecscopeError, RunError
 from recscope.recommend import Recommender
-from recscope.serve.deps import Conflict, NotFound, NotReady, Service
+from recscope.serve.deps import Conflict, NotFound, NotReady, Service, Unauthorized
 from recscope.serve.live import model_version
 from recscope.serve.routes import events, feedback, health, items, recommendations, users, whatif
 from recscope.serve.settings import Settings
@@ -43,6 +44,8 @@ def _status(error: RecscopeError) -> int:
         return 404
     if isinstance(error, NotReady):
         return 503
+    if isinstance(error, Unauthorized):
+        return 401
     if isinstance(error, Conflict):
         return 409
     return 422

@@ -3,10 +3,12 @@ the lifespan in ``app.py`` (``app.state.service``)."""
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader
 
 from recscope.errors import RecscopeError
 from recscope.recommend import Recommender
@@ -19,6 +21,10 @@ class NotFound(RecscopeError):
 
 class Conflict(RecscopeError):
     """A write the current state refuses (e.g. PUT of an item the run was trained on): 409."""
+
+
+class Unauthorized(RecscopeError):
+    """A write or admin request without the configured API key: answered with 401."""
 
 
 class NotReady(RecscopeError):
@@ -50,3 +56,21 @@ def store(svc: Annotated[Service, Depends(service)]) -> Store:
 ServiceDep = Annotated[Service, Depends(service)]
 RecommenderDep = Annotated[Recommender, Depends(recommender)]
 StoreDep = Annotated[Store, Depends(store)]
+
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="required by write and admin routes")
+
+
+def require_key(request: Request, given: Annotated[str | None, Depends(_api_key_header)]) -> None:
+    """Write and admin routes: when the settings hold an API key, X-API-Key must match it."""
+    key = request.app.state.settings.api_key
+    if key is None:
+        return
+    if given is None or not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
+        raise Unauthorized(
+            "missing or wrong X-API-Key: this route changes the store",
+            fix="send the service's API key in the X-API-Key header",
+        )
+
+
+WriteAccess = [Depends(require_key)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -18,5 +19,6 @@ class Settings(BaseSettings):
 
     run: Path | None = None  # (path) run directory written by `recscope train`
     db: str | None = None  # (SQLAlchemy URL) the event store; None: store.sqlite in the run
-    host: str = "127.0.0.1"  # (str) address to bind; loopback only until the service has API keys
+    host: str = "127.0.0.1"  # (str) address to bind; beyond loopback only with an api_key
+    api_key: SecretStr | None = None  # (secret) X-API-Key that write and admin routes require; None: open
     port: int = 8000  # (int) TCP port

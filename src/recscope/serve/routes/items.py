@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from recscope.recommend import Recommender
-from recscope.serve.deps import Conflict, NotFound, ServiceDep
+from recscope.serve.deps import Conflict, NotFound, ServiceDep, WriteAccess
 from recscope.serve.live import _index
 from recscope.serve.schemas import ItemIn, ItemOut
 
@@ -23,7 +23,7 @@ def run_item(rec: Recommender, item_id: str, index: int) -> ItemOut:
     )
 
 
-@router.put("/{item_id:path}", responses={201: {"model": ItemOut}})
+@router.put("/{item_id:path}", responses={201: {"model": ItemOut}}, dependencies=WriteAccess)
 def put_item(item_id: str, body: ItemIn, svc: ServiceDep, response: Response) -> ItemOut:
     """Add an item (201) or replace a stored one's title and attributes (200). Items of the run
     are 409: their catalog entry is the trained data."""

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from recscope.serve.deps import ServiceDep, StoreDep
+from recscope.serve.deps import ServiceDep, StoreDep, WriteAccess
 from recscope.serve.live import explain_item, serve_list, user_history
 from recscope.serve.schemas import ForgetOut, HistoryOut, RecommendationsOut
 
@@ -23,7 +23,7 @@ def history(user_id: str, svc: ServiceDep) -> HistoryOut:
     return HistoryOut(user_id=user_id, items=user_history(svc, user_id).items)
 
 
-@router.delete("/{user_id:path}")
+@router.delete("/{user_id:path}", dependencies=WriteAccess)
 def forget(user_id: str, store: StoreDep) -> ForgetOut:
     """Delete the user's stored events, served lists and feedback (the trained run is unchanged)."""
     return ForgetOut(user_id=user_id, deleted=store.forget(user_id))
