@@ -355,3 +355,24 @@ def test_items_of_the_run_and_of_the_store(client, rec):
         e["loc"][1] for e in client.put("/items/X", json={"title": "t", "attributes": {"a": {"b": 1}}}).json()["detail"]
     ]
     assert client.get("/items/X").status_code == 404, "nothing stored by a refused PUT"
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(client, rec):
+    item = rec.data.item_ids[1]
+    big = {"events": [_event(f"big-{n}", "U00023", item, event="x" * 90) for n in range(8000)]}
+    refused = client.post("/events", json=big)
+    assert refused.status_code == 413 and "1048576" in refused.json()["error"]
+
+    def chunks():
+        yield b'{"events": ['
+        for n in range(8000):
+            yield json.dumps(_event(f"chunk-{n}", "U00023", item, event="x" * 90)).encode() + b","
+        yield b"]}"
+
+    chunked = client.post("/events", content=chunks(), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413 and "1048576" in chunked.json()["detail"]
+    assert client.get("/users/U00023/history").json()["items"][-1]["source"] == "run", "nothing stored"
+    small_body = json.dumps({"events": [_event("small-1", "U00023", item)]}).encode()
+    small = client.post("/events", content=iter([small_body]), headers={"content-type": "application/json"})
+    assert small.status_code == 200
+    client.delete("/users/U00023")

@@ -22,6 +22,7 @@ import recscope
 from recscope.errors import RecscopeError, RunError
 from recscope.recommend import Recommender
 from recscope.serve.deps import Conflict, NotFound, NotReady, Service, Unauthorized
+from recscope.serve.limits import BodyLimit
 from recscope.serve.live import model_version
 from recscope.serve.routes import events, feedback, health, items, recommendations, users, whatif
 from recscope.serve.settings import Settings
@@ -80,6 +81,7 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     app.state.settings = settings
     app.state.service = None
     app.add_exception_handler(RecscopeError, _recscope_error)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body)
     for module in (health, events, feedback, items, users, recommendations, whatif):
         app.include_router(module.router)
     return app

@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from recscope.serve.limits import MAX_BODY
+
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -22,3 +24,4 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"  # (str) address to bind; beyond loopback only with an api_key
     api_key: SecretStr | None = None  # (secret) X-API-Key that write and admin routes require; None: open
     port: int = 8000  # (int) TCP port
+    max_body: int = MAX_BODY  # (bytes) larger request bodies are refused with 413
