@@ -376,3 +376,20 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(client, rec):
     small = client.post("/events", content=iter([small_body]), headers={"content-type": "application/json"})
     assert small.status_code == 200
     client.delete("/users/U00023")
+
+
+def test_metrics_count_requests_by_route_template_and_status(client):
+    client.get(f"/users/{USER}/recommendations", params={"k": 2})
+    client.get("/users/nobody-at-all/recommendations")
+    client.get("/no/such/path")
+    page = client.get("/metrics")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/plain")
+    text = page.text
+    route = "/users/{user_id:path}/recommendations"
+    for status in ("200", "404"):
+        assert re.search(
+            rf'recscope_http_requests_total\{{method="GET",route="{re.escape(route)}",status="{status}"\}} [1-9]', text
+        )
+    assert 'route="unmatched",status="404"' in text
+    assert f'recscope_http_request_duration_seconds_bucket{{le="0.005",method="GET",route="{route}"}}' in text
+    assert "nobody-at-all" not in text, "ids never become labels"

@@ -21,9 +21,11 @@ from fastapi_offline import FastAPIOffline
 import recscope
 from recscope.errors import RecscopeError, RunError
 from recscope.recommend import Recommender
+from recscope.serve import metrics
 from recscope.serve.deps import Conflict, NotFound, NotReady, Service, Unauthorized
 from recscope.serve.limits import BodyLimit
 from recscope.serve.live import model_version
+from recscope.serve.metrics import Metrics, MetricsMiddleware
 from recscope.serve.routes import events, feedback, health, items, recommendations, users, whatif
 from recscope.serve.settings import Settings
 from recscope.serve.store import Store
@@ -82,6 +84,8 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     app.state.service = None
     app.add_exception_handler(RecscopeError, _recscope_error)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body)
-    for module in (health, events, feedback, items, users, recommendations, whatif):
+    app.state.metrics = Metrics()
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts 413s too
+    for module in (health, metrics, events, feedback, items, users, recommendations, whatif):
         app.include_router(module.router)
     return app
