@@ -43,7 +43,8 @@ class LiveHistory:
     in_run: bool  # the run was trained on this user
 
 
-def _index(rec: Recommender, item_id: str) -> int | None:
+def item_index_or_none(rec: Recommender, item_id: str) -> int | None:
+    """The dense index of ``item_id``, or None when the run does not know it."""
     try:
         return rec.data.item_index(item_id)
     except DataError:
@@ -73,7 +74,7 @@ def user_history(svc: Service, user_id: str) -> LiveHistory:
     items += [HistoryItem(item_id=e.item_id, event=e.event, timestamp=e.timestamp, source="store") for e in stored]
     indices, unknown = [], []
     for item in items:
-        index = _index(rec, item.item_id)
+        index = item_index_or_none(rec, item.item_id)
         if index is None:
             unknown.append(item.item_id)
         else:
@@ -85,7 +86,7 @@ def adhoc_history(rec: Recommender, item_ids: list[str]) -> LiveHistory:
     """A history given by id in a request (anonymous): unknown ids are skipped and named."""
     indices, unknown = [], []
     for item_id in item_ids:
-        index = _index(rec, item_id)
+        index = item_index_or_none(rec, item_id)
         if index is None:
             unknown.append(item_id)
         else:
@@ -94,7 +95,8 @@ def adhoc_history(rec: Recommender, item_ids: list[str]) -> LiveHistory:
     return LiveHistory(None, items, np.array(indices, dtype=np.int64), unknown, False)
 
 
-def _require_known(rec: Recommender, history: LiveHistory) -> None:
+def require_known(rec: Recommender, history: LiveHistory) -> None:
+    """Refuse a history none of whose items the run knows (a DataError naming them)."""
     if len(history.indices) == 0:
         shown = ", ".join(repr(i) for i in history.unknown[:5]) + (" ..." if len(history.unknown) > 5 else "")
         raise DataError(
@@ -110,8 +112,8 @@ def known_ids(rec: Recommender, history: LiveHistory) -> list[str]:
 def explain_item(svc: Service, history: LiveHistory, item_id: str, k: int = 10, method: str | None = None):
     """The Explanation of one item for this history (any item: outside the top-K says so)."""
     rec = svc.recommender
-    _require_known(rec, history)
-    if _index(rec, item_id) is None:
+    require_known(rec, history)
+    if item_index_or_none(rec, item_id) is None:
         raise NotFound(f"unknown item {item_id!r}", fix=f"use an item id of the run (e.g. {rec.data.item_ids[1]})")
     explanation = rec.explain(history=known_ids(rec, history), item=item_id, k=k, method=method)[0]
     explanation.user = history.user_id
@@ -121,9 +123,9 @@ def explain_item(svc: Service, history: LiveHistory, item_id: str, k: int = 10, 
 def serve_list(svc: Service, history: LiveHistory, k: int, explain: bool, method: str | None) -> RecommendationsOut:
     """The top-``k`` for a history: owned and dismissed items hidden, logged as served."""
     rec = svc.recommender
-    _require_known(rec, history)
+    require_known(rec, history)
     dismissed = svc.store.dismissed(history.user_id) if history.user_id is not None else set()
-    exclude = [i for i in (_index(rec, d) for d in sorted(dismissed)) if i is not None]
+    exclude = [i for i in (item_index_or_none(rec, d) for d in sorted(dismissed)) if i is not None]
     scores = hide(rec.scores(history.indices), exclude=exclude or None)  # owned hidden by scores()
     top = top_k(scores, k)
     items = [

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from recscope.recommend import Recommender
 from recscope.serve.deps import Conflict, NotFound, ServiceDep, WriteAccess
-from recscope.serve.live import _index
+from recscope.serve.live import item_index_or_none
 from recscope.serve.schemas import ItemIn, ItemOut
 
 router = APIRouter(prefix="/items", tags=["items"])
@@ -27,7 +27,7 @@ def run_item(rec: Recommender, item_id: str, index: int) -> ItemOut:
 def put_item(item_id: str, body: ItemIn, svc: ServiceDep, response: Response) -> ItemOut:
     """Add an item (201) or replace a stored one's title and attributes (200). Items of the run
     are 409: their catalog entry is the trained data."""
-    if _index(svc.recommender, item_id) is not None:
+    if item_index_or_none(svc.recommender, item_id) is not None:
         raise Conflict(
             f"item {item_id!r} is in the run's catalog: its title and attributes come from the trained data",
             fix="PUT items the run does not know (items added after training)",
@@ -45,7 +45,7 @@ def put_item(item_id: str, body: ItemIn, svc: ServiceDep, response: Response) ->
 def get_item(item_id: str, svc: ServiceDep) -> ItemOut:
     """An item of the run (``source: "run"``, recommendable) or of the store (``"store"``: not
     recommendable until the catalog can grow)."""
-    index = _index(svc.recommender, item_id)
+    index = item_index_or_none(svc.recommender, item_id)
     if index is not None:
         return run_item(svc.recommender, item_id, index)
     stored = svc.store.get_item(item_id)

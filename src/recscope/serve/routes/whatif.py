@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from recscope.serve.deps import NotFound, ServiceDep
-from recscope.serve.live import _index, _require_known, known_ids, user_history
+from recscope.serve.live import item_index_or_none, known_ids, require_known, user_history
 from recscope.serve.schemas import WhatIfIn, WhatIfOut
 
 router = APIRouter(prefix="/what-if", tags=["what-if"])
@@ -17,8 +17,8 @@ def what_if(body: WhatIfIn, svc: ServiceDep) -> WhatIfOut:
     item the history does not hold is 422 naming it, adding an item the run does not know is 404."""
     rec = svc.recommender
     history = user_history(svc, body.user_id)
-    _require_known(rec, history)
-    unknown = [i for i in body.add if _index(rec, i) is None]
+    require_known(rec, history)
+    unknown = [i for i in body.add if item_index_or_none(rec, i) is None]
     if unknown:
         raise NotFound(
             f"cannot add {', '.join(repr(i) for i in unknown)}: not an item of the run",
