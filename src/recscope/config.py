@@ -183,7 +183,7 @@ def _apply_section(section: Any, values: dict[str, Any], source: str, section_na
                 f"{source}: {section_name}: unknown key {key!r}", fix=f"valid keys: {', '.join(sorted(known))}"
             )
         changes[key] = _coerce(value, hints[key], f"{source}: {section_name}.{key}")
-        _check(f"{section_name}.{key}", changes[key], source)
+        check_key(f"{section_name}.{key}", changes[key], source)
     return dataclasses.replace(section, **changes)
 
 
@@ -301,7 +301,8 @@ RULES: dict[str, Rule] = {
 }
 
 
-def _check(key: str, value: Any, source: str) -> None:
+def check_key(key: str, value: Any, source: str) -> None:
+    """One key against its rule in ``RULES`` (a ConfigError naming key, value and range)."""
     rule = RULES.get(key)
     if rule is None or rule.ok(value):
         return
@@ -324,7 +325,7 @@ def validate(config: Config, source: str = "config") -> None:
     for section in fields(Config):
         values = getattr(config, section.name)
         for key in fields(values):
-            _check(f"{section.name}.{key.name}", getattr(values, key.name), source)
+            check_key(f"{section.name}.{key.name}", getattr(values, key.name), source)
     d, m = config.data, config.model
     if m.d_model % m.n_heads:
         raise ConfigError(

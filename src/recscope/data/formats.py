@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import polars as pl
 
-from recscope.config import DataConfig
+from recscope.config import DataConfig, check_key
 from recscope.data.dataset import Dataset, LoadReport, SkippedRow, from_frames
 from recscope.data.rows import (
     SKIP_FIX,
@@ -38,7 +38,7 @@ from recscope.data.rows import (
     require_clean,
     scalar_column,
 )
-from recscope.errors import ConfigError, DataError
+from recscope.errors import DataError
 
 FORMATS = ("s3rec", "movielens", "csv", "parquet", "synthetic")
 
@@ -361,11 +361,7 @@ def _read_table(path: Path, kind: str, config: DataConfig) -> Table:
 
 
 def separator(config: DataConfig) -> str:
-    if len(config.separator) != 1 or config.separator in '"\r\n':
-        raise ConfigError(
-            f"data.separator={config.separator!r} is not one character (other than a quote or line end)",
-            fix="""e.g. --set 'data.separator=";"' (or "\\t" for tabs)""",
-        )
+    check_key("data.separator", config.separator, "data")  # config.RULES' rule, for a DataConfig built in Python
     return config.separator
 
 
