@@ -248,3 +248,10 @@ def test_merchant_counts_never_exceed_the_recommendations(rec):
     assert view["coverage"]["recommended_items"] <= n_recs
     assert max(d["count"] for d in view["drivers"]) <= n_recs
     assert next(d for d in view["drivers"] if d["label"] == "id")["count"] == n_recs
+
+
+def test_excluded_items_are_never_recommended(rec):
+    user = rec.data.user_ids[0]
+    top = [r.item_id for r in rec.recommend(user, k=5)]
+    without = [r.item_id for r in rec.recommend(user, k=4, exclude=[top[0], "no-such-item"])]
+    assert without == top[1:]

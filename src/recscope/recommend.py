@@ -124,13 +124,21 @@ class Recommender:
         history: list[str] | None = None,
         k: int = 10,
         exclude_history: bool = True,
+        exclude: list[str] = (),
         unknown: str = "skip",
     ) -> Results:
         """The top-``k`` (a list of :class:`Recommendation`); ``.unknown`` names the history ids
-        that were skipped (``unknown="error"`` refuses them instead)."""
+        that were skipped (``unknown="error"`` refuses them instead). Items in ``exclude`` (e.g. the
+        user dismissed them) are never recommended; ids the run does not know there are ignored."""
         _at_least_one("k", k)
         hist, skipped = self._resolve(user, history, unknown)
-        return Results(self._top(hist, k, exclude_history), skipped)
+        hidden = []
+        for item in exclude:
+            try:
+                hidden.append(self.data.item_index(item))
+            except DataError:
+                pass  # never recommended anyway
+        return Results(self._top(hist, k, exclude_history, hidden), skipped)
 
     # ------------------------------------------------------------------ explain
     def default_method(self) -> str:
@@ -239,8 +247,10 @@ class Recommender:
             "unknown": skipped,
         }
 
-    def _top(self, hist: np.ndarray, k: int, exclude_history: bool = True) -> list[Recommendation]:
-        scores = self.scores(hist, exclude_history)
+    def _top(
+        self, hist: np.ndarray, k: int, exclude_history: bool = True, exclude: list[int] = ()
+    ) -> list[Recommendation]:
+        scores = hide(self.scores(hist, exclude_history), exclude=list(exclude) or None)
         top = top_k(scores, k)
         return [
             Recommendation(r + 1, self.data.item_ids[i], self.data.title(i), float(s))

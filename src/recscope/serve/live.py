@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from recscope.errors import DataError
-from recscope.ranking import hide, top_k
 from recscope.recommend import Recommender
 from recscope.serve.deps import NotFound, Service
 from recscope.serve.schemas import HistoryItem, RecommendationsOut, RecommendedItem
@@ -125,13 +124,8 @@ def serve_list(svc: Service, history: LiveHistory, k: int, explain: bool, method
     rec = svc.recommender
     require_known(rec, history)
     dismissed = svc.store.dismissed(history.user_id) if history.user_id is not None else set()
-    exclude = [i for i in (item_index_or_none(rec, d) for d in sorted(dismissed)) if i is not None]
-    scores = hide(rec.scores(history.indices), exclude=exclude or None)  # owned hidden by scores()
-    top = top_k(scores, k)
-    items = [
-        RecommendedItem(rank=r + 1, item_id=rec.data.item_ids[i], title=rec.data.title(i), score=float(s))
-        for r, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True))
-    ]
+    top = rec.recommend(history=known_ids(rec, history), k=k, exclude=sorted(dismissed))
+    items = [RecommendedItem(**r.to_dict()) for r in top]
     if explain:
         for item in items:
             explanation = explain_item(svc, history, item.item_id, k=k, method=method)
