@@ -43,7 +43,7 @@ def test_run_directory_is_self_contained(run):
 def test_evaluate_json_and_the_model_beats_popularity(run):
     result = runner.invoke(app, ["evaluate", str(run), "--json", "--baselines"])
     assert result.exit_code == 0, result.output
-    payload = json.loads(result.output)
+    payload = json.loads(result.stdout)
     metrics = payload["metrics"]
     for key in ("HR@10", "NDCG@10", "NDCG@20", "MRR@10", "Recall@5", "Precision@20", "F1@10"):
         assert 0.0 <= metrics[key] <= 1.0
@@ -55,7 +55,7 @@ def test_evaluate_json_and_the_model_beats_popularity(run):
 def test_recommend_speaks_the_users_own_ids(run):
     result = runner.invoke(app, ["recommend", str(run), "--user", "U00007", "-k", "5", "--json"])
     assert result.exit_code == 0, result.output
-    items = json.loads(result.output)["items"]
+    items = json.loads(result.stdout)["items"]
     assert [r["rank"] for r in items] == [1, 2, 3, 4, 5]
     assert all(r["item_id"].startswith("P") and r["title"] for r in items)
     assert items[0]["score"] >= items[-1]["score"]
@@ -86,7 +86,7 @@ def test_explain_json_for_one_item_and_for_all_methods(run):
     item = rec.recommend("U00007", k=3)[2].item_id
     result = runner.invoke(app, ["explain", str(run), "--user", "U00007", "--item", item, "--json"])
     assert result.exit_code == 0, result.output
-    payload = json.loads(result.output)
+    payload = json.loads(result.stdout)
     (e,) = payload["explanations"]
     assert e["item_id"] == item and e["rank"] == 3
     assert len(e["history"]) == min(len(rec.history("U00007")), rec.config.model.max_len)
@@ -105,7 +105,7 @@ def test_explain_eval_json_has_the_documented_keys_and_sets_the_default(run):
         app, ["explain-eval", str(run), "--users", "25", "--methods", "occlusion,attention", "--json"]
     )
     assert result.exit_code == 0, result.output
-    payload = json.loads(result.output)
+    payload = json.loads(result.stdout)
     assert payload["default"] == "occlusion", "attention is target-independent: never the default"
     keys = {
         "comprehensiveness",
