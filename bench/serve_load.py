@@ -340,10 +340,17 @@ def bars(phases: dict) -> dict:
     }
 
 
-def uncommitted_src() -> list[str]:
-    """Files under src/ that differ from the commit recorded (others work in the same checkout)."""
+def code_under_test() -> dict:
+    """Which recscope the client and the server imported: this checkout's src/ (then the files
+    that differ from the recorded commit: others work in the same checkout), or another tree
+    given by PYTHONPATH (e.g. a `git archive` of one commit)."""
+    import recscope
+
+    src = Path(recscope.__file__).resolve().parents[1]
+    if src != Path(__file__).resolve().parents[1] / "src":
+        return {"recscope_src": str(src), "pythonpath": os.environ.get("PYTHONPATH", "")}
     status = subprocess.run(["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True)
-    return [line[3:] for line in status.stdout.splitlines()]
+    return {"recscope_src": str(src), "uncommitted_src": [line[3:] for line in status.stdout.splitlines()]}
 
 
 def table(phases: dict) -> None:
@@ -410,7 +417,7 @@ def main() -> None:
         "concurrency": args.concurrency,
         "server_startup_s": round(startup, 2),
         "server_peak_rss_mib": server_rss,
-        "src_uncommitted": uncommitted_src(),
+        "code": code_under_test(),
         "phases": phases,
         "bars": bars(phases),
         "server_log_problems": problems,

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import write  # noqa: E402
 from recscope.data.synthetic import ACCESSORIES  # noqa: E402
 from recscope.recommend import Recommender  # noqa: E402
-from serve_load import Server, uncommitted_src  # noqa: E402
+from serve_load import Server, code_under_test  # noqa: E402
 
 BAR = 0.90
 QUOTED = re.compile(r"“([^”]*)”")
@@ -84,10 +84,37 @@ def top_items(client: httpx.Client, user: str, k: int) -> list[str]:
     return [item["item_id"] for item in response.json()["items"]]
 
 
+def alone(client: httpx.Client, rec: Recommender, devices: dict[int, list[int]], device: int) -> int | None:
+    """The best rank of the device's accessories (within 50) when the device is the whole history."""
+    response = client.post("/recommendations", json={"history": [rec.data.item_ids[device]], "k": 50})
+    response.raise_for_status()
+    top = [item["item_id"] for item in response.json()["items"]]
+    return min(
+        (top.index(rec.data.item_ids[a]) + 1 for a in devices[device] if rec.data.item_ids[a] in top), default=None
+    )
+
+
+def kind_of(data, devices: dict[int, list[int]], owned: set[int], device: int, item_id: str) -> str:
+    """What an item of a missed case's top-10 is, next to the posted device."""
+    i = data.item_index(item_id)
+    brand = next(f for f in data.fields if f.name == "brand")
+    category = next(f for f in data.fields if f.name == "category")
+    made_for = next((d for d, accs in devices.items() if i in accs), None)
+    if made_for is not None:
+        return "accessory of an owned device" if made_for in owned else "accessory of another device"
+    if i in devices:
+        return "a device"
+    if brand.labels(i) == brand.labels(device) and category.labels(i)[0] == category.labels(device)[0]:
+        return "same brand and department as the posted device"
+    return "other"
+
+
 def case(client: httpx.Client, rec: Recommender, devices: dict[int, list[int]], user: str, device: int, n: int) -> dict:
     """One purchase posted and its effect; ``n`` numbers the event."""
     data = rec.data
     accessories = devices[device]
+    category = next(f for f in data.fields if f.name == "category")
+    department = category.labels(device)[0]
     ids = data.item_ids
     history = data.sequence(data.user_index(user))
     owned = set(history.tolist())
@@ -109,6 +136,11 @@ def case(client: httpx.Client, rec: Recommender, devices: dict[int, list[int]], 
         "device": ids[device],
         "device_title": data.title(device),
         "accessories": acc_ids,
+        "device_kind": category.labels(device)[-1],
+        "device_bought_in_training": int((data.items == device).sum()),
+        "device_department_share_of_history": round(
+            sum(category.labels(i)[0] == department for i in history.tolist()) / len(history), 3
+        ),
         "accessories_owned": sum(a in owned for a in accessories),
         "other_open_devices_in_last_12": len(open_devices),
         "accessory_in_top10_before": any(a in before for a in acc_ids),
@@ -116,6 +148,8 @@ def case(client: httpx.Client, rec: Recommender, devices: dict[int, list[int]], 
         "best_accessory_rank_after": min((ranking.index(a) + 1 for a in acc_ids if a in ranking), default=None),
         "top10_after": after,
     }
+    if not row["accessory_in_top10_after"]:
+        row["top10_after_kinds"] = dict(Counter(kind_of(data, devices, owned, device, i) for i in after))
     entered = [a for a in after if a in acc_ids and a not in before]
     row["entered"] = bool(entered)
     if entered:
@@ -140,6 +174,25 @@ def share(rows: list[dict], key: str) -> float | None:
     return round(sum(bool(r[key]) for r in rows) / len(rows), 4) if rows else None
 
 
+def hit_by(rows: list[dict], group) -> dict[str, str]:
+    """ "in top-10 after / cases" for each value of ``group(row)``."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(group(r), []).append(r["accessory_in_top10_after"])
+    return {str(g): f"{sum(v)}/{len(v)}" for g, v in sorted(groups.items())}
+
+
+def bucket(value: float, edges: list[float]) -> str:
+    lower = max((e for e in edges if e <= value), default=edges[0])
+    upper = min((e for e in edges if e > value), default=None)
+    return f"{lower}-{upper}" if upper is not None else f"{lower}+"
+
+
+def alone_bucket(row: dict) -> str:
+    rank = row["device_alone_rank"]
+    return "1" if rank == 1 else "2-10" if rank is not None and rank <= 10 else "11+ (or not in top 50)"
+
+
 def summary(rows: list[dict]) -> dict:
     entered = [r for r in rows if r["entered"]]
     missed = [r for r in rows if not r["accessory_in_top10_after"]]
@@ -162,6 +215,7 @@ def summary(rows: list[dict]) -> dict:
         "missed": {
             "cases": len(missed),
             "an_accessory_already_owned": sum(r["accessories_owned"] > 0 for r in missed),
+            "top10_kinds": dict(sum((Counter(r["top10_after_kinds"]) for r in missed), Counter())),
             "median_other_open_devices_in_last_12": statistics.median(
                 [r["other_open_devices_in_last_12"] for r in missed]
             )
@@ -174,6 +228,12 @@ def summary(rows: list[dict]) -> dict:
             )
             for n in range(4)
         },
+        "hit_by_device_kind": hit_by(rows, lambda r: r["device_kind"]),
+        "hit_by_device_bought_in_training": hit_by(rows, lambda r: bucket(r["device_bought_in_training"], [0, 20, 50])),
+        "hit_by_device_department_share_of_history": hit_by(
+            rows, lambda r: bucket(r["device_department_share_of_history"], [0, 0.1, 0.3])
+        ),
+        "hit_by_device_alone_best_accessory_rank": hit_by(rows, alone_bucket),
         "device_attribution_rank_of_entered": dict(Counter(r["device_attribution_rank"] for r in entered)),
     }
 
@@ -195,6 +255,9 @@ def main() -> None:
             owned = set(rec.data.sequence(rec.data.user_index(user)).tolist())
             device = rng.choice(sorted(d for d in devices if d not in owned and devices[d]))
             rows.append(case(client, rec, devices, user, device, n))
+        alone_rank = {device: alone(client, rec, devices, device) for device in devices if devices[device]}
+        for row in rows:
+            row["device_alone_rank"] = alone_rank[rec.data.item_index(row["device"])]
         problems = server.problems()
     result = summary(rows)
     for key, value in result.items():
@@ -207,9 +270,10 @@ def main() -> None:
             "command": " ".join(["python", *sys.argv]),
             "default_method": rec.default_method(),
             "devices": len(devices),
+            "devices_whose_accessory_is_top10_alone": sum(r is not None and r <= 10 for r in alone_rank.values()),
             "bar": BAR,
             "entered_bar_met": result["entered_share"] is not None and result["entered_share"] >= BAR,
-            "src_uncommitted": uncommitted_src(),
+            "code": code_under_test(),
             "server_log_problems": problems,
             "summary": result,
             "cases": rows,
