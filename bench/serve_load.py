@@ -18,7 +18,9 @@ Open loop: request i is due at start + i / rate whatever happened before, and it
 counted from that due time, so time spent queued (in the client's bound, in the server) is in
 it. Users are a seeded sample of the run's users; ingestion posts to users drawn from all of
 them. The load generator shares the machine with the server: the result records the load
-average and both processes' CPU time per phase. Writes bench/results/serve_load_<name>.json.
+average, both processes' CPU and what every other process used, per phase (``--wait-quiet
+PERCENT`` waits before each phase until other processes use less than that share of one core).
+Writes bench/results/serve_load_<name>.json.
 """
 
 from __future__ import annotations
@@ -63,6 +65,24 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (from /proc)."""
     fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields_[11]) + int(fields_[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+async def wait_quiet(percent: float, longest: float) -> float:
+    """Wait (up to ``longest`` s) until the machine is busy less than ``percent`` of one core over
+    5 s while the benchmark is idle; returns that last busy percentage."""
+    deadline = time.perf_counter() + longest
+    while True:
+        busy = machine_busy_seconds()
+        await asyncio.sleep(5)
+        used = 100 * (machine_busy_seconds() - busy) / 5
+        if used < percent or time.perf_counter() > deadline:
+            return round(used, 1)
 
 
 def peak_rss_mib_of(pid: int) -> float | None:
@@ -295,12 +315,20 @@ async def measure(server: Server, work: Workload, args) -> dict:
         async def phase(name: str, run) -> None:
             if args.phases and name not in args.phases:
                 return
-            load, server_cpu, own_cpu = os.getloadavg()[0], cpu_seconds(server.pid), time.process_time()
+            extra = {}
+            if args.wait_quiet is not None:
+                extra["others_cpu_percent_before"] = await wait_quiet(args.wait_quiet, args.wait_max)
+            load, busy = os.getloadavg()[0], machine_busy_seconds()
+            server_cpu, own_cpu = cpu_seconds(server.pid), time.process_time()
             result, seconds = await run()
-            extra = {
+            server_cpu = 100 * (cpu_seconds(server.pid) - server_cpu) / seconds
+            own_cpu = 100 * (time.process_time() - own_cpu) / seconds
+            machine_cpu = 100 * (machine_busy_seconds() - busy) / seconds
+            extra |= {  # percent of one core; the machine has os.cpu_count() of them
                 "load_average_1min_before": round(load, 2),
-                "server_cpu_percent": round(100 * (cpu_seconds(server.pid) - server_cpu) / seconds, 1),
-                "client_cpu_percent": round(100 * (time.process_time() - own_cpu) / seconds, 1),
+                "server_cpu_percent": round(server_cpu, 1),
+                "client_cpu_percent": round(own_cpu, 1),
+                "others_cpu_percent": round(max(machine_cpu - server_cpu - own_cpu, 0.0), 1),
             }
             if name == "ingest":
                 phases[name] = result["events"].summary(seconds) | extra
@@ -354,20 +382,23 @@ def code_under_test() -> dict:
 
 
 def table(phases: dict) -> None:
-    head = f"{'phase':<18}{'rate':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}{'errors':>8}{'events/s':>10}"
+    head = (
+        f"{'phase':<18}{'rate':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}{'errors':>8}{'events/s':>10}{'others%':>9}"
+    )
     print(head + "\n" + "-" * len(head))
     rows = []
     for name, p in phases.items():
         if "requests" in p:
-            rows.append((name, p))
+            rows.append((name, p, p))
         else:
-            rows += [(f"{name}:{kind}", v) for kind, v in p.items() if isinstance(v, dict)]
-    for name, p in rows:
-        cells = [f"{p['achieved_rps']:.1f}/s"] + [
-            f"{p.get(q, float('nan')):.1f}" for q in ("p50_ms", "p90_ms", "p99_ms", "max_ms")
-        ]
-        print(f"{name:<18}" + "".join(f"{c:>9}" for c in cells) + f"{p['errors']:>8}{p.get('events_per_s', ''):>10}")
-    print("(ms; open-loop phases count latency from each request's due time)")
+            rows += [(f"{name}:{kind}", v, p) for kind, v in p.items() if isinstance(v, dict)]
+    for name, p, phase in rows:
+        cells = [f"{p['achieved_rps']:.1f}/s"]
+        cells += [f"{p.get(q, float('nan')):.1f}" for q in ("p50_ms", "p90_ms", "p99_ms", "max_ms")]
+        line = f"{name:<18}" + "".join(f"{c:>9}" for c in cells) + f"{p['errors']:>8}{p.get('events_per_s', ''):>10}"
+        print(line + f"{phase['others_cpu_percent']:>9}")
+    print("(ms; open-loop phases count latency from each request's due time;")
+    print(" others%: CPU other processes used during the phase, percent of one core)")
 
 
 def main() -> None:
@@ -385,6 +416,14 @@ def main() -> None:
     parser.add_argument("--method", default=None, help="explanation method (default: the run's)")
     parser.add_argument("--phases", nargs="*", default=None, help="run only these (recommend explain ingest mixed)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=None,
+        metavar="PERCENT",
+        help="before each phase, wait until other processes use less than PERCENT of one core",
+    )
+    parser.add_argument("--wait-max", type=float, default=300.0, help="longest wait for quiet, seconds per phase")
     args = parser.parse_args()
 
     data = Recommender.load(args.run).data  # ids only: read before the server takes the CPU
