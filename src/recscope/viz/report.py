@@ -13,6 +13,11 @@ inline script draws it as SVG. The data sits in a ``<script type="application/js
 with every ``<``, ``>`` and ``&`` escaped, the script writes data strings only through
 ``textContent``, and a Content-Security-Policy with the script's hash blocks anything else
 (no network request of any kind, no inline handler smuggled in by a title).
+
+The live page (``GET /ui``, :mod:`recscope.serve.routes.ui`) is drawn by the same renderer:
+:func:`history_data` and :func:`page_header` build its one live case in this contract,
+``why.html.j2`` is the markup report.js draws into on both pages, and :func:`templates`,
+:func:`asset` and :func:`source_hash` serve both renderings.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 
 import jinja2
 import numpy as np
+from markupsafe import Markup
 
 from recscope.errors import RunError
 from recscope.explain.api import METHODS
@@ -88,60 +94,76 @@ def build_report(
 def report_data(
     rec, cases: list[Case], *, k: int = 10, methods: list[str] | None = None, merchant_users: list[str] | None = None
 ) -> dict:
-    methods = methods or list(METHODS)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise RunError(f"unknown explanation method(s) {', '.join(unknown)}", fix=f"use some of {', '.join(METHODS)}")
+    methods = page_methods(rec, methods)
     default = rec.default_method()
-    if default not in methods:
-        methods = [default, *methods]
     data = rec.data
     tic = time.perf_counter()
     histories = []
     for case in track(cases, "report: explaining users"):
         hist = rec.history(case.user) if case.history is None else rec.history_from_ids(case.history)
-        read = hist[-rec.config.model.max_len :]
         ids = [data.item_ids[i] for i in hist]
         explained = {m: rec.explain(history=ids, top=k, k=k, method=m) for m in methods}
-        first = explained[default]
-        maps = _round(attention_maps(rec.model, rec.tensor(hist)[0])[:, :, -1, :].numpy())  # (L, H, T)
-        histories.append(
-            {
-                "label": case.label,
-                "note": case.note,
-                "user": case.user,
-                "length": int(len(hist)),
-                "history": [_item(data, int(i)) for i in read],
-                "recs": [
-                    {**_item(data, data.item_index(e.item_id)), "score": _r(e.score), "rank": e.rank} for e in first
-                ],
-                "attention": maps,
-                "attention_scale": _scale(maps, signed=False),
-                # history side per attribute method (attention and rollout share Shapley's), item side once
-                "attributes": {es[0].attributes_method: _history_attributes(es) for es in explained.values() if es},
-                "candidate_attributes": [[[key, _r(w)] for key, w in e.attributes_candidate.items()] for e in first],
-                "explanations": {m: _explained(es) for m, es in explained.items()},
-            }
-        )
+        histories.append(history_data(rec, hist, explained, default, label=case.label, user=case.user, note=case.note))
     merchant_users = merchant_users or [c.user for c in cases if c.user is not None]
     merchant = global_view(rec, merchant_users, k=k) if merchant_users else None
     if merchant is not None:
         merchant["drivers"] = merchant["drivers"][:TOP_DRIVERS]  # the page shows 15; the rest is weight
     return {
-        "title": f"recscope report: {data.name}" + (f" ({rec.path.name})" if rec.path else ""),
+        **page_header(rec, k, methods),
+        "histories": histories,
+        "faithfulness": rec.info.state.get("explain_eval"),
+        "merchant": merchant,
+        "seconds": round(time.perf_counter() - tic, 1),
+    }
+
+
+def page_methods(rec, methods: list[str] | None = None) -> list[str]:
+    """The methods a page offers (default: all), checked, with the run's default always among them."""
+    methods = methods or list(METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise RunError(f"unknown explanation method(s) {', '.join(unknown)}", fix=f"use some of {', '.join(METHODS)}")
+    default = rec.default_method()
+    return methods if default in methods else [default, *methods]
+
+
+def page_header(rec, k: int, methods: list[str]) -> dict:
+    """What the page says about the run and offers as controls (the methods, layers and heads)."""
+    return {
+        "title": f"recscope report: {rec.data.name}" + (f" ({rec.path.name})" if rec.path else ""),
         "run": _run_summary(rec),
         "k": k,
-        "default_method": default,
+        "default_method": rec.default_method(),
         "methods": [
             {"name": m, "description": METHODS[m].description, "target_dependent": METHODS[m].target_dependent}
             for m in methods
         ],
         "layers": rec.config.model.n_layers,
         "heads": rec.config.model.n_heads,
-        "histories": histories,
-        "faithfulness": rec.info.state.get("explain_eval"),
-        "merchant": merchant,
-        "seconds": round(time.perf_counter() - tic, 1),
+    }
+
+
+def history_data(rec, hist: np.ndarray, explained: dict, lead: str, *, label: str, user=None, note: str = "") -> dict:
+    """One history as the page draws it: ``hist`` (dense indices, oldest first) and
+    ``explained`` (method -> the explanations of its recommended items, best first); the
+    recommended items, their ranks and scores are those of ``explained[lead]``."""
+    data = rec.data
+    read = hist[-rec.config.model.max_len :]
+    first = explained[lead]
+    maps = _round(attention_maps(rec.model, rec.tensor(hist)[0])[:, :, -1, :].numpy())  # (L, H, T)
+    return {
+        "label": label,
+        "note": note,
+        "user": user,
+        "length": int(len(hist)),
+        "history": [_item(data, int(i)) for i in read],
+        "recs": [{**_item(data, data.item_index(e.item_id)), "score": _r(e.score), "rank": e.rank} for e in first],
+        "attention": maps,
+        "attention_scale": _scale(maps, signed=False),
+        # history side per attribute method (attention and rollout share Shapley's), item side once
+        "attributes": {es[0].attributes_method: _history_attributes(es) for es in explained.values() if es},
+        "candidate_attributes": [[[key, _r(w)] for key, w in e.attributes_candidate.items()] for e in first],
+        "explanations": {m: _explained(es) for m, es in explained.items()},
     }
 
 
@@ -289,16 +311,32 @@ def payload(data: dict) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def templates(*first: jinja2.BaseLoader) -> jinja2.Environment:
+    """Autoescaping, strict templates: ``first`` loaders, then the report's assets (whose
+    ``why.html.j2`` holds the markup report.js draws into, shared with the live page)."""
+    loader = jinja2.ChoiceLoader([*first, jinja2.PackageLoader("recscope.viz", "assets")])
+    return jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
+
+
+def asset(name: str) -> str:
+    return (ASSETS / name).read_text(encoding="utf-8")
+
+
+def source_hash(text: str) -> str:
+    """The Content-Security-Policy source that allows exactly this inline script or style."""
+    return "sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode()
+
+
 def render(data: dict) -> str:
-    script = (ASSETS / "report.js").read_text(encoding="utf-8")
-    style = (ASSETS / "report.css").read_text(encoding="utf-8")
-    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    template = env.from_string((ASSETS / "report.html.j2").read_text(encoding="utf-8"))
-    return template.render(
-        title=data["title"],
-        script=jinja2.utils.markupsafe.Markup(script),
-        style=jinja2.utils.markupsafe.Markup(style),
-        data=jinja2.utils.markupsafe.Markup(payload(data)),
-        script_hash=f"sha256-{digest}",
+    script = asset("report.js")
+    return (
+        templates()
+        .get_template("report.html.j2")
+        .render(
+            title=data["title"],
+            script=Markup(script),
+            style=Markup(asset("report.css")),
+            data=Markup(payload(data)),
+            script_hash=source_hash(script),
+        )
     )

@@ -1,27 +1,54 @@
-// recscope report: draws the JSON in #data as SVG. Data strings reach the page only through
-// textContent and setAttribute (never innerHTML), so a title cannot become markup.
+// recscope report: draws the report's data contract as SVG. Data strings reach the page only
+// through textContent and setAttribute (never innerHTML), so a title cannot become markup.
+// The static report boots from the JSON in #data (bottom of this file); the live page
+// (recscope/serve/ui/live.js, loaded after this file) calls showData() with what it fetched
+// and sets the hooks.
 "use strict";
 
-const DATA = JSON.parse(document.getElementById("data").textContent);
+let DATA = null;
 const SVG_NS = "http://www.w3.org/2000/svg";
 const UP = [43, 108, 176];
 const DOWN = [197, 48, 48];
 const FIELD_COLOURS = { brand: "#1f77b4", category: "#ff7f0e", price: "#2ca02c", text: "#d62728", id: "#9467bd" };
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"];
-const state = { history: 0, method: DATA.default_method, rec: 0, layer: DATA.layers - 1, head: "mean" };
+const state = { history: 0, method: "", rec: 0, layer: 0, head: "mean" };
+// what a page around the renderer adds
+const hooks = {
+  recItem: null,  // (li, rec, j): called after each recommended item's row is drawn
+  method: () => drawWhy(),  // the method control changed (state.method holds the new one)
+};
+
+function showData(data, method) {
+  if (DATA === null) state.layer = data.layers - 1;  // the first data opens on the last layer
+  DATA = data;
+  state.method = method || data.default_method;
+}
 
 // ------------------------------------------------------------------ small helpers
+// A direction control a data string leaves open (an RLO or RLI in a title) would reorder all the
+// text after it, past the element's own isolation: close them where the string ends.
+function closeBidi(text) {
+  text = String(text);
+  let embeddings = 0, isolates = 0;
+  for (const ch of text) {
+    if ("\u202a\u202b\u202d\u202e".includes(ch)) embeddings++;
+    else if (ch === "\u202c") embeddings = Math.max(0, embeddings - 1);
+    else if ("\u2066\u2067\u2068".includes(ch)) isolates++;
+    else if (ch === "\u2069") isolates = Math.max(0, isolates - 1);
+  }
+  return embeddings + isolates ? text + "\u2069".repeat(isolates) + "\u202c".repeat(embeddings) : text;
+}
 function el(tag, attrs, parent, text) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
-  if (text !== undefined) node.textContent = text;
+  if (text !== undefined) node.textContent = closeBidi(text);
   if (parent) parent.appendChild(node);
   return node;
 }
 function svgEl(tag, attrs, parent, text) {
   const node = document.createElementNS(SVG_NS, tag);
   for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
-  if (text !== undefined) node.textContent = text;
+  if (text !== undefined) node.textContent = closeBidi(text);
   if (parent) parent.appendChild(node);
   return node;
 }
@@ -73,17 +100,20 @@ function drawHeader() {
   }
 }
 
-function drawControls() {
+function drawUsers() {
   const user = document.getElementById("user");
   DATA.histories.forEach((h, i) => el("option", { value: String(i) }, user, `${shorten(h.label, 60)} (${h.length} items)`));
   user.addEventListener("change", () => { state.history = Number(user.value); state.rec = 0; drawWhy(); });
+}
+
+function drawControls() {
   const method = document.getElementById("method");
   for (const m of DATA.methods) {
     const label = m.name + (m.name === DATA.default_method ? " (default, most faithful)" : "");
     el("option", { value: m.name }, method, label);
   }
   method.value = state.method;
-  method.addEventListener("change", () => { state.method = method.value; drawWhy(); });
+  method.addEventListener("change", () => { state.method = method.value; hooks.method(); });
   const layer = document.getElementById("layer");
   for (let l = 0; l < DATA.layers; l++) el("option", { value: String(l) }, layer, `layer ${l + 1} of ${DATA.layers}`);
   layer.value = String(state.layer);
@@ -115,7 +145,10 @@ function drawWhy() {
     el("div", { class: "why" }, li, explained().sentences[j]);
     const pick = () => { state.rec = j; drawWhy(); };
     li.addEventListener("click", pick);
-    li.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); pick(); } });
+    li.addEventListener("keydown", (e) => {
+      if (e.target === li && (e.key === "Enter" || e.key === " ")) { e.preventDefault(); pick(); }
+    });
+    if (hooks.recItem) hooks.recItem(li, r, j);
   });
   drawDetail();
   drawHeatmap();
@@ -476,9 +509,14 @@ function drawAbout() {
   }
 }
 
-drawHeader();
-drawControls();
-drawWhy();
-drawFaithfulness();
-drawMerchant();
-drawAbout();
+const embedded = document.getElementById("data");
+if (embedded) {
+  showData(JSON.parse(embedded.textContent));
+  drawHeader();
+  drawUsers();
+  drawControls();
+  drawWhy();
+  drawFaithfulness();
+  drawMerchant();
+  drawAbout();
+}
