@@ -4,19 +4,26 @@ The lifespan loads the run's Recommender and opens the Store once; routes reach 
 the typed dependencies of ``deps.py``. Errors recscope raises for what a client sent come back
 as JSON ``{"error": ..., "fix": ...}``: 401 for a write or admin request without the API key
 (when one is set), 404 for an unknown user or item, 409 for a write the state refuses, 422 for
-other bad input (pydantic's own 422 names the field and the reason).
+other bad input (pydantic's own 422 names the field and the reason). The OpenAPI document lists
+them: the refusals a route shares with others follow from what it takes (``_shared_errors``), the
+ones of its own (404, 409) it declares with ``schemas.errors``.
 ``/docs`` serves Swagger UI from the assets ``fastapi-offline`` installs: no CDN.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
+from pydantic.json_schema import models_json_schema
 
 import recscope
 from recscope.errors import RecscopeError, RunError
@@ -27,6 +34,7 @@ from recscope.serve.limits import BodyLimit
 from recscope.serve.live import model_version
 from recscope.serve.metrics import Metrics, MetricsMiddleware
 from recscope.serve.routes import events, feedback, health, items, recommendations, users, whatif
+from recscope.serve.schemas import ERRORS
 from recscope.serve.settings import Settings
 from recscope.serve.store import Store
 
@@ -59,6 +67,52 @@ async def _recscope_error(_request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"error": error.problem, "fix": error.fix}, status_code=_status(error))
 
 
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf": JSON has no such number
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+async def _invalid_request(_request: Request, error: Exception) -> JSONResponse:
+    """pydantic's 422 as FastAPI sends it, but with the ``input`` it names made JSON: Python's
+    JSON parser reads NaN and Infinity, and echoing them back failed as a 500."""
+    assert isinstance(error, RequestValidationError)
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(error.errors()))}, status_code=422)
+
+
+def _shared_errors(document: dict[str, Any]) -> dict[str, Any]:
+    """Add to each operation of FastAPI's OpenAPI ``document`` the refusals that follow from what
+    it takes: 401 with the API key (its ``security``), 400 and 413 with a body (not UTF-8; over the
+    limit, ``BodyLimit``), and 422 with any input as either body it can be (FastAPI's default names
+    pydantic's only). No 503: a running server answers nothing before its lifespan loaded the run."""
+    models = sorted({m for bodies, _ in ERRORS.values() for m in bodies}, key=lambda m: m.__name__)
+    _, defs = models_json_schema([(m, "serialization") for m in models], ref_template="#/components/schemas/{model}")
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(defs["$defs"])
+    for unused in ("HTTPValidationError", "ValidationError"):  # replaced by ValidationErrorOut
+        schemas.pop(unused, None)
+
+    def response(code: int) -> dict[str, Any]:
+        bodies, description = ERRORS[code]
+        refs = [{"$ref": f"#/components/schemas/{m.__name__}"} for m in bodies]
+        schema = refs[0] if len(refs) == 1 else {"anyOf": refs}
+        return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+    for operation in (op for path in document["paths"].values() for op in path.values()):
+        responses = operation["responses"]
+        codes = [401] if operation.get("security") else []
+        codes += [400, 413] if "requestBody" in operation else []
+        for code in codes:
+            responses.setdefault(str(code), response(code))
+        if "422" in responses:
+            responses["422"] = response(422)
+    return document
+
+
 def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI:
     """The app over ``settings.run``; a ``service`` already loaded (the CLI loads it first, so a
     bad run or store URL is one line of error, not a server traceback) is used as it is."""
@@ -83,6 +137,16 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     app.state.settings = settings
     app.state.service = None
     app.add_exception_handler(RecscopeError, _recscope_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    fastapi_openapi, completed = app.openapi, []
+
+    def openapi() -> dict[str, Any]:
+        document = fastapi_openapi()  # FastAPI's, cached until the routes change
+        if not completed or completed[-1] is not document:
+            completed[:] = [_shared_errors(document)]
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=settings.max_body)
     app.state.metrics = Metrics()
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts 413s too

@@ -1,8 +1,12 @@
-"""Request and response bodies of the service: every request model refuses unknown fields."""
+"""Request and response bodies of the service: every request model refuses unknown fields.
+
+The error bodies are here too, with ``errors(...)``: the ``responses=`` a route declares for the
+refusals it can answer, so the OpenAPI document lists each status code with its body.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,13 +17,20 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# What the store can keep of an id: non-empty, no NUL (SQLite and PostgreSQL text stop at it).
+Id = Annotated[str, Field(min_length=1, pattern=r"^[^\x00]+$")]
+# A number as JSON writes it: not true/false (pydantic's lax mode reads false as 0.0, a 1970
+# timestamp), not NaN or Infinity (Python's JSON parser takes them; JSON has none).
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
 class EventIn(Strict):
-    event_id: str = Field(min_length=1, description="the client's id: re-sending it is a no-op")
-    user_id: str = Field(min_length=1)
-    item_id: str = Field(min_length=1)
-    event: str = Field(DEFAULT_EVENT, min_length=1, max_length=100)
-    timestamp: float | str | None = Field(None, description="epoch seconds or ISO-8601 (no zone: UTC); default: now")
-    value: float | None = None
+    event_id: Id = Field(description="the client's id: re-sending it is a no-op")
+    user_id: Id
+    item_id: Id
+    event: Id = Field(DEFAULT_EVENT, max_length=100)
+    timestamp: Number | str | None = Field(None, description="epoch seconds or ISO-8601 (no zone: UTC); default: now")
+    value: Number | None = None
 
 
 class EventsIn(Strict):
@@ -27,15 +38,15 @@ class EventsIn(Strict):
 
 
 class EventsOut(Strict):
-    accepted: int
-    duplicates: int
+    accepted: int = Field(ge=0)  # new events stored
+    duplicates: int = Field(ge=0)  # re-sent events (same id, same content): already stored, not stored again
 
 
 class HistoryItem(Strict):
     item_id: str
     event: str  # "interaction" for the run's training data, else the stored event's kind
     timestamp: float  # epoch seconds (the training data's own clock for source "run")
-    source: str  # "run" (trained on) or "store" (posted since)
+    source: Literal["run", "store", "request"]  # trained on, posted since, or given in the request
 
 
 class HistoryOut(Strict):
@@ -43,20 +54,26 @@ class HistoryOut(Strict):
     items: list[HistoryItem]
 
 
+class Deleted(Strict):
+    events: int = Field(ge=0)
+    served: int = Field(ge=0)  # served lists (with their items)
+    feedback: int = Field(ge=0)
+
+
 class ForgetOut(Strict):
     user_id: str
-    deleted: dict[str, int]  # events, served lists and feedback rows removed
+    deleted: Deleted  # rows removed
 
 
 class RecommendIn(Strict):
-    history: list[str] = Field(min_length=1, description="item ids, oldest first")
+    history: list[Id] = Field(min_length=1, description="item ids, oldest first")
     k: int = Field(10, ge=1, le=1000)
     explain: bool = False
     method: str | None = None
 
 
 class RecommendedItem(Strict):
-    rank: int
+    rank: int = Field(ge=1)
     item_id: str
     title: str
     score: float
@@ -72,28 +89,23 @@ class RecommendationsOut(Strict):
 
 
 class Liveness(Strict):
-    status: str
+    status: Literal["ok"]
 
 
 class Readiness(Strict):
-    status: str
+    status: Literal["ready", "loading"]
     model: bool
     store: bool
     model_version: str | None = None
-
-
-class ErrorOut(Strict):
-    error: str
-    fix: str | None = None
 
 
 Action = Literal["click", "purchase", "dismiss", "explanation_helpful", "explanation_unhelpful"]
 
 
 class FeedbackIn(Strict):
-    request_id: str = Field(min_length=1, description="the request_id of the served list")
-    user_id: str = Field(min_length=1)
-    item_id: str = Field(min_length=1, description="an item of that list")
+    request_id: Id = Field(description="the request_id of the served list")
+    user_id: Id
+    item_id: Id = Field(description="an item of that list")
     action: Action
 
 
@@ -101,13 +113,13 @@ class FeedbackOut(Strict):
     request_id: str
     user_id: str
     item_id: str
-    action: str
+    action: Action
 
 
 class WhatIfIn(Strict):
-    user_id: str = Field(min_length=1)
-    remove: list[str] = Field(default_factory=list, description="item ids the live history holds")
-    add: list[str] = Field(default_factory=list, description="item ids of the run, appended to the history")
+    user_id: Id
+    remove: list[Id] = Field(default_factory=list, description="item ids the live history holds")
+    add: list[Id] = Field(default_factory=list, description="item ids of the run, appended to the history")
     k: int = Field(10, ge=1, le=1000)
 
 
@@ -133,3 +145,50 @@ class ItemOut(Strict):
     attributes: dict[str, Any]
     source: Literal["run", "store"]  # the trained catalog, or added to the store since
     recommendable: bool  # the model can recommend it (items added after training: not yet)
+
+
+# -- error bodies ---------------------------------------------------------------------------
+
+
+class ErrorOut(Strict):
+    """recscope's own refusal (a ``RecscopeError``): what was wrong, and how to fix it."""
+
+    error: str
+    fix: str | None = None
+
+
+class DetailOut(Strict):
+    """The web framework's refusal: a body that is not UTF-8, or a chunked body over the limit."""
+
+    detail: str
+
+
+class FieldError(Strict):
+    """One of pydantic's complaints about the request, as FastAPI sends it."""
+
+    type: str
+    loc: list[str | int]  # where: ["body", "events", 0, "user_id"], ["query", "k"], ...
+    msg: str
+    input: Any = None
+    ctx: dict[str, Any] | None = None
+
+
+class ValidationErrorOut(Strict):
+    """A request the schema refuses: each field that is wrong, and why."""
+
+    detail: list[FieldError]
+
+
+ERRORS: dict[int, tuple[tuple[type[BaseModel], ...], str]] = {
+    400: ((DetailOut,), "the body is not UTF-8 text"),
+    401: ((ErrorOut,), "missing or wrong X-API-Key (when the service has one)"),
+    404: ((ErrorOut,), "an unknown user, item or served list"),
+    409: ((ErrorOut,), "a write the stored state refuses"),
+    413: ((ErrorOut, DetailOut), "the body is over the size limit (by Content-Length: error; chunked: detail)"),
+    422: ((ErrorOut, ValidationErrorOut), "bad input: fields the schema refuses (detail), or a value recscope refuses"),
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: each status code with its body and what it means."""
+    return {code: {"model": Union[ERRORS[code][0]], "description": ERRORS[code][1]} for code in codes}  # noqa: UP007

@@ -6,12 +6,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from recscope.serve.deps import NotFound, StoreDep, WriteAccess
-from recscope.serve.schemas import FeedbackIn, FeedbackOut
+from recscope.serve.schemas import FeedbackIn, FeedbackOut, errors
 
 router = APIRouter(prefix="/feedback", tags=["feedback"])
 
 
-@router.post("", status_code=201, dependencies=WriteAccess)
+@router.post("", status_code=201, dependencies=WriteAccess, responses=errors(404))
 def post_feedback(body: FeedbackIn, store: StoreDep) -> FeedbackOut:
     """Record the action; 404 when ``request_id`` names no served list, 422 when the user or
     item is not the one it was served to."""

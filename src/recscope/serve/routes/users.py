@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from recscope.serve.deps import ServiceDep, StoreDep, WriteAccess
 from recscope.serve.live import explain_item, serve_list, user_history
-from recscope.serve.schemas import ForgetOut, HistoryOut, RecommendationsOut
+from recscope.serve.schemas import ForgetOut, HistoryOut, RecommendationsOut, errors
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -17,7 +17,7 @@ K = Annotated[int, Query(ge=1, le=1000, description="how many items")]
 Method = Annotated[str | None, Query(description="explanation method (default: the run's measured best)")]
 
 
-@router.get("/{user_id:path}/history")
+@router.get("/{user_id:path}/history", responses=errors(404))
 def history(user_id: str, svc: ServiceDep) -> HistoryOut:
     """Oldest first: the run's training history, then the events stored since."""
     return HistoryOut(user_id=user_id, items=user_history(svc, user_id).items)
@@ -29,14 +29,14 @@ def forget(user_id: str, store: StoreDep) -> ForgetOut:
     return ForgetOut(user_id=user_id, deleted=store.forget(user_id))
 
 
-@router.get("/{user_id:path}/recommendations")
+@router.get("/{user_id:path}/recommendations", responses=errors(404))
 def recommendations(
     user_id: str, svc: ServiceDep, k: K = 10, explain: bool = False, method: Method = None
 ) -> RecommendationsOut:
     return serve_list(svc, user_history(svc, user_id), k, explain, method)
 
 
-@router.get("/{user_id:path}/recommendations/{item_id}/explanation")
+@router.get("/{user_id:path}/recommendations/{item_id}/explanation", responses=errors(404))
 def explanation(user_id: str, item_id: str, svc: ServiceDep, k: K = 10, method: Method = None) -> Response:
     """The item's ``Explanation.to_json()`` for the user's live history (any item of the run)."""
     explained = explain_item(svc, user_history(svc, user_id), item_id, k=k, method=method)

@@ -1,0 +1,289 @@
+"""Schemathesis against the service's own OpenAPI document: no 5xx, and every answer is one the
+document lists, with the body it names (issue 9's fuzz bar; bench/serve_fuzz.py runs it longer).
+
+Each operation is fuzzed in-process (ASGI, the app's lifespan loads a tiny run) with positive
+data (valid by the schema) and negative data (invalid somewhere). Random ids would only ever
+reach "unknown user" (404), so positive cases have their ids swapped, as Hypothesis draws, for
+ones the run and the store know: users and items of the run, a user and an item of the store, a
+served list's request_id. The API key is sent, so the writes are exercised too.
+
+``fuzz()`` is the property and the loop: the bench imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+import schemathesis
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, Phase, assume, given, seed, settings
+from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from typer.testing import CliRunner
+
+from recscope.cli import app as cli
+from recscope.recommend import Recommender
+from recscope.serve.app import create_app
+from recscope.serve.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.yaml")
+SPEC = "synthetic:users=200,items=120,seed=5"
+KEY = "fuzz-key-1"
+EXAMPLES = 20  # per operation and mode here; the bench runs many more
+
+# Not checked, and why:
+# - positive_data_acceptance: schema-valid requests the state refuses are answered as documented
+#   (an event_id re-sent with other content is 422, a history with no known item is 422).
+# - unsupported_method: ids may hold "/" (GET /users/{id}/history reads the history of the user
+#   "a/b" at /users/a/b/history), so DELETE /users/x/history is DELETE /users/{"x/history"}.
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+
+# Starlette's {id:path} is `.*`, which stops at a newline: /users/a%0Ab/history matches no route
+# (404 {"detail": "Not Found"}). Reported, not fixed here (the fix renames the route templates
+# that /metrics labels requests by); until then the path ids fuzzed here hold no newline.
+NO_ROUTE = "\n"
+
+# Refusals of routes this suite does not own, not yet in their `responses=` (schemas.errors):
+# their bodies are checked, their status codes not, until those routes declare them.
+UNDECLARED = {
+    "GET /items/{item_id}": {404},
+    "PUT /items/{item_id}": {409},
+    "POST /what-if": {404},
+}
+
+
+@dataclass
+class Known:
+    """Ids the run and the store know, for positive cases to get past "unknown ..."."""
+
+    users: list[str]
+    items: list[str]
+    request_ids: list[str] = field(default_factory=list)
+
+    @classmethod
+    def seed(cls, app: FastAPI, rec: Recommender, headers: dict[str, str]) -> Known:
+        """Store a user's event, an added item and a few served lists through ``app`` itself."""
+        items = [rec.data.item_ids[i] for i in (1, 2, 3, 4)]
+        users = [rec.data.user_ids[i] for i in (1, 2, 3)] + ["fuzz-store-user"]
+        known = cls(users=users, items=[*items, "fuzz-store-item", "no-such-item"])
+        with TestClient(app) as client:
+            event = {"event_id": "fuzz-seed-1", "user_id": "fuzz-store-user", "item_id": items[0]}
+            assert client.post("/events", json={"events": [event]}, headers=headers).status_code == 200
+            assert client.put("/items/fuzz-store-item", json={"title": "T"}, headers=headers).status_code in (200, 201)
+            for user in users:
+                served = client.get(f"/users/{user}/recommendations", params={"k": 3})
+                assert served.status_code == 200, served.text
+                known.request_ids.append(served.json()["request_id"])
+        return known
+
+    def swap(self, case: schemathesis.Case, draw: Callable[[st.SearchStrategy], Any]) -> None:
+        """Replace, each time Hypothesis says so, an id of ``case`` by a known one."""
+        pools = {"user_id": self.users, "item_id": self.items, "request_id": self.request_ids}
+
+        def pick(name: str, value: Any) -> Any:
+            if name in pools and isinstance(value, str) and draw(st.booleans()):
+                return draw(st.sampled_from(pools[name]))
+            if name in ("history", "add", "remove") and isinstance(value, list) and draw(st.booleans()):
+                return draw(st.lists(st.sampled_from(self.items), min_size=len(value), max_size=len(value)))
+            return value
+
+        params = case.path_parameters or {}
+        for name, value in params.items():
+            params[name] = pick(name, value)
+        bodies = case.body.get("events", [case.body]) if isinstance(case.body, dict) else []
+        for body in (b for b in bodies if isinstance(b, dict)):
+            for name, value in body.items():
+                body[name] = pick(name, value)
+
+
+@dataclass
+class Outcome:
+    operation: str
+    examples: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+def fuzz(app: FastAPI, known: Known, *, operation: str, examples: int, seed_: int = 0) -> Outcome:
+    """Up to ``examples`` positive and ``examples`` negative cases of one operation (its label, as
+    "POST /events"); every failed check is recorded with a curl line, none stops the run."""
+    method, path = operation.split(" ", 1)
+    op = schemathesis.openapi.from_asgi("/openapi.json", app)[path][method]
+    outcome = Outcome(operation)
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        try:
+            _fuzz_mode(op, mode, known, outcome, examples, seed_)
+        except Unsatisfiable:
+            if mode is GenerationMode.POSITIVE:
+                raise  # an operation without input (GET /health/live) has no negative case
+    return outcome
+
+
+def _fuzz_mode(
+    op: schemathesis.APIOperation, mode: GenerationMode, known: Known, outcome: Outcome, examples: int, seed_: int
+) -> None:
+    headers = {"X-API-Key": KEY}
+
+    @seed(seed_)
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],  # no shrinking: a failure is kept as drawn
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=op.as_strategy(generation_mode=mode), data=st.data())
+    def one(case: schemathesis.Case, data: st.DataObject) -> None:
+        # path parameters come percent-encoded
+        assume(not any(NO_ROUTE in unquote(str(v)) for v in (case.path_parameters or {}).values()))
+        if mode is GenerationMode.POSITIVE:
+            known.swap(case, data.draw)
+        response = case.call(headers=headers)
+        outcome.examples += 1
+        outcome.statuses[response.status_code] = outcome.statuses.get(response.status_code, 0) + 1
+        undeclared = response.status_code in UNDECLARED.get(outcome.operation, set())
+        checks = [c for c in CHECKS if not (undeclared and c is status_code_conformance)]
+        try:
+            case.validate_response(response, checks=checks, headers=headers)
+        except FailureGroup as group:
+            for failure in group.exceptions:
+                outcome.failures.append(
+                    {
+                        "operation": outcome.operation,
+                        "mode": mode.value,
+                        "title": failure.title,
+                        "message": failure.message[:500],
+                        "status": response.status_code,
+                        "body": response.text[:300],
+                        "curl": case.as_curl_command(headers=headers)[:2000],
+                    }
+                )
+
+    one()
+
+
+def operations() -> list[str]:
+    """Every operation of the document (an app without a run builds it: nothing is loaded)."""
+    document = create_app(Settings()).openapi()
+    return [f"{m.upper()} {path}" for path, ops in document["paths"].items() for m in ops]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fuzz") / "run"
+    result = CliRunner().invoke(
+        cli, ["train", "--data", SPEC, "--out", str(out), "--config", TINY, "--set", "train.epochs=2"]
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def service(run, tmp_path_factory) -> tuple[FastAPI, Known]:
+    db = f"sqlite:///{tmp_path_factory.mktemp('fuzz-store') / 'store.sqlite'}"
+    app = create_app(Settings(run=run, db=db, api_key=KEY))
+    return app, Known.seed(app, Recommender.load(run), {"X-API-Key": KEY})
+
+
+@pytest.mark.parametrize("operation", operations())
+def test_no_5xx_and_every_answer_as_documented(service, operation):
+    app, known = service
+    outcome = fuzz(app, known, operation=operation, examples=EXAMPLES)
+    assert outcome.examples > 0, outcome
+    assert not outcome.failures, "\n\n".join(
+        f"{f['title']} ({f['mode']}): {f['message']}\n{f['status']} {f['body']}\n{f['curl']}"
+        for f in outcome.failures[:5]
+    )
+
+
+# -- what the fuzz found, one request each ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client(run, tmp_path_factory):
+    db = f"sqlite:///{tmp_path_factory.mktemp('fuzz-found') / 'store.sqlite'}"
+    with TestClient(create_app(Settings(run=run, db=db, api_key=KEY))) as c:
+        yield c
+
+
+def _schema(document: dict, response: dict) -> list[str]:
+    schema = response["content"]["application/json"]["schema"]
+    refs = schema.get("anyOf", [schema])
+    return sorted(r["$ref"].rsplit("/", 1)[1] for r in refs)
+
+
+def test_the_document_lists_each_refusal_with_its_body():
+    document = create_app(Settings()).openapi()
+    events = document["paths"]["/events"]["post"]["responses"]
+    assert sorted(events) == ["200", "400", "401", "413", "422"]
+    assert _schema(document, events["401"]) == ["ErrorOut"]
+    assert _schema(document, events["400"]) == ["DetailOut"]
+    assert _schema(document, events["413"]) == ["DetailOut", "ErrorOut"]
+    assert _schema(document, events["422"]) == ["ErrorOut", "ValidationErrorOut"]
+    users = document["paths"]["/users/{user_id}/history"]["get"]["responses"]
+    assert sorted(users) == ["200", "404", "422"] and _schema(document, users["404"]) == ["ErrorOut"]
+    assert "404" in document["paths"]["/feedback"]["post"]["responses"]
+    assert "401" in document["paths"]["/users/{user_id}"]["delete"]["responses"]
+    assert "401" not in document["paths"]["/recommendations"]["post"]["responses"], "reads are open"
+    schemas = document["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas and schemas["ErrorOut"]["required"] == ["error"]
+    assert schemas["HistoryItem"]["properties"]["source"]["enum"] == ["run", "store", "request"]
+
+
+def test_refusals_come_with_the_documented_bodies(client):
+    from recscope.serve.schemas import DetailOut, ErrorOut, ValidationErrorOut
+
+    key = {"X-API-Key": KEY}
+    event = {"event_id": "found-1", "user_id": "found-user", "item_id": "P0001"}
+    ErrorOut.model_validate(client.post("/events", json={"events": [event]}).json())  # 401 without the key
+    not_utf8 = client.post(
+        "/events", content=b'{"events": "\xff\xfe"}', headers={**key, "content-type": "application/json"}
+    )
+    assert not_utf8.status_code == 400 and DetailOut.model_validate(not_utf8.json())
+    ErrorOut.model_validate(client.get("/users/nobody-at-all/history").json())  # 404
+    bad = client.post("/events", json={"events": [{**event, "event_id": "x", "user_id": "a\x00b"}]}, headers=key)
+    assert bad.status_code == 422 and ValidationErrorOut.model_validate(bad.json()).detail[0].loc[-1] == "user_id"
+
+
+@pytest.mark.parametrize("timestamp", ["false", "true", "NaN", "Infinity"])
+def test_a_timestamp_that_is_no_number_is_refused_not_stored_as_1970(client, timestamp):
+    # pydantic's lax mode read false as 0.0, and Python's JSON parser reads NaN: both were stored
+    body = '{"events": [{"event_id": "t-%s", "user_id": "found-ts", "item_id": "P0001", "timestamp": %s}]}'
+    response = client.post(
+        "/events", content=body % (timestamp, timestamp), headers={"X-API-Key": KEY, "content-type": "application/json"}
+    )
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"][-2:] == ["timestamp", "float"]
+    assert client.get("/users/found-ts/history").status_code == 404, "nothing stored"
+
+
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [("/recommendations", '{"history": ["P0001"], "k": NaN}'), ("/what-if", '{"user_id": "U00007", "k": -Infinity}')],
+)
+def test_nan_where_a_number_belongs_is_422_not_500(client, url, body):
+    # Python's JSON parser reads NaN; echoing it back in pydantic's 422 raised in json.dumps: a 500
+    response = client.post(url, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "k"]
+    assert response.json()["detail"][0]["input"] in ("nan", "-inf")
