@@ -17,6 +17,7 @@ import torch
 from rich.console import Console
 
 from recscope import config as config_mod
+from recscope import versions
 from recscope.data import load_dataset
 from recscope.errors import RunError
 from recscope.model import SeqRec
@@ -67,11 +68,23 @@ def edit_json(name: str, change):
     return apply
 
 
+def weights(damage):
+    """``damage`` applied to the best weights and to the served version's copy of them (a version
+    is immutable, but a disk or a person can still break it)."""
+
+    def apply(run: Path) -> None:
+        damage(run / "model.safetensors")
+        damage(versions.weights(run)[0])
+
+    return apply
+
+
 def other_model_weights(run: Path) -> None:
     """Weights of the same architecture at another width (as if copied from another run)."""
     raw = json.loads((run / "run.json").read_text())["config"]
     raw["model"]["d_model"] = 16
-    save_weights(run / "model.safetensors", SeqRec(config_mod.Config.from_dict(raw).model))
+    for path in (run / "model.safetensors", versions.weights(run)[0]):
+        save_weights(path, SeqRec(config_mod.Config.from_dict(raw).model))
 
 
 def other_data(run: Path) -> None:
@@ -89,9 +102,9 @@ def inconsistent_data(run: Path) -> None:
 
 # name -> (break the run, the file the message must name, a piece of the message)
 LOAD_CASES = {
-    "model.safetensors truncated": (lambda r: truncate(r / "model.safetensors"), "model.safetensors", "safetensors"),
-    "model.safetensors foreign": (lambda r: foreign(r / "model.safetensors"), "model.safetensors", "safetensors"),
-    "model.safetensors missing": (lambda r: (r / "model.safetensors").unlink(), "model.safetensors", "missing"),
+    "model.safetensors truncated": (weights(truncate), "model.safetensors", "safetensors"),
+    "model.safetensors foreign": (weights(foreign), "model.safetensors", "safetensors"),
+    "model.safetensors missing": (weights(Path.unlink), "model.safetensors", "missing"),
     "model.safetensors of another shape": (other_model_weights, "model.safetensors", "does not fit"),
     "run.json truncated": (lambda r: truncate(r / "run.json"), "run.json", "not readable JSON"),
     "run.json foreign": (lambda r: foreign(r / "run.json"), "run.json", "not readable JSON"),
@@ -193,12 +206,12 @@ def test_resume_from_a_broken_run_is_one_error_naming_the_file(case, run):
     improves: a damaged best model or data file would outlive a resume that said it succeeded)."""
     damage, file, piece = {**LOAD_CASES, **RESUME_CASES}[case]
     damage(run)
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     with pytest.raises(RunError) as caught:
         train(run, SPEC, "train.epochs=3", resume=True)
     assert_one_line(caught.value, file, piece)
     assert not (run.parent / "pwned").exists(), "the pickle ran"
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before, "a refused resume wrote to the run"
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before, "a refused resume wrote"
 
 
 def test_a_pickle_left_in_optimizer_pt_is_never_read(run):

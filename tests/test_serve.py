@@ -339,7 +339,14 @@ def test_items_of_the_run_and_of_the_store(client, rec):
     body = {"title": "Nova Lamp <b>2</b>", "attributes": {"brand": "Nova", "tags": ["home", "light"], "price": 19.5}}
     created = client.put("/items/NEW-ITEM/1", json=body)
     assert created.status_code == 201, created.text
-    assert created.json() == {**body, "item_id": "NEW-ITEM/1", "source": "store", "recommendable": False}
+    unused = ["brand=Nova", "tags=home", "tags=light"]  # no trained item has brand Nova; no field "tags"
+    assert created.json() == {
+        **body,
+        "item_id": "NEW-ITEM/1",
+        "source": "store",
+        "recommendable": True,
+        "unused": unused,
+    }
     assert client.get("/items/NEW-ITEM/1").json() == created.json()
     updated = client.put("/items/NEW-ITEM/1", json={"title": "Nova Lamp 3"})
     assert updated.status_code == 200 and updated.json()["title"] == "Nova Lamp 3"

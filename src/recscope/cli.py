@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import traceback
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -511,6 +512,10 @@ def serve(
         str, typer.Option("--host", metavar="ADDR", help="address to bind (beyond loopback only with --api-key-env)")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", metavar="N", min=1, max=65535, help="TCP port")] = 8000,
+    version: Annotated[
+        str | None,
+        typer.Option("--version", metavar="ID", help="model version to serve (default: the run's current one)"),
+    ] = None,
     api_key_env: Annotated[
         str | None,
         typer.Option(
@@ -539,8 +544,41 @@ def serve(
             f"--host {host!r} is not a loopback address: serving beyond this machine needs an API key",
             fix="use --host 127.0.0.1, or set a key with --api-key-env VAR",
         )
-    settings = Settings(run=run, db=db, host=host, port=port, api_key=api_key)
+    settings = Settings(run=run, version=version, db=db, host=host, port=port, api_key=api_key)
     uvicorn.run(create_app(settings, service=load_service(settings)), host=host, port=port)
+
+
+@_command("versions")
+def versions_cmd(
+    run: RunArg,
+    promote: Annotated[
+        str | None,
+        typer.Option("--promote", metavar="ID", help="serve this version from now on (rolling back: an older one)"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """The run's model versions, oldest first; the one served is marked (``--promote`` changes it)."""
+    from recscope import versions
+    from recscope.lock import RunLock
+    from recscope.run import load_info
+
+    load_info(run)
+    if promote is not None:
+        with RunLock(run, "promote", console, create=False):
+            versions.promote(run, promote)
+    listed, served = versions.listing(run), versions.current(run)
+    if as_json:
+        out.print_json(json.dumps({"current": served, "versions": [v.to_dict() for v in listed]}))
+        return
+    if not listed:
+        out.print(f"{run} has no model versions (trained before versions existed): its model.safetensors is served")
+        return
+    table = _table(("", "left"), ("version", "left"), ("created (UTC)", "left"), ("source", "left"), ("valid", "right"))
+    for v in listed:
+        valid = (v.details.get("best_valid") or {}).get("NDCG@10")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.created))
+        table.add_row("*" if v.id == served else "", v.id, when, v.source, "" if valid is None else f"{valid:.4f}")
+    out.print(_titled(f"model versions of {run}", table, "* the version served; valid: NDCG@10 on the valid split"))
 
 
 @_command()

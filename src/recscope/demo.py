@@ -8,6 +8,7 @@ then only the files a run consists of. Each step prints a line with its time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from recscope import config as config_mod
+from recscope import versions
 from recscope.data import load_dataset, make_split
 from recscope.errors import RunError
 from recscope.explain.attention import final_position_attention
@@ -190,6 +192,16 @@ def _clear_previous_run(run: Path) -> None:
         for path in (run / name, run / f"{name}.tmp"):
             if path.is_file():
                 path.unlink()
+    # The previous run's model versions: the version files only, so a file of anyone else stays.
+    for version in versions.listing(run):
+        directory = run / versions.VERSIONS / version.id
+        for name in (versions.WEIGHTS, "version.json"):
+            (directory / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: it holds someone else's file
+            directory.rmdir()
+    (run / versions.VERSIONS / versions.CURRENT).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (run / versions.VERSIONS).rmdir()
 
 
 class _Steps:

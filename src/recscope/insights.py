@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,13 +39,16 @@ from recscope.explain.fields import WHOLE_ITEM, candidate_fields, field_game
 from recscope.explain.gradients import GradInputExplainer
 from recscope.ranking import top_k
 
+if TYPE_CHECKING:
+    from recscope.recommend import Recommender
+
 # items ranked by interactions, most popular first: (label, upper edge as a share of items)
 POPULARITY_BUCKETS = (("top 1%", 0.01), ("1-5%", 0.05), ("5-20%", 0.20), ("20-50%", 0.50), ("bottom 50%", 1.0))
 WHOLE_ITEM_FIELDS = WHOLE_ITEM  # attributions that belong to the item, not to a value
 METHOD = "gradient × input"
 
 
-def global_view(rec, users: list[str], k: int = 10) -> dict:
+def global_view(rec: Recommender, users: list[str], k: int = 10) -> dict:
     """Attribute attributions of the top-``k`` of every user in ``users`` (own ids), aggregated."""
     if not users:
         raise RunError("no users to aggregate over", fix="pass at least one user id")
@@ -116,7 +120,7 @@ def _value_counts(field, items) -> dict[str, int]:
     return dict(counts.most_common())
 
 
-def popularity(rec, recommended: list[int]) -> dict:
+def popularity(rec: Recommender, recommended: list[int]) -> dict:
     """Share of recommendations and of training interactions per item-popularity bucket."""
     data: Dataset = rec.data
     interactions = PopularityScorer(data, rec.split().train_len).scores.numpy()[1:]  # training events per item

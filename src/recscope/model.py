@@ -13,6 +13,7 @@ attention kernel; asking for attentions always takes the eager path, and
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -119,6 +120,26 @@ class SeqRec(nn.Module):
         if text is not None and self.cfg.text_dim:
             self.text_vectors.copy_(text)
             self.text_vectors[0] = 0
+
+    def set_items(self, indices: list[int], values: dict[str, Tensor]) -> None:
+        """Give the items at ``indices`` the attribute values ``values`` (per field (len(indices),
+        width)), growing the catalog when an index is past its end. A new item's id embedding
+        (and text vector) starts at zero: its token is the sum of its attribute embeddings, so
+        it is scored from its fields until training gives it an id embedding of its own."""
+        grow = max(indices, default=0) - self.cfg.n_items
+        if grow > 0:
+            weight = self.item_emb.weight
+            self.item_emb.weight = nn.Parameter(torch.cat([weight.data, weight.new_zeros(grow, weight.shape[1])]))
+            self.item_emb.num_embeddings += grow
+            for i in range(len(self.field_names)):
+                buffer = getattr(self, f"field_values_{i}")
+                setattr(self, f"field_values_{i}", torch.cat([buffer, buffer.new_zeros(grow, buffer.shape[1])]))
+            if self.cfg.text_dim:
+                self.text_vectors = torch.cat([self.text_vectors, self.text_vectors.new_zeros(grow, self.cfg.text_dim)])
+            self.cfg = dataclasses.replace(self.cfg, n_items=self.cfg.n_items + grow)
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        for i, name in enumerate(self.field_names):
+            getattr(self, f"field_values_{i}")[rows] = values[name]
 
     # ------------------------------------------------------------------ item tokens
     def field_embeddings(self, items: Tensor) -> dict[str, Tensor]:

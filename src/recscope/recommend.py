@@ -11,15 +11,18 @@ a history with no known item at all is an error.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from recscope import versions
 from recscope.data import Dataset, make_split
-from recscope.errors import DataError, RunError
+from recscope.errors import RunError
 from recscope.evaluate import ItemKNNScorer, PopularityScorer, evaluate, model_scorer
+from recscope.histories import History, HistorySource, RunHistories, adhoc
 from recscope.model import SeqRec
 from recscope.ranking import cutoff, hide, n_visible, rank, top_k
 from recscope.run import RunInfo, load_data, load_model, update_state
@@ -34,6 +37,13 @@ class Recommendation:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class AddedItem:
+    index: int  # the item's dense index
+    new: bool  # added (True) or updated (False)
+    unused: list[str]  # "field=value" the catalog's fields cannot hold: no embedding, no effect
 
 
 class Results(list):
@@ -54,58 +64,103 @@ def _at_least_one(name: str, value: int) -> None:
 
 
 class Recommender:
-    def __init__(self, model: SeqRec, data: Dataset, info: RunInfo, path: Path | None = None):
+    """A trained model over its catalog (item table, ids, titles, attributes), reading users'
+    histories from a history source: the run's training data by default, the live event store in
+    the service. Everything it answers speaks the user's own ids."""
+
+    def __init__(
+        self,
+        model: SeqRec,
+        data: Dataset,
+        info: RunInfo,
+        path: Path | None = None,
+        histories: HistorySource | None = None,
+    ):
         self.model, self.data, self.info, self.path = model, data, info, path
         self.config = info.config
+        self.histories: HistorySource = histories if histories is not None else RunHistories(data)
+        self.version = versions.UNVERSIONED  # the model version (see recscope.versions); load() sets it
         with torch.no_grad():
             self._table = model.item_table()
         self._explainers: dict = {}
+        # Dense indices 1..trained_items are the trained catalog; items added since come after.
+        self.trained_items = data.n_items
 
     @classmethod
-    def load(cls, run: str | Path) -> Recommender:
-        model, info = load_model(Path(run))
-        return cls(model, load_data(Path(run)), info, Path(run))
+    def load(cls, run: str | Path, version: str | None = None) -> Recommender:
+        """The run's model ``version`` (default: the current one; a run without versions: its
+        model.safetensors, version ``unversioned``)."""
+        path, version_id = versions.weights(Path(run), version)
+        model, info = load_model(Path(run), weights=path)
+        rec = cls(model, load_data(Path(run)), info, Path(run))
+        rec.version = version_id
+        return rec
+
+    # ------------------------------------------------------------------ the catalog
+    def set_item(self, item_id: str, title: str, attributes: Mapping[str, object] | None = None) -> AddedItem:
+        """Add an item to the catalog (or update one added before): recommendable at once.
+
+        Its token is the sum of its attribute embeddings (its id embedding starts at zero), so
+        it is scored from its fields until training gives it an id of its own. An item the run
+        was trained on cannot be changed here (its catalog entry is the trained data)."""
+        known = self.data.find(item_id)
+        if known is not None and known <= self.trained_items:
+            raise RunError(
+                f"item {item_id!r} is in the trained catalog: its title and attributes come from the trained data",
+                fix="add items the run does not know (items added after training)",
+            )
+        index, unused = self.data.set_item(item_id, title, attributes or {})
+        self.model.set_items([index], {f.name: torch.from_numpy(f.values[index : index + 1]) for f in self.data.fields})
+        with torch.no_grad():
+            self._table = self.model.item_table()
+        self._explainers.clear()  # they hold the old item table
+        return AddedItem(index, known is None, unused)
 
     # ------------------------------------------------------------------ histories
     def history(self, user: str) -> np.ndarray:
-        """The known user's whole history (dense item indices, oldest first)."""
-        return self.data.sequence(self.data.user_index(user))
+        """The user's history as the model reads it (dense item indices, oldest first)."""
+        return self._known(self.histories.history(user)).indices
 
     def history_from_ids(self, item_ids: list[str], unknown: str = "error") -> np.ndarray:
         """Dense indices of ``item_ids``; ``unknown="skip"`` leaves out ids the run does not know,
         ``"error"`` refuses them."""
-        return self._indices(item_ids, unknown)[0]
+        return self._adhoc(item_ids, unknown).indices
 
-    def _indices(self, item_ids: list[str], unknown: str) -> tuple[np.ndarray, list[str]]:
+    def _adhoc(self, item_ids: list[str], unknown: str) -> History:
         if unknown not in UNKNOWN_POLICIES:
             raise RunError(f"unknown={unknown!r} is not a policy", fix=f"use one of {', '.join(UNKNOWN_POLICIES)}")
         if not item_ids:
             raise RunError("the history is empty", fix="pass at least one item id")
         if isinstance(item_ids, str):
             raise RunError("history must be a list of item ids, not one string", fix=f"pass history=[{item_ids!r}]")
-        indices, skipped = [], []
-        for item in item_ids:
-            try:
-                indices.append(self.data.item_index(item))
-            except DataError:
-                if unknown == "error":
-                    raise
-                skipped.append(str(item))
-        if not indices:
+        history = adhoc(self.data, item_ids)
+        if history.unknown and unknown == "error":
+            self.data.item_index(history.unknown[0])  # raises the DataError naming it
+        return self._known(history)
+
+    def _known(self, history: History) -> History:
+        """``history``, refused when the catalog knows none of its items."""
+        if len(history.indices) == 0:
+            skipped = history.unknown
             shown = ", ".join(repr(i) for i in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
             raise RunError(
                 f"none of the {len(skipped)} history items is known to this run ({shown})",
                 fix=f"use item ids from the catalog the run was trained on (e.g. {', '.join(self.data.item_ids[1:4])})",
             )
-        return np.array(indices, dtype=np.int64), skipped
+        return history
 
-    def _resolve(self, user: str | None, history: list[str] | None, unknown: str = "skip"):
-        """(dense history, unknown ids skipped from ``history``)."""
+    def resolve(self, user: str | None = None, history: list[str] | None = None, unknown: str = "skip") -> History:
+        """The History of a user (from the history source) or of item ids given (anonymous);
+        ``.unknown`` names the ids skipped because the catalog does not know them."""
         if (user is None) == (history is None):
             raise RunError("pass exactly one of user=... or history=[...]")
         if user is not None:
-            return self.history(user), []
-        return self._indices(history, unknown)
+            return self._known(self.histories.history(user))
+        return self._adhoc(history, unknown)
+
+    def _hidden(self, exclude: Iterable[str]) -> list[int]:
+        """Dense indices of the ``exclude`` ids the catalog knows (the others are never recommended anyway)."""
+        return [i for i in map(self.data.find, exclude) if i is not None]
 
     def tensor(self, history: np.ndarray) -> torch.Tensor:
         """(1, T) the last max_len items of a history, as the model reads them."""
@@ -131,14 +186,8 @@ class Recommender:
         that were skipped (``unknown="error"`` refuses them instead). Items in ``exclude`` (e.g. the
         user dismissed them) are never recommended; ids the run does not know there are ignored."""
         _at_least_one("k", k)
-        hist, skipped = self._resolve(user, history, unknown)
-        hidden = []
-        for item in exclude:
-            try:
-                hidden.append(self.data.item_index(item))
-            except DataError:
-                pass  # never recommended anyway
-        return Results(self._top(hist, k, exclude_history, hidden), skipped)
+        hist = self.resolve(user, history, unknown)
+        return Results(self._top(hist.indices, k, exclude_history, self._hidden(exclude)), hist.unknown)
 
     # ------------------------------------------------------------------ explain
     def default_method(self) -> str:
@@ -160,31 +209,42 @@ class Recommender:
         counterfactual: bool = True,
         attentions: bool = False,
         unknown: str = "skip",
+        exclude: Iterable[str] = (),
     ) -> Results:
         """Explanations (:class:`~recscope.explain.base.Explanation`) for one item (``item=``) or
         the whole top-``top``; ``k`` is the top-K their status and counterfactuals refer to.
 
         Any ``item`` is explained: one outside the top-K has status ``outside_top_k`` and its
         rank ("ranked 37 of 1,200"); one already in the history has status ``owned`` and no
-        score or rank (owned items are never recommended). ``.unknown`` names skipped history ids.
+        score or rank (owned items are never recommended); one in ``exclude`` (the user dismissed
+        it) has status ``dismissed``, and excluded items are no rivals in any rank.
+        ``.unknown`` names skipped history ids.
         """
         from recscope.explain.api import explain_items, make_explainer
-        from recscope.explain.base import OUTSIDE_TOP_K, OWNED, RECOMMENDED
+        from recscope.explain.base import DISMISSED, OUTSIDE_TOP_K, OWNED, RECOMMENDED
 
         _at_least_one("top", top)
         _at_least_one("k", k)
-        hist, skipped = self._resolve(user, history, unknown)
-        scores = self.scores(hist)
+        resolved = self.resolve(user, history, unknown)
+        hist, hidden = resolved.indices, self._hidden(exclude)
+        scores = hide(self.scores(hist), exclude=hidden or None)
         if item is not None:
             targets = [self.data.item_index(item)]
         else:
             targets = top_k(scores, top).indices.tolist()
         finite = int(n_visible(scores))
         ranks = [
-            int(r) + 1 if torch.isfinite(scores[t]) else None  # owned items have no rank
+            int(r) + 1 if torch.isfinite(scores[t]) else None  # owned and dismissed items have no rank
             for t, r in zip(targets, rank(scores, targets), strict=True)
         ]
-        statuses = [OWNED if r is None else RECOMMENDED if r <= k else OUTSIDE_TOP_K for r in ranks]
+        dismissed = set(hidden) - set(hist.tolist())  # an owned item is owned first
+
+        def status(target: int, r: int | None) -> str:
+            if r is None:
+                return DISMISSED if target in dismissed else OWNED
+            return RECOMMENDED if r <= k else OUTSIDE_TOP_K
+
+        statuses = [status(t, r) for t, r in zip(targets, ranks, strict=True)]
         explainer = self._explainers.get(method or self.default_method())
         if explainer is None:
             explainer = make_explainer(self.model, method or self.default_method())
@@ -196,7 +256,7 @@ class Recommender:
             targets,
             scores=[float(scores[t]) if r is not None else None for t, r in zip(targets, ranks, strict=True)],
             ranks=ranks,
-            user=user,
+            user=resolved.user_id,
             k=k,
             counterfactual=counterfactual,
             attentions=attentions,
@@ -204,7 +264,7 @@ class Recommender:
             statuses=statuses,
             candidates=finite,
         )
-        return Results(explanations, skipped)
+        return Results(explanations, resolved.unknown)
 
     def what_if(
         self,
@@ -215,15 +275,18 @@ class Recommender:
         add: list[str] = (),
         k: int = 10,
         unknown: str = "skip",
+        exclude: Iterable[str] = (),
     ) -> dict:
         """Re-rank an edited history: items removed from it and/or appended to it.
 
         Returns the top-K before and after, which items entered or left, and the history ids
         skipped as unknown (``"unknown"``). Removing an item the history does not hold is an
-        error naming it (an edit that silently did nothing would read as "no effect").
+        error naming it (an edit that silently did nothing would read as "no effect"); so is
+        adding an item the catalog does not hold. Items in ``exclude`` are in neither list.
         """
         _at_least_one("k", k)
-        hist, skipped = self._resolve(user, history, unknown)
+        resolved = self.resolve(user, history, unknown)
+        hist, hidden = resolved.indices, self._hidden(exclude)
         held = {self.data.item_ids[i] for i in hist}
         missing = [str(i) for i in remove if str(i) not in held]
         if missing:
@@ -235,8 +298,8 @@ class Recommender:
         edited = np.array([i for i in hist if i not in drop] + [self.data.item_index(i) for i in add], dtype=np.int64)
         if len(edited) == 0:
             raise RunError("the edited history is empty", fix="remove fewer items or add some")
-        before = self._top(hist, k)
-        after = self._top(edited, k)
+        before = self._top(hist, k, exclude=hidden)
+        after = self._top(edited, k, exclude=hidden)
         ids_before = [r.item_id for r in before]
         ids_after = [r.item_id for r in after]
         return {
@@ -244,7 +307,7 @@ class Recommender:
             "after": [r.to_dict() for r in after],
             "entered": [i for i in ids_after if i not in ids_before],
             "left": [i for i in ids_before if i not in ids_after],
-            "unknown": skipped,
+            "unknown": resolved.unknown,
         }
 
     def _top(

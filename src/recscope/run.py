@@ -9,6 +9,7 @@
       last.safetensors        the latest weights, with optimizer.safetensors, for --resume
       optimizer.safetensors   AdamW state: tensors, with the param groups as JSON in the header
       skipped_rows.csv        every input row skipped or dropped as a duplicate, with its reason
+      versions/               immutable model versions and the one served (recscope.versions)
       .lock                   present while a process writes the run (recscope.lock)
 
 Every file is written to a temporary name and renamed, so a crash never leaves a
@@ -212,14 +213,16 @@ def build_model(config: Config) -> SeqRec:
     return SeqRec(config.model)
 
 
-def load_model(run: Path, which: str = "model") -> tuple[SeqRec, RunInfo]:
+def load_model(run: Path, which: str = "model", weights: Path | None = None) -> tuple[SeqRec, RunInfo]:
+    """The run's model with the ``which`` weights of the run directory, or the ``weights`` file
+    given (a version's, see ``recscope.versions``)."""
     from recscope.cpu import use_threads
 
     run = Path(run)
     info = load_info(run)
     use_threads()
     model = build_model(info.config)
-    load_weights(run / f"{which}.safetensors", model)
+    load_weights(weights or run / f"{which}.safetensors", model)
     model.eval()
     return model, info
 

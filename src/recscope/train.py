@@ -16,6 +16,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from recscope import versions
 from recscope.config import Config, validate
 from recscope.cpu import use_threads
 from recscope.data import Dataset, make_split, training_windows
@@ -143,7 +144,18 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
             if info.state["bad_evals"] >= t.patience:
                 console.print(f"early stop: no better valid {SELECT_ON} for {t.patience} evaluations")
                 break
-    console.print(f"best valid {SELECT_ON} {best:.4f} at epoch {info.state['best_epoch']}; run saved in {out}")
+    version = versions.publish(
+        out,
+        out / "model.safetensors",
+        source="train",
+        parent=versions.current(out),
+        best_epoch=info.state["best_epoch"],
+        best_valid=info.state["best_valid"],
+    )
+    console.print(
+        f"best valid {SELECT_ON} {best:.4f} at epoch {info.state['best_epoch']}; run saved in {out} "
+        f"(model version {version.id})"
+    )
     return info
 
 
@@ -273,6 +285,7 @@ def _resume(out: Path, config: Config, data_print: str, data_spec: str, model: S
     # best model or data file would outlive a resume that says it succeeded.
     load_data(out, info)
     load_model(out)
+    load_model(out, weights=versions.weights(out)[0])  # the version served, when the run has versions
     load_weights(out / "last.safetensors", model)
     load_optimizer(out / "optimizer.safetensors", optimizer)
     info.config = config  # training keys (e.g. epochs) may be raised on resume

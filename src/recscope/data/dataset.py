@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -104,6 +105,24 @@ class ItemField:
     def labels(self, item: int) -> list[str]:
         return [self.vocab[v] for v in self.values[item] if v > 0]
 
+    def encode(self, value: object) -> tuple[np.ndarray, list[object]]:
+        """The (width,) value indices of an item's cell (a value, a list of values or None) and
+        the values the field cannot hold (not in the vocabulary, not a number, past the width)."""
+        row = np.zeros(self.values.shape[1], dtype=self.values.dtype)
+        values = [] if value is None else list(value) if isinstance(value, list | tuple) else [value]
+        if self.kind == "numeric":  # one number, put in its band as the training data's were
+            first = next((j for j, v in enumerate(values) if _number(v) is not None), None)
+            if first is None:
+                return row, values
+            edges = np.asarray(self.band_edges or [], dtype=np.float64)
+            row[0] = int(np.searchsorted(edges, _number(values[first]), side="right")) + 1
+            return row, values[:first] + values[first + 1 :]
+        lookup = {label: i for i, label in enumerate(self.vocab) if i > 0}
+        known = [lookup[str(v)] for v in dict.fromkeys(values) if str(v) in lookup]
+        left = [v for v in dict.fromkeys(values) if str(v) not in lookup]
+        row[: min(len(known), len(row))] = known[: len(row)]
+        return row, left + [self.vocab[i] for i in known[len(row) :]]
+
 
 @dataclass
 class Dataset:
@@ -141,28 +160,78 @@ class Dataset:
     def sequence(self, user: int) -> np.ndarray:
         return self.items[self.offsets[user] : self.offsets[user + 1]]
 
-    def user_index(self, user_id: str) -> int:
+    def find_user(self, user_id: str) -> int | None:
+        """The dense index of ``user_id``, or None when the data does not hold the user."""
         if self._user_index is None:
             self._user_index = {u: i for i, u in enumerate(self.user_ids)}
-        try:
-            return self._user_index[str(user_id)]
-        except KeyError:
+        return self._user_index.get(str(user_id))
+
+    def find(self, item_id: str) -> int | None:
+        """The dense index of ``item_id``, or None when the catalog does not hold it."""
+        if self._item_index is None:
+            self._item_index = {it: i for i, it in enumerate(self.item_ids) if i > 0}
+        return self._item_index.get(str(item_id))
+
+    def user_index(self, user_id: str) -> int:
+        """The dense index of ``user_id``; a DataError naming it (and users to use) when unknown."""
+        index = self.find_user(user_id)
+        if index is None:
             raise DataError(
                 f"unknown user {user_id!r}",
                 fix=f"use one of the {self.n_users} users in the training data "
                 f"(e.g. {', '.join(self.user_ids[:3])}), or pass a history of item ids",
-            ) from None
+            )
+        return index
 
     def item_index(self, item_id: str) -> int:
-        if self._item_index is None:
-            self._item_index = {it: i for i, it in enumerate(self.item_ids) if i > 0}
-        try:
-            return self._item_index[str(item_id)]
-        except KeyError:
+        """The dense index of ``item_id``; a DataError naming it (and items to use) when unknown."""
+        index = self.find(item_id)
+        if index is None:
             raise DataError(
                 f"unknown item {item_id!r}",
                 fix=f"use item ids from the catalog (e.g. {', '.join(self.item_ids[1:4])})",
-            ) from None
+            )
+        return index
+
+    # ------------------------------------------------------------------ a growing catalog
+    def set_item(self, item_id: str, title: str, attributes: Mapping[str, object]) -> tuple[int, list[str]]:
+        """Add an item to the catalog (or replace the title and attributes of one added before)
+        from its title and ``attributes`` (field -> value or [values]); the sequences are unchanged.
+
+        Returns the item's dense index and what of ``attributes`` the fields cannot hold, as
+        ``"field=value"`` (a value no trained item has, a field the data does not have, more
+        values than the field's width): the model has no embedding for them.
+        """
+        item_id = str(item_id)
+        index = self.find(item_id)
+        if index is None:
+            index = len(self.item_ids)
+            self.item_ids.append(item_id)
+            self._item_index[item_id] = index
+            if self.titles is not None:
+                self.titles.append("")
+            for f in self.fields:
+                f.values = np.vstack([f.values, np.zeros((1, f.values.shape[1]), dtype=f.values.dtype)])
+        if title:
+            if self.titles is None:
+                self.titles = [""] * len(self.item_ids)
+            self.titles[index] = title
+        for f in self.fields:
+            f.values[index] = f.encode(attributes.get(f.name))[0]
+        return index, self.unusable(attributes)
+
+    def unusable(self, attributes: Mapping[str, object]) -> list[str]:
+        """``"field=value"`` for each attribute value the catalog's fields cannot hold (a field
+        the data does not have, a value no trained item has, more values than the field's width)."""
+        fields = {f.name: f for f in self.fields}
+        out = []
+        for name, value in attributes.items():
+            if name in fields:
+                left = fields[name].encode(value)[1]
+            else:
+                left = [] if value is None else list(value) if isinstance(value, list | tuple) else [value]
+            out += [f"{name}={v}" for v in left]
+        return out
 
     def title(self, item: int) -> str:
         if self.titles and self.titles[item]:
@@ -363,6 +432,17 @@ def _numeric_field(name: str, values: np.ndarray, index: np.ndarray, n_rows: int
     bounds = [float(values[present].min()), *edges.tolist(), float(values[present].max())]
     vocab = ["<none>"] + [f"band{b} ({_fmt(bounds[b - 1])}-{_fmt(bounds[b])})" for b in range(1, len(edges) + 2)]
     return ItemField(name, "numeric", vocab, matrix, edges.tolist())
+
+
+def _number(value: object) -> float | None:
+    """A finite number from an attribute value (a number or a numeric string), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
 
 
 def _examples(ids: pl.Series, n: int = 3) -> str:

@@ -69,6 +69,7 @@ NOT_FOUND = "not_found"  # no greedy prefix of the history drops it out
 RECOMMENDED = "recommended"  # in the top-K
 OUTSIDE_TOP_K = "outside_top_k"  # ranked, but below the top-K
 OWNED = "owned"  # already in the history: never recommended, so it has no score or rank
+DISMISSED = "dismissed"  # the user said "not interested": never recommended to them again, no rank
 
 
 @dataclass
@@ -107,7 +108,7 @@ class Explanation:
     attributes_history: dict[str, float] = field(default_factory=dict)
     attributes_candidate: dict[str, float] = field(default_factory=dict)  # the item's own fields (exact split)
     attributes_method: str = ""
-    status: str = RECOMMENDED  # RECOMMENDED, OUTSIDE_TOP_K or OWNED
+    status: str = RECOMMENDED  # RECOMMENDED, OUTSIDE_TOP_K, OWNED or DISMISSED
     k: int = 10  # the top-K the status and the counterfactual refer to
     candidates: int | None = None  # how many items were ranked (the catalog minus owned items)
     # the item's own score drop when the history items the sentence may name are taken out together

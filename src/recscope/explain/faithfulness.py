@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ from recscope.explain.api import METHODS, make_explainer
 from recscope.explain.occlusion import OcclusionExplainer, without
 from recscope.progress import track
 from recscope.ranking import hide, rank, top_k
+
+if TYPE_CHECKING:
+    from recscope.recommend import Recommender
 
 MAX_REMOVED = 5
 EXIT_REMOVED = 3
@@ -55,7 +59,9 @@ class _Case:
     test_item: int | None = None
 
 
-def evaluate_faithfulness(rec, users: int = 200, methods: list[str] | None = None, k: int = 10, seed: int = 0) -> dict:
+def evaluate_faithfulness(
+    rec: Recommender, users: int = 200, methods: list[str] | None = None, k: int = 10, seed: int = 0
+) -> dict:
     """Measure every method on the same cases; returns ``{"default": name, "methods": {...}, ...}``."""
     methods = list(methods or METHODS)
     model, data = rec.model, rec.data

@@ -17,7 +17,7 @@ out it says so.
 
 from __future__ import annotations
 
-from recscope.explain.base import OUTSIDE_TOP_K, OWNED, Explanation
+from recscope.explain.base import DISMISSED, OUTSIDE_TOP_K, OWNED, Explanation
 
 SHARE = 0.25  # a cited item carries at least this share of all positive weight (and of the lead)
 
@@ -58,6 +58,8 @@ def sentence(
     ``margin`` is the item's score minus the score of the first item outside the top-K."""
     if expl.status == OWNED:
         return "Already in your history: not recommended (owned items are never recommended)."
+    if expl.status == DISMISSED:
+        return "You said you are not interested in it: it is not recommended to you again."
     if expl.status == OUTSIDE_TOP_K:
         text = f"Ranked {expl.rank:,} of {expl.candidates:,}, outside your top {expl.k}: not recommended."
         items = cited(expl)

@@ -27,11 +27,12 @@ from pydantic.json_schema import models_json_schema
 
 import recscope
 from recscope.errors import RecscopeError, RunError
+from recscope.histories import RunHistories
 from recscope.recommend import Recommender
 from recscope.serve import metrics
 from recscope.serve.deps import Conflict, NotFound, NotReady, Service, Unauthorized
 from recscope.serve.limits import BodyLimit
-from recscope.serve.live import model_version
+from recscope.serve.live import StoreHistories, add_stored_items
 from recscope.serve.metrics import Metrics, MetricsMiddleware
 from recscope.serve.routes import events, feedback, health, items, recommendations, users, whatif
 from recscope.serve.schemas import ERRORS
@@ -45,9 +46,11 @@ def load_service(settings: Settings) -> Service:
     if settings.run is None:
         raise RunError("no run to serve", fix="pass the run directory (recscope serve RUN, or RECSCOPE_RUN)")
     run = Path(settings.run)
-    recommender = Recommender.load(run)
+    recommender = Recommender.load(run, settings.version)
     store = Store.open(settings.db) if settings.db else Store.for_run(run)
-    return Service(recommender=recommender, store=store, model_version=model_version(run))
+    recommender.histories = StoreHistories(RunHistories(recommender.data), store)
+    add_stored_items(recommender, store)
+    return Service(recommender=recommender, store=store, model_version=recommender.version)
 
 
 def _status(error: RecscopeError) -> int:

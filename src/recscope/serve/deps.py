@@ -4,7 +4,8 @@ the lifespan in ``app.py`` (``app.state.service``)."""
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -33,9 +34,12 @@ class NotReady(RecscopeError):
 
 @dataclass(frozen=True)
 class Service:
-    recommender: Recommender
+    recommender: Recommender  # reads its histories from the store (serve.live.StoreHistories)
     store: Store
     model_version: str
+    # Held around every model call and catalog change: one model computation at a time (torch
+    # already uses every core for one), and no request sees a catalog half-grown.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def service(request: Request) -> Service:

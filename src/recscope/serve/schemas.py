@@ -70,6 +70,7 @@ class RecommendIn(Strict):
     k: int = Field(10, ge=1, le=1000)
     explain: bool = False
     method: str | None = None
+    counterfactual: bool = Field(False, description="with explain: also each item's counterfactual")
 
 
 class RecommendedItem(Strict):
@@ -144,7 +145,11 @@ class ItemOut(Strict):
     title: str
     attributes: dict[str, Any]
     source: Literal["run", "store"]  # the trained catalog, or added to the store since
-    recommendable: bool  # the model can recommend it (items added after training: not yet)
+    recommendable: bool  # the model scores it (an added item: from its attribute fields)
+    unused: list[str] = Field(
+        default_factory=list,
+        description='"field=value" pairs the model has no embedding for (a value or field no trained item has)',
+    )
 
 
 # -- error bodies ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECSCOPE_", extra="forbid")
 
     run: Path | None = None  # (path) run directory written by `recscope train`
+    version: str | None = None  # (str) the model version to serve; None: the run's current one
     db: str | None = None  # (SQLAlchemy URL) the event store; None: store.sqlite in the run
     host: str = "127.0.0.1"  # (str) address to bind; beyond loopback only with an api_key
     api_key: SecretStr | None = None  # (secret) X-API-Key that write and admin routes require; None: open

@@ -1,4 +1,5 @@
-"""The catalog: the run's items (read only) and items added to the store since training."""
+"""The catalog: the run's items (read only) and items added since training, which the model
+recommends at once, scored from their attribute fields (``Recommender.set_item``)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from fastapi import APIRouter, Response
 
 from recscope.recommend import Recommender
 from recscope.serve.deps import Conflict, NotFound, ServiceDep, WriteAccess
-from recscope.serve.live import item_index_or_none
 from recscope.serve.schemas import ItemIn, ItemOut
+from recscope.serve.store import StoredItem
 
 router = APIRouter(prefix="/items", tags=["items"])
 
@@ -23,34 +24,46 @@ def run_item(rec: Recommender, item_id: str, index: int) -> ItemOut:
     )
 
 
+def stored_item(rec: Recommender, stored: StoredItem) -> ItemOut:
+    """An added item as the store keeps it (every attribute as given), and what the model cannot use."""
+    return ItemOut(
+        item_id=stored.item_id,
+        title=stored.title,
+        attributes=stored.attributes,
+        source="store",
+        recommendable=rec.data.find(stored.item_id) is not None,
+        unused=rec.data.unusable(stored.attributes),
+    )
+
+
 @router.put("/{item_id:path}", responses={201: {"model": ItemOut}}, dependencies=WriteAccess)
 def put_item(item_id: str, body: ItemIn, svc: ServiceDep, response: Response) -> ItemOut:
-    """Add an item (201) or replace a stored one's title and attributes (200). Items of the run
-    are 409: their catalog entry is the trained data."""
-    if item_index_or_none(svc.recommender, item_id) is not None:
+    """Add an item (201) or replace an added one's title and attributes (200): stored, then in
+    the catalog at once (the next recommendation may hold it). Items of the run are 409: their
+    catalog entry is the trained data."""
+    rec = svc.recommender
+    index = rec.data.find(item_id)
+    if index is not None and index <= rec.trained_items:
         raise Conflict(
             f"item {item_id!r} is in the run's catalog: its title and attributes come from the trained data",
             fix="PUT items the run does not know (items added after training)",
         )
     new = svc.store.put_item(item_id, body.title, body.attributes)
+    with svc.lock:
+        rec.set_item(item_id, body.title, body.attributes)
     response.status_code = 201 if new else 200
     stored = svc.store.get_item(item_id)
     assert stored is not None
-    return ItemOut(
-        item_id=stored.item_id, title=stored.title, attributes=stored.attributes, source="store", recommendable=False
-    )
+    return stored_item(rec, stored)
 
 
 @router.get("/{item_id:path}")
 def get_item(item_id: str, svc: ServiceDep) -> ItemOut:
-    """An item of the run (``source: "run"``, recommendable) or of the store (``"store"``: not
-    recommendable until the catalog can grow)."""
-    index = item_index_or_none(svc.recommender, item_id)
-    if index is not None:
-        return run_item(svc.recommender, item_id, index)
+    """An item of the run (``source: "run"``) or one added since (``"store"``)."""
     stored = svc.store.get_item(item_id)
-    if stored is None:
+    if stored is not None:
+        return stored_item(svc.recommender, stored)
+    index = svc.recommender.data.find(item_id)
+    if index is None:
         raise NotFound(f"unknown item {item_id!r}", fix="PUT /items/{id} to add it, or use an item id of the run")
-    return ItemOut(
-        item_id=stored.item_id, title=stored.title, attributes=stored.attributes, source="store", recommendable=False
-    )
+    return run_item(svc.recommender, item_id, index)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from recscope.serve.deps import ServiceDep
-from recscope.serve.live import adhoc_history, serve_list
+from recscope.serve.live import serve_list
 from recscope.serve.schemas import RecommendationsOut, RecommendIn
 
 router = APIRouter(prefix="/recommendations", tags=["recommendations"])
@@ -14,4 +14,13 @@ router = APIRouter(prefix="/recommendations", tags=["recommendations"])
 
 @router.post("")
 def recommend(body: RecommendIn, svc: ServiceDep) -> RecommendationsOut:
-    return serve_list(svc, adhoc_history(svc.recommender, body.history), body.k, body.explain, body.method)
+    """The top-``k`` for a history given by item ids (an anonymous session); ids the catalog does
+    not know are skipped and named in ``unknown_items``."""
+    return serve_list(
+        svc,
+        history=body.history,
+        k=body.k,
+        explain=body.explain,
+        method=body.method,
+        counterfactual=body.counterfactual,
+    )

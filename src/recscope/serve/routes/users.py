@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -9,18 +10,22 @@ from fastapi.responses import Response
 
 from recscope.serve.deps import ServiceDep, StoreDep, WriteAccess
 from recscope.serve.live import explain_item, serve_list, user_history
-from recscope.serve.schemas import ForgetOut, HistoryOut, RecommendationsOut, errors
+from recscope.serve.schemas import ForgetOut, HistoryItem, HistoryOut, RecommendationsOut, errors
 
 router = APIRouter(prefix="/users", tags=["users"])
 
 K = Annotated[int, Query(ge=1, le=1000, description="how many items")]
 Method = Annotated[str | None, Query(description="explanation method (default: the run's measured best)")]
+Counterfactual = Annotated[
+    bool, Query(description="with explain: also each item's counterfactual (the smallest history edit that drops it)")
+]
 
 
 @router.get("/{user_id:path}/history", responses=errors(404))
 def history(user_id: str, svc: ServiceDep) -> HistoryOut:
     """Oldest first: the run's training history, then the events stored since."""
-    return HistoryOut(user_id=user_id, items=user_history(svc, user_id).items)
+    items = [HistoryItem(**asdict(e)) for e in user_history(svc, user_id).items]
+    return HistoryOut(user_id=user_id, items=items)
 
 
 @router.delete("/{user_id:path}", dependencies=WriteAccess)
@@ -31,13 +36,19 @@ def forget(user_id: str, store: StoreDep) -> ForgetOut:
 
 @router.get("/{user_id:path}/recommendations", responses=errors(404))
 def recommendations(
-    user_id: str, svc: ServiceDep, k: K = 10, explain: bool = False, method: Method = None
+    user_id: str,
+    svc: ServiceDep,
+    k: K = 10,
+    explain: bool = False,
+    method: Method = None,
+    counterfactual: Counterfactual = False,
 ) -> RecommendationsOut:
-    return serve_list(svc, user_history(svc, user_id), k, explain, method)
+    """The user's top-``k`` from their live history (owned and dismissed items hidden)."""
+    return serve_list(svc, user_id=user_id, k=k, explain=explain, method=method, counterfactual=counterfactual)
 
 
-@router.get("/{user_id:path}/recommendations/{item_id}/explanation", responses=errors(404))
+@router.get("/{user_id:path}/recommendations/{item_id:path}/explanation", responses=errors(404))
 def explanation(user_id: str, item_id: str, svc: ServiceDep, k: K = 10, method: Method = None) -> Response:
-    """The item's ``Explanation.to_json()`` for the user's live history (any item of the run)."""
-    explained = explain_item(svc, user_history(svc, user_id), item_id, k=k, method=method)
+    """The item's ``Explanation.to_json()`` for the user's live history (any item of the catalog)."""
+    explained = explain_item(svc, user_id, item_id, k=k, method=method)
     return Response(explained.to_json(), media_type="application/json")

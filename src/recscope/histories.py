@@ -1,0 +1,92 @@
+"""Where a user's history comes from: a history source.
+
+The Recommender reads histories from one source. Offline it is the run's frozen training
+data (:class:`RunHistories`); the live service puts the event store behind it (the run's
+history followed by the events stored since: ``recscope.serve.live.StoreHistories``), so a
+posted event is in the very next answer with no retraining. A source returns events by item
+id; :func:`resolve` turns them into the dense indices the model reads, against the catalog
+as it is now (an item added after training is known from the moment it is added).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from recscope.data import Dataset
+
+TRAINING_EVENT = "interaction"  # the run's data does not say which kind of event a row was
+
+
+@dataclass(frozen=True)
+class Event:
+    item_id: str
+    event: str  # "interaction" for the run's training data, else the stored event's kind
+    timestamp: float  # epoch seconds (the training data's own clock for source "run")
+    source: str  # "run" (trained on), "store" (posted since) or "request" (given in a request)
+
+
+@dataclass(frozen=True)
+class History:
+    user_id: str | None  # None: an anonymous history given in a request
+    items: Sequence[Event]  # every event, its item known to the catalog or not, oldest first
+    indices: np.ndarray  # dense indices of the items the catalog knows, as the model reads them
+    unknown: list[str]  # item ids the catalog does not know, in history order (skipped)
+    in_run: bool  # the run was trained on this user
+
+    def item_ids(self, data: Dataset) -> list[str]:
+        """The ids of the items the model reads (the known ones)."""
+        return [data.item_ids[i] for i in self.indices.tolist()]
+
+
+class HistorySource(Protocol):
+    def history(self, user_id: str) -> History:
+        """The user's history; a DataError (or a subclass) names a user the source does not know."""
+        ...
+
+
+def resolve(data: Dataset, user_id: str | None, events: Sequence[Event], in_run: bool) -> History:
+    """The History of ``events`` against the catalog ``data`` holds now."""
+    indices, unknown = [], []
+    for e in events:
+        index = data.find(e.item_id)
+        if index is None:
+            unknown.append(e.item_id)
+        else:
+            indices.append(index)
+    return History(user_id, events, np.array(indices, dtype=np.int64), unknown, in_run)
+
+
+def adhoc(data: Dataset, item_ids: Sequence[str]) -> History:
+    """An anonymous history given by item ids (oldest first)."""
+    events = [Event(str(i), TRAINING_EVENT, 0.0, "request") for i in item_ids]
+    return resolve(data, None, events, in_run=False)
+
+
+class RunHistories:
+    """The run's frozen training data: the histories the model was trained on."""
+
+    def __init__(self, data: Dataset):
+        self.data = data
+
+    def events(self, user_id: str) -> list[Event] | None:
+        """The user's training events, oldest first; None when the run does not know the user."""
+        user = self.data.find_user(user_id)
+        if user is None:
+            return None
+        start, end = int(self.data.offsets[user]), int(self.data.offsets[user + 1])
+        items, times = self.data.items[start:end].tolist(), self.data.timestamps[start:end].tolist()
+        return [
+            Event(self.data.item_ids[i], TRAINING_EVENT, float(t), "run") for i, t in zip(items, times, strict=True)
+        ]
+
+    def history(self, user_id: str) -> History:
+        user = self.data.find_user(user_id)
+        if user is None:
+            self.data.user_index(user_id)  # raises the DataError naming the user and what to use
+        events = self.events(user_id) or []
+        # The run's items are always in the catalog: no lookup needed.
+        return History(str(user_id), events, self.data.sequence(user).copy(), [], True)

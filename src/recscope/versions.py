@@ -1,0 +1,113 @@
+"""Model versions: immutable weights a reader can never see half-written.
+
+    RUN/versions/<id>/model.safetensors   the weights; <id> = the first 16 hex digits of their sha256
+    RUN/versions/<id>/version.json        when and how they were made (source, parent, epoch, valid)
+    RUN/versions/current                  the id served: rewritten by one rename (promote, rollback)
+
+A version's directory is written under a temporary name and renamed whole, and never written
+again; ``publish`` of weights already published is a no-op. Training publishes its best model
+at the end; the service serves ``current`` and names it in every answer. Runs written before
+versions existed have none: their ``model.safetensors`` is served, named by its digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recscope.data.dataset import _atomic
+from recscope.errors import RunError
+
+VERSIONS = "versions"
+CURRENT = "current"
+WEIGHTS = "model.safetensors"
+UNVERSIONED = "unversioned"
+
+
+@dataclass(frozen=True)
+class Version:
+    id: str
+    created: float  # epoch seconds
+    source: str  # "train" (the run's best model), later "fine-tune"
+    parent: str | None = None  # the version it was made from
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. best_epoch, best_valid
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def publish(run: Path, weights: Path, source: str, parent: str | None = None, **details: Any) -> Version:
+    """Make ``weights`` a version of ``run`` and make it current. The caller holds the run's lock."""
+    run = Path(run)
+    version_id = digest(weights)
+    final = run / VERSIONS / version_id
+    if not final.exists():
+        tmp = run / VERSIONS / f".{version_id}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        shutil.copyfile(weights, tmp / WEIGHTS)
+        version = Version(version_id, time.time(), source, parent, details)
+        (tmp / "version.json").write_text(json.dumps(version.to_dict(), indent=1))
+        for path in (tmp / WEIGHTS, tmp / "version.json"):
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        tmp.rename(final)
+    promote(run, version_id)
+    return read(run, version_id)
+
+
+def promote(run: Path, version_id: str) -> None:
+    """Serve ``version_id`` from now on (one atomic rename; rolling back is promoting an older one)."""
+    read(run, version_id)  # refuses an unknown or damaged version
+    _atomic(Path(run) / VERSIONS / CURRENT, lambda p: p.write_text(version_id + "\n"))
+
+
+def read(run: Path, version_id: str) -> Version:
+    path = Path(run) / VERSIONS / version_id / "version.json"
+    if not path.exists():
+        known = ", ".join(v.id for v in listing(run)) or "none"
+        raise RunError(f"{run} has no model version {version_id!r}", fix=f"use one of its versions ({known})")
+    try:
+        return Version(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise RunError(f"{path} is damaged ({e})", fix="promote another version, or train the run again") from None
+
+
+def listing(run: Path) -> list[Version]:
+    """Every version of ``run``, oldest first."""
+    root = Path(run) / VERSIONS
+    if not root.is_dir():
+        return []
+    found = [read(run, p.name) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return sorted(found, key=lambda v: v.created)
+
+
+def current(run: Path) -> str | None:
+    """The id of the version served, or None for a run without versions."""
+    path = Path(run) / VERSIONS / CURRENT
+    return path.read_text().strip() if path.exists() else None
+
+
+def weights(run: Path, version_id: str | None = None) -> tuple[Path, str]:
+    """The weights file of ``version_id`` (default: the current one) and its id."""
+    run = Path(run)
+    version_id = version_id or current(run)
+    if version_id is None:  # a run from before versions: its best weights, named by their digest
+        path = run / WEIGHTS
+        return path, digest(path) if path.exists() else UNVERSIONED
+    read(run, version_id)
+    return run / VERSIONS / version_id / WEIGHTS, version_id
