@@ -34,7 +34,7 @@ from recscope.serve.deps import Conflict, NotFound, NotReady, Service, Unauthori
 from recscope.serve.limits import BodyLimit
 from recscope.serve.live import StoreHistories, add_stored_items
 from recscope.serve.metrics import Metrics, MetricsMiddleware
-from recscope.serve.routes import events, feedback, health, items, recommendations, users, whatif
+from recscope.serve.routes import events, feedback, health, items, recommendations, ui, users, whatif
 from recscope.serve.schemas import ERRORS
 from recscope.serve.settings import Settings
 from recscope.serve.store import Store
@@ -153,6 +153,6 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     app.add_middleware(BodyLimit, max_bytes=settings.max_body)
     app.state.metrics = Metrics()
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts 413s too
-    for module in (health, metrics, events, feedback, items, users, recommendations, whatif):
+    for module in (health, metrics, events, feedback, items, users, recommendations, whatif, ui):
         app.include_router(module.router)
     return app

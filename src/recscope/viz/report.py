@@ -127,10 +127,10 @@ def page_methods(rec, methods: list[str] | None = None) -> list[str]:
     return methods if default in methods else [default, *methods]
 
 
-def page_header(rec, k: int, methods: list[str]) -> dict:
+def page_header(rec, k: int, methods: list[str], page: str = "report") -> dict:
     """What the page says about the run and offers as controls (the methods, layers and heads)."""
     return {
-        "title": f"recscope report: {rec.data.name}" + (f" ({rec.path.name})" if rec.path else ""),
+        "title": f"recscope {page}: {rec.data.name}" + (f" ({rec.path.name})" if rec.path else ""),
         "run": _run_summary(rec),
         "k": k,
         "default_method": rec.default_method(),

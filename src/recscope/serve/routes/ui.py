@@ -1,0 +1,207 @@
+"""The live web view: ``GET /ui`` (``/ui?user=ID`` opens that shopper) is one page that draws a
+shopper's live top-K with the report's renderer (``viz/assets/report.js``) and posts what the
+shopper does (``POST /events``, ``POST /feedback``) before drawing again.
+
+``GET /ui/data?user=ID`` (a shopper's live history) and ``POST /ui/data`` (an anonymous
+session's history, kept by the page) answer the report's data contract for that one case, with
+``live`` beside it: the served list's ``request_id`` (for feedback), the model version, the
+latest events and what was skipped. ``GET /ui/items?q=`` and ``GET /ui/shoppers?q=`` feed the
+page's search boxes. The page asks for nothing beyond this origin: its scripts and styles are
+inline and allowed by hash in a Content-Security-Policy header, and it fetches only ``connect-src
+'self'``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from functools import lru_cache
+from importlib import resources
+from typing import Annotated
+
+import jinja2
+from fastapi import APIRouter, Query
+from fastapi.responses import HTMLResponse, Response
+from markupsafe import Markup
+from pydantic import Field
+
+from recscope.data import Dataset
+from recscope.histories import Event
+from recscope.recommend import Recommender
+from recscope.serve.deps import Service, ServiceDep
+from recscope.serve.live import adhoc_history, dismissed, user_history
+from recscope.serve.schemas import Strict, errors
+from recscope.viz.report import asset, history_data, page_header, page_methods, source_hash, templates
+
+router = APIRouter(prefix="/ui", tags=["ui"])
+
+PAGE_ASSETS = resources.files("recscope.serve") / "ui"
+RECENT = 8  # latest history events the page lists
+NO_STORE = {"Cache-Control": "no-store"}
+
+K = Annotated[int, Query(ge=1, le=100, description="how many items")]
+Method = Annotated[str | None, Query(description="explanation method (default: the run's measured best)")]
+Search = Annotated[str, Query(max_length=200, description="part of an id or title, any case")]
+Limit = Annotated[int, Query(ge=1, le=50)]
+
+
+class SessionIn(Strict):
+    history: list[str] = Field(min_length=1, max_length=1000, description="item ids, oldest first")
+    exclude: list[str] = Field(default_factory=list, max_length=1000, description="items the shopper dismissed")
+    k: int = Field(10, ge=1, le=100)
+    method: str | None = None
+
+
+class ItemHit(Strict):
+    item_id: str
+    title: str
+
+
+# ------------------------------------------------------------------------------ the page
+@lru_cache(maxsize=1)
+def _page() -> tuple[str, str]:
+    """(html, Content-Security-Policy): the same for every request, so built once."""
+    scripts = [asset("report.js"), (PAGE_ASSETS / "live.js").read_text(encoding="utf-8")]
+    style = asset("report.css") + (PAGE_ASSETS / "ui.css").read_text(encoding="utf-8")
+    env = templates(jinja2.PackageLoader("recscope.serve", "ui"))
+    html = env.get_template("ui.html.j2").render(
+        title="recscope live", scripts=[Markup(s) for s in scripts], style=Markup(style)
+    )
+    policy = "; ".join(
+        [
+            "default-src 'none'",
+            "script-src " + " ".join(f"'{source_hash(s)}'" for s in scripts),
+            f"style-src '{source_hash(style)}'",
+            "connect-src 'self'",
+            "img-src 'self' data:",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        ]
+    )
+    return html, policy
+
+
+@router.get("", response_class=HTMLResponse, include_in_schema=False)
+def page() -> HTMLResponse:
+    """The live view; ``?user=ID`` opens that shopper (read by the page's script)."""
+    html, policy = _page()
+    headers = {
+        "Content-Security-Policy": policy,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        **NO_STORE,
+    }
+    return HTMLResponse(html, headers=headers)
+
+
+# ------------------------------------------------------------------------------ its data
+@router.get("/data", responses=errors(404))
+def shopper_data(user: Annotated[str, Query(min_length=1)], svc: ServiceDep, k: K = 10, method: Method = None):
+    """The report's data contract for the shopper's live history (training data + stored events)."""
+    return _json(live_case(svc, user, None, k, method, hidden=dismissed(svc, user)))
+
+
+@router.post("/data")
+def session_data(body: SessionIn, svc: ServiceDep):
+    """The same for an anonymous session's history; ``exclude`` are the items it dismissed."""
+    return _json(live_case(svc, None, body.history, body.k, body.method, hidden=sorted(set(body.exclude))))
+
+
+def live_case(
+    svc: Service, user: str | None, items: list[str] | None, k: int, method: str | None, hidden: list[str]
+) -> dict:
+    """One live case (a shopper's live history, or ``items`` of an anonymous one) in the report's
+    data contract, explained by ``method`` only (the page asks again when the method changes).
+    The list shown is served like any other: logged, with a request id for feedback."""
+    rec = svc.recommender
+    method = method or rec.default_method()
+    page_methods(rec, [method])  # an unknown method is a 422 that lists the known ones
+    with svc.lock:  # the model and the catalog, one request at a time
+        history = user_history(svc, user) if user is not None else adhoc_history(rec, items or [])
+        ids = [e.item_id for e in history.items]  # those the catalog does not know are skipped, and named
+        explained = rec.explain(history=ids, top=k, k=k, method=method, exclude=hidden)
+        label = "anonymous shopper" if user is None else f"shopper {user}"
+        case = history_data(rec, history.indices, {method: explained}, method, label=label, user=user)
+    request_id = uuid.uuid4().hex
+    svc.store.log_served(request_id, user, svc.model_version, [(e.item_id, e.score) for e in explained])
+    return {
+        **page_header(rec, k, page_methods(rec), page="live"),
+        "histories": [case],
+        "faithfulness": None,
+        "merchant": None,
+        "live": {
+            "user": user,
+            "method": method,
+            "request_id": request_id,
+            "model_version": svc.model_version,
+            "in_run": history.in_run,
+            "events": len(history.items),
+            "recent": [_recent(rec, e) for e in history.items[-RECENT:][::-1]],
+            "unknown": history.unknown,
+            "dismissed": list(hidden),
+        },
+    }
+
+
+def _recent(rec: Recommender, event: Event) -> dict:
+    index = rec.data.find(event.item_id)
+    title = rec.data.title(index) if index is not None else event.item_id  # not in the catalog: its id
+    return {"id": event.item_id, "title": title, "event": event.event, "source": event.source}
+
+
+def _json(data: dict) -> Response:
+    return Response(json.dumps(data, allow_nan=False), media_type="application/json", headers=NO_STORE)
+
+
+# ------------------------------------------------------------------------------ search
+_catalogs: dict[int, tuple[Dataset, int, list[tuple[str, str, str, str]]]] = {}
+
+
+def _catalog(data: Dataset) -> list[tuple[str, str, str, str]]:
+    """(id, title, id casefolded, title casefolded) per item of the catalog, in catalog order;
+    built again only when the catalog grows (cached by identity: a Dataset is not hashable)."""
+    size = len(data.item_ids)
+    cached = _catalogs.get(id(data))
+    if cached is None or cached[0] is not data or cached[1] != size:
+        titles = [(item_id, data.title(i)) for i, item_id in enumerate(data.item_ids) if i]  # 0 is padding
+        rows = [(item_id, title, item_id.casefold(), title.casefold()) for item_id, title in titles]
+        _catalogs.clear()  # one app serves one run
+        _catalogs[id(data)] = cached = (data, size, rows)
+    return cached[2]
+
+
+@router.get("/items")
+def search_items(q: Search, svc: ServiceDep, limit: Limit = 10) -> list[ItemHit]:
+    """Items of the run whose id or title holds ``q``: the exact id first, then ids that start
+    with it, then titles that start with it, then the rest, each in catalog order."""
+    needle = q.strip().casefold()
+    if not needle:
+        return []
+    tiers: list[list[ItemHit]] = [[], [], [], []]
+    with svc.lock:  # not while the catalog grows
+        catalog = _catalog(svc.recommender.data)
+    for item_id, title, low_id, low_title in catalog:
+        if low_id == needle:
+            tiers[0].append(ItemHit(item_id=item_id, title=title))
+        elif low_id.startswith(needle):
+            tiers[1].append(ItemHit(item_id=item_id, title=title))
+        elif low_title.startswith(needle):
+            tiers[2].append(ItemHit(item_id=item_id, title=title))
+        elif needle in low_id or needle in low_title:
+            tiers[3].append(ItemHit(item_id=item_id, title=title))
+    return [hit for tier in tiers for hit in tier][:limit]
+
+
+@router.get("/shoppers")
+def search_shoppers(svc: ServiceDep, q: Search = "", limit: Limit = 10) -> list[str]:
+    """Shoppers of the run whose id holds ``q`` (ids that start with it first); empty: the first few."""
+    needle = q.strip().casefold()
+    users = svc.recommender.data.user_ids
+    if not needle:
+        return users[:limit]
+    starts = [u for u in users if u.casefold().startswith(needle)]
+    if len(starts) >= limit:
+        return starts[:limit]
+    inside = [u for u in users if needle in u.casefold() and not u.casefold().startswith(needle)]
+    return (starts + inside)[:limit]
