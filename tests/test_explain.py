@@ -164,6 +164,9 @@ class AdditiveModel(nn.Module):
         total = self.values[items].sum(1)  # (B,)
         return SeqRecOutput(total[:, None, None].expand(-1, items.shape[1], 1))
 
+    def last_hidden(self, items, table=None):
+        return self(items).hidden[:, -1]
+
     def item_table(self):
         return torch.ones(len(self.values), 1)
 

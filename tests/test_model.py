@@ -70,6 +70,24 @@ def test_left_padding_does_not_change_the_scores():
     torch.testing.assert_close(model.score(short), model.score(padded), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_the_last_position_alone_is_the_full_forward_s_last_position(fused):
+    """``last_only`` and ``last_hidden`` (sorted, trimmed chunks, tokens from the table) are a
+    faster way to the same numbers, for any mix of lengths and padding."""
+    model = tiny_model(fused_attention=fused)
+    g = torch.Generator().manual_seed(3)
+    items = torch.randint(1, 21, (37, 8), generator=g)
+    items[torch.rand(37, 8, generator=g) < 0.4] = 0  # a random number of items per row
+    items = torch.stack([torch.cat([r[r == 0], r[r > 0]]) for r in items])  # left-padded, as explainers make
+    items[5] = 0  # and one history with nothing left
+    full = model(items).hidden[:, -1]
+    torch.testing.assert_close(model(items, last_only=True).hidden[:, -1], full, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        table = model.item_table()
+        for chunk in (1, 4, 128):
+            torch.testing.assert_close(model.last_hidden(items, table, chunk=chunk), full, rtol=1e-5, atol=1e-5)
+
+
 def test_item_tokens_are_the_sum_of_their_fields():
     model = tiny_model()
     items = torch.tensor([[1, 4, 0]])

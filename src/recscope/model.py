@@ -40,10 +40,20 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = cfg.attn_dropout
         self.fused = cfg.fused_attention
 
-    def forward(self, x: Tensor, allowed: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, x: Tensor, allowed: Tensor, need_weights: bool, last_only: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """``last_only``: only the last position's output (its query against every key), (B, 1, C)."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        if last_only:
+            k, v = F.linear(x, self.qkv.weight[C:], self.qkv.bias[C:]).split(C, dim=2)
+            q = F.linear(x[:, -1:], self.qkv.weight[:C], self.qkv.bias[:C])
+            allowed = allowed[..., -1:, :]
+        else:
+            q, k, v = self.qkv(x).split(C, dim=2)
+        Q = q.shape[1]
+        q = q.view(B, Q, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, H, Q, hd)
+        k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (k, v))  # (B, H, T, hd)
         p = self.attn_dropout if self.training else 0.0
         if self.fused and not need_weights:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
@@ -52,7 +62,7 @@ class CausalSelfAttention(nn.Module):
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, H, T, T)
             weights = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
             y = F.dropout(weights, p, self.training) @ v
-        y = y.transpose(1, 2).reshape(B, T, C)
+        y = y.transpose(1, 2).reshape(B, Q, C)
         return self.proj(y), weights
 
 
@@ -70,9 +80,11 @@ class Block(nn.Module):
         )
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, allowed: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
-        a, weights = self.attn(self.ln1(x), allowed, need_weights)
-        x = x + self.dropout(a)
+    def forward(
+        self, x: Tensor, allowed: Tensor, need_weights: bool, last_only: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        a, weights = self.attn(self.ln1(x), allowed, need_weights, last_only)
+        x = (x[:, -1:] if last_only else x) + self.dropout(a)
         x = x + self.mlp(self.ln2(x))
         return x, weights
 
@@ -164,9 +176,13 @@ class SeqRec(nn.Module):
         return self.item_tokens(torch.arange(self.cfg.n_items + 1, device=self.item_emb.weight.device))
 
     # ------------------------------------------------------------------ encoder
-    def forward(self, items: Tensor, tokens: Tensor | None = None, output_attentions: bool = False) -> SeqRecOutput:
+    def forward(
+        self, items: Tensor, tokens: Tensor | None = None, output_attentions: bool = False, last_only: bool = False
+    ) -> SeqRecOutput:
         """items: (B, T) left-padded item indices. ``tokens`` (B, T, C) replaces the item tokens
-        (used by gradient explainers); padding positions are still taken from ``items``."""
+        (used by gradient explainers); padding positions are still taken from ``items``.
+        ``last_only``: the last block computes the last position only (``hidden`` is (B, 1, C)):
+        all that scoring the next item needs, at about half the cost of that block."""
         B, T = items.shape
         if T > self.cfg.max_len:
             items = items[:, -self.cfg.max_len :]
@@ -182,8 +198,9 @@ class SeqRec(nn.Module):
         # Padding keys are hidden; a padding query may see itself so no softmax row is empty.
         allowed = (causal & valid[:, None, None, :]) | torch.eye(T, dtype=torch.bool, device=items.device)
         attentions = []
-        for block in self.blocks:
-            x, weights = block(x, allowed, output_attentions)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x, weights = block(x, allowed, output_attentions, last_only and i == last and not output_attentions)
             if output_attentions:
                 attentions.append(weights)
         hidden = self.ln_f(x)
@@ -211,9 +228,24 @@ class SeqRec(nn.Module):
         return F.cross_entropy(logits, torch.zeros_like(y), reduction=reduction)
 
     @torch.no_grad()
+    def last_hidden(self, items: Tensor, table: Tensor | None = None, chunk: int = 128) -> Tensor:
+        """(B, T) left-padded histories -> (B, C): ``self(items).hidden[:, -1]``, faster for many
+        histories of mixed length (the variants explainers score): sorted by length, each chunk
+        cut to its longest (positions count from the right, so left padding changes nothing),
+        with the tokens read from ``table`` (the item table) instead of fused again."""
+        lengths = (items > 0).sum(1)
+        out = items.new_empty((len(items), self.cfg.d_model), dtype=self.pos_emb.weight.dtype)
+        for rows in lengths.argsort().split(chunk):
+            width = max(int(lengths[rows].max()), 1)
+            seqs = items[rows, -width:]
+            tokens = None if table is None else table[seqs]
+            out[rows] = self(seqs, tokens=tokens, last_only=True).hidden[:, -1]
+        return out
+
+    @torch.no_grad()
     def score(self, items: Tensor, table: Tensor | None = None) -> Tensor:
         """(B, T) histories -> (B, n_items + 1) scores for the next item; column 0 is -inf."""
-        hidden = self(items).hidden[:, -1]  # (B, C)
+        hidden = self(items, last_only=True).hidden[:, -1]  # (B, C)
         table = self.item_table() if table is None else table
         scores = hidden @ table.T
         scores[:, 0] = float("-inf")

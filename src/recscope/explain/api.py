@@ -133,7 +133,7 @@ def _cited_drops(explainer, read, offset, targets, explanations, margins) -> Non
     if not rows:
         return
     variants = torch.cat([read[None, :], without(read, torch.stack(masks))])  # (1 + R, T)
-    hidden = explainer.model(variants).hidden[:, -1]  # (1 + R, C)
+    hidden = explainer.model.last_hidden(variants, explainer.table)  # (1 + R, C)
     own = explainer.table[torch.tensor([targets[j] for j in rows])]  # (R, C)
     drops = (hidden[0][None, :] * own).sum(-1) - (hidden[1:] * own).sum(-1)
     for j, drop in zip(rows, drops.tolist(), strict=True):

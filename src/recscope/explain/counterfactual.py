@@ -25,7 +25,7 @@ from recscope.ranking import cutoff, hide, rank, top_k
 @torch.no_grad()
 def removal_ranks(model, table, history: torch.Tensor, owned: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Scores (V, n_items + 1) of the catalog for each variant (V, T) keep-mask; owned and padding hidden."""
-    hidden = model(without(history, masks)).hidden[:, -1]  # (V, C)
+    hidden = model.last_hidden(without(history, masks), table)  # (V, C)
     return hide(hidden @ table.T, owned=owned)
 
 

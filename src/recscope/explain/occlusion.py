@@ -31,7 +31,7 @@ class OcclusionExplainer(Explainer):
         T = len(history)
         masks = ~torch.eye(T, dtype=torch.bool)  # (T, T): variant t drops item t
         variants = torch.cat([history[None, :], without(history, masks)])  # (T + 1, T)
-        hidden = self.model(variants).hidden[:, -1]  # (T + 1, C)
+        hidden = self.model.last_hidden(variants, self.table)  # (T + 1, C)
         scores = hidden @ self.table[targets].T  # (T + 1, K)
         return (scores[0][None, :] - scores[1:]).T.contiguous()  # (K, T)
 

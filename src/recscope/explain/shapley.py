@@ -33,7 +33,6 @@ from recscope.explain.occlusion import without
 
 EXACT_UP_TO = 10  # 2^10 = 1024 sub-histories in one batch
 SAMPLES = 32  # random orders (an even number: antithetic pairs) for longer histories
-CHUNK = 2048  # sub-histories per model pass
 
 
 class ShapleyExplainer(Explainer):
@@ -46,11 +45,8 @@ class ShapleyExplainer(Explainer):
 
     def values(self, history: torch.Tensor, masks: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(V, T) keep-masks -> (V, K) scores of the targets given each sub-history."""
-        out = []
-        for chunk in masks.split(CHUNK):
-            hidden = self.model(without(history, chunk)).hidden[:, -1]
-            out.append(hidden @ self.table[targets].T)
-        return torch.cat(out)
+        hidden = self.model.last_hidden(without(history, masks), self.table)  # (V, C)
+        return hidden @ self.table[targets].T
 
     def exact(self, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return exact_shapley(lambda masks: self.values(history, masks, targets), len(history), len(targets))
