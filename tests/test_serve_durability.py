@@ -155,7 +155,6 @@ def test_kill_9_mid_stream_loses_no_acknowledged_event_and_half_writes_nothing(r
         server.stop()
     assert not any(t.is_alive() for t in clients)
 
-
     # The file is whole: SQLite's own check, before anything opens it to recover the WAL.
     with sqlite3.connect(path) as con:
         assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
 SPEC = "synthetic:users=200,items=120,seed=5"
 KEY = "fuzz-key-1"
-EXAMPLES = 20  # per operation and mode here; the bench runs many more
+EXAMPLES = 50  # per operation and mode here; the bench runs many more
 
 # Not checked, and why:
 # - positive_data_acceptance: schema-valid requests the state refuses are answered as documented
@@ -60,9 +60,16 @@ CHECKS = [
     negative_data_rejection,
 ]
 
+# A refusal of invalid data may be any of these; 413 too (schemathesis leaves it out): a batch over
+# maxItems is over the body limit first. Given here, no schemathesis.toml of the machine counts.
+CONFIG = schemathesis.Config.from_dict(
+    {"checks": {"negative_data_rejection": {"expected-statuses": ["400", "401", "404", "409", "413", "422"]}}}
+)
+
 # Starlette's {id:path} is `.*`, which stops at a newline: /users/a%0Ab/history matches no route
-# (404 {"detail": "Not Found"}). Reported, not fixed here (the fix renames the route templates
-# that /metrics labels requests by); until then the path ids fuzzed here hold no newline.
+# (404 {"detail": "Not Found"}). A user id holds no newline (schemas.UserId) and a path ending in
+# one is refused (users.whole_user_id); an id in mid-path still meets no route: reported, not fixed
+# here (a convertor that reads newlines renames the route templates /metrics labels requests by).
 NO_ROUTE = "\n"
 
 # Refusals of routes this suite does not own, not yet in their `responses=` (schemas.errors):
@@ -130,7 +137,7 @@ def fuzz(app: FastAPI, known: Known, *, operation: str, examples: int, seed_: in
     """Up to ``examples`` positive and ``examples`` negative cases of one operation (its label, as
     "POST /events"); every failed check is recorded with a curl line, none stops the run."""
     method, path = operation.split(" ", 1)
-    op = schemathesis.openapi.from_asgi("/openapi.json", app)[path][method]
+    op = schemathesis.openapi.from_asgi("/openapi.json", app, config=CONFIG)[path][method]
     outcome = Outcome(operation)
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
         try:
@@ -287,3 +294,25 @@ def test_nan_where_a_number_belongs_is_422_not_500(client, url, body):
     response = client.post(url, content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "k"]
     assert response.json()["detail"][0]["input"] in ("nan", "-inf")
+
+
+def test_a_path_ending_in_a_newline_is_no_other_user(client):
+    # `$` matches before a final newline: DELETE /users/victim%0A forgot the user "victim"
+    key = {"X-API-Key": KEY}
+    event = {"event_id": "victim-1", "user_id": "victim", "item_id": "P0001"}
+    assert client.post("/events", json={"events": [event]}, headers=key).status_code == 200
+    for method, url in (("DELETE", "/users/victim%0A"), ("GET", "/users/victim/history%0A")):
+        refused = client.request(method, url, headers=key)
+        assert refused.status_code == 422 and "newline" in refused.json()["error"], (method, url)
+    assert len(client.get("/users/victim/history").json()["items"]) == 1, "victim's event is still there"
+    # and no user id holds a newline, so none is stored that no path can reach
+    newline = client.post("/events", json={"events": [{**event, "event_id": "nl", "user_id": "a\nb"}]}, headers=key)
+    assert newline.status_code == 422 and newline.json()["detail"][0]["loc"][-1] == "user_id"
+
+
+@pytest.mark.parametrize("field", ['"k": true', '"k": "3"', '"explain": 0', '"counterfactual": 1'])
+def test_a_request_body_takes_json_types_as_documented(client, field):
+    # pydantic's lax mode read true as k=1, "3" as 3 and 0 as explain=false: the fuzz's "accepted"
+    body = f'{{"history": ["P0001"], {field}}}'
+    response = client.post("/recommendations", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"][1] == field.split('"')[1]

@@ -17,23 +17,30 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Request(Strict):
+    """A request body takes JSON's types as the document names them: pydantic's lax mode would
+    read "3" or true as 3, 0 as false, and false as a 0.0 timestamp (1970)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
 # What the store can keep of an id: non-empty, no NUL (SQLite and PostgreSQL text stop at it).
 Id = Annotated[str, Field(min_length=1, pattern=r"^[^\x00]+$")]
-# A number as JSON writes it: not true/false (pydantic's lax mode reads false as 0.0, a 1970
-# timestamp), not NaN or Infinity (Python's JSON parser takes them; JSON has none).
-Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+# A user id is also a path (/users/{id}/...), where starlette's routes stop at a newline.
+UserId = Annotated[str, Field(min_length=1, pattern=r"^[^\x00\n]+$")]
+Number = Annotated[float, Field(allow_inf_nan=False)]  # not NaN or Infinity: Python's JSON parser takes them
 
 
-class EventIn(Strict):
+class EventIn(Request):
     event_id: Id = Field(description="the client's id: re-sending it is a no-op")
-    user_id: Id
+    user_id: UserId
     item_id: Id
     event: Id = Field(DEFAULT_EVENT, max_length=100)
     timestamp: Number | str | None = Field(None, description="epoch seconds or ISO-8601 (no zone: UTC); default: now")
     value: Number | None = None
 
 
-class EventsIn(Strict):
+class EventsIn(Request):
     events: list[EventIn] = Field(min_length=1, max_length=MAX_BATCH)
 
 
@@ -65,7 +72,7 @@ class ForgetOut(Strict):
     deleted: Deleted  # rows removed
 
 
-class RecommendIn(Strict):
+class RecommendIn(Request):
     history: list[Id] = Field(min_length=1, description="item ids, oldest first")
     k: int = Field(10, ge=1, le=1000)
     explain: bool = False
@@ -103,9 +110,9 @@ class Readiness(Strict):
 Action = Literal["click", "purchase", "dismiss", "explanation_helpful", "explanation_unhelpful"]
 
 
-class FeedbackIn(Strict):
+class FeedbackIn(Request):
     request_id: Id = Field(description="the request_id of the served list")
-    user_id: Id
+    user_id: UserId
     item_id: Id = Field(description="an item of that list")
     action: Action
 
@@ -117,8 +124,8 @@ class FeedbackOut(Strict):
     action: Action
 
 
-class WhatIfIn(Strict):
-    user_id: Id
+class WhatIfIn(Request):
+    user_id: UserId
     remove: list[Id] = Field(default_factory=list, description="item ids the live history holds")
     add: list[Id] = Field(default_factory=list, description="item ids of the run, appended to the history")
     k: int = Field(10, ge=1, le=1000)
@@ -135,7 +142,7 @@ class WhatIfOut(Strict):
 Scalar = str | bool | int | float | None
 
 
-class ItemIn(Strict):
+class ItemIn(Request):
     title: str = Field(min_length=1)
     attributes: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict, description="field: value or [values]")
 
