@@ -545,7 +545,14 @@ def serve(
             fix="use --host 127.0.0.1, or set a key with --api-key-env VAR",
         )
     settings = Settings(run=run, version=version, db=db, host=host, port=port, api_key=api_key)
-    uvicorn.run(create_app(settings, service=load_service(settings)), host=host, port=port)
+    service = load_service(settings)
+    base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    console.print(
+        f"serving {run} (model version {service.model_version}): the web view at {base}/ui, the API docs at "
+        f"{base}/docs{'; writes need the X-API-Key header' if api_key else ''}",
+        highlight=False,
+    )
+    uvicorn.run(create_app(settings, service=service), host=host, port=port)
 
 
 @_command("versions")

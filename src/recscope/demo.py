@@ -108,7 +108,10 @@ def _demo(run: Path, out_dir: Path, data, cfg, spec: str, console: Console, out:
     out.print(
         Text(f"\nrun: {run}\nwhy-heatmap: {heatmap}\nattention heatmap: {png}\nsummary: {out_dir / 'demo.json'}\n"),
         Text(f"report (open in a browser, works offline): {page}", style="bold"),
-        Text(f"live: recscope serve {run}  (then GET /users/{user}/recommendations?explain=true, POST /events, /docs)"),
+        Text(
+            f"live: recscope serve {run}  then open http://127.0.0.1:8000/ui?user={user} (buy, dismiss, watch "
+            f"the why change), or GET /users/{user}/recommendations?explain=true, POST /events, /docs"
+        ),
         sep="\n",
     )
     console.print(f"demo done in {steps.total()}", highlight=False)
