@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic.json_schema import models_json_schema
+from starlette.convertors import PathConvertor, register_url_convertor
 
 import recscope
 from recscope.errors import RecscopeError, RunError
@@ -40,6 +41,17 @@ from recscope.serve.settings import Settings
 from recscope.serve.store import Store
 
 DOCS_ASSETS = "/static/docs"  # Swagger UI's js/css, from the fastapi-offline package
+
+
+class AnyText(PathConvertor):
+    """``{id:path}`` that reads every character: starlette's is ``.*``, which stops at a newline,
+    and its route pattern ends in ``$``, which matches before a final one, so DELETE
+    /users/victim%0A forgot the user "victim". Ids are any text (but NUL) and stay exact."""
+
+    regex = r"[\s\S]*"
+
+
+register_url_convertor("path", AnyText())  # the route templates (and /metrics labels) are unchanged
 
 
 def load_service(settings: Settings) -> Service:

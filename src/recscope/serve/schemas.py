@@ -26,14 +26,12 @@ class Request(Strict):
 
 # What the store can keep of an id: non-empty, no NUL (SQLite and PostgreSQL text stop at it).
 Id = Annotated[str, Field(min_length=1, pattern=r"^[^\x00]+$")]
-# A user id is also a path (/users/{id}/...), where starlette's routes stop at a newline.
-UserId = Annotated[str, Field(min_length=1, pattern=r"^[^\x00\n]+$")]
 Number = Annotated[float, Field(allow_inf_nan=False)]  # not NaN or Infinity: Python's JSON parser takes them
 
 
 class EventIn(Request):
     event_id: Id = Field(description="the client's id: re-sending it is a no-op")
-    user_id: UserId
+    user_id: Id
     item_id: Id
     event: Id = Field(DEFAULT_EVENT, max_length=100)
     timestamp: Number | str | None = Field(None, description="epoch seconds or ISO-8601 (no zone: UTC); default: now")
@@ -112,7 +110,7 @@ Action = Literal["click", "purchase", "dismiss", "explanation_helpful", "explana
 
 class FeedbackIn(Request):
     request_id: Id = Field(description="the request_id of the served list")
-    user_id: UserId
+    user_id: Id
     item_id: Id = Field(description="an item of that list")
     action: Action
 
@@ -125,7 +123,7 @@ class FeedbackOut(Strict):
 
 
 class WhatIfIn(Request):
-    user_id: UserId
+    user_id: Id
     remove: list[Id] = Field(default_factory=list, description="item ids the live history holds")
     add: list[Id] = Field(default_factory=list, description="item ids of the run, appended to the history")
     k: int = Field(10, ge=1, le=1000)

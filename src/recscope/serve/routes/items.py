@@ -7,7 +7,7 @@ from fastapi import APIRouter, Response
 
 from recscope.recommend import Recommender
 from recscope.serve.deps import Conflict, NotFound, ServiceDep, WriteAccess
-from recscope.serve.schemas import ItemIn, ItemOut
+from recscope.serve.schemas import ItemIn, ItemOut, errors
 from recscope.serve.store import StoredItem
 
 router = APIRouter(prefix="/items", tags=["items"])
@@ -36,7 +36,7 @@ def stored_item(rec: Recommender, stored: StoredItem) -> ItemOut:
     )
 
 
-@router.put("/{item_id:path}", responses={201: {"model": ItemOut}}, dependencies=WriteAccess)
+@router.put("/{item_id:path}", responses={201: {"model": ItemOut}, **errors(409)}, dependencies=WriteAccess)
 def put_item(item_id: str, body: ItemIn, svc: ServiceDep, response: Response) -> ItemOut:
     """Add an item (201) or replace an added one's title and attributes (200): stored, then in
     the catalog at once (the next recommendation may hold it). Items of the run are 409: their
@@ -57,7 +57,7 @@ def put_item(item_id: str, body: ItemIn, svc: ServiceDep, response: Response) ->
     return stored_item(rec, stored)
 
 
-@router.get("/{item_id:path}")
+@router.get("/{item_id:path}", responses=errors(404))
 def get_item(item_id: str, svc: ServiceDep) -> ItemOut:
     """An item of the run (``source: "run"``) or one added since (``"store"``)."""
     stored = svc.store.get_item(item_id)

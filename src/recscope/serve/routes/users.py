@@ -5,28 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from recscope.errors import RecscopeError
 from recscope.serve.deps import ServiceDep, StoreDep, WriteAccess
 from recscope.serve.live import explain_item, serve_list, user_history
 from recscope.serve.schemas import ForgetOut, HistoryItem, HistoryOut, RecommendationsOut, errors
 
-
-def whole_user_id(request: Request) -> None:
-    """Starlette's ``{user_id:path}`` is ``.*`` then ``$``, and ``$`` also matches before a final
-    newline: DELETE /users/victim%0A would forget the user "victim". A path that ends with a newline
-    names no user here (a user id holds none: ``schemas.UserId``)."""
-    path = request.scope["path"]  # decoded; request.url.path has lost the newline (urlsplit drops it)
-    if path.endswith("\n"):
-        raise RecscopeError(
-            f"the path {path[:200]!r} ends with a newline, which no user id holds",
-            fix="send the user id without the trailing newline (%0A)",
-        )
-
-
-router = APIRouter(prefix="/users", tags=["users"], dependencies=[Depends(whole_user_id)])
+router = APIRouter(prefix="/users", tags=["users"])
 
 K = Annotated[int, Query(ge=1, le=1000, description="how many items")]
 Method = Annotated[str | None, Query(description="explanation method (default: the run's measured best)")]

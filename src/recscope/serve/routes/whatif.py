@@ -6,12 +6,12 @@ from fastapi import APIRouter
 
 from recscope.serve.deps import NotFound, ServiceDep
 from recscope.serve.live import dismissed
-from recscope.serve.schemas import WhatIfIn, WhatIfOut
+from recscope.serve.schemas import WhatIfIn, WhatIfOut, errors
 
 router = APIRouter(prefix="/what-if", tags=["what-if"])
 
 
-@router.post("")
+@router.post("", responses=errors(404))
 def what_if(body: WhatIfIn, svc: ServiceDep) -> WhatIfOut:
     """``Recommender.what_if`` on the live history (training history + stored events), dismissed
     items hidden before and after; removing an item the history does not hold is 422 naming it,
