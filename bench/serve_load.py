@@ -85,6 +85,18 @@ async def wait_quiet(percent: float, longest: float) -> float:
             return round(used, 1)
 
 
+async def server_idle(pid: int, longest: float = 600.0) -> float:
+    """Wait until the server uses under 5% of a core over 1 s (it may still be working on requests
+    the client gave up on); returns the seconds waited."""
+    tic = time.perf_counter()
+    while time.perf_counter() - tic < longest:
+        used = cpu_seconds(pid)
+        await asyncio.sleep(1.0)
+        if cpu_seconds(pid) - used < 0.05:
+            break
+    return round(time.perf_counter() - tic, 1)
+
+
 def peak_rss_mib_of(pid: int) -> float | None:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -135,12 +147,11 @@ class Server:
         self.tmp.cleanup()
 
     def problems(self, limit: int = 20) -> list[str]:
-        """The server log's lines that are not access-log lines of 2xx answers (first ``limit``)."""
+        """The server log's errors, warnings and non-2xx access lines (the first ``limit``)."""
         self.log.flush()
         lines = self.log_path.read_text(errors="replace").splitlines()
-        ok = re.compile(r'" 2\d\d\b')
-        startup = ("Started server process", "Waiting for application", "Application startup", "Uvicorn running")
-        return [line for line in lines if not ok.search(line) and not any(s in line for s in startup)][:limit]
+        bad = re.compile(r'ERROR|WARNING|Traceback|Exception|" [345]\d\d\b')
+        return [line for line in lines if bad.search(line)][:limit]
 
     @property
     def pid(self) -> int:
@@ -315,7 +326,7 @@ async def measure(server: Server, work: Workload, args) -> dict:
         async def phase(name: str, run) -> None:
             if args.phases and name not in args.phases:
                 return
-            extra = {}
+            extra = {"server_busy_before_s": await server_idle(server.pid)}
             if args.wait_quiet is not None:
                 extra["others_cpu_percent_before"] = await wait_quiet(args.wait_quiet, args.wait_max)
             load, busy = os.getloadavg()[0], machine_busy_seconds()
