@@ -30,6 +30,7 @@ import asyncio
 import os
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -118,6 +119,7 @@ class Server:
         self.startup_seconds = 0.0
 
     def __enter__(self) -> Server:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` still stops the server and cleans up
         command = [str(RECSCOPE), "serve", self.run, "--port", str(self.port), "--db", self.db]
         tic = time.perf_counter()
         self.log = open(self.log_path, "w")  # a file, not a pipe: access logs must never block the server
@@ -238,7 +240,9 @@ class Workload:
     def recommend(self, explain: bool) -> tuple[str, str, dict]:
         params: dict = {"k": 10}
         if explain:
-            params |= {"explain": "true", "counterfactual": "false"}  # unknown query options are ignored
+            # The route takes counterfactual= since 70c7e86 (earlier servers ignore it and compute
+            # them: the result counts items_with_counterfactual).
+            params |= {"explain": "true", "counterfactual": "false"}
             if self.method:
                 params["method"] = self.method
         return "GET", f"/users/{self.rng.choice(self.users)}/recommendations", {"params": params}
