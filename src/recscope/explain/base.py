@@ -48,7 +48,7 @@ class Explainer:
         self, histories: torch.Tensor, targets: torch.Tensor, tokens: torch.Tensor | None = None
     ) -> torch.Tensor:
         """(B, T) histories (left-padded) and (B,) targets -> (B,) scores, differentiable."""
-        hidden = self.model(histories, tokens=tokens).hidden[:, -1]  # (B, C)
+        hidden = self.model(histories, tokens=tokens, last_only=True).hidden[:, -1]  # (B, C)
         return (hidden * self.table[targets]).sum(-1)
 
 

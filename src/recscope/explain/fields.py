@@ -56,7 +56,7 @@ class FieldGame:
         out = []
         for chunk in masks.split(CHUNK):
             histories = self.history[None, :].expand(len(chunk), -1)
-            hidden = self.model(histories, tokens=self.tokens(chunk)).hidden[:, -1]  # (V, C)
+            hidden = self.model(histories, tokens=self.tokens(chunk), last_only=True).hidden[:, -1]  # (V, C)
             out.append(hidden @ self.table[targets].T)
         return torch.cat(out)
 
@@ -64,7 +64,7 @@ class FieldGame:
         """(B, P) masks, (B,) targets -> (B,) the score of row b's target under row b's coalition,
         differentiable in ``masks`` (the gradient methods)."""
         histories = self.history[None, :].expand(len(masks), -1)
-        hidden = self.model(histories, tokens=self.tokens(masks)).hidden[:, -1]
+        hidden = self.model(histories, tokens=self.tokens(masks), last_only=True).hidden[:, -1]
         return (hidden * self.table[targets]).sum(-1)
 
 
