@@ -200,3 +200,15 @@ def test_training_publishes_an_immutable_version_that_is_served_and_can_be_rolle
     assert isinstance(bad.exception, RunError), "main() prints it as one line of error"
     assert "no model version 'feedfeedfeedfeed'" in str(bad.exception) and first.id in str(bad.exception)
     assert versions.current(run) == first.id
+
+
+def test_a_request_that_waits_too_long_for_the_model_is_refused_with_503(run, tmp_path):
+    settings = Settings(run=run, db=f"sqlite:///{tmp_path / 'store.sqlite'}", busy_after=0.05)
+    with TestClient(create_app(settings)) as client:
+        user = client.app.state.service.recommender.data.user_ids[0]
+        with client.app.state.service.lock:  # another request holds the model
+            busy = client.get(f"/users/{user}/recommendations")
+            assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+            assert "busy" in busy.json()["error"] and busy.json()["fix"]
+            assert client.get(f"/users/{user}/history").status_code == 200, "reads of the store need no model"
+        assert client.get(f"/users/{user}/recommendations").status_code == 200

@@ -31,7 +31,7 @@ from recscope.errors import RecscopeError, RunError
 from recscope.histories import RunHistories
 from recscope.recommend import Recommender
 from recscope.serve import metrics
-from recscope.serve.deps import Conflict, NotFound, NotReady, Service, Unauthorized
+from recscope.serve.deps import Busy, Conflict, NotFound, NotReady, Service, Unauthorized
 from recscope.serve.limits import BodyLimit
 from recscope.serve.live import StoreHistories, add_stored_items
 from recscope.serve.metrics import Metrics, MetricsMiddleware
@@ -62,13 +62,15 @@ def load_service(settings: Settings) -> Service:
     store = Store.open(settings.db) if settings.db else Store.for_run(run)
     recommender.histories = StoreHistories(RunHistories(recommender.data), store)
     add_stored_items(recommender, store)
-    return Service(recommender=recommender, store=store, model_version=recommender.version)
+    return Service(
+        recommender=recommender, store=store, model_version=recommender.version, busy_after=settings.busy_after
+    )
 
 
 def _status(error: RecscopeError) -> int:
     if isinstance(error, NotFound):
         return 404
-    if isinstance(error, NotReady):
+    if isinstance(error, NotReady | Busy):
         return 503
     if isinstance(error, Unauthorized):
         return 401
@@ -79,7 +81,8 @@ def _status(error: RecscopeError) -> int:
 
 async def _recscope_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RecscopeError)
-    return JSONResponse({"error": error.problem, "fix": error.fix}, status_code=_status(error))
+    headers = {"Retry-After": "1"} if isinstance(error, Busy) else None
+    return JSONResponse({"error": error.problem, "fix": error.fix}, status_code=_status(error), headers=headers)
 
 
 def _json_safe(value: Any) -> Any:
@@ -103,7 +106,7 @@ def _shared_errors(document: dict[str, Any]) -> dict[str, Any]:
     """Add to each operation of FastAPI's OpenAPI ``document`` the refusals that follow from what
     it takes: 401 with the API key (its ``security``), 400 and 413 with a body (not UTF-8; over the
     limit, ``BodyLimit``), and 422 with any input as either body it can be (FastAPI's default names
-    pydantic's only). No 503: a running server answers nothing before its lifespan loaded the run."""
+    pydantic's only). 503 (busy) the routes that compute with the model declare themselves."""
     models = sorted({m for bodies, _ in ERRORS.values() for m in bodies}, key=lambda m: m.__name__)
     _, defs = models_json_schema([(m, "serialization") for m in models], ref_template="#/components/schemas/{model}")
     schemas = document.setdefault("components", {}).setdefault("schemas", {})

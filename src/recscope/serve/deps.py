@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hmac
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -32,14 +34,33 @@ class NotReady(RecscopeError):
     """The model or store is not loaded (yet): answered with 503."""
 
 
+class Busy(RecscopeError):
+    """The request waited ``Settings.busy_after`` seconds for the model: 503 with Retry-After, so a
+    burst beyond what the machine can compute is refused at once instead of queueing without end."""
+
+
 @dataclass(frozen=True)
 class Service:
     recommender: Recommender  # reads its histories from the store (serve.live.StoreHistories)
     store: Store
     model_version: str
+    busy_after: float = 10.0  # seconds a request may wait for the model before it is refused (503)
     # Held around every model call and catalog change: one model computation at a time (torch
     # already uses every core for one), and no request sees a catalog half-grown.
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextmanager
+    def model(self) -> Iterator[None]:
+        """The model's turn: hold the lock; Busy (503) when ``busy_after`` seconds pass first."""
+        if not self.lock.acquire(timeout=self.busy_after):
+            raise Busy(
+                f"the model is busy: this request waited {self.busy_after:g} s for its turn",
+                fix="retry after the Retry-After seconds, or send fewer requests at once",
+            )
+        try:
+            yield
+        finally:
+            self.lock.release()
 
 
 def service(request: Request) -> Service:

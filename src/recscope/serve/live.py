@@ -78,7 +78,7 @@ def explain_item(svc: Service, user_id: str, item_id: str, k: int = 10, method: 
     rec = svc.recommender
     require_item(rec, item_id)
     exclude = dismissed(svc, user_id)
-    with svc.lock:
+    with svc.model():
         return rec.explain(user=user_id, item=item_id, k=k, method=method, exclude=exclude)[0]
 
 
@@ -96,7 +96,7 @@ def serve_list(
     hidden; with ``explain`` every item's explanation (one batched call); logged as served."""
     rec = svc.recommender
     exclude = dismissed(svc, user_id)
-    with svc.lock:
+    with svc.model():
         if explain:
             explained = rec.explain(
                 user=user_id, history=history, top=k, k=k, method=method, exclude=exclude, counterfactual=counterfactual

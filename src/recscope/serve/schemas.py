@@ -196,6 +196,7 @@ ERRORS: dict[int, tuple[tuple[type[BaseModel], ...], str]] = {
     409: ((ErrorOut,), "a write the stored state refuses"),
     413: ((ErrorOut, DetailOut), "the body is over the size limit (by Content-Length: error; chunked: detail)"),
     422: ((ErrorOut, ValidationErrorOut), "bad input: fields the schema refuses (detail), or a value recscope refuses"),
+    503: ((ErrorOut,), "the model is busy: the request waited Settings.busy_after seconds; retry after Retry-After"),
 }
 
 

@@ -26,3 +26,4 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None  # (secret) X-API-Key that write and admin routes require; None: open
     port: int = 8000  # (int) TCP port
     max_body: int = MAX_BODY  # (bytes) larger request bodies are refused with 413
+    busy_after: float = 10.0  # (seconds) a request that waits this long for the model is refused with 503

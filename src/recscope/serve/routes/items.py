@@ -36,7 +36,7 @@ def stored_item(rec: Recommender, stored: StoredItem) -> ItemOut:
     )
 
 
-@router.put("/{item_id:path}", responses={201: {"model": ItemOut}, **errors(409)}, dependencies=WriteAccess)
+@router.put("/{item_id:path}", responses={201: {"model": ItemOut}, **errors(409, 503)}, dependencies=WriteAccess)
 def put_item(item_id: str, body: ItemIn, svc: ServiceDep, response: Response) -> ItemOut:
     """Add an item (201) or replace an added one's title and attributes (200): stored, then in
     the catalog at once (the next recommendation may hold it). Items of the run are 409: their
@@ -49,7 +49,7 @@ def put_item(item_id: str, body: ItemIn, svc: ServiceDep, response: Response) ->
             fix="PUT items the run does not know (items added after training)",
         )
     new = svc.store.put_item(item_id, body.title, body.attributes)
-    with svc.lock:
+    with svc.model():
         rec.set_item(item_id, body.title, body.attributes)
     response.status_code = 201 if new else 200
     stored = svc.store.get_item(item_id)

@@ -7,12 +7,12 @@ from fastapi import APIRouter
 
 from recscope.serve.deps import ServiceDep
 from recscope.serve.live import serve_list
-from recscope.serve.schemas import RecommendationsOut, RecommendIn
+from recscope.serve.schemas import RecommendationsOut, RecommendIn, errors
 
 router = APIRouter(prefix="/recommendations", tags=["recommendations"])
 
 
-@router.post("")
+@router.post("", responses=errors(503))
 def recommend(body: RecommendIn, svc: ServiceDep) -> RecommendationsOut:
     """The top-``k`` for a history given by item ids (an anonymous session); ids the catalog does
     not know are skipped and named in ``unknown_items``."""

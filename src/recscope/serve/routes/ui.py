@@ -96,13 +96,13 @@ def page() -> HTMLResponse:
 
 
 # ------------------------------------------------------------------------------ its data
-@router.get("/data", responses=errors(404))
+@router.get("/data", responses=errors(404, 503))
 def shopper_data(user: Annotated[str, Query(min_length=1)], svc: ServiceDep, k: K = 10, method: Method = None):
     """The report's data contract for the shopper's live history (training data + stored events)."""
     return _json(live_case(svc, user, None, k, method, hidden=dismissed(svc, user)))
 
 
-@router.post("/data")
+@router.post("/data", responses=errors(503))
 def session_data(body: SessionIn, svc: ServiceDep):
     """The same for an anonymous session's history; ``exclude`` are the items it dismissed."""
     return _json(live_case(svc, None, body.history, body.k, body.method, hidden=sorted(set(body.exclude))))
@@ -117,7 +117,7 @@ def live_case(
     rec = svc.recommender
     method = method or rec.default_method()
     page_methods(rec, [method])  # an unknown method is a 422 that lists the known ones
-    with svc.lock:  # the model and the catalog, one request at a time
+    with svc.model():  # the model and the catalog, one request at a time
         history = user_history(svc, user) if user is not None else adhoc_history(rec, items or [])
         ids = [e.item_id for e in history.items]  # those the catalog does not know are skipped, and named
         explained = rec.explain(history=ids, top=k, k=k, method=method, exclude=hidden)
@@ -171,7 +171,7 @@ def _catalog(data: Dataset) -> list[tuple[str, str, str, str]]:
     return cached[2]
 
 
-@router.get("/items")
+@router.get("/items", responses=errors(503))
 def search_items(q: Search, svc: ServiceDep, limit: Limit = 10) -> list[ItemHit]:
     """Items of the run whose id or title holds ``q``: the exact id first, then ids that start
     with it, then titles that start with it, then the rest, each in catalog order."""
@@ -179,7 +179,7 @@ def search_items(q: Search, svc: ServiceDep, limit: Limit = 10) -> list[ItemHit]
     if not needle:
         return []
     tiers: list[list[ItemHit]] = [[], [], [], []]
-    with svc.lock:  # not while the catalog grows
+    with svc.model():  # not while the catalog grows
         catalog = _catalog(svc.recommender.data)
     for item_id, title, low_id, low_title in catalog:
         if low_id == needle:

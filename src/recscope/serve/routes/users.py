@@ -34,7 +34,7 @@ def forget(user_id: str, store: StoreDep) -> ForgetOut:
     return ForgetOut(user_id=user_id, deleted=store.forget(user_id))
 
 
-@router.get("/{user_id:path}/recommendations", responses=errors(404))
+@router.get("/{user_id:path}/recommendations", responses=errors(404, 503))
 def recommendations(
     user_id: str,
     svc: ServiceDep,
@@ -47,7 +47,7 @@ def recommendations(
     return serve_list(svc, user_id=user_id, k=k, explain=explain, method=method, counterfactual=counterfactual)
 
 
-@router.get("/{user_id:path}/recommendations/{item_id:path}/explanation", responses=errors(404))
+@router.get("/{user_id:path}/recommendations/{item_id:path}/explanation", responses=errors(404, 503))
 def explanation(user_id: str, item_id: str, svc: ServiceDep, k: K = 10, method: Method = None) -> Response:
     """The item's ``Explanation.to_json()`` for the user's live history (any item of the catalog)."""
     explained = explain_item(svc, user_id, item_id, k=k, method=method)

@@ -11,7 +11,7 @@ from recscope.serve.schemas import WhatIfIn, WhatIfOut, errors
 router = APIRouter(prefix="/what-if", tags=["what-if"])
 
 
-@router.post("", responses=errors(404))
+@router.post("", responses=errors(404, 503))
 def what_if(body: WhatIfIn, svc: ServiceDep) -> WhatIfOut:
     """``Recommender.what_if`` on the live history (training history + stored events), dismissed
     items hidden before and after; removing an item the history does not hold is 422 naming it,
@@ -24,6 +24,6 @@ def what_if(body: WhatIfIn, svc: ServiceDep) -> WhatIfOut:
             fix=f"add item ids of the catalog (e.g. {', '.join(rec.data.item_ids[1:4])})",
         )
     exclude = dismissed(svc, body.user_id)
-    with svc.lock:
+    with svc.model():
         result = rec.what_if(user=body.user_id, remove=body.remove, add=body.add, k=body.k, exclude=exclude)
     return WhatIfOut(**result)
