@@ -4,7 +4,11 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TINY = ROOT / "configs" / "tiny.yaml"
+TINY_SPEC = "synthetic:users=200,items=120,seed=5"  # the shop of ``tiny_run``
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright's own browsers are never downloaded
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +24,85 @@ HOSTILE_TITLE = '<img src=x onerror="window.__pwned=1">'
 HOSTILE_BRAND = "</script><script>window.__pwned=1</script>"
 HOSTILE_USER = "<svg onload=window.__pwned=1>"
 LONG_USER = "U-long"  # 60 purchases: the page must stay readable
+HOSTILE_ID = "P\"'><svg onload=window.__pwned=1>"  # replaces P0002, in the events and the catalog
+RTL_TITLE = "\u202eRTL title \u05de\u05d5\u05e6\u05e8 \u2067<i>isolate</i>"  # P0003
+LONG_TITLE = "<script>window.__pwned=1</script>" + "L" * 10_000  # P0004
+
+
+def _train(out: Path, data: str, *more: str) -> Path:
+    """``recscope train`` with configs/tiny.yaml into ``out`` (a few seconds)."""
+    from typer.testing import CliRunner
+
+    from recscope.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--data", data, "--out", str(out), "--config", str(TINY), *more])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A tiny run of the synthetic shop (200 users, 120 items, seed 5, 2 epochs), shared by the
+    session: read it, never write it. A test whose service keeps its store in the run (Settings
+    without ``db``) or that trains, evaluates or promotes in it works on a copy of its own
+    (``shutil.copytree``: faster than training again)."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    return _train(out, TINY_SPEC, "--set", "train.epochs=2")
+
+
+@pytest.fixture(scope="session")
+def hostile_run(tmp_path_factory) -> Path:
+    """A tiny run trained from csv + catalog with hostile titles, a hostile item id and a shopper
+    whose id is markup and whose history holds all of them; shared by the session, read only."""
+    import polars as pl
+
+    from recscope.data.synthetic import ShopConfig, generate
+
+    root = tmp_path_factory.mktemp("hostile")
+    events, catalog = generate(ShopConfig(users=150, items=80, seed=5))
+
+    def rename(column: str) -> pl.Expr:
+        return pl.when(pl.col(column) == "P0002").then(pl.lit(HOSTILE_ID)).otherwise(pl.col(column)).alias(column)
+
+    titles = {"P0001": HOSTILE_TITLE, "P0003": RTL_TITLE, "P0004": LONG_TITLE}
+    catalog = catalog.with_columns(
+        rename("item_id"),
+        pl.col("item_id").replace_strict(titles, default=pl.col("title")).alias("title"),
+        pl.when(pl.col("item_id") == "P0001").then(pl.lit(HOSTILE_BRAND)).otherwise(pl.col("brand")).alias("brand"),
+    )
+    hostile = pl.DataFrame(
+        {
+            "user_id": [HOSTILE_USER] * 6,
+            "item_id": ["P0001", HOSTILE_ID, "P0003", "P0004", "P0005", "P0006"],
+            "timestamp": [float(i) for i in range(6)],
+        }
+    )
+    events = pl.concat([events.select("user_id", "item_id", "timestamp").with_columns(rename("item_id")), hostile])
+    events.write_csv(root / "events.csv")
+    catalog_file = root / "catalog.csv"
+    catalog.write_csv(catalog_file)
+    return _train(root / "run", f"csv:{root / 'events.csv'}", "--catalog", str(catalog_file), "--set", "train.epochs=2")
+
+
+def playwright_or_skip():
+    """Playwright's sync API, for a module of tests in Debian's chromium: call it at the module's
+    top, so the module skips, naming what to install, without either."""
+    missing = "playwright is not installed (make setup installs it)"
+    playwright = pytest.importorskip("playwright.sync_api", reason=missing)
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is absent: apt-get install chromium chromium-driver", allow_module_level=True)
+    return playwright
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless chromium, one per module (the module has called ``playwright_or_skip``)."""
+    playwright = playwright_or_skip()
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=args)
+        yield browser
+        browser.close()
 
 
 @pytest.fixture(scope="session")
@@ -62,10 +145,9 @@ def report_run(tmp_path_factory) -> dict:
 
     runner = CliRunner()
     run = root / "run"
-    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
     sets = ["train.epochs=3", "model.max_len=60", "model.n_layers=2"]
     args = ["train", "--data", f"csv:{interactions}", "--catalog", str(catalog_file), "--out", str(run)]
-    result = runner.invoke(app, [*args, "--config", str(tiny), *[a for s in sets for a in ("--set", s)]])
+    result = runner.invoke(app, [*args, "--config", str(TINY), *[a for s in sets for a in ("--set", s)]])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["explain-eval", str(run), "--users", "30", "--json"])
     assert result.exit_code == 0, result.output

@@ -1,26 +1,11 @@
 """The report in a real browser (Debian's chromium driven by Playwright): it works offline, reacts
 to clicks and to the method, layer and head controls, and runs nothing that came from the data."""
 
-from pathlib import Path
-
 import pytest
 
-from conftest import HOSTILE_TITLE, HOSTILE_USER, LONG_USER
+from conftest import HOSTILE_TITLE, HOSTILE_USER, LONG_USER, TINY, playwright_or_skip
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright's own browsers are never downloaded
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make setup installs it)")
-if not CHROMIUM.exists():
-    pytest.skip("Debian's chromium is absent: apt-get install chromium chromium-driver", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield browser
-        browser.close()
+playwright_or_skip()
 
 
 @pytest.fixture
@@ -162,8 +147,7 @@ def test_a_bare_run_says_what_is_missing(browser, tmp_path):
     events = tmp_path / "events.csv"
     generate(ShopConfig(users=120, items=60, seed=4))[0].select("user_id", "item_id", "timestamp").write_csv(events)
     runner, run = CliRunner(), tmp_path / "run"
-    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-    args = ["train", "--data", f"csv:{events}", "--out", str(run), "--config", str(tiny), "--set", "train.epochs=1"]
+    args = ["train", "--data", f"csv:{events}", "--out", str(run), "--config", str(TINY), "--set", "train.epochs=1"]
     assert runner.invoke(app, args).exit_code == 0
     report = tmp_path / "report"
     args = ["report", str(run), "--out", str(report), "--sample", "2", "--methods", "attention", "--no-figures"]

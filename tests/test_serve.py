@@ -5,36 +5,26 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
+import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx2 as httpx  # what starlette's TestClient uses; httpx there is deprecated
 import pytest
 from fastapi.testclient import TestClient
-from typer.testing import CliRunner
 
-from recscope.cli import app as cli
 from recscope.recommend import Recommender
 from recscope.serve.app import create_app
 from recscope.serve.settings import Settings
+from servers import Server, recscope
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs" / "tiny.yaml")
-SPEC = "synthetic:users=200,items=120,seed=5"
 USER = "U00007"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("serve") / "run"
-    result = CliRunner().invoke(
-        cli, ["train", "--data", SPEC, "--out", str(out), "--config", TINY, "--set", "train.epochs=2"]
-    )
-    assert result.exit_code == 0, result.output
-    return out
+def run(tiny_run, tmp_path_factory) -> Path:
+    """A copy of the session's tiny run: the client keeps its store in the run (store.sqlite)."""
+    return Path(shutil.copytree(tiny_run, tmp_path_factory.mktemp("serve") / "run"))
 
 
 @pytest.fixture(scope="module")
@@ -184,33 +174,23 @@ def test_docs_are_served_without_a_cdn(client):
         assert client.get(url).status_code == 200, url
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _recscope() -> str:
-    return str(Path(sys.executable).parent / "recscope")
-
-
 def test_a_non_loopback_host_or_a_missing_run_is_one_line_of_error(run, tmp_path):
-    result = subprocess.run([_recscope(), "serve", str(run), "--host", "0.0.0.0"], capture_output=True, text=True)
+    result = subprocess.run([recscope(), "serve", str(run), "--host", "0.0.0.0"], capture_output=True, text=True)
     assert result.returncode == 2 and "API key" in result.stderr and len(result.stderr.splitlines()) == 1
-    result = subprocess.run([_recscope(), "serve", str(tmp_path / "nope")], capture_output=True, text=True)
+    result = subprocess.run([recscope(), "serve", str(tmp_path / "nope")], capture_output=True, text=True)
     assert result.returncode == 2 and "no run.json" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
 def test_an_api_key_lifts_the_loopback_rule_and_an_unset_key_variable_is_one_line(run, tmp_path):
     env = {**os.environ, "RECSCOPE_TEST_KEY": "cli-key-3"}
     env.pop("RECSCOPE_UNSET_KEY", None)
-    unset = [_recscope(), "serve", str(run), "--api-key-env", "RECSCOPE_UNSET_KEY"]
+    unset = [recscope(), "serve", str(run), "--api-key-env", "RECSCOPE_UNSET_KEY"]
     for extra in ({}, {"RECSCOPE_UNSET_KEY": ""}):
         result = subprocess.run(unset, capture_output=True, text=True, env={**env, **extra})
         assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
         assert "RECSCOPE_UNSET_KEY" in result.stderr and "unset or empty" in result.stderr
     # with a key, 0.0.0.0 passes the host rule: what stops this run is the missing run.json
-    cmd = [_recscope(), "serve", str(tmp_path / "nope"), "--host", "0.0.0.0", "--api-key-env", "RECSCOPE_TEST_KEY"]
+    cmd = [recscope(), "serve", str(tmp_path / "nope"), "--host", "0.0.0.0", "--api-key-env", "RECSCOPE_TEST_KEY"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert result.returncode == 2 and "no run.json" in result.stderr and "API key" not in result.stderr
     assert "cli-key-3" not in result.stderr + result.stdout
@@ -246,23 +226,10 @@ def test_with_an_api_key_writes_and_admin_need_it_and_reads_stay_open(run, rec, 
 
 
 def test_recscope_serve_in_a_real_process(run, rec, tmp_path):
-    port = _free_port()
     db = f"sqlite:///{tmp_path / 'live.sqlite'}"
-    cmd = [_recscope(), "serve", str(run), "--db", db, "--port", str(port), "--api-key-env", "RECSCOPE_TEST_KEY"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RECSCOPE_TEST_KEY": "live-key-7"}
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stdout.read().decode()
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the service did not get ready in 60 s"
-            time.sleep(0.2)
+    args = ["--db", db, "--api-key-env", "RECSCOPE_TEST_KEY"]
+    with Server(run, *args, log=tmp_path / "serve.log", env={"RECSCOPE_TEST_KEY": "live-key-7"}) as server:
+        base = server.base
         before = _ids(httpx.get(f"{base}/users/{USER}/recommendations", params={"k": 5}))
         event = {"events": [_event("live-1", USER, before[0])]}
         assert httpx.post(f"{base}/events", json=event).status_code == 401
@@ -270,9 +237,6 @@ def test_recscope_serve_in_a_real_process(run, rec, tmp_path):
         assert httpx.post(f"{base}/events", json=event, headers=key).json() == {"accepted": 1, "duplicates": 0}
         after = _ids(httpx.get(f"{base}/users/{USER}/recommendations", params={"k": 5}))
         assert before[0] not in after
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def test_feedback_dismiss_hides_the_item_and_bad_feedback_is_refused(client):

@@ -4,26 +4,16 @@ and a client's retry of what was not acknowledged is taken once (issue 9's durab
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx2 as httpx
-import pytest
-from typer.testing import CliRunner
 
-from recscope.cli import app as cli
 from recscope.serve.store import Store
+from servers import Server
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs" / "tiny.yaml")
-SPEC = "synthetic:users=200,items=120,seed=5"
 KEY = {"X-API-Key": "durable-key-5"}
 USERS = [f"dur-{u}" for u in range(5)]  # unknown to the run: their history is the store's alone
 BATCH = 100  # events per POST: each user gets 20 of every batch
@@ -45,54 +35,10 @@ def batch(n: int) -> list[dict]:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``recscope serve`` in its own process; its log goes to a file (a pipe nobody reads fills up)."""
-
-    def __init__(self, run: Path, db: str, log: Path):
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        cmd = [str(Path(sys.executable).parent / "recscope"), "serve", str(run), "--db", db]
-        cmd += ["--port", str(self.port), "--api-key-env", "RECSCOPE_DURABLE_KEY"]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "RECSCOPE_DURABLE_KEY": KEY["X-API-Key"]}
-        self.log = log.open("ab")
-        self.process = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{self.base}/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the service did not get ready in 60 s"
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-        self.log.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-        self.log.close()
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("durable") / "run"
-    result = CliRunner().invoke(
-        cli, ["train", "--data", SPEC, "--out", str(out), "--config", TINY, "--set", "train.epochs=1"]
-    )
-    assert result.exit_code == 0, result.output
-    return out
+def serve(run: Path, db: str, log: Path) -> Server:
+    """``recscope serve`` on the store ``db``, writes behind the API key."""
+    args = ["--db", db, "--api-key-env", "RECSCOPE_DURABLE_KEY"]
+    return Server(run, *args, log=log, env={"RECSCOPE_DURABLE_KEY": KEY["X-API-Key"]})
 
 
 def _stream(base: str, numbers: list[int], acked: set[int], unacked: set[int], stop: threading.Event) -> None:
@@ -129,10 +75,10 @@ def _shown(numbers: set[int]) -> set[tuple]:
     return {(e["user_id"], e["item_id"], e["event"], e["timestamp"]) for n in numbers for e in batch(n)}
 
 
-def test_kill_9_mid_stream_loses_no_acknowledged_event_and_half_writes_nothing(run, tmp_path):
+def test_kill_9_mid_stream_loses_no_acknowledged_event_and_half_writes_nothing(tiny_run, tmp_path):
     path = tmp_path / "store.sqlite"
     db = f"sqlite:///{path}"
-    server = Server(run, db, tmp_path / "serve.log")
+    server = serve(tiny_run, db, tmp_path / "serve.log")
     acked: set[int] = set()
     unacked: set[int] = set()
     stop = threading.Event()
@@ -159,7 +105,7 @@ def test_kill_9_mid_stream_loses_no_acknowledged_event_and_half_writes_nothing(r
     with sqlite3.connect(path) as con:
         assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
-    server = Server(run, db, tmp_path / "serve.log")
+    server = serve(tiny_run, db, tmp_path / "serve.log")
     try:
         stored = _stored(server.base)
         assert _shown(acked) <= stored, f"{len(_shown(acked) - stored)} acknowledged events lost"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,16 +32,13 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from typer.testing import CliRunner
 
-from recscope.cli import app as cli
+import conftest
 from recscope.recommend import Recommender
 from recscope.serve.app import create_app
 from recscope.serve.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs" / "tiny.yaml")
-SPEC = "synthetic:users=200,items=120,seed=5"
+SPEC, TINY = conftest.TINY_SPEC, str(conftest.TINY)  # bench/serve_fuzz.py trains the same run from them
 KEY = "fuzz-key-1"
 EXAMPLES = 50  # per operation and mode here; the bench runs many more
 
@@ -180,20 +176,10 @@ def operations() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("fuzz") / "run"
-    result = CliRunner().invoke(
-        cli, ["train", "--data", SPEC, "--out", str(out), "--config", TINY, "--set", "train.epochs=2"]
-    )
-    assert result.exit_code == 0, result.output
-    return out
-
-
-@pytest.fixture(scope="module")
-def service(run, tmp_path_factory) -> tuple[FastAPI, Known]:
+def service(tiny_run, tmp_path_factory) -> tuple[FastAPI, Known]:
     db = f"sqlite:///{tmp_path_factory.mktemp('fuzz-store') / 'store.sqlite'}"
-    app = create_app(Settings(run=run, db=db, api_key=KEY))
-    return app, Known.seed(app, Recommender.load(run), {"X-API-Key": KEY})
+    app = create_app(Settings(run=tiny_run, db=db, api_key=KEY))
+    return app, Known.seed(app, Recommender.load(tiny_run), {"X-API-Key": KEY})
 
 
 @pytest.mark.parametrize("operation", operations())
@@ -211,9 +197,9 @@ def test_no_5xx_and_every_answer_as_documented(service, operation):
 
 
 @pytest.fixture(scope="module")
-def client(run, tmp_path_factory):
+def client(tiny_run, tmp_path_factory):
     db = f"sqlite:///{tmp_path_factory.mktemp('fuzz-found') / 'store.sqlite'}"
-    with TestClient(create_app(Settings(run=run, db=db, api_key=KEY))) as c:
+    with TestClient(create_app(Settings(run=tiny_run, db=db, api_key=KEY))) as c:
         yield c
 
 

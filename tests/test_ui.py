@@ -6,75 +6,27 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import HOSTILE_BRAND, HOSTILE_TITLE, HOSTILE_USER
+from conftest import HOSTILE_BRAND, HOSTILE_ID, HOSTILE_TITLE, HOSTILE_USER, LONG_TITLE, RTL_TITLE
 from recscope.recommend import Recommender
 from recscope.serve.app import create_app
 from recscope.serve.settings import Settings
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-HOSTILE_ID = "P\"'><svg onload=window.__pwned=1>"  # replaces P0002, in the events and the catalog
-RTL_TITLE = "\u202eRTL title \u05de\u05d5\u05e6\u05e8 \u2067<i>isolate</i>"  # P0003
-LONG_TITLE = "<script>window.__pwned=1</script>" + "L" * 10_000  # P0004
 USER = "U00007"
 
 
-def hostile_run(root: Path) -> Path:
-    """A tiny run (a few seconds) trained from csv + catalog with hostile titles, a hostile item id
-    and a shopper whose id is markup and whose history holds all of them."""
-    import polars as pl
-    from typer.testing import CliRunner
-
-    from recscope.cli import app
-    from recscope.data.synthetic import ShopConfig, generate
-
-    events, catalog = generate(ShopConfig(users=150, items=80, seed=5))
-
-    def rename(column: str) -> pl.Expr:
-        return pl.when(pl.col(column) == "P0002").then(pl.lit(HOSTILE_ID)).otherwise(pl.col(column)).alias(column)
-
-    titles = {"P0001": HOSTILE_TITLE, "P0003": RTL_TITLE, "P0004": LONG_TITLE}
-    catalog = catalog.with_columns(
-        rename("item_id"),
-        pl.col("item_id").replace_strict(titles, default=pl.col("title")).alias("title"),
-        pl.when(pl.col("item_id") == "P0001").then(pl.lit(HOSTILE_BRAND)).otherwise(pl.col("brand")).alias("brand"),
-    )
-    hostile = pl.DataFrame(
-        {
-            "user_id": [HOSTILE_USER] * 6,
-            "item_id": ["P0001", HOSTILE_ID, "P0003", "P0004", "P0005", "P0006"],
-            "timestamp": [float(i) for i in range(6)],
-        }
-    )
-    events = pl.concat([events.select("user_id", "item_id", "timestamp").with_columns(rename("item_id")), hostile])
-    root.mkdir(parents=True, exist_ok=True)
-    events.write_csv(root / "events.csv")
-    catalog.write_csv(root / "catalog.csv")
-    run = root / "run"
-    args = ["train", "--data", f"csv:{root / 'events.csv'}", "--catalog", str(root / "catalog.csv"), "--out", str(run)]
-    result = CliRunner().invoke(app, [*args, "--config", str(TINY), "--set", "train.epochs=2"])
-    assert result.exit_code == 0, result.output
-    return run
+@pytest.fixture(scope="module")
+def rec(hostile_run) -> Recommender:
+    return Recommender.load(hostile_run)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    return hostile_run(tmp_path_factory.mktemp("ui"))
-
-
-@pytest.fixture(scope="module")
-def rec(run) -> Recommender:
-    return Recommender.load(run)
-
-
-@pytest.fixture(scope="module")
-def client(run, tmp_path_factory):
+def client(hostile_run, tmp_path_factory):
     db = f"sqlite:///{tmp_path_factory.mktemp('ui-store') / 'store.sqlite'}"
-    with TestClient(create_app(Settings(run=run, db=db))) as c:
+    with TestClient(create_app(Settings(run=hostile_run, db=db))) as c:
         yield c
 
 
@@ -216,8 +168,8 @@ def test_search_finds_shoppers(client):
     assert len(client.get("/ui/shoppers").json()) == 10
 
 
-def test_with_an_api_key_the_page_and_its_data_stay_open(run, tmp_path):
-    settings = Settings(run=run, db=f"sqlite:///{tmp_path / 'keyed.sqlite'}", api_key="ui-key-5")
+def test_with_an_api_key_the_page_and_its_data_stay_open(hostile_run, tmp_path):
+    settings = Settings(run=hostile_run, db=f"sqlite:///{tmp_path / 'keyed.sqlite'}", api_key="ui-key-5")
     with TestClient(create_app(settings)) as keyed:
         page = keyed.get("/ui")
         assert page.status_code == 200 and 'id="api-key"' in page.text and "ui-key-5" not in page.text

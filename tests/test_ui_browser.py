@@ -6,64 +6,26 @@ and hostile titles and ids run nothing and show as text."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from urllib.parse import quote
 
-import httpx2 as httpx
 import pytest
 
-from conftest import HOSTILE_TITLE, HOSTILE_USER
-from test_ui import HOSTILE_ID, LONG_TITLE, RTL_TITLE, USER, hostile_run
+from conftest import HOSTILE_ID, HOSTILE_TITLE, HOSTILE_USER, LONG_TITLE, RTL_TITLE, playwright_or_skip
+from servers import Server
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright's own browsers are never downloaded
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SHOTS = Path(os.environ.get("RECSCOPE_UI_SHOTS", "/tmp"))  # where the screenshots go, to look at
+USER = "U00007"
 
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make setup installs it)")
-expect = playwright.expect
-if not CHROMIUM.exists():
-    pytest.skip("Debian's chromium is absent: apt-get install chromium chromium-driver", allow_module_level=True)
+expect = playwright_or_skip().expect
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> str:
+def base(hostile_run, tmp_path_factory) -> str:
     """A `recscope serve` process over the hostile run, on a free loopback port."""
     root = tmp_path_factory.mktemp("ui-browser")
-    run = hostile_run(root)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [str(Path(sys.executable).parent / "recscope"), "serve", str(run), "--port", str(port)]
-    cmd += ["--db", f"sqlite:///{root / 'store.sqlite'}"]
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stdout.read().decode()
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the service did not get ready in 60 s"
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield browser
-        browser.close()
+    with Server(hostile_run, "--db", f"sqlite:///{root / 'store.sqlite'}", log=root / "serve.log") as server:
+        yield server.base
 
 
 @pytest.fixture
