@@ -212,3 +212,21 @@ def test_a_request_that_waits_too_long_for_the_model_is_refused_with_503(run, tm
             assert "busy" in busy.json()["error"] and busy.json()["fix"]
             assert client.get(f"/users/{user}/history").status_code == 200, "reads of the store need no model"
         assert client.get(f"/users/{user}/recommendations").status_code == 200
+
+
+def test_a_counterfactual_re_ranks_without_the_items_the_user_dismissed(rec):
+    """The first item outside the top-K is the natural newcomer when a top item drops out; once
+    dismissed, no counterfactual may bring it back."""
+    checked = 0
+    for user in rec.data.user_ids[:40]:
+        k = 5
+        ranked = rec.recommend(user=user, k=k + 1)
+        sixth = ranked[k].item_id
+        before = rec.explain(user=user, top=k, k=k)
+        if not any(e.counterfactual and e.counterfactual.replaced_by == sixth for e in before):
+            continue
+        checked += 1
+        after = rec.explain(user=user, top=k, k=k, exclude=[sixth])
+        assert [e.item_id for e in after] == [e.item_id for e in before]
+        assert all(e.counterfactual.replaced_by != sixth for e in after if e.counterfactual), user
+    assert checked >= 3, "the synthetic shop gives cases where the dismissed item would have entered"

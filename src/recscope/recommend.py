@@ -263,6 +263,7 @@ class Recommender:
             cutoff=cutoff(scores, k),
             statuses=statuses,
             candidates=finite,
+            hidden=hidden,
         )
         return Results(explanations, resolved.unknown)
 

@@ -62,12 +62,14 @@ def explain_items(
     cutoff: float | None = None,
     statuses: list[str] | None = None,
     candidates: int | None = None,
+    hidden: list[int] = (),
 ) -> list[Explanation]:
     """Explain ``targets`` (dense item indices) for ``history`` (the whole history).
 
     ``cutoff`` is the score of the first item outside the top-K: sentences only name reasons
     that are large next to an item's lead over it. ``statuses`` (default: all RECOMMENDED)
-    say what each target is; only a recommended item gets a counterfactual.
+    say what each target is; only a recommended item gets a counterfactual, whose re-rankings
+    hide the history and ``hidden`` (e.g. items the user dismissed), as the served list does.
     """
     tic = time.perf_counter()
     model = explainer.model
@@ -80,7 +82,9 @@ def explain_items(
     field_weights = explainer.attribute_fields(game, target_t)  # (K, P)
     cand_fields, names = candidate_fields(model, read, target_t)  # (K, F)
     maps = attention_maps(model, read)[:, :, -1, :].tolist() if attentions else None
-    owned = torch.from_numpy(np.unique(np.asarray(history, dtype=np.int64)))
+    owned = torch.from_numpy(
+        np.unique(np.concatenate([np.asarray(history, dtype=np.int64), np.asarray(hidden, dtype=np.int64)]))
+    )
     explanations = []
     for j, target in enumerate(targets):
         entries = [
