@@ -88,8 +88,8 @@ class Recommender:
 
     @classmethod
     def load(cls, run: str | Path, version: str | None = None) -> Recommender:
-        """The run's model ``version`` (default: the current one; a run without versions: its
-        model.safetensors, version ``unversioned``)."""
+        """The run's model ``version`` (default: the current one; a run from before versions:
+        its model.safetensors, named by its digest)."""
         path, version_id = versions.weights(Path(run), version)
         model, info = load_model(Path(run), weights=path)
         rec = cls(model, load_data(Path(run)), info, Path(run))
