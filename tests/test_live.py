@@ -230,3 +230,23 @@ def test_a_counterfactual_re_ranks_without_the_items_the_user_dismissed(rec):
         assert [e.item_id for e in after] == [e.item_id for e in before]
         assert all(e.counterfactual.replaced_by != sixth for e in after if e.counterfactual), user
     assert checked >= 3, "the synthetic shop gives cases where the dismissed item would have entered"
+
+
+def test_exclusion_filters_by_item_and_by_attribute(client, rec):
+    user = rec.data.user_ids[9]
+    first = client.get(f"/users/{user}/recommendations", params={"k": 5}).json()["items"]
+    top = first[0]["item_id"]
+    brand = client.get(f"/items/{top}").json()["attributes"]["brand"]
+    without_top = client.get(f"/users/{user}/recommendations", params={"k": 5, "exclude": [top, "NOT-AN-ITEM"]})
+    assert [r["item_id"] for r in without_top.json()["items"]][:4] == [r["item_id"] for r in first[1:]]
+    filtered = client.get(f"/users/{user}/recommendations", params={"k": 5, "exclude_attribute": f"brand={brand}"})
+    assert filtered.status_code == 200, filtered.text
+    brands = {client.get(f"/items/{r['item_id']}").json()["attributes"].get("brand") for r in filtered.json()["items"]}
+    assert brand not in brands and len(filtered.json()["items"]) == 5
+    history = [rec.data.item_ids[i] for i in rec.history(user)]
+    body = {"history": history, "k": 5, "exclude": [top], "exclude_attributes": [f"brand={brand}"]}
+    anonymous = client.post("/recommendations", json=body).json()["items"]
+    assert [r["item_id"] for r in anonymous] == [r["item_id"] for r in filtered.json()["items"]]
+    for bad, named in (("colour=red", "colour"), (f"brand={brand}x", f"{brand}x"), ("brand", "field=value")):
+        refused = client.get(f"/users/{user}/recommendations", params={"exclude_attribute": bad})
+        assert refused.status_code == 422 and named in refused.json()["error"] and refused.json()["fix"], bad

@@ -220,6 +220,21 @@ class Dataset:
             f.values[index] = f.encode(attributes.get(f.name))[0]
         return index, self.unusable(attributes)
 
+    def items_with(self, field_name: str, label: str) -> list[int]:
+        """Dense indices of the items whose ``field_name`` holds the value ``label`` (as the
+        catalog names it, e.g. ``brand`` ``Voltra``); a DataError names an unknown field or value."""
+        fields = {f.name: f for f in self.fields}
+        if field_name not in fields:
+            raise DataError(
+                f"unknown attribute field {field_name!r}",
+                fix=f"use one of the catalog's fields: {', '.join(fields) or '(the catalog has none)'}",
+            )
+        f = fields[field_name]
+        if label not in f.vocab[1:]:
+            shown = ", ".join(repr(v) for v in f.vocab[1:6]) + (", ..." if len(f.vocab) > 6 else "")
+            raise DataError(f"{field_name!r} has no value {label!r}", fix=f"use a value it has (e.g. {shown})")
+        return np.flatnonzero((f.values == f.vocab.index(label)).any(axis=1)).tolist()
+
     def unusable(self, attributes: Mapping[str, object]) -> list[str]:
         """``"field=value"`` for each attribute value the catalog's fields cannot hold (a field
         the data does not have, a value no trained item has, more values than the field's width)."""

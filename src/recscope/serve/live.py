@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 
+from recscope.errors import DataError
 from recscope.histories import Event, History, RunHistories, adhoc, resolve
 from recscope.recommend import Recommender
 from recscope.serve.deps import NotFound, Service
@@ -72,6 +73,18 @@ def dismissed(svc: Service, user_id: str | None) -> list[str]:
     return sorted(svc.store.dismissed(user_id)) if user_id is not None else []
 
 
+def attribute_filters(rec: Recommender, filters: list[str]) -> list[str]:
+    """The ids of the items an exclusion filter ``field=value`` (e.g. ``brand=Voltra``) names; a
+    filter without ``=``, or naming a field or value the catalog lacks, is 422 naming it."""
+    ids: list[str] = []
+    for text in filters:
+        field_name, sep, label = text.partition("=")
+        if not sep:
+            raise DataError(f"exclude_attribute {text!r} is not field=value", fix="write it as e.g. brand=Voltra")
+        ids += [rec.data.item_ids[i] for i in rec.data.items_with(field_name, label)]
+    return ids
+
+
 def explain_item(svc: Service, user_id: str, item_id: str, k: int = 10, method: str | None = None):
     """The Explanation of one item for the user's live history (any item of the catalog: one
     outside the top-K, owned or dismissed says so)."""
@@ -91,11 +104,14 @@ def serve_list(
     explain: bool = False,
     method: str | None = None,
     counterfactual: bool = False,
+    exclude: list[str] = (),
+    exclude_attributes: list[str] = (),
 ) -> RecommendationsOut:
     """The top-``k`` for a user's live history or an anonymous one: owned and dismissed items
-    hidden; with ``explain`` every item's explanation (one batched call); logged as served."""
+    hidden, and those ``exclude`` names or an ``exclude_attributes`` filter (``field=value``)
+    matches; with ``explain`` every item's explanation (one batched call); logged as served."""
     rec = svc.recommender
-    exclude = dismissed(svc, user_id)
+    exclude = [*dismissed(svc, user_id), *exclude, *attribute_filters(rec, list(exclude_attributes))]
     with svc.model():
         if explain:
             explained = rec.explain(

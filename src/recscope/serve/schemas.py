@@ -76,6 +76,10 @@ class RecommendIn(Request):
     explain: bool = False
     method: str | None = None
     counterfactual: bool = Field(False, description="with explain: also each item's counterfactual")
+    exclude: list[Id] = Field(default_factory=list, description="item ids never to recommend in this answer")
+    exclude_attributes: list[str] = Field(
+        default_factory=list, description='filters "field=value": items with that value are not recommended'
+    )
 
 
 class RecommendedItem(Strict):

@@ -23,4 +23,6 @@ def recommend(body: RecommendIn, svc: ServiceDep) -> RecommendationsOut:
         explain=body.explain,
         method=body.method,
         counterfactual=body.counterfactual,
+        exclude=body.exclude,
+        exclude_attributes=body.exclude_attributes,
     )

@@ -16,6 +16,10 @@ router = APIRouter(prefix="/users", tags=["users"])
 
 K = Annotated[int, Query(ge=1, le=1000, description="how many items")]
 Method = Annotated[str | None, Query(description="explanation method (default: the run's measured best)")]
+Exclude = Annotated[list[str], Query(description="an item id never to recommend in this answer (repeatable)")]
+ExcludeAttribute = Annotated[
+    list[str], Query(description='a filter "field=value" (e.g. brand=Voltra): items with it are not recommended')
+]
 Counterfactual = Annotated[
     bool, Query(description="with explain: also each item's counterfactual (the smallest history edit that drops it)")
 ]
@@ -42,9 +46,21 @@ def recommendations(
     explain: bool = False,
     method: Method = None,
     counterfactual: Counterfactual = False,
+    exclude: Exclude = (),
+    exclude_attribute: ExcludeAttribute = (),
 ) -> RecommendationsOut:
-    """The user's top-``k`` from their live history (owned and dismissed items hidden)."""
-    return serve_list(svc, user_id=user_id, k=k, explain=explain, method=method, counterfactual=counterfactual)
+    """The user's top-``k`` from their live history: owned and dismissed items hidden, and those
+    the exclusion filters name."""
+    return serve_list(
+        svc,
+        user_id=user_id,
+        k=k,
+        explain=explain,
+        method=method,
+        counterfactual=counterfactual,
+        exclude=list(exclude),
+        exclude_attributes=list(exclude_attribute),
+    )
 
 
 @router.get("/{user_id:path}/recommendations/{item_id:path}/explanation", responses=errors(404, 503))
