@@ -250,3 +250,33 @@ def test_exclusion_filters_by_item_and_by_attribute(client, rec):
     for bad, named in (("colour=red", "colour"), (f"brand={brand}x", f"{brand}x"), ("brand", "field=value")):
         refused = client.get(f"/users/{user}/recommendations", params={"exclude_attribute": bad})
         assert refused.status_code == 422 and named in refused.json()["error"] and refused.json()["fix"], bad
+
+
+def test_the_running_service_switches_model_versions_without_a_restart(run, tmp_path):
+    from recscope import versions
+    from recscope.run import save_weights
+
+    first = versions.current(run)
+    rec = Recommender.load(run)
+    with torch.no_grad():
+        rec.model.ln_f.weight.mul_(-1.0)  # another model: a different ranking
+    save_weights(tmp_path / "other.safetensors", rec.model)
+    settings = Settings(run=run, db=f"sqlite:///{tmp_path / 'store.sqlite'}", api_key="k")
+    with TestClient(create_app(settings)) as client:
+        user = rec.data.user_ids[2]
+        before = client.get(f"/users/{user}/recommendations").json()
+        second = versions.publish(run, tmp_path / "other.safetensors", source="fine-tune", parent=first).id
+        try:
+            assert client.get("/model").json()["version"] == first, "publishing alone changes nothing served"
+            assert client.put("/model", json={}).status_code == 401, "a write: the key is needed"
+            switched = client.put("/model", json={}, headers={"X-API-Key": "k"}).json()
+            assert switched["version"] == switched["current"] == second
+            after = client.get(f"/users/{user}/recommendations").json()
+            assert after["model_version"] == second and after["items"] != before["items"]
+            back = client.put("/model", json={"version": first}, headers={"X-API-Key": "k"}).json()
+            assert back["version"] == first and back["current"] == second
+            assert client.get(f"/users/{user}/recommendations").json()["items"] == before["items"]
+            missing = client.put("/model", json={"version": "feedfeedfeedfeed"}, headers={"X-API-Key": "k"})
+            assert missing.status_code == 404 and first in missing.json()["fix"]
+        finally:
+            versions.promote(run, first)  # the module's other tests serve the trained version

@@ -35,7 +35,7 @@ from recscope.serve.deps import Busy, Conflict, NotFound, NotReady, Service, Una
 from recscope.serve.limits import BodyLimit
 from recscope.serve.live import StoreHistories, add_stored_items
 from recscope.serve.metrics import Metrics, MetricsMiddleware
-from recscope.serve.routes import events, feedback, health, items, recommendations, ui, users, whatif
+from recscope.serve.routes import events, feedback, health, items, model, recommendations, ui, users, whatif
 from recscope.serve.schemas import ERRORS
 from recscope.serve.settings import Settings
 from recscope.serve.store import Store
@@ -54,12 +54,15 @@ class AnyText(PathConvertor):
 register_url_convertor("path", AnyText())  # the route templates (and /metrics labels) are unchanged
 
 
-def load_service(settings: Settings) -> Service:
+def load_service(settings: Settings, *, version: str | None = None, store: Store | None = None) -> Service:
+    """The run's model ``version`` (default: ``settings.version``, else the run's current one)
+    over the store (opened from ``settings`` unless given), with the items added since training."""
     if settings.run is None:
         raise RunError("no run to serve", fix="pass the run directory (recscope serve RUN, or RECSCOPE_RUN)")
     run = Path(settings.run)
-    recommender = Recommender.load(run, settings.version)
-    store = Store.open(settings.db) if settings.db else Store.for_run(run)
+    recommender = Recommender.load(run, version or settings.version)
+    if store is None:
+        store = Store.open(settings.db) if settings.db else Store.for_run(run)
     recommender.histories = StoreHistories(RunHistories(recommender.data), store)
     add_stored_items(recommender, store)
     return Service(
@@ -168,6 +171,6 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     app.add_middleware(BodyLimit, max_bytes=settings.max_body)
     app.state.metrics = Metrics()
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts 413s too
-    for module in (health, metrics, events, feedback, items, users, recommendations, whatif, ui):
+    for module in (health, metrics, model, events, feedback, items, users, recommendations, whatif, ui):
         app.include_router(module.router)
     return app

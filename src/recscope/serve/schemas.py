@@ -144,6 +144,16 @@ class WhatIfOut(Strict):
 Scalar = str | bool | int | float | None
 
 
+class ModelIn(Request):
+    version: str | None = Field(None, description="a version of the run; default: the run's current one")
+
+
+class ModelOut(Strict):
+    version: str  # served now
+    current: str | None  # the run's current version (None: the run predates versions)
+    versions: list[dict[str, Any]]  # every version of the run, oldest first (recscope.versions.Version)
+
+
 class ItemIn(Request):
     title: str = Field(min_length=1)
     attributes: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict, description="field: value or [values]")
