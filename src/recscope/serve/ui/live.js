@@ -229,7 +229,9 @@ function drawChanges() {
     el("div", {}, li, `New at #${r.rank}: ${quoted(r.title)}`);
     const why = because(r, a);
     if (why) el("div", { class: "because" }, li, why);
-    el("div", { class: "sentence-small" }, li, explained().sentences[after.indexOf(r)]);
+    // the item's own sentence cites a past item only above a quarter of all the push (see
+    // explain/text.py), so it may name none even where the purchase pushed hard: say whose words
+    el("div", { class: "sentence-small" }, li, `Its explanation: ${explained().sentences[after.indexOf(r)]}`);
   }
   for (const r of left) {
     const li = el("li", { class: "left", "data-item": r.id }, list);
