@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import peak_rss_mib, write  # noqa: E402
 from recscope import config as config_mod  # noqa: E402
 from recscope.data import load_dataset  # noqa: E402
+from recscope.evaluate import evaluate_run  # noqa: E402
 from recscope.recommend import Recommender  # noqa: E402
 from recscope.train import fit  # noqa: E402
 
@@ -40,8 +41,8 @@ def main() -> None:
     info = fit(data, cfg, out, data_spec=args.data)
     wall = time.perf_counter() - tic
     rec = Recommender.load(out)
-    full = rec.evaluate("test", "full", baselines=True)
-    sampled = rec.evaluate("test", "sampled")
+    full = evaluate_run(rec, "test", "full", baselines=True)
+    sampled = evaluate_run(rec, "test", "sampled")
     write(
         f"accuracy_{args.name}",
         {

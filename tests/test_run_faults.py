@@ -20,6 +20,7 @@ from recscope import config as config_mod
 from recscope import versions
 from recscope.data import load_dataset
 from recscope.errors import RunError
+from recscope.evaluate import evaluate_run
 from recscope.model import SeqRec
 from recscope.recommend import Recommender
 from recscope.run import save_weights
@@ -305,11 +306,11 @@ def test_evaluate_writes_run_json_only_under_the_lock(run):
         (run / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "command": "train"}))
         rec = Recommender.load(run)  # reading needs no lock
         with pytest.raises(RunError, match=f"pid {sleeper.pid}"):
-            rec.evaluate("valid")
+            evaluate_run(rec, "valid")
     finally:
         sleeper.kill()
         sleeper.wait()
-    rec.evaluate("valid")  # the holder is gone: its stale lock is taken over
+    evaluate_run(rec, "valid")  # the holder is gone: its stale lock is taken over
     state = json.loads((run / "run.json").read_text())["state"]
     assert "valid/full" in state["evaluations"] and state["epoch"] == 2
     assert not (run / ".lock").exists()

@@ -292,6 +292,7 @@ def evaluate_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Evaluate a run on valid or test (full ranking over the catalog by default)."""
+    from recscope.evaluate import evaluate_run
     from recscope.lock import RunLock
     from recscope.recommend import Recommender
     from recscope.run import load_info
@@ -299,7 +300,7 @@ def evaluate_cmd(
     load_info(run)  # a missing or damaged run fails here, before the lock
     with RunLock(run, "evaluate", console, create=False):  # it records its metrics: refused while the run trains
         rec = Recommender.load(run)
-        results = rec.evaluate(split, protocol, baselines)
+        results = evaluate_run(rec, split, protocol, baselines)
     if as_json:
         payload = {"split": split, "protocol": protocol, "metrics": results["recscope"]}
         if baselines:

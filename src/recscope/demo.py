@@ -24,6 +24,7 @@ from recscope import config as config_mod
 from recscope import versions
 from recscope.data import load_dataset, make_split
 from recscope.errors import RunError
+from recscope.evaluate import evaluate_run
 from recscope.explain.attention import final_position_attention
 from recscope.explain.faithfulness import evaluate_faithfulness
 from recscope.lock import LOCK_NAME, RunLock
@@ -57,7 +58,7 @@ def _demo(run: Path, out_dir: Path, data, cfg, spec: str, console: Console, out:
 
     with steps("evaluating on the test split, with baselines"):
         rec = Recommender.load(run)
-        results = rec.evaluate("test", "full", baselines=True)
+        results = evaluate_run(rec, "test", "full", baselines=True)
     from recscope.cli import faithfulness_table, metrics_table  # the CLI's tables, shared
 
     out.print(metrics_table(results, f"{data.name}: test split, full ranking over {data.n_items} items"))

@@ -15,6 +15,7 @@ Protocols:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -24,6 +25,9 @@ from recscope.data import Dataset, EvalCases, pad_left
 from recscope.metrics import all_metrics
 from recscope.progress import track
 from recscope.ranking import rank, rank_among
+
+if TYPE_CHECKING:
+    from recscope.recommend import Recommender
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -167,3 +171,38 @@ def _keep_top(sim: sp.csr_matrix, k: int) -> sp.csr_matrix:
     return sp.csr_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=sim.shape, dtype=np.float32
     )
+
+
+def evaluate_run(rec: Recommender, split: str = "test", protocol: str = "full", baselines: bool = False) -> dict:
+    """Metrics of ``rec``'s model (and optionally the baselines) on the run's valid or test split;
+    recorded in run.json under the run's lock (refused while another process writes the run)."""
+    from recscope.errors import RunError
+    from recscope.run import update_state
+
+    if split not in ("valid", "test"):
+        raise RunError(f"unknown split {split!r}", fix="use valid or test")
+    if protocol not in ("full", "sampled"):
+        raise RunError(f"unknown protocol {protocol!r}", fix="use full or sampled")
+    cfg = rec.config
+    parts = rec.split()
+    cases = getattr(parts, split)
+    kwargs = dict(
+        protocol=protocol,
+        exclude_history=cfg.eval.exclude_history,
+        num_negatives=cfg.eval.num_negatives,
+        batch_size=cfg.eval.batch_size,
+    )
+    scorers = {"recscope": model_scorer(rec.model)}
+    if baselines:
+        scorers["popularity"] = PopularityScorer(rec.data, parts.train_len)
+        scorers["item-kNN"] = ItemKNNScorer(rec.data, parts.train_len)
+    results = {
+        name: evaluate(scorer, rec.data, cases, cfg.model.max_len, cfg.eval.ks, progress=f"evaluate: {name}", **kwargs)
+        for name, scorer in scorers.items()
+    }
+    if rec.path is not None:
+        key = f"{split}/{protocol}"
+        rec.info = update_state(
+            rec.path, lambda state: state.setdefault("evaluations", {}).update({key: results}), "evaluate"
+        )
+    return results

@@ -21,11 +21,10 @@ import torch
 from recscope import versions
 from recscope.data import Dataset, make_split
 from recscope.errors import RunError
-from recscope.evaluate import ItemKNNScorer, PopularityScorer, evaluate, model_scorer
 from recscope.histories import History, HistorySource, RunHistories, adhoc
 from recscope.model import SeqRec
 from recscope.ranking import cutoff, hide, n_visible, rank, top_k
-from recscope.run import RunInfo, load_data, load_model, update_state
+from recscope.run import RunInfo, load_data, load_model
 
 
 @dataclass
@@ -321,40 +320,8 @@ class Recommender:
             for r, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True))
         ]
 
-    # ------------------------------------------------------------------ evaluate
+    # ------------------------------------------------------------------ the split
     def split(self):
         """The run's train / valid / test split, as the run's config defines it."""
         cfg = self.config.data
         return make_split(self.data, cfg.split, cfg.temporal_valid, cfg.temporal_test)
-
-    def evaluate(self, split: str = "test", protocol: str = "full", baselines: bool = False) -> dict[str, dict]:
-        """Metrics of the model (and optionally the baselines) on valid or test; stored in run.json."""
-        if split not in ("valid", "test"):
-            raise RunError(f"unknown split {split!r}", fix="use valid or test")
-        if protocol not in ("full", "sampled"):
-            raise RunError(f"unknown protocol {protocol!r}", fix="use full or sampled")
-        cfg = self.config
-        parts = self.split()
-        cases = getattr(parts, split)
-        kwargs = dict(
-            protocol=protocol,
-            exclude_history=cfg.eval.exclude_history,
-            num_negatives=cfg.eval.num_negatives,
-            batch_size=cfg.eval.batch_size,
-        )
-        scorers = {"recscope": model_scorer(self.model)}
-        if baselines:
-            scorers["popularity"] = PopularityScorer(self.data, parts.train_len)
-            scorers["item-kNN"] = ItemKNNScorer(self.data, parts.train_len)
-        results = {
-            name: evaluate(
-                scorer, self.data, cases, cfg.model.max_len, cfg.eval.ks, progress=f"evaluate: {name}", **kwargs
-            )
-            for name, scorer in scorers.items()
-        }
-        if self.path is not None:  # under the run's lock: refused while another process writes the run
-            key = f"{split}/{protocol}"
-            self.info = update_state(
-                self.path, lambda state: state.setdefault("evaluations", {}).update({key: results}), "evaluate"
-            )
-        return results
