@@ -12,6 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from pg import postgres_server  # noqa: F401  (a fixture)
 from recscope.cli import app as cli
 from recscope.errors import DataError, RunError
 from recscope.histories import Event, History, resolve
@@ -280,3 +281,29 @@ def test_the_running_service_switches_model_versions_without_a_restart(run, tmp_
             assert missing.status_code == 404 and first in missing.json()["fix"]
         finally:
             versions.promote(run, first)  # the module's other tests serve the trained version
+
+
+def test_the_service_over_postgresql_reacts_and_keeps_what_it_was_sent(run, request):
+    """The same live loop with the store on a throwaway PostgreSQL server (--db URL)."""
+    url = request.getfixturevalue("postgres_server").new_database()
+    settings = Settings(run=run, db=url)
+    rec = Recommender.load(run)
+    user = rec.data.user_ids[12]
+    with TestClient(create_app(settings)) as client:
+        before = [r["item_id"] for r in client.get(f"/users/{user}/recommendations").json()["items"]]
+        event = {"event_id": "pg-1", "user_id": user, "item_id": before[0], "event": "purchase"}
+        assert client.post("/events", json={"events": [event]}).json() == {"accepted": 1, "duplicates": 0}
+        after = [r["item_id"] for r in client.get(f"/users/{user}/recommendations").json()["items"]]
+        assert before[0] not in after and after != before
+        put = client.put("/items/PG/1", json={"title": "Ünïcode item ✓", "attributes": {}})
+        assert put.status_code == 201
+    with TestClient(create_app(settings)) as client:  # a restart: everything is in PostgreSQL
+        history = client.get(f"/users/{user}/history").json()["items"]
+        assert history[-1] == {
+            "item_id": before[0],
+            "event": "purchase",
+            "timestamp": history[-1]["timestamp"],
+            "source": "store",
+        }
+        assert client.get("/items/PG/1").json()["title"] == "Ünïcode item ✓"
+        assert [r["item_id"] for r in client.get(f"/users/{user}/recommendations").json()["items"]] == after
