@@ -37,10 +37,6 @@ class History:
     unknown: list[str]  # item ids the catalog does not know, in history order (skipped)
     in_run: bool  # the run was trained on this user
 
-    def item_ids(self, data: Dataset) -> list[str]:
-        """The ids of the items the model reads (the known ones)."""
-        return [data.item_ids[i] for i in self.indices.tolist()]
-
 
 class HistorySource(Protocol):
     def history(self, user_id: str) -> History:
@@ -75,18 +71,16 @@ class RunHistories:
     def events(self, user_id: str) -> list[Event] | None:
         """The user's training events, oldest first; None when the run does not know the user."""
         user = self.data.find_user(user_id)
-        if user is None:
-            return None
+        return None if user is None else self._events(user)
+
+    def history(self, user_id: str) -> History:
+        user = self.data.user_index(user_id)  # a DataError naming an unknown user and what to use
+        # The run's items are always in the catalog: no lookup needed.
+        return History(str(user_id), self._events(user), self.data.sequence(user).copy(), [], True)
+
+    def _events(self, user: int) -> list[Event]:
         start, end = int(self.data.offsets[user]), int(self.data.offsets[user + 1])
         items, times = self.data.items[start:end].tolist(), self.data.timestamps[start:end].tolist()
         return [
             Event(self.data.item_ids[i], TRAINING_EVENT, float(t), "run") for i, t in zip(items, times, strict=True)
         ]
-
-    def history(self, user_id: str) -> History:
-        user = self.data.find_user(user_id)
-        if user is None:
-            self.data.user_index(user_id)  # raises the DataError naming the user and what to use
-        events = self.events(user_id) or []
-        # The run's items are always in the catalog: no lookup needed.
-        return History(str(user_id), events, self.data.sequence(user).copy(), [], True)

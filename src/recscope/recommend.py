@@ -96,24 +96,40 @@ class Recommender:
         return rec
 
     # ------------------------------------------------------------------ the catalog
+    def trained(self, item_id: str) -> bool:
+        """True for an item of the trained catalog (its entry is the trained data, never changed)."""
+        index = self.data.find(item_id)
+        return index is not None and index <= self.trained_items
+
     def set_item(self, item_id: str, title: str, attributes: Mapping[str, object] | None = None) -> AddedItem:
         """Add an item to the catalog (or update one added before): recommendable at once.
 
         Its token is the sum of its attribute embeddings (its id embedding starts at zero), so
         it is scored from its fields until training gives it an id of its own. An item the run
         was trained on cannot be changed here (its catalog entry is the trained data)."""
-        known = self.data.find(item_id)
-        if known is not None and known <= self.trained_items:
+        return self.set_items([(item_id, title, attributes or {})])[0]
+
+    def set_items(self, items: list[tuple[str, str, Mapping[str, object]]]) -> list[AddedItem]:
+        """:meth:`set_item` for many ``(item_id, title, attributes)``, with one pass over the model
+        and one new item table for them all (the service's start-up re-adds every stored item)."""
+        refused = [item_id for item_id, _, _ in items if self.trained(item_id)]
+        if refused:
             raise RunError(
-                f"item {item_id!r} is in the trained catalog: its title and attributes come from the trained data",
+                f"item {refused[0]!r} is in the trained catalog: its title and attributes come from the trained data",
                 fix="add items the run does not know (items added after training)",
             )
-        index, unused = self.data.set_item(item_id, title, attributes or {})
-        self.model.set_items([index], {f.name: torch.from_numpy(f.values[index : index + 1]) for f in self.data.fields})
-        with torch.no_grad():
-            self._table = self.model.item_table()
-        self._explainers.clear()  # they hold the old item table
-        return AddedItem(index, known is None, unused)
+        added = []
+        for item_id, title, attributes in items:
+            new = self.data.find(item_id) is None
+            index, unused = self.data.set_item(item_id, title, attributes)
+            added.append(AddedItem(index, new, unused))
+        if added:
+            rows = [a.index for a in added]
+            self.model.set_items(rows, {f.name: torch.from_numpy(f.values[rows]) for f in self.data.fields})
+            with torch.no_grad():
+                self._table = self.model.item_table()
+            self._explainers.clear()  # they hold the old item table
+        return added
 
     # ------------------------------------------------------------------ histories
     def history(self, user: str) -> np.ndarray:

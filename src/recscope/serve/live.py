@@ -37,15 +37,10 @@ class StoreHistories:
         return resolve(self.run.data, user_id, events, in_run=trained is not None)
 
 
-def add_stored_items(rec: Recommender, store: Store) -> int:
+def add_stored_items(rec: Recommender, store: Store) -> None:
     """Put the items added since training (the store keeps them) into the catalog, in the order
     they were added; an item the run has since been trained on keeps its trained entry."""
-    items = store.items_added()
-    for item in items:
-        index = rec.data.find(item.item_id)
-        if index is None or index > rec.trained_items:
-            rec.set_item(item.item_id, item.title, item.attributes)
-    return len(items)
+    rec.set_items([(i.item_id, i.title, i.attributes) for i in store.items_added() if not rec.trained(i.item_id)])
 
 
 def user_history(svc: Service, user_id: str) -> History:

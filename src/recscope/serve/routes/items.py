@@ -42,8 +42,7 @@ def put_item(item_id: str, body: ItemIn, svc: ServiceDep, response: Response) ->
     the catalog at once (the next recommendation may hold it). Items of the run are 409: their
     catalog entry is the trained data."""
     rec = svc.recommender
-    index = rec.data.find(item_id)
-    if index is not None and index <= rec.trained_items:
+    if rec.trained(item_id):  # refused before anything is stored
         raise Conflict(
             f"item {item_id!r} is in the run's catalog: its title and attributes come from the trained data",
             fix="PUT items the run does not know (items added after training)",
