@@ -109,7 +109,7 @@ class ItemField:
         """The (width,) value indices of an item's cell (a value, a list of values or None) and
         the values the field cannot hold (not in the vocabulary, not a number, past the width)."""
         row = np.zeros(self.values.shape[1], dtype=self.values.dtype)
-        values = [] if value is None else list(value) if isinstance(value, list | tuple) else [value]
+        values = [] if value is None else _as_list(value)
         if self.kind == "numeric":  # one number, put in its band as the training data's were
             first = next((j for j, v in enumerate(values) if _number(v) is not None), None)
             if first is None:
@@ -216,9 +216,10 @@ class Dataset:
             if self.titles is None:
                 self.titles = [""] * len(self.item_ids)
             self.titles[index] = title
+        rows, unused = self.encode(attributes)
         for f in self.fields:
-            f.values[index] = f.encode(attributes.get(f.name))[0]
-        return index, self.unusable(attributes)
+            f.values[index] = rows[f.name]
+        return index, unused
 
     def items_with(self, field_name: str, label: str) -> list[int]:
         """Dense indices of the items whose ``field_name`` holds the value ``label`` (as the
@@ -235,18 +236,22 @@ class Dataset:
             raise DataError(f"{field_name!r} has no value {label!r}", fix=f"use a value it has (e.g. {shown})")
         return np.flatnonzero((f.values == f.vocab.index(label)).any(axis=1)).tolist()
 
+    def encode(self, attributes: Mapping[str, object]) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Each field's value indices for an item with ``attributes`` (field -> value or [values]),
+        and ``"field=value"`` for each value the fields cannot hold (a field the data does not
+        have, a value no trained item has, more values than the field's width)."""
+        rows, left = {}, {}
+        for f in self.fields:
+            rows[f.name], left[f.name] = f.encode(attributes.get(f.name))
+        unused = []
+        for name, value in attributes.items():  # in the order given
+            values = left[name] if name in left else [] if value is None else _as_list(value)
+            unused += [f"{name}={v}" for v in values]
+        return rows, unused
+
     def unusable(self, attributes: Mapping[str, object]) -> list[str]:
-        """``"field=value"`` for each attribute value the catalog's fields cannot hold (a field
-        the data does not have, a value no trained item has, more values than the field's width)."""
-        fields = {f.name: f for f in self.fields}
-        out = []
-        for name, value in attributes.items():
-            if name in fields:
-                left = fields[name].encode(value)[1]
-            else:
-                left = [] if value is None else list(value) if isinstance(value, list | tuple) else [value]
-            out += [f"{name}={v}" for v in left]
-        return out
+        """The ``"field=value"`` of ``attributes`` the model has no embedding for (see :meth:`encode`)."""
+        return self.encode(attributes)[1]
 
     def title(self, item: int) -> str:
         if self.titles and self.titles[item]:
@@ -447,6 +452,10 @@ def _numeric_field(name: str, values: np.ndarray, index: np.ndarray, n_rows: int
     bounds = [float(values[present].min()), *edges.tolist(), float(values[present].max())]
     vocab = ["<none>"] + [f"band{b} ({_fmt(bounds[b - 1])}-{_fmt(bounds[b])})" for b in range(1, len(edges) + 2)]
     return ItemField(name, "numeric", vocab, matrix, edges.tolist())
+
+
+def _as_list(value: object) -> list[object]:
+    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 def _number(value: object) -> float | None:
