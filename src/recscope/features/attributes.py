@@ -1,0 +1,128 @@
+"""Attribute vocabularies: catalog columns become token fields (value indices per item).
+
+A catalog column is categorical (one value), multi-valued (a list, or cells joined by the
+list separator) or numeric (bucketed into quantile bands, e.g. price). Each becomes an
+:class:`ItemField`: a vocabulary (index 0 = missing) and an ``(n_items + 1, width)`` matrix
+of value indices, the model's attribute embeddings read. Text columns (titles,
+descriptions) are not attributes: :mod:`recscope.features.text` encodes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+TEXT_COLUMNS = ("title", "name", "description")  # catalog columns read as text, not attributes
+RESERVED = ("item_id",)
+
+
+@dataclass
+class ItemField:
+    """One catalog attribute as a token field: every item has up to ``width`` values."""
+
+    name: str
+    kind: str  # "categorical" | "multi" | "numeric" (numeric values are bucketed into bands)
+    vocab: list[str]  # value index -> label; index 0 = missing
+    values: np.ndarray  # (n_items + 1, width) int64 value indices, 0 = none
+    band_edges: list[float] | None = None  # numeric: upper edges of bands 1..n-1
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def labels(self, item: int) -> list[str]:
+        return [self.vocab[v] for v in self.values[item] if v > 0]
+
+    def encode(self, value: object) -> tuple[np.ndarray, list[object]]:
+        """The (width,) value indices of an item's cell (a value, a list of values or None) and
+        the values the field cannot hold (not in the vocabulary, not a number, past the width)."""
+        row = np.zeros(self.values.shape[1], dtype=self.values.dtype)
+        values = [] if value is None else as_list(value)
+        if self.kind == "numeric":  # one number, put in its band as the training data's were
+            first = next((j for j, v in enumerate(values) if _number(v) is not None), None)
+            if first is None:
+                return row, values
+            edges = np.asarray(self.band_edges or [], dtype=np.float64)
+            row[0] = int(np.searchsorted(edges, _number(values[first]), side="right")) + 1
+            return row, values[:first] + values[first + 1 :]
+        lookup = {label: i for i, label in enumerate(self.vocab) if i > 0}
+        known = [lookup[str(v)] for v in dict.fromkeys(values) if str(v) in lookup]
+        left = [v for v in dict.fromkeys(values) if str(v) not in lookup]
+        row[: min(len(known), len(row))] = known[: len(row)]
+        return row, left + [self.vocab[i] for i in known[len(row) :]]
+
+
+def catalog_fields(
+    catalog: pl.DataFrame | None, item_lookup: pl.DataFrame, n_rows: int, *, price_bands: int, sep: str
+) -> tuple[list[str] | None, list[ItemField]]:
+    if catalog is None:
+        return None, []
+    # The dense index of each catalog row, without joining (a catalog column may be called anything).
+    index = catalog["item_id"].replace_strict(item_lookup["item_id"], item_lookup["_item"]).to_numpy()
+    titles = None
+    fields_: list[ItemField] = []
+    for column in catalog.columns:
+        if column in RESERVED:
+            continue
+        series = catalog[column]
+        if column.lower() in TEXT_COLUMNS:
+            if titles is None and column.lower() in ("title", "name"):
+                titles = [""] * n_rows
+                for i, t in zip(index, series.to_list(), strict=True):
+                    titles[i] = t or ""
+            continue
+        if series.dtype == pl.List(pl.String):
+            fields_.append(_multi_field(column, series.to_list(), index, n_rows))
+            continue
+        numeric = series.cast(pl.Float64, strict=False)
+        if numeric.is_finite().any() and numeric.null_count() == series.null_count():
+            fields_.append(_numeric_field(column, numeric.to_numpy(), index, n_rows, price_bands))
+        elif series.str.contains(sep, literal=True).any():
+            values = [None if v is None else [s.strip() for s in v.split(sep) if s.strip()] for v in series]
+            fields_.append(_multi_field(column, values, index, n_rows))
+        else:
+            fields_.append(_multi_field(column, [None if v is None else [v] for v in series], index, n_rows))
+            fields_[-1].kind = "categorical"
+    return titles, fields_
+
+
+def _multi_field(name: str, values: list[list[str] | None], index: np.ndarray, n_rows: int) -> ItemField:
+    vocab: dict[str, int] = {}
+    width = max((len(v) for v in values if v), default=1)
+    matrix = np.zeros((n_rows, width), dtype=np.int64)
+    for row, vals in zip(index, values, strict=True):
+        for j, v in enumerate(dict.fromkeys(vals or ())):
+            matrix[row, j] = vocab.setdefault(v, len(vocab) + 1)
+    return ItemField(name, "multi", ["<none>", *vocab], matrix)
+
+
+def _numeric_field(name: str, values: np.ndarray, index: np.ndarray, n_rows: int, bands: int) -> ItemField:
+    present = np.isfinite(values)  # nan, inf and missing cells get no band
+    edges = np.unique(np.quantile(values[present], np.linspace(0, 1, bands + 1)[1:-1]))
+    band = np.searchsorted(edges, values[present], side="right") + 1  # 1..len(edges)+1
+    matrix = np.zeros((n_rows, 1), dtype=np.int64)
+    matrix[index[present], 0] = band
+    bounds = [float(values[present].min()), *edges.tolist(), float(values[present].max())]
+    vocab = ["<none>"] + [f"band{b} ({_fmt(bounds[b - 1])}-{_fmt(bounds[b])})" for b in range(1, len(edges) + 2)]
+    return ItemField(name, "numeric", vocab, matrix, edges.tolist())
+
+
+def as_list(value: object) -> list[object]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _number(value: object) -> float | None:
+    """A finite number from an attribute value (a number or a numeric string), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.0f}" if abs(x) >= 10 else f"{x:.2g}"
