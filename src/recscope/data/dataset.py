@@ -19,7 +19,7 @@ import polars as pl
 from safetensors.numpy import load_file, save_file
 
 from recscope.errors import DataError
-from recscope.features.attributes import ItemField, as_list, catalog_fields
+from recscope.features.attributes import TEXT_COLUMNS, ItemField, as_list, catalog_fields
 
 SKIPPED_FILE = "skipped_rows.csv"  # in a run folder: every input row that was read but not kept
 
@@ -96,6 +96,7 @@ class Dataset:
     items: np.ndarray  # (n_events,) int64 dense item indices, grouped by user, in time order
     timestamps: np.ndarray  # (n_events,) float64 (s3rec: position in the line)
     titles: list[str] | None = None  # dense item index -> title, or None if the data has none
+    texts: dict[str, list[str]] = field(default_factory=dict)  # text column -> dense item index -> text
     fields: list[ItemField] = field(default_factory=list)
     # Per-event extra columns (e.g. the synthetic shop's planted mechanism and cause).
     extras: dict[str, np.ndarray] = field(default_factory=dict)
@@ -173,12 +174,17 @@ class Dataset:
             self._item_index[item_id] = index
             if self.titles is not None:
                 self.titles.append("")
+            for column in self.texts.values():
+                column.append("")
             for f in self.fields:
                 f.values = np.vstack([f.values, np.zeros((1, f.values.shape[1]), dtype=f.values.dtype)])
         if title:
             if self.titles is None:
                 self.titles = [""] * len(self.item_ids)
             self.titles[index] = title
+            column = next((c for c in self.texts if c.lower() in ("title", "name")), None)
+            if column is not None:
+                self.texts[column][index] = title
         rows, unused = self.encode(attributes)
         for f in self.fields:
             f.values[index] = rows[f.name]
@@ -216,6 +222,14 @@ class Dataset:
         """The ``"field=value"`` of ``attributes`` the model has no embedding for (see :meth:`encode`)."""
         return self.encode(attributes)[1]
 
+    def item_texts(self, columns: tuple[str, ...] | None = None) -> list[str]:
+        """Per dense item index, the text the encoder reads: its text columns (``columns``, default
+        all, in catalog order) joined by ". "; a run without text columns reads its titles."""
+        present = [t for c, t in self.texts.items() if columns is None or c in columns]
+        if not present and self.titles:
+            present = [self.titles]
+        return [". ".join(t[i].strip() for t in present if t[i].strip()) for i in range(len(self.item_ids))]
+
     def title(self, item: int) -> str:
         if self.titles and self.titles[item]:
             return self.titles[item]
@@ -243,6 +257,7 @@ class Dataset:
             "user_ids": self.user_ids,
             "item_ids": self.item_ids,
             "titles": self.titles,
+            "texts": self.texts,
             "fields": [
                 {"name": f.name, "kind": f.kind, "vocab": f.vocab, "band_edges": f.band_edges} for f in self.fields
             ],
@@ -273,6 +288,7 @@ class Dataset:
             items=arrays["items"],
             timestamps=arrays["timestamps"],
             titles=meta["titles"],
+            texts=meta.get("texts") or {},  # runs from before text columns were kept have titles only
             fields=fields_,
             extras={name: arrays[f"extra.{name}"] for name in meta["extras"]},
             extra_labels=meta["extra_labels"],
@@ -298,6 +314,7 @@ def from_frames(
     report: LoadReport | None = None,
     extra_labels: dict[str, list[str]] | None = None,
     time_scale: float = 1.0,
+    text_columns: tuple[str, ...] = TEXT_COLUMNS,
 ) -> Dataset:
     """Build a Dataset from validated frames.
 
@@ -344,8 +361,8 @@ def from_frames(
                 f"{len(unseen):,} catalog item(s) never appear in the interactions (e.g. {_examples(unseen)}); "
                 "they stay in the catalog and can be recommended"
             )
-    titles, item_fields = catalog_fields(
-        catalog, item_lookup, len(item_ids), price_bands=price_bands, sep=list_separator
+    titles, texts, item_fields = catalog_fields(
+        catalog, item_lookup, len(item_ids), price_bands=price_bands, sep=list_separator, text_columns=text_columns
     )
     return Dataset(
         name=name,
@@ -355,6 +372,7 @@ def from_frames(
         items=events["_item"].to_numpy().astype(np.int64),
         timestamps=events["timestamp"].to_numpy().astype(np.float64) * time_scale,
         titles=titles,
+        texts=texts,
         fields=item_fields,
         extras=extras,
         extra_labels=extra_labels or {},

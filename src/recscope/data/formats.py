@@ -95,6 +95,7 @@ def load_dataset(
         list_separator=config.list_separator,
         report=report,
         time_scale=source.time_scale,
+        text_columns=config.text_columns,
     )
 
 

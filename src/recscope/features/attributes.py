@@ -9,7 +9,9 @@ descriptions) are not attributes: :mod:`recscope.features.text` encodes them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -54,24 +56,42 @@ class ItemField:
         return row, left + [self.vocab[i] for i in known[len(row) :]]
 
 
+class CatalogFeatures(NamedTuple):
+    titles: list[str] | None  # dense item index -> display title (the first title/name column)
+    texts: dict[str, list[str]]  # text column -> dense item index -> its text ("" where none)
+    fields: list[ItemField]  # every other column, as a token field
+
+
 def catalog_fields(
-    catalog: pl.DataFrame | None, item_lookup: pl.DataFrame, n_rows: int, *, price_bands: int, sep: str
-) -> tuple[list[str] | None, list[ItemField]]:
+    catalog: pl.DataFrame | None,
+    item_lookup: pl.DataFrame,
+    n_rows: int,
+    *,
+    price_bands: int,
+    sep: str,
+    text_columns: Sequence[str] = TEXT_COLUMNS,
+) -> CatalogFeatures:
+    """The catalog's columns as titles, texts (``text_columns``, matched without case) and
+    attribute fields, each indexed by dense item index (``item_lookup``: item_id -> _item)."""
     if catalog is None:
-        return None, []
+        return CatalogFeatures(None, {}, [])
     # The dense index of each catalog row, without joining (a catalog column may be called anything).
     index = catalog["item_id"].replace_strict(item_lookup["item_id"], item_lookup["_item"]).to_numpy()
     titles = None
+    texts: dict[str, list[str]] = {}
     fields_: list[ItemField] = []
+    text_names = {c.lower() for c in text_columns}
     for column in catalog.columns:
         if column in RESERVED:
             continue
         series = catalog[column]
-        if column.lower() in TEXT_COLUMNS:
+        if column.lower() in text_names and series.dtype == pl.String:
+            column_texts = [""] * n_rows
+            for i, t in zip(index, series.to_list(), strict=True):
+                column_texts[i] = t or ""
+            texts[column] = column_texts
             if titles is None and column.lower() in ("title", "name"):
-                titles = [""] * n_rows
-                for i, t in zip(index, series.to_list(), strict=True):
-                    titles[i] = t or ""
+                titles = list(column_texts)
             continue
         if series.dtype == pl.List(pl.String):
             fields_.append(_multi_field(column, series.to_list(), index, n_rows))
@@ -85,7 +105,7 @@ def catalog_fields(
         else:
             fields_.append(_multi_field(column, [None if v is None else [v] for v in series], index, n_rows))
             fields_[-1].kind = "categorical"
-    return titles, fields_
+    return CatalogFeatures(titles, texts, fields_)
 
 
 def _multi_field(name: str, values: list[list[str] | None], index: np.ndarray, n_rows: int) -> ItemField:
