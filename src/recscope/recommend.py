@@ -21,7 +21,7 @@ import torch
 from recscope import versions
 from recscope.data import Dataset, make_split
 from recscope.errors import RunError
-from recscope.features.text import encode_texts
+from recscope.features.text import encode_texts, encoder
 from recscope.histories import History, HistorySource, RunHistories, adhoc
 from recscope.model import SeqRec
 from recscope.ranking import cutoff, hide, n_visible, rank, top_k
@@ -132,6 +132,12 @@ class Recommender:
                 self._table = self.model.item_table()
             self._explainers.clear()  # they hold the old item table
         return added
+
+    def load_text_encoder(self) -> None:
+        """Load the run's text encoder now (when the model reads text), so that the first item
+        added later is encoded in milliseconds rather than after seconds of loading."""
+        if self.config.model.text_dim:
+            encoder(self.config.features.text_encoder, self.config.features.text_cache)
 
     def _text_vectors(self, rows: list[int]) -> torch.Tensor | None:
         """The text vectors of the items at ``rows`` (by the run's own encoder), when the model reads text."""
