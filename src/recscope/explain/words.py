@@ -254,3 +254,44 @@ def shared_phrase(words: Words | None, positions: Sequence[int]) -> tuple[str, s
                     if any(theirs[i : i + size] == part for i in range(len(theirs) - size + 1)):
                         return " ".join(mine[start : start + size]), h.title
     return None
+
+
+DELETED = (1, 2, 3)  # deletion sizes the faithfulness check measures
+DRAWS = 5  # random draws per size and title
+
+
+def deletion(model, table, data, read, offset, targets, explanations, rng: np.random.Generator, encode: Encode):
+    """Faithfulness of the word attributions already on ``explanations``: per weighed title and
+    size n (:data:`DELETED`, when the title has more than n words), the score drop when its n
+    heaviest words are taken out together, and the mean drop over :data:`DRAWS` random n words.
+    Returns [(side, n, top drop, random drop)], side "candidate" or "history"; one encoder call."""
+    titles, heaviest = [], []
+    texts = data.item_texts()
+    for j, expl in enumerate(explanations):
+        if expl.words is None:
+            continue
+        weighed = [(None, targets[j], expl.words.candidate)] + [
+            (h.position, int(read[h.position - offset]), h.words) for h in expl.words.history
+        ]
+        for position, item, words in weighed:
+            titles.append(_Title(j, targets[j], item, texts[item], spans(texts[item]), position))
+            heaviest.append(np.argsort([-w.weight for w in words], kind="stable"))
+
+    def cuts(t: _Title, order) -> list[list[tuple[int, int]]]:
+        out = []
+        for n in DELETED:
+            if len(t.spans) > n:
+                out.append([t.spans[i] for i in order[:n]])
+                out += [[t.spans[i] for i in rng.choice(len(t.spans), n, replace=False)] for _ in range(DRAWS)]
+        return out
+
+    plans = {id(t): cuts(t, order) for t, order in zip(titles, heaviest, strict=True)}
+    drops = word_weights(model, table, read, titles, encode, cuts=lambda t: plans[id(t)])
+    rows = []
+    for t, d in zip(titles, drops, strict=True):
+        side = "candidate" if t.position is None else "history"
+        sizes = [n for n in DELETED if len(t.spans) > n]
+        for s, n in enumerate(sizes):
+            block = d[s * (1 + DRAWS) : (s + 1) * (1 + DRAWS)]
+            rows.append((side, n, float(block[0]), float(block[1:].mean())))
+    return rows
