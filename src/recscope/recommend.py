@@ -143,9 +143,8 @@ class Recommender:
         """The text vectors of the items at ``rows`` (by the run's own encoder), when the model reads text."""
         if not self.config.model.text_dim:
             return None
-        texts = self.data.item_texts()
         f = self.config.features
-        encoded = encode_texts([texts[r] for r in rows], f.text_encoder, f.text_cache, f.text_batch_size)
+        encoded = encode_texts(self.data.item_texts(rows), f.text_encoder, f.text_cache, f.text_batch_size)
         return torch.from_numpy(encoded.vectors)
 
     # ------------------------------------------------------------------ histories
