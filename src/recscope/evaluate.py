@@ -195,10 +195,10 @@ class AttributesOnlyScorer:
         self.decay = decay
 
     def __call__(self, histories: torch.Tensor) -> torch.Tensor:
-        profile = _recency(histories, self.decay, self.vectors.shape[0]) @ self.vectors  # (B, D)
+        profile = (_recency(histories, self.decay, self.vectors.shape[0]) @ self.vectors).toarray()  # (B, D)
         # The profile's length is the same for every candidate: it changes no ranking, so it is not divided out.
-        scores = np.asarray((profile @ self.vectors.T).todense(), dtype=np.float32)  # (B, N + 1)
-        return torch.from_numpy(scores)
+        scores = (self.vectors @ profile.T).T  # (B, N + 1): sparse @ dense, a dense result
+        return torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
 
 
 def _norms(matrix: sp.csr_matrix) -> np.ndarray:
