@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from recscope.config import Config
 from recscope.data.dataset import Dataset
 from recscope.errors import ConfigError
 
@@ -66,8 +67,8 @@ def make_split(
     raise ConfigError(f"unknown split {kind!r}", fix='use data.split="loo", "temporal" or "cold_items"')
 
 
-def split_of(data: Dataset, config) -> Split:
-    """The split a run's data config (``config.data``, a DataConfig) defines."""
+def split_of(data: Dataset, config: Config) -> Split:
+    """The split a run's config defines (its ``data`` section)."""
     d = config.data
     return make_split(data, d.split, d.temporal_valid, d.temporal_test, d.cold_share, d.cold_seed)
 
