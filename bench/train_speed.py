@@ -37,7 +37,7 @@ def main() -> None:
     data = load_dataset(f"s3rec:{beauty}")
     cfg = with_data_sizes(cfg, data)
     split = make_split(data)
-    windows = torch.from_numpy(training_windows(data, split.train_len, cfg.model.max_len))
+    windows = torch.from_numpy(training_windows(data, split.train, cfg.model.max_len))
     torch.manual_seed(0)
     model = SeqRec(cfg.model)
     model.set_item_fields({f.name: torch.from_numpy(f.values) for f in data.fields})

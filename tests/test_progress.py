@@ -44,7 +44,7 @@ def test_full_ranking_evaluation_shows_progress_when_asked(monkeypatch, capsys):
     data = load_dataset("synthetic:users=30,items=20,seed=3")
     cases = make_split(data).test
     monkeypatch.setattr(evaluate_mod, "track", functools.partial(track, every=0))
-    popularity = evaluate_mod.PopularityScorer(data, make_split(data).train_len)
+    popularity = evaluate_mod.PopularityScorer(data, make_split(data).train)
     args = (popularity, data, cases, 8)
     ranks = evaluate_mod.rank_targets(*args, batch_size=10, progress="evaluate: popularity")
     err = capsys.readouterr().err

@@ -109,7 +109,7 @@ def test_training_windows_cover_each_transition_once():
     data = dataset([[1, 2, 3, 4, 5, 6, 7, 8, 9], [10, 11], [12], [13, 14, 15], [16, 17, 18, 19, 20]])
     split = leave_one_out(data)
     assert split.train_len.tolist() == [7, 2, 1, 1, 3]
-    windows = training_windows(data, split.train_len, max_len=3)
+    windows = training_windows(data, split.train, max_len=3)
     assert windows.shape == (4, 4)  # (W, max_len + 1)
     assert windows.tolist() == [
         [4, 5, 6, 7],  # u0, the most recent window first
@@ -127,7 +127,7 @@ def test_training_windows_cover_each_transition_once():
 def test_training_windows_on_real_shaped_data_have_no_leak_and_no_loss():
     data = load_dataset("synthetic:users=100,items=80,seed=7")
     split = leave_one_out(data)
-    windows = training_windows(data, split.train_len, max_len=5)
+    windows = training_windows(data, split.train, max_len=5)
     inputs, targets = windows[:, :-1], windows[:, 1:]
     real = (inputs > 0) & (targets > 0)  # the positions the loss trains on
     got = Counter(zip(inputs[real].tolist(), targets[real].tolist(), strict=True))

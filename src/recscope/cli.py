@@ -281,6 +281,15 @@ def recommendations_table(items, title: str) -> Group:
 # ---------------------------------------------------------------------------------------
 
 
+# A cold_items run's evaluation adds these groups of cases beside the scorers' metrics, each
+# with the cases it counts, and "cases" (recscope.evaluate.cold_start).
+COLD_GROUPS = {
+    "cold_items": ("cold_items", "held-out (cold) targets, ranked over the whole catalog"),
+    "warm_items": ("warm_items", "warm targets, ranked over the whole catalog"),
+    "cold_items_among_cold": ("cold_items", "held-out targets, ranked among the held-out items only"),
+}
+
+
 @_command("evaluate")
 def evaluate_cmd(
     run: RunArg,
@@ -301,13 +310,17 @@ def evaluate_cmd(
     with RunLock(run, "evaluate", console, create=False):  # it records its metrics: refused while the run trains
         rec = Recommender.load(run)
         results = evaluate_run(rec, split, protocol, baselines)
+    cold = {k: results.pop(k) for k in (*COLD_GROUPS, "cases") if k in results}  # a cold_items run's report
     if as_json:
         payload = {"split": split, "protocol": protocol, "metrics": results["recscope"]}
         if baselines:
             payload["baselines"] = {k: v for k, v in results.items() if k != "recscope"}
-        out.print_json(json.dumps(payload))
+        out.print_json(json.dumps(payload | cold))
         return
     out.print(metrics_table(results, f"{rec.data.name}: {split} split, {protocol} ranking"))
+    for group, (counted, title) in COLD_GROUPS.items():
+        if group in cold:
+            out.print(metrics_table(cold[group], f"{title} ({cold['cases'][counted]:,} {split} cases)"))
 
 
 @_command()

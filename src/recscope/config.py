@@ -25,9 +25,11 @@ from recscope.errors import ConfigError
 
 @dataclass(frozen=True)
 class DataConfig:
-    split: str = (
-        "loo"  # (str) "loo": leave-one-out per user (last=test, second-last=valid); "temporal": global time split
-    )
+    # (str) "loo": leave-one-out per user (last=test, second-last=valid); "temporal": global time split;
+    # "cold_items": leave-one-out with a seeded share of the items held out of training entirely
+    split: str = "loo"
+    cold_share: float = 0.1  # (float) cold_items split: share of the items with events held out of training, in (0, 1)
+    cold_seed: int = 0  # (int) cold_items split: seeds which items are held out (numpy default_rng)
     temporal_valid: float = 0.8  # (float) temporal split: events at or after this time quantile are valid/test
     temporal_test: float = 0.9  # (float) temporal split: events at or after this time quantile are test
     price_bands: int = 5  # (int) numeric catalog columns are bucketed into this many quantile bands
@@ -75,6 +77,9 @@ class TrainConfig:
     weight_decay: float = 0.0  # (float) AdamW weight decay
     loss: str = "ce"  # (str) "ce": full-softmax cross-entropy over the catalog; "sampled": sampled softmax
     num_negatives: int = 256  # (int) sampled softmax: shared uniform negatives per step
+    # (float) share of the items whose id embedding is left out of their tokens each step (input and
+    # candidate alike), so the model learns to score items from their fields alone, as new items are
+    id_dropout: float = 0.0
     eval_every: int = 1  # (int) evaluate on valid every this many epochs
     patience: int = 8  # (int) stop after this many evaluations without a better valid NDCG@10
     seed: int = 42  # (int) seeds shuffling, initialisation and dropout
@@ -279,7 +284,9 @@ def _fields(value: tuple[tuple[str, int, int], ...]) -> bool:
 
 # Upper bounds keep a typo (an extra zero or three) from asking torch for terabytes.
 RULES: dict[str, Rule] = {
-    "data.split": _one_of("loo", "temporal"),
+    "data.split": _one_of("loo", "temporal", "cold_items"),
+    "data.cold_share": _range(0, 1, open_low=True, open_high=True),
+    "data.cold_seed": _range(0, 2**31 - 1),
     "data.temporal_valid": _range(0, 1, open_low=True, open_high=True),
     "data.temporal_test": _range(0, 1, open_low=True, open_high=True),
     "data.price_bands": _range(1, 1000),
@@ -307,6 +314,7 @@ RULES: dict[str, Rule] = {
     "train.weight_decay": _range(0, 10),
     "train.loss": _one_of("ce", "sampled"),
     "train.num_negatives": _range(1, 1_048_576),
+    "train.id_dropout": _range(0, 1, open_high=True),
     "train.eval_every": _range(1, 1_000_000),
     "train.patience": _range(1, 1_000_000),
     "train.seed": _range(0, 2**31 - 1),

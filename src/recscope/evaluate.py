@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recscope.data import Dataset, EvalCases, pad_left
+from recscope.data import Dataset, EvalCases, Split, pad_left
 from recscope.metrics import all_metrics
 from recscope.progress import track
 from recscope.ranking import rank, rank_among
@@ -44,8 +44,12 @@ def rank_targets(
     batch_size: int = 1024,
     seed: int = 0,
     progress: str | None = None,
+    exclude: np.ndarray | None = None,
 ) -> np.ndarray:
     """0-based rank of each case's target among the candidates.
+
+    ``exclude`` (full protocol): item indices that are no candidates for any case (the cold-start
+    evaluation ranks a held-out item among the held-out items only by excluding the others).
 
     Ties are broken by the one tie rule of :mod:`recscope.ranking` (seeded random): a target
     tied with n candidates lands uniformly among them. Counting only strictly higher scores would
@@ -68,14 +72,15 @@ def rank_targets(
         # The whole history (not only the last max_len items) is excluded / avoided.
         full_hist = torch.from_numpy(pad_left(data, users, hist_len, max(int(hist_len.max()), 1)))
         if protocol == "full":  # the target is ranked even if owned (a repeat purchase)
-            ranks[sl] = rank(scores, targets, owned=full_hist if exclude_history else None, rng=rng).numpy()
-        elif protocol == "sampled":
+            owned = full_hist if exclude_history else None
+            ranks[sl] = rank(scores, targets, owned=owned, exclude=exclude, rng=rng).numpy()
+        elif protocol == "sampled" and exclude is None:
             negatives = _sample_negatives(rng, data.n_items, full_hist.numpy(), targets, num_negatives)
             neg_scores = scores.gather(1, torch.from_numpy(negatives))  # (B, num_negatives)
             target_scores = scores.gather(1, torch.from_numpy(targets)[:, None])  # (B, 1)
             ranks[sl] = rank_among(neg_scores, target_scores, rng).numpy()
         else:
-            raise ValueError(f"unknown protocol {protocol!r}: use 'full' or 'sampled'")
+            raise ValueError(f"unknown protocol {protocol!r} (or exclude with sampled): use 'full' or 'sampled'")
     return ranks
 
 
@@ -115,8 +120,9 @@ def model_scorer(model: torch.nn.Module) -> Scorer:
 class PopularityScorer:
     """Most-bought items first, counted over the training events only."""
 
-    def __init__(self, data: Dataset, train_len: np.ndarray):
-        counts = np.bincount(_train_events(data, train_len), minlength=data.n_items + 1).astype(np.float32)
+    def __init__(self, data: Dataset, train: np.ndarray):
+        """``train`` (n_events,) bool: the events trained on (``Split.train``)."""
+        counts = np.bincount(data.items[train], minlength=data.n_items + 1).astype(np.float32)
         self.scores = torch.from_numpy(counts)
 
     def __call__(self, histories: torch.Tensor) -> torch.Tensor:
@@ -127,9 +133,9 @@ class ItemKNNScorer:
     """Item-to-item co-occurrence kNN: cosine similarity of items over training users,
     summed over the history with more weight on recent items (``decay`` per step back)."""
 
-    def __init__(self, data: Dataset, train_len: np.ndarray, neighbours: int = 100, decay: float = 0.8):
-        users = np.repeat(np.arange(data.n_users), train_len)
-        items = _train_events(data, train_len)
+    def __init__(self, data: Dataset, train: np.ndarray, neighbours: int = 100, decay: float = 0.8):
+        users = np.repeat(np.arange(data.n_users), data.lengths)[train]  # ``train``: Split.train
+        items = data.items[train]
         x = sp.csr_matrix(
             (np.ones_like(items, dtype=np.float32), (users, items)), shape=(data.n_users, data.n_items + 1)
         )
@@ -142,18 +148,63 @@ class ItemKNNScorer:
         self.decay = decay
 
     def __call__(self, histories: torch.Tensor) -> torch.Tensor:
-        B, T = histories.shape
-        h = histories.numpy()
-        weights = np.broadcast_to(self.decay ** np.arange(T - 1, -1, -1, dtype=np.float32), (B, T))
-        rows = np.repeat(np.arange(B), T)
-        w = sp.csr_matrix((weights.ravel() * (h.ravel() > 0), (rows, h.ravel())), shape=(B, self.sim.shape[0]))
+        w = _recency(histories, self.decay, self.sim.shape[0])
         return torch.from_numpy(np.asarray((w @ self.sim).todense(), dtype=np.float32))
 
 
-def _train_events(data: Dataset, train_len: np.ndarray) -> np.ndarray:
-    users = np.repeat(np.arange(data.n_users), train_len)
-    position = np.arange(len(users)) - np.repeat(np.cumsum(train_len) - train_len, train_len)
-    return data.items[data.offsets[users] + position]
+def _recency(histories: torch.Tensor, decay: float, width: int) -> sp.csr_matrix:
+    """(B, width) sparse weights of the items in left-padded ``histories`` (B, T): the last item
+    weighs 1, each step back ``decay`` times less; padding weighs nothing."""
+    B, T = histories.shape
+    h = histories.numpy()
+    weights = np.broadcast_to(decay ** np.arange(T - 1, -1, -1, dtype=np.float32), (B, T))
+    rows = np.repeat(np.arange(B), T)
+    return sp.csr_matrix((weights.ravel() * (h.ravel() > 0), (rows, h.ravel())), shape=(B, width))
+
+
+class AttributesOnlyScorer:
+    """Content only, no learned weight: the cosine between each candidate's field vector and the
+    history's profile (its items' vectors summed, the last weighing 1 and each step back
+    ``decay`` times less). The reference a cold item's score from its fields is measured against.
+
+    An item's vector has one block per attribute field (its values' multi-hot) and one for its
+    text vector (the run's frozen pretrained vectors, when it has text); each block is scaled to
+    unit length, so every field weighs the same, and the whole vector to unit length (cosine).
+    Items without any field score 0.
+    """
+
+    def __init__(self, data: Dataset, text: np.ndarray | None = None, decay: float = 0.8):
+        n = data.n_items + 1
+        blocks = []
+        for f in data.fields:
+            rows = np.repeat(np.arange(n), f.values.shape[1])
+            cols = f.values.ravel()
+            keep = cols > 0  # value 0 is "none"
+            block = sp.csr_matrix(
+                (np.ones(int(keep.sum()), np.float32), (rows[keep], cols[keep])), shape=(n, f.vocab_size)
+            )
+            blocks.append(block.multiply(1.0 / _norms(block)[:, None]).tocsr())
+        if text is not None:
+            text = np.asarray(text, dtype=np.float32)
+            norms = np.linalg.norm(text, axis=1)
+            blocks.append(sp.csr_matrix(text / np.where(norms > 0, norms, 1.0)[:, None]))
+        if not blocks:
+            raise ValueError("attributes_only needs a catalog with attribute fields or text")
+        vectors = sp.hstack(blocks).tocsr()
+        self.vectors = vectors.multiply(1.0 / _norms(vectors)[:, None]).tocsr().astype(np.float32)  # (N + 1, D)
+        self.decay = decay
+
+    def __call__(self, histories: torch.Tensor) -> torch.Tensor:
+        profile = (_recency(histories, self.decay, self.vectors.shape[0]) @ self.vectors).toarray()  # (B, D)
+        # The profile's length is the same for every candidate: it changes no ranking, so it is not divided out.
+        scores = (self.vectors @ profile.T).T  # (B, N + 1): sparse @ dense, a dense result
+        return torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
+
+
+def _norms(matrix: sp.csr_matrix) -> np.ndarray:
+    """(rows,) each row's L2 norm, 1 where it is 0 (an empty row stays empty)."""
+    norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(1)).ravel())
+    return np.where(norms > 0, norms, 1.0)
 
 
 def _keep_top(sim: sp.csr_matrix, k: int) -> sp.csr_matrix:
@@ -175,7 +226,12 @@ def _keep_top(sim: sp.csr_matrix, k: int) -> sp.csr_matrix:
 
 def evaluate_run(rec: Recommender, split: str = "test", protocol: str = "full", baselines: bool = False) -> dict:
     """Metrics of ``rec``'s model (and optionally the baselines) on the run's valid or test split;
-    recorded in run.json under the run's lock (refused while another process writes the run)."""
+    recorded in run.json under the run's lock (refused while another process writes the run).
+
+    Returns ``{scorer: metrics}``; for a ``cold_items`` run also ``"cold_items"`` and
+    ``"warm_items"`` (see :func:`cold_start`), ``"cold_items_among_cold"`` (full protocol) and
+    ``"cases"``.
+    """
     from recscope.errors import RunError
     from recscope.run import update_state
 
@@ -186,23 +242,80 @@ def evaluate_run(rec: Recommender, split: str = "test", protocol: str = "full", 
     cfg = rec.config
     parts = rec.split()
     cases = getattr(parts, split)
-    kwargs = dict(
-        protocol=protocol,
-        exclude_history=cfg.eval.exclude_history,
-        num_negatives=cfg.eval.num_negatives,
-        batch_size=cfg.eval.batch_size,
-    )
+    kwargs = protocol_options(cfg, protocol)
     scorers = {"recscope": model_scorer(rec.model)}
     if baselines:
-        scorers["popularity"] = PopularityScorer(rec.data, parts.train_len)
-        scorers["item-kNN"] = ItemKNNScorer(rec.data, parts.train_len)
+        scorers["popularity"] = PopularityScorer(rec.data, parts.train)
+        scorers["item-kNN"] = ItemKNNScorer(rec.data, parts.train)
     results = {
         name: evaluate(scorer, rec.data, cases, cfg.model.max_len, cfg.eval.ks, progress=f"evaluate: {name}", **kwargs)
         for name, scorer in scorers.items()
     }
+    if len(parts.cold):
+        results.update(cold_start(rec, parts, cases, protocol))
     if rec.path is not None:
         key = f"{split}/{protocol}"
         rec.info = update_state(
             rec.path, lambda state: state.setdefault("evaluations", {}).update({key: results}), "evaluate"
         )
     return results
+
+
+def protocol_options(cfg, protocol: str) -> dict:
+    """rank_targets' keyword arguments for ``protocol`` under a run's eval config."""
+    return dict(
+        protocol=protocol,
+        exclude_history=cfg.eval.exclude_history,
+        num_negatives=cfg.eval.num_negatives,
+        batch_size=cfg.eval.batch_size,
+    )
+
+
+def cold_start(rec: Recommender, parts: Split, cases: EvalCases, protocol: str = "full") -> dict:
+    """The cold-start report of a ``cold_items`` run: its cases split by whether the target is a
+    held-out item, each half ranked as every case is (the whole catalog, history excluded).
+
+    - ``cold_items``: the model, ``popularity`` (training counts: a held-out item has none, so it
+      ranks among the items with no training event, by the tie rule) and ``attributes_only``
+      (:class:`AttributesOnlyScorer`);
+    - ``warm_items``: the same scorers on the other cases (the cost of holding items out);
+    - ``cold_items_among_cold`` (full protocol): the held-out target ranked among the held-out
+      items only, where popularity is no better than chance;
+    - ``cases``: how many cases each half has.
+    """
+    from recscope.errors import RunError
+
+    recorded = rec.info.state.get("cold_items")
+    drawn = [rec.data.item_ids[i] for i in parts.cold]
+    if recorded is not None and recorded != drawn:
+        raise RunError(
+            f"the run's config draws other held-out items than the {len(recorded):,} it was trained without "
+            "(run.json state.cold_items)",
+            fix="evaluate with the recscope (and numpy) version that trained the run, or train it again",
+        )
+    cfg = rec.config
+    kwargs = protocol_options(cfg, protocol)
+    text = rec.model.text_vectors.numpy() if cfg.model.text_dim else None
+    scorers = {
+        "recscope": model_scorer(rec.model),
+        "popularity": PopularityScorer(rec.data, parts.train),
+        "attributes_only": AttributesOnlyScorer(rec.data, text),
+    }
+    is_cold = np.isin(cases.targets, parts.cold)
+    groups = {"cold_items": cases.subset(is_cold), "warm_items": cases.subset(~is_cold)}
+    report: dict = {"cases": {group: len(c) for group, c in groups.items()}}
+
+    def measure(group: str, group_cases: EvalCases, **extra) -> dict:
+        return {
+            name: evaluate(
+                scorer, rec.data, group_cases, cfg.model.max_len, cfg.eval.ks, progress=f"{group}: {name}", **extra
+            )
+            for name, scorer in scorers.items()
+        }
+
+    for group, group_cases in groups.items():
+        report[group] = measure(group, group_cases, **kwargs)
+    if protocol == "full":
+        warm = np.setdiff1d(np.arange(1, rec.data.n_items + 1), parts.cold)
+        report["cold_items_among_cold"] = measure("among cold", groups["cold_items"], exclude=warm, **kwargs)
+    return report

@@ -123,7 +123,7 @@ def _value_counts(field, items) -> dict[str, int]:
 def popularity(rec: Recommender, recommended: list[int]) -> dict:
     """Share of recommendations and of training interactions per item-popularity bucket."""
     data: Dataset = rec.data
-    interactions = PopularityScorer(data, rec.split().train_len).scores.numpy()[1:]  # training events per item
+    interactions = PopularityScorer(data, rec.split().train).scores.numpy()[1:]  # training events per item
     order = np.argsort(-interactions, kind="stable")  # most popular first
     bucket = np.empty(data.n_items, dtype=np.int64)
     start = 0

@@ -210,23 +210,42 @@ class SeqRec(nn.Module):
         return SeqRecOutput(hidden, tuple(attentions) if output_attentions else None)
 
     # ------------------------------------------------------------------ train / predict
-    def loss(self, inputs: Tensor, targets: Tensor, negatives: Tensor | None = None, reduction: str = "mean") -> Tensor:
+    def loss(
+        self,
+        inputs: Tensor,
+        targets: Tensor,
+        negatives: Tensor | None = None,
+        reduction: str = "mean",
+        unseen: Tensor | None = None,
+        id_dropped: Tensor | None = None,
+    ) -> Tensor:
         """Next-item cross-entropy at every real position (inputs and targets (B, T)).
 
         Full softmax over the catalog by default; with ``negatives`` (N,) a sampled softmax
         over the target and those shared negatives (a negative equal to the target is masked).
+        ``unseen`` (n_items + 1,) bool marks items training must not see (held-out cold items,
+        never a target here): they get no logit, so they are not pushed down as negatives and
+        their id embeddings get no gradient. ``id_dropped`` (n_items + 1,) bool: items whose id
+        embedding is left out of their token this step, as inputs and as candidates (id dropout:
+        the model learns to score an item from its fields alone, as it must a new item).
         """
-        hidden = self(inputs).hidden
+        table = self.item_table()
+        if id_dropped is not None:
+            table = table - self.item_emb.weight * id_dropped[:, None]
+        hidden = self(inputs, tokens=table[inputs] if id_dropped is not None else None).hidden
         mask = (inputs > 0) & (targets > 0)
         h = hidden[mask]  # (n, C): logits only where there is something to predict
         y = targets[mask]  # (n,)
-        table = self.item_table()
         if negatives is None:
             logits = h @ table[1:].T  # (n, n_items)
+            if unseen is not None:
+                logits = logits.masked_fill(unseen[None, 1:], float("-inf"))
             return F.cross_entropy(logits, y - 1, reduction=reduction)
         pos = (h * table[y]).sum(-1, keepdim=True)  # (n, 1)
         neg = h @ table[negatives].T  # (n, N)
         neg = neg.masked_fill(negatives[None, :] == y[:, None], float("-inf"))
+        if unseen is not None:
+            neg = neg.masked_fill(unseen[negatives][None, :], float("-inf"))
         logits = torch.cat([pos, neg], dim=1)
         return F.cross_entropy(logits, torch.zeros_like(y), reduction=reduction)
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from recscope import versions
-from recscope.data import Dataset, make_split
+from recscope.data import Dataset, split_of
 from recscope.errors import RunError
 from recscope.features.text import encode_texts, encoder
 from recscope.histories import History, HistorySource, RunHistories, adhoc
@@ -359,5 +359,4 @@ class Recommender:
     # ------------------------------------------------------------------ the split
     def split(self):
         """The run's train / valid / test split, as the run's config defines it."""
-        cfg = self.config.data
-        return make_split(self.data, cfg.split, cfg.temporal_valid, cfg.temporal_test)
+        return split_of(self.data, self.config)

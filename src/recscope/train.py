@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from recscope import versions
 from recscope.config import Config, validate
 from recscope.cpu import use_threads
-from recscope.data import Dataset, make_split, training_windows
+from recscope.data import Dataset, split_of, training_windows
 from recscope.errors import RunError
 from recscope.evaluate import evaluate, model_scorer
 from recscope.features.text import catalog_vectors
@@ -73,7 +73,7 @@ def fit(
     if text is not None:
         console.print(text.describe(), highlight=False)
     config = with_data_sizes(config, data, text_dim=0 if text is None else text.vectors.shape[1])
-    split = make_split(data, config.data.split, config.data.temporal_valid, config.data.temporal_test)
+    split = split_of(data, config)
     if len(split.valid) == 0:
         raise RunError("no user has enough events for a valid case", fix="each user needs at least 3 events")
     with RunLock(out, "resume" if resume else "train", console):
@@ -85,6 +85,7 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
     torch.manual_seed(config.train.seed)
     model = SeqRec(config.model)
     model.set_item_fields({f.name: torch.from_numpy(f.values) for f in data.fields}, text=text)
+    unseen = _hold_out(model, split.cold)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     data_print = fingerprint(data)
     state = {"epoch": 0, "best_epoch": 0, "best_valid": None, "bad_evals": 0, "history": []}
@@ -96,9 +97,11 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
             raise RunError(f"{out} already holds a run", fix="pass --resume to continue it, or another --out")
         data.save(out)
     info.state["split"] = split.describe()
+    if len(split.cold):  # evaluate splits the cases by it (and checks the config still draws the same items)
+        info.state["cold_items"] = [data.item_ids[i] for i in split.cold]
     info.state["data"] = data.describe()
 
-    windows = torch.from_numpy(training_windows(data, split.train_len, config.model.max_len))
+    windows = torch.from_numpy(training_windows(data, split.train, config.model.max_len))
     t = config.train
     console.print(
         f"[bold]{data.describe()}[/]\n{split.describe()}; {len(windows):,} training windows; {threads} thread(s)"
@@ -109,7 +112,7 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
     with TrainingProgress(console, t.epochs, start_epoch) as progress:
         for epoch in range(start_epoch, t.epochs):
             tic = time.perf_counter()
-            loss = _train_epoch(model, optimizer, windows, config, epoch, progress)
+            loss = _train_epoch(model, optimizer, windows, config, epoch, progress, unseen)
             seconds = time.perf_counter() - tic
             record = {"epoch": epoch + 1, "loss": loss, "train_seconds": round(seconds, 2)}
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
@@ -219,6 +222,7 @@ def _train_epoch(
     config: Config,
     epoch: int,
     progress: TrainingProgress | None = None,
+    unseen: torch.Tensor | None = None,
 ) -> float:
     t = config.train
     model.train()
@@ -236,15 +240,36 @@ def _train_epoch(
         width = int((batch > 0).sum(1).max())
         batch = batch[:, -width:]  # drop columns that are padding in every row: same result, less work
         negatives = None
-        if t.loss == "sampled":
+        if t.loss == "sampled" and unseen is None:
             negatives = torch.randint(1, config.model.n_items + 1, (t.num_negatives,), generator=generator)
-        loss = model.loss(batch[:, :-1], batch[:, 1:], negatives, reduction="sum") / targets_per_batch
+        elif t.loss == "sampled":  # negatives among the items training may see
+            pool = torch.flatnonzero(~unseen[1:]) + 1
+            negatives = pool[torch.randint(len(pool), (t.num_negatives,), generator=generator)]
+        dropped = None
+        if t.id_dropout > 0:
+            dropped = torch.rand(config.model.n_items + 1, generator=generator) < t.id_dropout
+        loss = model.loss(batch[:, :-1], batch[:, 1:], negatives, "sum", unseen, dropped) / targets_per_batch
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total += loss.item()
         step(loss.item())
     return total / max(len(batches), 1)
+
+
+def _hold_out(model: SeqRec, cold) -> torch.Tensor | None:
+    """Make the ``cold`` items (dense indices) new to ``model``: their id embeddings zero, as an
+    item added after training (SeqRec.set_items) has. Returns the (n_items + 1,) bool mask the
+    loss hides them with (they are never targets, and never negatives), so they stay zero;
+    None when no item is held out."""
+    if len(cold) == 0:
+        return None
+    cold = torch.as_tensor(cold, dtype=torch.long)
+    with torch.no_grad():
+        model.item_emb.weight[cold] = 0.0
+    unseen = torch.zeros(model.cfg.n_items + 1, dtype=torch.bool)
+    unseen[cold] = True
+    return unseen
 
 
 def _length_batches(windows: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -264,7 +289,15 @@ def _length_batches(windows: torch.Tensor, batch_size: int, generator: torch.Gen
 
 # Keys a resumed run must keep: the model's shape, and the split its best valid score was measured on.
 # (The data itself is checked by fingerprint; train.* and eval.* may change, e.g. more epochs.)
-RESUME_KEYS = ("model", "features.text_encoder", "data.split", "data.temporal_valid", "data.temporal_test")
+RESUME_KEYS = (
+    "model",
+    "features.text_encoder",
+    "data.split",
+    "data.temporal_valid",
+    "data.temporal_test",
+    "data.cold_share",
+    "data.cold_seed",
+)
 
 
 def _resume(out: Path, config: Config, data_print: str, data_spec: str, model: SeqRec, optimizer) -> RunInfo:

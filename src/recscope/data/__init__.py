@@ -2,7 +2,7 @@
 
 from recscope.data.dataset import Dataset, ItemField, LoadReport
 from recscope.data.formats import load_dataset
-from recscope.data.split import EvalCases, Split, make_split, pad_left, training_windows
+from recscope.data.split import EvalCases, Split, make_split, pad_left, split_of, training_windows
 
 __all__ = [
     "Dataset",
@@ -13,5 +13,6 @@ __all__ = [
     "load_dataset",
     "make_split",
     "pad_left",
+    "split_of",
     "training_windows",
 ]

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from scipy.stats import kendalltau
 
-from recscope.data import make_split
+from recscope.data import split_of
 from recscope.explain.api import METHODS, make_explainer
 from recscope.explain.occlusion import OcclusionExplainer, without
 from recscope.progress import track
@@ -66,7 +66,7 @@ def evaluate_faithfulness(
     methods = list(methods or METHODS)
     model, data = rec.model, rec.data
     table = rec._table
-    split = make_split(data, rec.config.data.split, rec.config.data.temporal_valid, rec.config.data.temporal_test)
+    split = split_of(data, rec.config)
     rng = np.random.default_rng(seed)
     test = split.test
     eligible = np.flatnonzero(test.hist_len >= 2)
