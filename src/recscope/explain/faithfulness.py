@@ -265,7 +265,7 @@ def evaluate_word_faithfulness(rec: Recommender, users: int = 30, k: int = 3, se
     if not rec.model.cfg.text_dim:
         return None
     data, model = rec.data, rec.model
-    split = make_split(data, rec.config.data.split, rec.config.data.temporal_valid, rec.config.data.temporal_test)
+    split = split_of(data, rec.config)
     rng = np.random.default_rng(seed)
     test = split.test
     eligible = np.flatnonzero(test.hist_len >= 1)
