@@ -1,7 +1,8 @@
 """Honest evaluation: full ranking over the whole catalog by default, one code path for every scorer.
 
 A scorer maps a batch of left-padded histories ``(B, T)`` to next-item scores
-``(B, n_items + 1)`` (column 0, padding, is never ranked). The model and the baselines
+``(B, n_items + 1)`` (column 0, padding, is never ranked); given ``events`` (the run's event
+labels of every event), the scorer is called with the histories' ``(B, T)`` labels too. The model and the baselines
 (popularity, item-to-item co-occurrence kNN) all go through :func:`evaluate`.
 
 Protocols:
@@ -44,6 +45,7 @@ def rank_targets(
     batch_size: int = 1024,
     seed: int = 0,
     progress: str | None = None,
+    events: np.ndarray | None = None,
 ) -> np.ndarray:
     """0-based rank of each case's target among the candidates.
 
@@ -64,7 +66,11 @@ def rank_targets(
         # Only as wide as the batch's longest history: positions are counted from the right,
         # so columns of padding in every row change no score, they only cost time.
         histories = torch.from_numpy(pad_left(data, users, hist_len, min(max_len, max(int(hist_len.max()), 1))))
-        scores = scorer(histories).float()  # (B, n_items + 1)
+        if events is None:
+            scores = scorer(histories).float()  # (B, n_items + 1)
+        else:
+            labels = pad_left(data, users, hist_len, histories.shape[1], events)
+            scores = scorer(histories, torch.from_numpy(labels)).float()
         # The whole history (not only the last max_len items) is excluded / avoided.
         full_hist = torch.from_numpy(pad_left(data, users, hist_len, max(int(hist_len.max()), 1)))
         if protocol == "full":  # the target is ranked even if owned (a repeat purchase)
@@ -109,7 +115,7 @@ def model_scorer(model: torch.nn.Module) -> Scorer:
     model.eval()
     with torch.no_grad():
         table = model.item_table()
-    return lambda histories: model.score(histories, table)
+    return lambda histories, events=None: model.score(histories, table, events)
 
 
 class PopularityScorer:
@@ -175,9 +181,12 @@ def _keep_top(sim: sp.csr_matrix, k: int) -> sp.csr_matrix:
 
 def evaluate_run(rec: Recommender, split: str = "test", protocol: str = "full", baselines: bool = False) -> dict:
     """Metrics of ``rec``'s model (and optionally the baselines) on the run's valid or test split;
-    recorded in run.json under the run's lock (refused while another process writes the run)."""
+    recorded in run.json under the run's lock (refused while another process writes the run).
+
+    A rating or click run is measured by its task's metrics against its task's baseline
+    (:mod:`recscope.tasks`), always in the same call; ``protocol`` is about ranking and does not apply."""
     from recscope.errors import RunError
-    from recscope.run import update_state
+    from recscope.tasks import evaluate_task
 
     if split not in ("valid", "test"):
         raise RunError(f"unknown split {split!r}", fix="use valid or test")
@@ -185,6 +194,11 @@ def evaluate_run(rec: Recommender, split: str = "test", protocol: str = "full", 
         raise RunError(f"unknown protocol {protocol!r}", fix="use full or sampled")
     cfg = rec.config
     parts = rec.split()
+    task = cfg.train.task
+    if task != "next_item":
+        results = evaluate_task(rec.model, rec.data, parts, task, split, rec.inputs)
+        _record(rec, f"{split}/{task}", results)
+        return results
     cases = getattr(parts, split)
     kwargs = dict(
         protocol=protocol,
@@ -193,16 +207,32 @@ def evaluate_run(rec: Recommender, split: str = "test", protocol: str = "full", 
         batch_size=cfg.eval.batch_size,
     )
     scorers = {"recscope": model_scorer(rec.model)}
+    events = {"recscope": None if rec.inputs is None else rec.inputs.codes}
     if baselines:
         scorers["popularity"] = PopularityScorer(rec.data, parts.train_len)
         scorers["item-kNN"] = ItemKNNScorer(rec.data, parts.train_len)
     results = {
-        name: evaluate(scorer, rec.data, cases, cfg.model.max_len, cfg.eval.ks, progress=f"evaluate: {name}", **kwargs)
+        name: evaluate(
+            scorer,
+            rec.data,
+            cases,
+            cfg.model.max_len,
+            cfg.eval.ks,
+            progress=f"evaluate: {name}",
+            events=events.get(name),
+            **kwargs,
+        )
         for name, scorer in scorers.items()
     }
+    _record(rec, f"{split}/{protocol}", results)
+    return results
+
+
+def _record(rec: Recommender, key: str, results: dict) -> None:
+    """Keep ``results`` in run.json's evaluations under ``key`` (when the run has a folder)."""
+    from recscope.run import update_state
+
     if rec.path is not None:
-        key = f"{split}/{protocol}"
         rec.info = update_state(
             rec.path, lambda state: state.setdefault("evaluations", {}).update({key: results}), "evaluate"
         )
-    return results

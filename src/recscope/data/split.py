@@ -77,24 +77,33 @@ def temporal(data: Dataset, valid_q: float, test_q: float) -> Split:
     return Split("temporal", train_len.astype(np.int64), valid, test)
 
 
-def pad_left(data: Dataset, users: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
-    """(n, length) item indices: each user's items before ``ends`` (exclusive), left-padded with 0."""
+def pad_left(
+    data: Dataset, users: np.ndarray, ends: np.ndarray, length: int, source: np.ndarray | None = None
+) -> np.ndarray:
+    """(n, length) item indices: each user's items before ``ends`` (exclusive), left-padded with 0.
+
+    ``source`` (n_events,) reads another per-event array aligned with the items instead (event
+    labels, values), cut and padded the same way (padding 0: a float source's padding is 0.0)."""
+    source = data.items if source is None else source
     starts = data.offsets[users]
     absolute_end = starts + ends
     idx = absolute_end[:, None] - length + np.arange(length)[None, :]  # (n, length)
     valid = idx >= starts[:, None]
-    return np.where(valid, data.items[np.clip(idx, 0, max(data.n_events - 1, 0))], 0)
+    return np.where(valid, source[np.clip(idx, 0, max(data.n_events - 1, 0))], 0)
 
 
-def training_windows(data: Dataset, train_len: np.ndarray, max_len: int) -> np.ndarray:
+def training_windows(
+    data: Dataset, train_len: np.ndarray, max_len: int, source: np.ndarray | None = None
+) -> np.ndarray:
     """(W, max_len + 1) windows covering every training transition exactly once.
 
     A prefix longer than max_len + 1 is cut into windows from its end backwards, so long
     histories are not truncated away. Inputs are ``w[:, :-1]``, targets ``w[:, 1:]``.
+    ``source`` gives the same windows of another per-event array (see :func:`pad_left`).
     """
     n_transitions = np.maximum(train_len - 1, 0)
     n_windows = -(-n_transitions // max_len)  # ceil
     users = np.repeat(np.arange(data.n_users), n_windows)
     k = np.arange(len(users)) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
     ends = train_len[users] - k * max_len
-    return pad_left(data, users, ends, max_len + 1)
+    return pad_left(data, users, ends, max_len + 1, source)
