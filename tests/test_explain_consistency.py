@@ -73,7 +73,7 @@ def test_field_attributions_are_complete_against_all_fields_removed(rec, method)
     read = rec.tensor(rec.history(rec.data.user_ids[0]))[0]
     targets = torch.tensor([5, 17, 40])
     game = field_game(rec.model, explainer.table, read)
-    assert game.fields == ["id", *rec.model.field_names]
+    assert game.fields == ["id", *rec.model.field_names, *(["text"] if rec.model.cfg.text_dim else [])]
     torch.testing.assert_close(game.tokens(torch.ones(1, game.n_players))[0], rec.model.item_tokens(read))
     weights = explainer.attribute_fields(game, targets)  # (K, F)
     with torch.no_grad():

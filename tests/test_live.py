@@ -90,6 +90,9 @@ def test_an_added_item_is_scored_from_its_fields_with_a_zero_id_embedding(rec):
     hidden = rec.model(rec.tensor(history)).hidden[0, -1]
     with torch.no_grad():
         expected = scores[twin] - hidden @ rec.model.item_emb.weight[twin]
+        if rec.model.cfg.text_dim:  # its own title's text vector in place of the twin's
+            text = rec.model.field_embeddings(torch.tensor([twin, n + 1]))["text"]
+            expected += hidden @ (text[1] - text[0])
     assert torch.isfinite(scores[n + 1]) and torch.allclose(scores[n + 1], expected, atol=1e-4)
     ranked = rec.recommend(history=[rec.data.item_ids[i] for i in history], k=rec.data.n_items - len(history))
     assert "NEW/1" in [r.item_id for r in ranked], "recommendable at once"

@@ -375,6 +375,10 @@ def explain(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    words: Annotated[
+        bool,
+        typer.Option("--words", help="which words of the titles drive the items text drives (re-encodes them: slower)"),
+    ] = False,
     png: Annotated[
         Path | None, typer.Option("--png", metavar="FILE", help="heatmap: history items x recommended items")
     ] = None,
@@ -389,7 +393,7 @@ def explain(
     rec = Recommender.load(run)
     chosen = method or rec.default_method()
     methods = list(METHODS) if chosen == "all" else [chosen]
-    results = {m: rec.explain(user, item, top=top, method=m, attentions=as_json) for m in methods}
+    results = {m: rec.explain(user, item, top=top, method=m, attentions=as_json, words=words) for m in methods}
     if as_json:
         payload = {m: [e.to_dict() for e in ex] for m, ex in results.items()}
         out.print_json(
@@ -460,6 +464,28 @@ def _print_explanations(method: str, explanations, default: str) -> None:
             out.print(Padding(Text(f"{h.weight:+.3f}  {h.title}"), (0, 0, 0, 4), expand=False))
         attrs = ", ".join(f"{k} {v:+.2f}" for k, v in list(e.attributes_candidate.items())[:3])
         out.print(Padding(Text(f"candidate: {attrs}"), (0, 0, 0, 2), expand=False))
+        if e.words is not None:
+            titles = [("its title", e.words.candidate)] + [(f"“{h.title}”", h.words) for h in e.words.history]
+            for label, weighed in titles:
+                shown = "  ".join(f"{w.word} {w.weight:+.2f}" for w in weighed)
+                out.print(Padding(Text(f"words of {label}: {shown}"), (0, 0, 0, 2), expand=False))
+
+
+def word_faithfulness_text(words: dict) -> Text:
+    """explain-eval's word deletion check as lines: per side and n, top-n drop vs random-n drop."""
+    lines = [
+        f"word attributions ({words['explained']} items text drives, top {words['k']} of {words['users']} users, "
+        f"{words['ms_per_explanation']:.0f} ms each): score drop when the n heaviest words leave a title vs n random"
+    ]
+    for side in ("candidate", "history"):
+        cells = [
+            f"n={n}: {v['top']:.3f} vs {v['random']:.3f} ({v['titles']} titles)"
+            for n, v in words[side].items()
+            if v["titles"]
+        ]
+        if cells:
+            lines.append(f"  {side}: " + "; ".join(cells))
+    return Text("\n".join(lines))
 
 
 @_command("explain-eval")
@@ -468,10 +494,16 @@ def explain_eval(
     users: Annotated[int, _count(("--users",), "test users to explain")] = 200,
     methods: MethodsOpt = None,
     k: Annotated[int, _count(("--k",), "explain each user's top K")] = 10,
+    word_users: Annotated[
+        int,
+        typer.Option(
+            "--word-users", metavar="N", min=0, help="test users whose word attributions are measured (0: none)"
+        ),
+    ] = 30,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Measure how faithful each explanation method is; the best becomes the run's default."""
-    from recscope.explain.faithfulness import evaluate_faithfulness
+    from recscope.explain.faithfulness import evaluate_faithfulness, evaluate_word_faithfulness
     from recscope.lock import RunLock
     from recscope.recommend import Recommender
     from recscope.run import load_info, update_state
@@ -480,11 +512,16 @@ def explain_eval(
     with RunLock(run, "explain-eval", console, create=False):  # one writer: refused while the run trains
         rec = Recommender.load(run)
         result = evaluate_faithfulness(rec, users=users, methods=methods.split(",") if methods else None, k=k)
+        words = evaluate_word_faithfulness(rec, users=word_users) if word_users else None
+        if words is not None:
+            result["words"] = words
         update_state(run, lambda state: state.update(explain_eval=result), "explain-eval")
     if as_json:
         out.print_json(json.dumps(result))
         return
     out.print(faithfulness_table(result))
+    if result.get("words"):
+        out.print(word_faithfulness_text(result["words"]))
     out.print(Text.assemble("default method: ", (result["default"], "bold"), f" (saved in {run}/run.json)"))
 
 

@@ -21,7 +21,7 @@ import torch
 from recscope import versions
 from recscope.data import Dataset, make_split
 from recscope.errors import RunError
-from recscope.features.text import encode_texts
+from recscope.features.text import encode_texts, encoder
 from recscope.histories import History, HistorySource, RunHistories, adhoc
 from recscope.model import SeqRec
 from recscope.ranking import cutoff, hide, n_visible, rank, top_k
@@ -136,13 +136,18 @@ class Recommender:
             self._explainers.clear()  # they hold the old item table
         return added
 
+    def load_text_encoder(self) -> None:
+        """Load the run's text encoder now (when the model reads text), so that the first item
+        added later is encoded in milliseconds rather than after seconds of loading."""
+        if self.config.model.text_dim:
+            encoder(self.config.features.text_encoder, self.config.features.text_cache)
+
     def _text_vectors(self, rows: list[int]) -> torch.Tensor | None:
         """The text vectors of the items at ``rows`` (by the run's own encoder), when the model reads text."""
         if not self.config.model.text_dim:
             return None
-        texts = self.data.item_texts()
         f = self.config.features
-        encoded = encode_texts([texts[r] for r in rows], f.text_encoder, f.text_cache, f.text_batch_size)
+        encoded = encode_texts(self.data.item_texts(rows), f.text_encoder, f.text_cache, f.text_batch_size)
         return torch.from_numpy(encoded.vectors)
 
     # ------------------------------------------------------------------ histories
@@ -253,6 +258,7 @@ class Recommender:
         attentions: bool = False,
         unknown: str = "skip",
         exclude: Iterable[str] = (),
+        words: bool = False,
     ) -> Results:
         """Explanations (:class:`~recscope.explain.base.Explanation`) for one item (``item=``) or
         the whole top-``top``; ``k`` is the top-K their status and counterfactuals refer to.
@@ -261,10 +267,12 @@ class Recommender:
         rank ("ranked 37 of 1,200"); one already in the history has status ``owned`` and no
         score or rank (owned items are never recommended); one in ``exclude`` (the user dismissed
         it) has status ``dismissed``, and excluded items are no rivals in any rank.
-        ``.unknown`` names skipped history ids.
+        ``.unknown`` names skipped history ids. ``words``: word attributions of the items text
+        drives (:mod:`recscope.explain.words`; about 5 ms per word on 2 cores), when the model reads text.
         """
         from recscope.explain.api import explain_items, make_explainer
         from recscope.explain.base import DISMISSED, OUTSIDE_TOP_K, OWNED, RECOMMENDED
+        from recscope.explain.words import run_encoder
 
         _at_least_one("top", top)
         _at_least_one("k", k)
@@ -308,6 +316,7 @@ class Recommender:
             candidates=finite,
             hidden=hidden,
             events=events,
+            encode=run_encoder(self.config.features) if words else None,
         )
         return Results(explanations, resolved.unknown)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -265,13 +265,13 @@ class Dataset:
         """The ``"field=value"`` of ``attributes`` the model has no embedding for (see :meth:`encode`)."""
         return self.encode(attributes)[1]
 
-    def item_texts(self, columns: tuple[str, ...] | None = None) -> list[str]:
-        """Per dense item index, the text the encoder reads: its text columns (``columns``, default
-        all, in catalog order) joined by ". "; a run without text columns reads its titles."""
-        present = [t for c, t in self.texts.items() if columns is None or c in columns]
-        if not present and self.titles:
-            present = [self.titles]
-        return [". ".join(t[i].strip() for t in present if t[i].strip()) for i in range(len(self.item_ids))]
+    def item_texts(self, rows: Sequence[int] | None = None) -> list[str]:
+        """The text the encoder reads for the items at ``rows`` (dense indices; default every index,
+        padding included): the item's text columns joined by ". "; a run without text columns
+        reads its titles."""
+        present = list(self.texts.values()) or ([self.titles] if self.titles else [])
+        rows = range(len(self.item_ids)) if rows is None else rows
+        return [". ".join(t[i].strip() for t in present if t[i].strip()) for i in rows]
 
     def title(self, item: int) -> str:
         if self.titles and self.titles[item]:

@@ -25,6 +25,7 @@ from recscope.explain.gradients import GradInputExplainer, IntegratedGradientsEx
 from recscope.explain.occlusion import OcclusionExplainer, without
 from recscope.explain.shapley import ShapleyExplainer
 from recscope.explain.text import cited, confirmed, sentence
+from recscope.explain.words import Encode, add_words
 
 METHODS: dict[str, type[Explainer]] = {
     cls.name: cls
@@ -64,6 +65,7 @@ def explain_items(
     candidates: int | None = None,
     hidden: list[int] = (),
     events: np.ndarray | None = None,
+    encode: Encode | None = None,
 ) -> list[Explanation]:
     """Explain ``targets`` (dense item indices) for ``history`` (the whole history).
 
@@ -72,6 +74,8 @@ def explain_items(
     say what each target is; only a recommended item gets a counterfactual, whose re-rankings
     hide the history and ``hidden`` (e.g. items the user dismissed), as the served list does.
     ``events`` are the history's event labels (aligned with it; None: none known).
+    ``encode`` (texts -> vectors, the run's text encoder) asks for word attributions
+    (:mod:`recscope.explain.words`) of the items text drives, when the model reads text.
     """
     tic = time.perf_counter()
     model = explainer.model
@@ -116,6 +120,8 @@ def explain_items(
         explanations.append(expl)
     margins = [s - cutoff if s is not None and cutoff is not None else 0.0 for s in (e.score for e in explanations)]
     _cited_drops(explainer, read, offset, targets, explanations, margins, labels)
+    if encode is not None and model.cfg.text_dim:
+        add_words(model, explainer.table, data, read, offset, targets, explanations, encode, labels)
     for j, expl in enumerate(explanations):
         reasons = [int(read[h.position - offset]) for h in confirmed(expl, margins[j])]
         expl.sentence = sentence(expl, _shared(data, reasons, targets[j]), margins[j])

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from recscope.explain.words import Words
 from recscope.model import SeqRec
 
 
@@ -125,6 +126,9 @@ class Explanation:
     cited_drop: float | None = None
     attentions: list | None = None  # (n_layers, n_heads, T) final-position attention, if asked
     counterfactual: Counterfactual | None = None
+    # which words of the item's and the top history items' texts drive the score, when asked and
+    # text drives the item (see recscope.explain.words); None otherwise
+    words: Words | None = None
     sentence: str = ""
     ms: float = 0.0  # time to build this explanation (its share of a batched call)
 

@@ -253,3 +253,48 @@ def choose_default(results: dict[str, dict]) -> str:
         for position, n in enumerate(ordered):
             ranks[n].append(position)
     return min(names, key=lambda n: (np.mean(ranks[n]) if ranks[n] else 0.0, names.index(n)))
+
+
+def evaluate_word_faithfulness(rec: Recommender, users: int = 30, k: int = 3, seed: int = 0) -> dict | None:
+    """Word attributions (:mod:`recscope.explain.words`), measured by deletion: over the top-``k``
+    items text drives for ``users`` test users (history = everything before the test item), the
+    mean score drop when a title's n heaviest words are taken out, against n random words, per
+    side (the candidate's own title, the history titles) and n. None when the model reads no text."""
+    from recscope.explain.words import DELETED, deletion, run_encoder
+
+    if not rec.model.cfg.text_dim:
+        return None
+    data, model = rec.data, rec.model
+    split = make_split(data, rec.config.data.split, rec.config.data.temporal_valid, rec.config.data.temporal_test)
+    rng = np.random.default_rng(seed)
+    test = split.test
+    eligible = np.flatnonzero(test.hist_len >= 1)
+    chosen = np.sort(rng.choice(eligible, size=min(users, len(eligible)), replace=False))
+    encode = run_encoder(rec.config.features)
+    table = rec._table
+    rows, explained, ms = [], 0, []
+    for c in track(chosen, "explain-eval: words"):
+        u, n = int(test.users[c]), int(test.hist_len[c])
+        history = data.sequence(u)[:n]
+        ids = [data.item_ids[i] for i in history]
+        tic = time.perf_counter()
+        explanations = rec.explain(history=ids, top=k, k=k, counterfactual=False, words=True)
+        with_words = [e for e in explanations if e.words is not None]
+        if with_words:
+            ms.append((time.perf_counter() - tic) * 1000 / len(explanations))
+        explained += len(with_words)
+        read = torch.from_numpy(history[-model.cfg.max_len :].astype(np.int64))
+        targets = [data.item_index(e.item_id) for e in explanations]
+        rows += deletion(model, table, data, read, n - len(read), targets, explanations, rng, encode)
+    out = {"users": len(chosen), "k": k, "explained": explained, "ms_per_explanation": _mean(ms)}
+    for side in ("candidate", "history"):
+        mine = [r for r in rows if r[0] == side]
+        out[side] = {
+            str(size): {
+                "top": _mean([r[2] for r in mine if r[1] == size]),
+                "random": _mean([r[3] for r in mine if r[1] == size]),
+                "titles": sum(r[1] == size for r in mine),
+            }
+            for size in DELETED
+        }
+    return out

@@ -12,12 +12,16 @@ by the explanation's own ``attributes_method``) and the item's own brand
 It quotes the counterfactual only when the removed items carried the item (its own score
 fell below the cut-off), never when other items merely rose past it. An item that is not
 recommended (outside the top-K, or already owned) is said to be so. When nothing stands
-out it says so.
+out it says so. When the explanation carries word attributions (``Explanation.words``) and
+the heaviest run of the item's top words (or its longest part) also stands in a cited item's
+title, it says so: "its title shares 'Smart 3' with “Voltra Phone Smart 3”"
+(:func:`recscope.explain.words.shared_phrase`).
 """
 
 from __future__ import annotations
 
 from recscope.explain.base import DISMISSED, OUTSIDE_TOP_K, OWNED, Explanation
+from recscope.explain.words import shared_phrase
 
 SHARE = 0.25  # a cited item carries at least this share of all positive weight (and of the lead)
 
@@ -78,6 +82,10 @@ def sentence(
     facts = [f"same {field}: {', '.join(values)}" for field, values in supported(expl, shared).items()]
     if facts:
         text += f" ({'; '.join(facts[:2])})"
+    shared_words = shared_phrase(expl.words, [h.position for h in items])
+    if shared_words is not None:
+        phrase, title = shared_words
+        text += f"; its title shares '{phrase}' with “{title}”"
     text += "."
     cf = expl.counterfactual
     if cf is not None and cf.carried and cf.removed:

@@ -65,6 +65,7 @@ def load_service(settings: Settings, *, version: str | None = None, store: Store
         store = Store.open(settings.db) if settings.db else Store.for_run(run)
     recommender.histories = StoreHistories(RunHistories(recommender.data), store)
     add_stored_items(recommender, store)
+    recommender.load_text_encoder()  # PUT /items encodes a new title at once
     return Service(
         recommender=recommender, store=store, model_version=recommender.version, busy_after=settings.busy_after
     )

@@ -80,14 +80,14 @@ def attribute_filters(rec: Recommender, filters: list[str]) -> list[str]:
     return ids
 
 
-def explain_item(svc: Service, user_id: str, item_id: str, k: int = 10, method: str | None = None):
+def explain_item(svc: Service, user_id: str, item_id: str, k: int = 10, method: str | None = None, words: bool = False):
     """The Explanation of one item for the user's live history (any item of the catalog: one
-    outside the top-K, owned or dismissed says so)."""
+    outside the top-K, owned or dismissed says so); ``words``: with word attributions."""
     rec = svc.recommender
     require_item(rec, item_id)
     exclude = dismissed(svc, user_id)
     with svc.model():
-        return rec.explain(user=user_id, item=item_id, k=k, method=method, exclude=exclude)[0]
+        return rec.explain(user=user_id, item=item_id, k=k, method=method, exclude=exclude, words=words)[0]
 
 
 def serve_list(

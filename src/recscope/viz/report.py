@@ -102,7 +102,8 @@ def report_data(
     for case in track(cases, "report: explaining users"):
         hist = rec.history(case.user) if case.history is None else rec.history_from_ids(case.history)
         ids = [data.item_ids[i] for i in hist]
-        explained = {m: rec.explain(history=ids, top=k, k=k, method=m) for m in methods}
+        # word attributions for the run's own method only: they re-encode every title variant
+        explained = {m: rec.explain(history=ids, top=k, k=k, method=m, words=m == default) for m in methods}
         histories.append(history_data(rec, hist, explained, default, label=case.label, user=case.user, note=case.note))
     merchant_users = merchant_users or [c.user for c in cases if c.user is not None]
     merchant = global_view(rec, merchant_users, k=k) if merchant_users else None
@@ -186,8 +187,24 @@ def _explained(explanations) -> dict:
         "attributes_method": explanations[0].attributes_method if explanations else "",
         "sentences": [e.sentence for e in explanations],
         "counterfactuals": [_counterfactual(e) for e in explanations],
+        "words": [_words(e) for e in explanations],
         "ms": _r(sum(e.ms for e in explanations)),
     }
+
+
+def _words(e) -> dict | None:
+    """An item's word attributions (None when not asked or text does not drive it): per text its
+    [word, weight] pairs in text order, and the colour limit shared by all of them (largest |weight|)."""
+    if e.words is None:
+        return None
+    offset = e.history[0].position if e.history else 0
+    texts = [{"label": "its title", "title": e.title, "index": None, "words": e.words.candidate}] + [
+        {"label": "history", "title": h.title, "index": h.position - offset, "words": h.words} for h in e.words.history
+    ]
+    for text in texts:
+        text["words"] = [[w.word, _r(w.weight)] for w in text["words"]]
+    limit = max((abs(w) for t in texts for _, w in t["words"] if w is not None), default=0.0)
+    return {"text_share": _r(e.words.text_share), "texts": texts, "limit": _r(limit) or 1.0}
 
 
 def _history_attributes(explanations) -> list[list]:

@@ -20,6 +20,9 @@ Exclude = Annotated[list[str], Query(description="an item id never to recommend 
 ExcludeAttribute = Annotated[
     list[str], Query(description='a filter "field=value" (e.g. brand=Voltra): items with it are not recommended')
 ]
+Words = Annotated[
+    bool, Query(description="also which words of the titles drive the item, when text drives it (slower: re-encodes)")
+]
 Counterfactual = Annotated[
     bool, Query(description="with explain: also each item's counterfactual (the smallest history edit that drops it)")
 ]
@@ -64,7 +67,10 @@ def recommendations(
 
 
 @router.get("/{user_id:path}/recommendations/{item_id:path}/explanation", responses=errors(404, 503))
-def explanation(user_id: str, item_id: str, svc: ServiceDep, k: K = 10, method: Method = None) -> Response:
-    """The item's ``Explanation.to_json()`` for the user's live history (any item of the catalog)."""
-    explained = explain_item(svc, user_id, item_id, k=k, method=method)
+def explanation(
+    user_id: str, item_id: str, svc: ServiceDep, k: K = 10, method: Method = None, words: Words = False
+) -> Response:
+    """The item's ``Explanation.to_json()`` for the user's live history (any item of the catalog);
+    ``words=true`` adds its word attributions (``words``, null when text does not drive it)."""
+    explained = explain_item(svc, user_id, item_id, k=k, method=method, words=words)
     return Response(explained.to_json(), media_type="application/json")

@@ -176,6 +176,28 @@ function drawDetail() {
     `of fields, so these bars come from ${by})`) + ". The sentence names a shared attribute only where both its bars push up.";
   drawBars(document.getElementById("bars-history"), h.attributes[by][state.rec], 8);
   drawBars(document.getElementById("bars-candidate"), h.candidate_attributes[state.rec], 8);
+  drawWords((e.words || [])[state.rec]);
+}
+
+// each weighed title as its words, coloured by weight (blue: taking the word out lowers the score)
+function drawWords(words) {
+  const block = document.getElementById("words-block");
+  const box = clear(document.getElementById("words"));
+  block.hidden = !words;
+  if (!words) return;
+  document.getElementById("words-note").textContent = `Text carries ${pct(words.text_share)} of the positive ` +
+    "field weight here. A word's weight is the item's score drop when that word is taken out of the title and " +
+    "the title is encoded again.";
+  words.texts.forEach((t) => {
+    const row = el("p", { class: "words" }, box);
+    el("span", { class: "words-label" }, row, t.index === null ? "its title: " : `“${shorten(t.title, 40)}”: `);
+    t.words.forEach(([word, w]) => {
+      const colour = diverging(w === null ? 0 : w, words.limit);
+      el("span", { class: "word", style: `background:${colour.fill};color:${colour.ink}`,
+        title: `${word}: ${fmt(w, 3)}` }, row, word);
+      row.appendChild(document.createTextNode(" "));
+    });
+  });
 }
 
 function counterfactualText(cf, h) {
