@@ -4,15 +4,15 @@
     python bench/tasks.py --only rating        # one of them
 
 - rating: ``movielens:../shared/data/ml-100k`` with configs/ml-100k.yaml and ``train.task=rating``
-  (the last 50 ratings read, at most 20 epochs, valid every 2, patience 3: on a shared 2-core
-  machine an epoch of the full config takes minutes);
+  (the last 50 ratings read, at most 8 epochs, valid every 2: on a shared 2-core machine an
+  epoch of the full config takes minutes);
   RMSE and MAE of the predicted rating of each user's last (test) movie, against the user/item
   bias baseline (global mean + regularised biases fitted on the training ratings, the
   regularisation chosen on valid).
-- click: ``synthetic:impressions=5`` (the default shop, 5 shown items per purchase) with
-  configs/tiny.yaml, ``train.task=click``, 8 epochs, no text; AUC and log loss on the impressions shown at each
-  user's test moment, against popularity-CTR (each item's smoothed training click rate, the
-  smoothing chosen on valid).
+- click: ``synthetic:users=1000,impressions=5`` (the shop with 1,000 shoppers, 5 shown items
+  per purchase) with configs/tiny.yaml, ``train.task=click``, 5 epochs, no text; AUC and log
+  loss on the impressions shown at each user's test moment, against popularity-CTR (each
+  item's smoothed training click rate, the smoothing chosen on valid).
 
 Writes bench/results/tasks.json (command, data, config, commit, machine, figures).
 """
@@ -38,12 +38,12 @@ BENCHES = {
     "rating": (
         f"movielens:{SHARED / 'ml-100k'}",
         ROOT / "configs" / "ml-100k.yaml",
-        ["train.task=rating", "model.max_len=50", "train.epochs=20", "train.eval_every=2", "train.patience=3"],
+        ["train.task=rating", "model.max_len=50", "train.epochs=8", "train.eval_every=2", "train.patience=2"],
     ),
     "click": (
-        "synthetic:impressions=5",
+        "synthetic:users=1000,impressions=5",
         ROOT / "configs" / "tiny.yaml",
-        ["train.task=click", "train.epochs=8", "model.use_text=false"],
+        ["train.task=click", "train.epochs=5", "model.use_text=false"],
     ),
 }
 
