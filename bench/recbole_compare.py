@@ -35,7 +35,7 @@ from recscope import config as config_mod  # noqa: E402
 from recscope.data import load_dataset, make_split, training_windows  # noqa: E402
 from recscope.evaluate import evaluate, model_scorer  # noqa: E402
 from recscope.model import SeqRec  # noqa: E402
-from recscope.train import _train_epoch, with_data_sizes  # noqa: E402
+from recscope.train import TrainingData, _train_epoch, with_data_sizes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def run_recscope(beauty: Path, epochs: int, target_ndcg: float, max_epochs: int)
     for epoch in range(max_epochs):
         model.train()
         tic = time.perf_counter()
-        _train_epoch(model, optimizer, windows, cfg, epoch)
+        _train_epoch(model, optimizer, TrainingData("next_item", windows), cfg, epoch)
         epoch_seconds.append(time.perf_counter() - tic)
         model.eval()
         tic = time.perf_counter()

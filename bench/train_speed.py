@@ -22,7 +22,7 @@ from recscope import config as config_mod  # noqa: E402
 from recscope.data import load_dataset, make_split, training_windows  # noqa: E402
 from recscope.evaluate import evaluate, model_scorer  # noqa: E402
 from recscope.model import SeqRec  # noqa: E402
-from recscope.train import _train_epoch, with_data_sizes  # noqa: E402
+from recscope.train import TrainingData, _train_epoch, with_data_sizes  # noqa: E402
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     epoch_seconds = []
     for epoch in range(args.epochs):
         tic = time.perf_counter()
-        _train_epoch(model, optimizer, windows, cfg, epoch)
+        _train_epoch(model, optimizer, TrainingData("next_item", windows), cfg, epoch)
         epoch_seconds.append(time.perf_counter() - tic)
         print(f"epoch {epoch + 1}: {epoch_seconds[-1]:.2f}s")
     eval_seconds = []

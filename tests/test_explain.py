@@ -164,8 +164,11 @@ class AdditiveModel(nn.Module):
         total = self.values[items].sum(1)  # (B,)
         return SeqRecOutput(total[:, None, None].expand(-1, items.shape[1], 1))
 
-    def last_hidden(self, items, table=None):
+    def last_hidden(self, items, table=None, events=None):
         return self(items).hidden[:, -1]
+
+    def predict_many(self, hidden, candidates):
+        return hidden @ candidates.T
 
     def item_table(self):
         return torch.ones(len(self.values), 1)

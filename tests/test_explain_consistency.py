@@ -99,8 +99,11 @@ class BagModel(torch.nn.Module):
     def forward(self, items, tokens=None, output_attentions=False):
         return SeqRecOutput(self.vectors[items].sum(1)[:, None, :].expand(-1, items.shape[1], -1))
 
-    def last_hidden(self, items, table=None):
+    def last_hidden(self, items, table=None, events=None):
         return self(items).hidden[:, -1]
+
+    def predict_many(self, hidden, candidates):
+        return hidden @ candidates.T
 
 
 # items 1, 2 are the history; 3 is the recommended item (1, 0), 4 its rival (0, 1)

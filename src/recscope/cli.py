@@ -220,6 +220,23 @@ def metrics_table(results: dict[str, dict], title: str) -> Group:
     return _titled(title, table, legend)
 
 
+TASK_LEGEND = {
+    "RMSE": "RMSE, MAE: root mean squared and mean absolute error of the predicted rating (lower = better)",
+    "AUC": "AUC: chance a clicked item is scored above an unclicked one; logloss: of the click probability"
+    " (lower = better)",
+}
+
+
+def task_table(results: dict[str, dict], title: str) -> Group:
+    """A rating or click run's metrics: one row per metric, one column per model."""
+    first = results[next(iter(results))]
+    table = _table(("metric", "left"), *((name, "right") for name in results))
+    for key in first:
+        cells = [m[key] for m in results.values()]
+        table.add_row(key, *(f"{v:,}" if key == "cases" else f"{v:.4f}" for v in cells))
+    return _titled(title, table, next(text for metric, text in TASK_LEGEND.items() if metric in first))
+
+
 FAITHFULNESS_COLUMNS = [  # (key in explain-eval's JSON, header); the legend says what each means
     ("comprehensiveness", "comp"),
     ("sufficiency", "suff"),
@@ -300,7 +317,8 @@ def evaluate_cmd(
     baselines: Annotated[bool, typer.Option("--baselines", help="also evaluate popularity and item-kNN")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
-    """Evaluate a run on valid or test (full ranking over the catalog by default)."""
+    """Evaluate a run on valid or test (full ranking over the catalog by default; a rating or click
+    run: its task's metrics against its baseline)."""
     from recscope.evaluate import evaluate_run
     from recscope.lock import RunLock
     from recscope.recommend import Recommender
@@ -311,11 +329,18 @@ def evaluate_cmd(
         rec = Recommender.load(run)
         results = evaluate_run(rec, split, protocol, baselines)
     cold = {k: results.pop(k) for k in (*COLD_GROUPS, "cases") if k in results}  # a cold_items run's report
+    task = rec.config.train.task
     if as_json:
-        payload = {"split": split, "protocol": protocol, "metrics": results["recscope"]}
-        if baselines:
+        if task == "next_item":
+            payload = {"split": split, "protocol": protocol, "metrics": results["recscope"]}
+        else:  # the baseline is always measured: the task's numbers mean little without it
+            payload = {"split": split, "task": task, "metrics": results["recscope"]}
+        if baselines or task != "next_item":
             payload["baselines"] = {k: v for k, v in results.items() if k != "recscope"}
         out.print_json(json.dumps(payload | cold))
+        return
+    if task != "next_item":
+        out.print(task_table(results, f"{rec.data.name}: {split} split, {task} task"))
         return
     out.print(metrics_table(results, f"{rec.data.name}: {split} split, {protocol} ranking"))
     for group, (counted, title) in COLD_GROUPS.items():

@@ -54,10 +54,13 @@ class ModelConfig:
     use_attributes: bool = True  # (bool) add catalog attribute embeddings to each item token
     use_text: bool = True  # (bool) add the item's projected text embedding when the catalog has text
     fused_attention: bool = True  # (bool) use torch's fused attention kernel in training (explain path is always eager)
+    use_events: bool = True  # (bool) add an event-type embedding (view, cart, ...) to tokens when the data has >1 type
     # Filled from the data at training time; never set by hand.
     n_items: int = 0  # (int) catalog size, item index 0 is padding
     fields: tuple[tuple[str, int, int], ...] = ()  # ((name, vocabulary size, values per item), ...) attribute fields
     text_dim: int = 0  # (int) width of a precomputed text embedding per item, 0 = no text field
+    n_events: int = 0  # (int) event labels the event embedding knows (label 0 = none / unknown), 0 = no event field
+    head: str = "next_item"  # (str) what the model predicts, from train.task: "next_item", "rating" or "click"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,9 @@ class TrainConfig:
     batch_size: int = 256  # (int) training sequences per step
     lr: float = 0.002  # (float) AdamW learning rate
     weight_decay: float = 0.0  # (float) AdamW weight decay
+    # (str) "next_item": rank the catalog for the next item; "rating": predict the next item's rating (the
+    # data's value column, e.g. MovieLens); "click": predict whether a shown item is clicked (impressions)
+    task: str = "next_item"
     loss: str = "ce"  # (str) "ce": full-softmax cross-entropy over the catalog; "sampled": sampled softmax
     num_negatives: int = 256  # (int) sampled softmax: shared uniform negatives per step
     # (float) share of the items whose id embedding is left out of their tokens each step (input and
@@ -243,7 +249,8 @@ def dumps(config: Config) -> str:
 
 
 # ---------------------------------------------------------------------- valid values
-DERIVED = {"n_items", "fields", "text_dim"}  # model keys filled from the data, never set in a file or --set
+# model keys filled from the data (and train.task) at training time, never set in a file or --set
+DERIVED = {"n_items", "fields", "text_dim", "n_events", "head"}
 
 
 @dataclass(frozen=True)
@@ -308,10 +315,13 @@ RULES: dict[str, Rule] = {
     "model.n_items": _range(0),
     "model.fields": Rule(_fields, "(name, vocabulary size >= 1, values per item >= 1) per field"),
     "model.text_dim": _range(0, 65_536),
+    "model.n_events": _range(0, 1_000_000),
+    "model.head": _one_of("next_item", "rating", "click"),
     "train.epochs": _range(1, 1_000_000),
     "train.batch_size": _range(1, 1_048_576),
     "train.lr": _range(0, 10, open_low=True),
     "train.weight_decay": _range(0, 10),
+    "train.task": _one_of("next_item", "rating", "click"),
     "train.loss": _one_of("ce", "sampled"),
     "train.num_negatives": _range(1, 1_048_576),
     "train.id_dropout": _range(0, 1, open_high=True),

@@ -1,7 +1,8 @@
 """Honest evaluation: full ranking over the whole catalog by default, one code path for every scorer.
 
 A scorer maps a batch of left-padded histories ``(B, T)`` to next-item scores
-``(B, n_items + 1)`` (column 0, padding, is never ranked). The model and the baselines
+``(B, n_items + 1)`` (column 0, padding, is never ranked); given ``events`` (the run's event
+labels of every event), the scorer is called with the histories' ``(B, T)`` labels too. The model and the baselines
 (popularity, item-to-item co-occurrence kNN) all go through :func:`evaluate`.
 
 Protocols:
@@ -45,6 +46,7 @@ def rank_targets(
     seed: int = 0,
     progress: str | None = None,
     exclude: np.ndarray | None = None,
+    events: np.ndarray | None = None,
 ) -> np.ndarray:
     """0-based rank of each case's target among the candidates.
 
@@ -68,7 +70,11 @@ def rank_targets(
         # Only as wide as the batch's longest history: positions are counted from the right,
         # so columns of padding in every row change no score, they only cost time.
         histories = torch.from_numpy(pad_left(data, users, hist_len, min(max_len, max(int(hist_len.max()), 1))))
-        scores = scorer(histories).float()  # (B, n_items + 1)
+        if events is None:
+            scores = scorer(histories).float()  # (B, n_items + 1)
+        else:
+            labels = pad_left(data, users, hist_len, histories.shape[1], events)
+            scores = scorer(histories, torch.from_numpy(labels)).float()
         # The whole history (not only the last max_len items) is excluded / avoided.
         full_hist = torch.from_numpy(pad_left(data, users, hist_len, max(int(hist_len.max()), 1)))
         if protocol == "full":  # the target is ranked even if owned (a repeat purchase)
@@ -114,7 +120,7 @@ def model_scorer(model: torch.nn.Module) -> Scorer:
     model.eval()
     with torch.no_grad():
         table = model.item_table()
-    return lambda histories: model.score(histories, table)
+    return lambda histories, events=None: model.score(histories, table, events)
 
 
 class PopularityScorer:
@@ -230,10 +236,12 @@ def evaluate_run(rec: Recommender, split: str = "test", protocol: str = "full", 
 
     Returns ``{scorer: metrics}``; for a ``cold_items`` run also ``"cold_items"`` and
     ``"warm_items"`` (see :func:`cold_start`), ``"cold_items_among_cold"`` (full protocol) and
-    ``"cases"``.
+    ``"cases"``. A rating or click run is measured by its task's metrics against its task's
+    baseline (:mod:`recscope.tasks`), always in the same call; ``protocol`` is about ranking and
+    does not apply there.
     """
     from recscope.errors import RunError
-    from recscope.run import update_state
+    from recscope.tasks import evaluate_task
 
     if split not in ("valid", "test"):
         raise RunError(f"unknown split {split!r}", fix="use valid or test")
@@ -241,24 +249,45 @@ def evaluate_run(rec: Recommender, split: str = "test", protocol: str = "full", 
         raise RunError(f"unknown protocol {protocol!r}", fix="use full or sampled")
     cfg = rec.config
     parts = rec.split()
+    task = cfg.train.task
+    if task != "next_item":
+        results = evaluate_task(rec.model, rec.data, parts, task, split, rec.inputs)
+        _record(rec, f"{split}/{task}", results)
+        return results
     cases = getattr(parts, split)
     kwargs = protocol_options(cfg, protocol)
     scorers = {"recscope": model_scorer(rec.model)}
+    events = {"recscope": None if rec.inputs is None else rec.inputs.codes}
     if baselines:
         scorers["popularity"] = PopularityScorer(rec.data, parts.train)
         scorers["item-kNN"] = ItemKNNScorer(rec.data, parts.train)
     results = {
-        name: evaluate(scorer, rec.data, cases, cfg.model.max_len, cfg.eval.ks, progress=f"evaluate: {name}", **kwargs)
+        name: evaluate(
+            scorer,
+            rec.data,
+            cases,
+            cfg.model.max_len,
+            cfg.eval.ks,
+            progress=f"evaluate: {name}",
+            events=events.get(name),
+            **kwargs,
+        )
         for name, scorer in scorers.items()
     }
     if len(parts.cold):
         results.update(cold_start(rec, parts, cases, protocol))
+    _record(rec, f"{split}/{protocol}", results)
+    return results
+
+
+def _record(rec: Recommender, key: str, results: dict) -> None:
+    """Keep ``results`` in run.json's evaluations under ``key`` (when the run has a folder)."""
+    from recscope.run import update_state
+
     if rec.path is not None:
-        key = f"{split}/{protocol}"
         rec.info = update_state(
             rec.path, lambda state: state.setdefault("evaluations", {}).update({key: results}), "evaluate"
         )
-    return results
 
 
 def protocol_options(cfg, protocol: str) -> dict:
@@ -305,10 +334,19 @@ def cold_start(rec: Recommender, parts: Split, cases: EvalCases, protocol: str =
     groups = {"cold_items": cases.subset(is_cold), "warm_items": cases.subset(~is_cold)}
     report: dict = {"cases": {group: len(c) for group, c in groups.items()}}
 
+    codes = None if rec.inputs is None else rec.inputs.codes  # the model reads event types, baselines do not
+
     def measure(group: str, group_cases: EvalCases, **extra) -> dict:
         return {
             name: evaluate(
-                scorer, rec.data, group_cases, cfg.model.max_len, cfg.eval.ks, progress=f"{group}: {name}", **extra
+                scorer,
+                rec.data,
+                group_cases,
+                cfg.model.max_len,
+                cfg.eval.ks,
+                progress=f"{group}: {name}",
+                events=codes if name == "recscope" else None,
+                **extra,
             )
             for name, scorer in scorers.items()
         }

@@ -18,15 +18,16 @@ import numpy as np
 
 from recscope.data import Dataset
 
-TRAINING_EVENT = "interaction"  # the run's data does not say which kind of event a row was
+TRAINING_EVENT = "interaction"  # the data does not say which kind of event a row was
 
 
 @dataclass(frozen=True)
 class Event:
     item_id: str
-    event: str  # "interaction" for the run's training data, else the stored event's kind
+    event: str  # the event's kind (the data's event type, the stored event's); "interaction" when not known
     timestamp: float  # epoch seconds (the training data's own clock for source "run")
     source: str  # "run" (trained on), "store" (posted since) or "request" (given in a request)
+    value: float | None = None  # the event's value (a rating, ...), when it has one
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,9 @@ class RunHistories:
 
     def _events(self, user: int) -> list[Event]:
         start, end = int(self.data.offsets[user]), int(self.data.offsets[user + 1])
-        items, times = self.data.items[start:end].tolist(), self.data.timestamps[start:end].tolist()
+        d = self.data
+        rows = zip(*(a[start:end].tolist() for a in (d.items, d.timestamps, d.events, d.values)), strict=True)
         return [
-            Event(self.data.item_ids[i], TRAINING_EVENT, float(t), "run") for i, t in zip(items, times, strict=True)
+            Event(d.item_ids[i], d.event_types[e] or TRAINING_EVENT, float(t), "run", None if v != v else v)
+            for i, t, e, v in rows
         ]

@@ -2,6 +2,9 @@
 
 A rank r means r items scored strictly higher than the target. With one relevant item,
 Recall@k equals HR@k, and Precision@k is HR@k / k.
+
+The task heads' metrics are pure functions of labels and predictions: RMSE and MAE (ratings),
+AUC and log loss (clicks).
 """
 
 from __future__ import annotations
@@ -46,3 +49,32 @@ def all_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (5, 10, 20)) -> dict[st
     if ranks.size == 0:
         return {}
     return {f"{name}@{k}": fn(ranks, k) for k in ks for name, fn in FUNCTIONS.items()}
+
+
+# ---------------------------------------------------------------------- task heads
+def rmse(labels: np.ndarray, predicted: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.asarray(labels) - np.asarray(predicted)) ** 2)))
+
+
+def mae(labels: np.ndarray, predicted: np.ndarray) -> float:
+    return float(np.mean(np.abs(np.asarray(labels) - np.asarray(predicted))))
+
+
+def auc(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """The chance a random clicked case is scored above a random unclicked one (ties count half):
+    the Mann-Whitney statistic from average ranks. NaN when only one class is present."""
+    from scipy.stats import rankdata
+
+    labels = np.asarray(labels) > 0.5
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    ranks = rankdata(predicted)  # 1-based, ties averaged
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def log_loss(labels: np.ndarray, predicted: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy of probabilities ``predicted`` (clipped to [eps, 1 - eps])."""
+    p = np.clip(np.asarray(predicted, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(labels, dtype=np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))

@@ -1,9 +1,16 @@
 """The whole recommender in one file: a SASRec-style causal Transformer over item tokens.
 
 An item token is the sum of fields: the item-id embedding, one embedding per catalog
-attribute (mean over multi-valued cells), and optionally a projected text embedding.
+attribute (mean over multi-valued cells), and optionally a projected text embedding. The
+token of an event in a history adds what the user did (``events``: the event type's embedding,
+view / cart / purchase, and in a rating run the rating given), when the data says.
 Scores are dot products of the last hidden state with the same fused item table
 (input and output embeddings are tied), over the full catalog.
+
+The task heads (``cfg.head``): "next_item" is that dot product; "rating" and "click" put a
+small MLP (:class:`PairHead`) on the pair (hidden state, candidate item token), predicting the
+candidate's rating or its click logit. :meth:`SeqRec.predict_many` / :meth:`SeqRec.predict_paired`
+are what the task predicts, whatever it is: scoring, ranking and every explainer go through them.
 
 Attention is an output: ``forward(..., output_attentions=True)`` returns every layer's
 ``(B, H, T, T)`` weights in ``SeqRecOutput.attentions``. Training may use torch's fused
@@ -89,6 +96,20 @@ class Block(nn.Module):
         return x, weights
 
 
+class PairHead(nn.Module):
+    """A task head on (hidden state, candidate token) pairs: an MLP on ``[h, c, h * c]`` plus a
+    bias (set from the training data: the mean rating, or the base click log-odds)."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(3 * d_model, d_model), nn.GELU(), nn.Linear(d_model, 1))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, hidden: Tensor, candidates: Tensor) -> Tensor:
+        """(*S, C), (*S, C) -> (*S,)"""
+        return self.mlp(torch.cat([hidden, candidates, hidden * candidates], dim=-1)).squeeze(-1) + self.bias
+
+
 class SeqRec(nn.Module):
     """Causal Transformer recommender. Item index 0 is padding; real items are 1..n_items."""
 
@@ -106,10 +127,13 @@ class SeqRec(nn.Module):
         if cfg.text_dim:
             self.register_buffer("text_vectors", torch.zeros(cfg.n_items + 1, cfg.text_dim))
             self.text_proj = nn.Linear(cfg.text_dim, C, bias=False)
+        if cfg.n_events:
+            self.event_emb = nn.Embedding(cfg.n_events, C, padding_idx=0)  # label 0: no type known, adds nothing
         self.pos_emb = nn.Embedding(cfg.max_len, C)
         self.emb_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(C)
+        self.head = PairHead(C) if cfg.head != "next_item" else None
         self.apply(self._init_weights)
 
     @staticmethod
@@ -180,20 +204,30 @@ class SeqRec(nn.Module):
 
     # ------------------------------------------------------------------ encoder
     def forward(
-        self, items: Tensor, tokens: Tensor | None = None, output_attentions: bool = False, last_only: bool = False
+        self,
+        items: Tensor,
+        tokens: Tensor | None = None,
+        output_attentions: bool = False,
+        last_only: bool = False,
+        events: Tensor | None = None,
     ) -> SeqRecOutput:
         """items: (B, T) left-padded item indices. ``tokens`` (B, T, C) replaces the item tokens
         (used by gradient explainers); padding positions are still taken from ``items``.
         ``last_only``: the last block computes the last position only (``hidden`` is (B, 1, C)):
-        all that scoring the next item needs, at about half the cost of that block."""
+        all that scoring the next item needs, at about half the cost of that block.
+        ``events``: (B, T) event labels aligned with ``items`` (None: all 0, no type known); their
+        embedding is added to the tokens (also to ``tokens`` given)."""
         B, T = items.shape
         if T > self.cfg.max_len:
             items = items[:, -self.cfg.max_len :]
             tokens = tokens[:, -self.cfg.max_len :] if tokens is not None else None
+            events = events[:, -self.cfg.max_len :] if events is not None else None
             T = self.cfg.max_len
         valid = items > 0  # (B, T)
         if tokens is None:
             tokens = self.item_tokens(items)
+        if events is not None and self.cfg.n_events:
+            tokens = tokens + self.event_emb(events)
         pos = torch.arange(self.cfg.max_len - T, self.cfg.max_len, device=items.device)
         x = tokens * math.sqrt(self.cfg.d_model) + self.pos_emb(pos)
         x = self.emb_dropout(x * valid.unsqueeze(-1))  # (B, T, C)
@@ -210,6 +244,20 @@ class SeqRec(nn.Module):
         return SeqRecOutput(hidden, tuple(attentions) if output_attentions else None)
 
     # ------------------------------------------------------------------ train / predict
+    def predict_many(self, hidden: Tensor, candidates: Tensor) -> Tensor:
+        """(V, C) hidden states, (K, C) candidate tokens -> (V, K) what the task predicts for every
+        pair: the next-item score, the rating, or the click logit."""
+        if self.head is None:
+            return hidden @ candidates.T
+        V, K = len(hidden), len(candidates)
+        return self.head(hidden[:, None, :].expand(V, K, -1), candidates[None, :, :].expand(V, K, -1))
+
+    def predict_paired(self, hidden: Tensor, candidates: Tensor) -> Tensor:
+        """(B, C) hidden states, (B, C) candidate tokens -> (B,) the task's prediction for row b's pair."""
+        if self.head is None:
+            return (hidden * candidates).sum(-1)
+        return self.head(hidden, candidates)
+
     def loss(
         self,
         inputs: Tensor,
@@ -218,6 +266,7 @@ class SeqRec(nn.Module):
         reduction: str = "mean",
         unseen: Tensor | None = None,
         id_dropped: Tensor | None = None,
+        events: Tensor | None = None,
     ) -> Tensor:
         """Next-item cross-entropy at every real position (inputs and targets (B, T)).
 
@@ -232,7 +281,7 @@ class SeqRec(nn.Module):
         table = self.item_table()
         if id_dropped is not None:
             table = table - self.item_emb.weight * id_dropped[:, None]
-        hidden = self(inputs, tokens=table[inputs] if id_dropped is not None else None).hidden
+        hidden = self(inputs, tokens=table[inputs] if id_dropped is not None else None, events=events).hidden
         mask = (inputs > 0) & (targets > 0)
         h = hidden[mask]  # (n, C): logits only where there is something to predict
         y = targets[mask]  # (n,)
@@ -249,26 +298,50 @@ class SeqRec(nn.Module):
         logits = torch.cat([pos, neg], dim=1)
         return F.cross_entropy(logits, torch.zeros_like(y), reduction=reduction)
 
+    def rating_loss(
+        self, inputs: Tensor, targets: Tensor, ratings: Tensor, events: Tensor | None = None, reduction: str = "mean"
+    ) -> Tensor:
+        """Squared error of the next item's predicted rating at every position whose next item has
+        one (inputs, targets (B, T) items; ratings (B, T) the targets' ratings, NaN = none)."""
+        hidden = self(inputs, events=events).hidden  # (B, T, C)
+        mask = (inputs > 0) & (targets > 0) & torch.isfinite(ratings)
+        predicted = self.predict_paired(hidden[mask], self.item_tokens(targets[mask]))  # (n,)
+        return F.mse_loss(predicted, ratings[mask].to(predicted.dtype), reduction=reduction)
+
+    def click_loss(
+        self, histories: Tensor, shown: Tensor, clicked: Tensor, events: Tensor | None = None, reduction: str = "mean"
+    ) -> Tensor:
+        """Binary cross-entropy of clicks: ``histories`` (B, T) the history each item was shown
+        after, ``shown`` (B,) the items, ``clicked`` (B,) 1.0 / 0.0."""
+        hidden = self(histories, events=events, last_only=True).hidden[:, -1]  # (B, C)
+        logits = self.predict_paired(hidden, self.item_tokens(shown))
+        return F.binary_cross_entropy_with_logits(logits, clicked.to(logits.dtype), reduction=reduction)
+
     @torch.no_grad()
-    def last_hidden(self, items: Tensor, table: Tensor | None = None, chunk: int = 128) -> Tensor:
+    def last_hidden(
+        self, items: Tensor, table: Tensor | None = None, chunk: int = 128, events: Tensor | None = None
+    ) -> Tensor:
         """(B, T) left-padded histories -> (B, C): ``self(items).hidden[:, -1]``, faster for many
         histories of mixed length (the variants explainers score): sorted by length, each chunk
         cut to its longest (positions count from the right, so left padding changes nothing),
-        with the tokens read from ``table`` (the item table) instead of fused again."""
+        with the tokens read from ``table`` (the item table) instead of fused again. ``events``
+        (B, T) are the histories' event labels (None: none known)."""
         lengths = (items > 0).sum(1)
         out = items.new_empty((len(items), self.cfg.d_model), dtype=self.pos_emb.weight.dtype)
         for rows in lengths.argsort().split(chunk):
             width = max(int(lengths[rows].max()), 1)
             seqs = items[rows, -width:]
             tokens = None if table is None else table[seqs]
-            out[rows] = self(seqs, tokens=tokens, last_only=True).hidden[:, -1]
+            labels = None if events is None else events[rows, -width:]
+            out[rows] = self(seqs, tokens=tokens, last_only=True, events=labels).hidden[:, -1]
         return out
 
     @torch.no_grad()
-    def score(self, items: Tensor, table: Tensor | None = None) -> Tensor:
-        """(B, T) histories -> (B, n_items + 1) scores for the next item; column 0 is -inf."""
-        hidden = self(items, last_only=True).hidden[:, -1]  # (B, C)
+    def score(self, items: Tensor, table: Tensor | None = None, events: Tensor | None = None) -> Tensor:
+        """(B, T) histories (and their (B, T) event labels) -> (B, n_items + 1) the task's prediction
+        for every item as the next (its score, rating or click logit); column 0 is -inf."""
+        hidden = self(items, last_only=True, events=events).hidden[:, -1]  # (B, C)
         table = self.item_table() if table is None else table
-        scores = hidden @ table.T
+        scores = self.predict_many(hidden, table)
         scores[:, 0] = float("-inf")
         return scores

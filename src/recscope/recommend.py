@@ -26,6 +26,7 @@ from recscope.histories import History, HistorySource, RunHistories, adhoc
 from recscope.model import SeqRec
 from recscope.ranking import cutoff, hide, n_visible, rank, top_k
 from recscope.run import RunInfo, load_data, load_model
+from recscope.tasks import EventInputs, event_inputs
 
 
 @dataclass
@@ -83,6 +84,8 @@ class Recommender:
         with torch.no_grad():
             self._table = model.item_table()
         self._explainers: dict = {}
+        # The event labels the model reads (None: it reads none); they follow from the data and config.
+        self.inputs: EventInputs | None = event_inputs(data, self.config) if self.config.model.n_events else None
         # Dense indices 1..trained_items are the trained catalog; items added since come after.
         self.trained_items = data.n_items
 
@@ -194,13 +197,26 @@ class Recommender:
         return [i for i in map(self.data.find, exclude) if i is not None]
 
     def tensor(self, history: np.ndarray) -> torch.Tensor:
-        """(1, T) the last max_len items of a history, as the model reads them."""
+        """(1, T) the last max_len items of a history (or of its event labels), as the model reads them."""
         return torch.from_numpy(np.asarray(history[-self.config.model.max_len :], dtype=np.int64))[None, :]
 
+    def event_codes(self, history: History) -> np.ndarray | None:
+        """The event labels of the history's known items (aligned with ``history.indices``), or
+        None when the model reads none; an event kind the run was not trained on is label 0."""
+        if self.inputs is None:
+            return None
+        known = [e for e in history.items if self.data.find(e.item_id) is not None]
+        return np.array([self.inputs.code(e.event, e.value) for e in known], dtype=np.int64)
+
     # ------------------------------------------------------------------ recommend
-    def scores(self, history: np.ndarray, exclude_history: bool = True) -> torch.Tensor:
-        """(n_items + 1,) next-item scores; padding and (by default) owned items are hidden (-inf)."""
-        scores = self.model.score(self.tensor(history), self._table)[0]
+    def scores(
+        self, history: np.ndarray, exclude_history: bool = True, events: np.ndarray | None = None
+    ) -> torch.Tensor:
+        """(n_items + 1,) what the run's task predicts for each item as the next (next-item score,
+        rating or click logit), given the history and its ``events`` labels; padding and (by
+        default) owned items are hidden (-inf)."""
+        labels = None if events is None else self.tensor(events)
+        scores = self.model.score(self.tensor(history), self._table, labels)[0]
         return hide(scores, owned=history if exclude_history else None)
 
     def recommend(
@@ -218,7 +234,8 @@ class Recommender:
         user dismissed them) are never recommended; ids the run does not know there are ignored."""
         _at_least_one("k", k)
         hist = self.resolve(user, history, unknown)
-        return Results(self._top(hist.indices, k, exclude_history, self._hidden(exclude)), hist.unknown)
+        top = self._top(hist.indices, k, exclude_history, self._hidden(exclude), self.event_codes(hist))
+        return Results(top, hist.unknown)
 
     # ------------------------------------------------------------------ explain
     def default_method(self) -> str:
@@ -260,8 +277,8 @@ class Recommender:
         _at_least_one("top", top)
         _at_least_one("k", k)
         resolved = self.resolve(user, history, unknown)
-        hist, hidden = resolved.indices, self._hidden(exclude)
-        scores = hide(self.scores(hist), exclude=hidden or None)
+        hist, hidden, events = resolved.indices, self._hidden(exclude), self.event_codes(resolved)
+        scores = hide(self.scores(hist, events=events), exclude=hidden or None)
         if item is not None:
             targets = [self.data.item_index(item)]
         else:
@@ -298,6 +315,7 @@ class Recommender:
             statuses=statuses,
             candidates=finite,
             hidden=hidden,
+            events=events,
             encode=run_encoder(self.config.features) if words else None,
         )
         return Results(explanations, resolved.unknown)
@@ -331,11 +349,14 @@ class Recommender:
                 fix=f"remove items the history holds (e.g. {', '.join(sorted(held)[:3])})",
             )
         drop = {self.data.item_index(i) for i in remove}
-        edited = np.array([i for i in hist if i not in drop] + [self.data.item_index(i) for i in add], dtype=np.int64)
+        kept = np.array([i not in drop for i in hist], dtype=bool)
+        edited = np.array([*hist[kept], *(self.data.item_index(i) for i in add)], dtype=np.int64)
         if len(edited) == 0:
             raise RunError("the edited history is empty", fix="remove fewer items or add some")
-        before = self._top(hist, k, exclude=hidden)
-        after = self._top(edited, k, exclude=hidden)
+        events = self.event_codes(resolved)
+        edited_events = None if events is None else np.concatenate([events[kept], np.zeros(len(add), np.int64)])
+        before = self._top(hist, k, exclude=hidden, events=events)
+        after = self._top(edited, k, exclude=hidden, events=edited_events)  # an added item's kind: unknown
         ids_before = [r.item_id for r in before]
         ids_after = [r.item_id for r in after]
         return {
@@ -347,9 +368,14 @@ class Recommender:
         }
 
     def _top(
-        self, hist: np.ndarray, k: int, exclude_history: bool = True, exclude: list[int] = ()
+        self,
+        hist: np.ndarray,
+        k: int,
+        exclude_history: bool = True,
+        exclude: list[int] = (),
+        events: np.ndarray | None = None,
     ) -> list[Recommendation]:
-        scores = hide(self.scores(hist, exclude_history), exclude=list(exclude) or None)
+        scores = hide(self.scores(hist, exclude_history, events), exclude=list(exclude) or None)
         top = top_k(scores, k)
         return [
             Recommendation(r + 1, self.data.item_ids[i], self.data.title(i), float(s))

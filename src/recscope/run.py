@@ -286,8 +286,11 @@ def _inconsistency(data: Dataset) -> str | None:
         return f"offsets has {offsets.shape} entries for {data.n_users} users"
     if offsets[0] != 0 or offsets[-1] != len(items) or (np.diff(offsets) < 0).any():
         return "offsets do not index the item array"
-    if len(data.timestamps) != len(items):
-        return f"{len(data.timestamps)} timestamps for {len(items)} events"
+    for name in ("timestamps", "events", "values"):
+        if len(getattr(data, name)) != len(items):
+            return f"{len(getattr(data, name))} {name} for {len(items)} events"
+    if len(items) and (data.events.min() < 0 or data.events.max() > data.n_event_types):
+        return f"event codes outside 0..{data.n_event_types}"
     if len(items) and (items.min() < 1 or items.max() > data.n_items):
         return f"item indices outside 1..{data.n_items}"
     for f in data.fields:
@@ -307,11 +310,21 @@ def fingerprint(data: Dataset) -> str:
     h = hashlib.sha256()
     arrays = [("offsets", data.offsets), ("items", data.items), ("timestamps", data.timestamps)]
     arrays += [(f"field.{f.name}", f.values) for f in data.fields]
+    # Event types, values and impressions count when the data has them (runs without keep their fingerprint).
+    if data.n_event_types:
+        arrays.append(("events", data.events))
+    if data.has_values:
+        arrays.append(("values", data.values))
+    if data.impressions is not None:
+        i = data.impressions
+        arrays += [("impressions", np.stack([i.users, i.hist_len, i.items, i.clicked.astype(np.int64)]))]
     for name, array in arrays:
         array = np.ascontiguousarray(array)
         h.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
         h.update(array.tobytes())
     ids = [data.user_ids, data.item_ids, [(f.name, f.kind, f.vocab) for f in data.fields]]
+    if data.n_event_types:
+        ids.append(data.event_types)
     h.update(json.dumps(ids).encode())
     return "sha256:" + h.hexdigest()
 

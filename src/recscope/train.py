@@ -1,8 +1,9 @@
 """A plain training loop: shuffled windows, AdamW, evaluation on valid, early stopping, checkpoints.
 
-Model selection uses the valid split only (NDCG@10, full ranking); the test split is
-never looked at here. One process writes a run at a time (recscope.lock); a resumed run
-must be given the same data (its fingerprint is in run.json) and the same model config.
+Model selection uses the valid split only (NDCG@10, full ranking; a rating run: RMSE; a click
+run: AUC, see :mod:`recscope.tasks`); the test split is never looked at here. One process
+writes a run at a time (recscope.lock); a resumed run must be given the same data (its
+fingerprint is in run.json) and the same model config.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -19,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from recscope import versions
 from recscope.config import Config, validate
 from recscope.cpu import use_threads
-from recscope.data import Dataset, split_of, training_windows
+from recscope.data import Dataset, pad_left, split_of, training_windows
 from recscope.errors import RunError
 from recscope.evaluate import evaluate, model_scorer
 from recscope.features.text import catalog_vectors
@@ -39,15 +41,48 @@ from recscope.run import (
     save_optimizer,
     save_weights,
 )
-
-SELECT_ON = "NDCG@10"
+from recscope.tasks import SELECT_ON, EventInputs, check_task, click_cases, evaluate_task, event_inputs, head_bias
 
 
 def with_data_sizes(config: Config, data: Dataset, text_dim: int = 0) -> Config:
-    """The config with the model sizes the data implies (catalog size, attribute fields, text width)."""
+    """The config with the model sizes the data implies (catalog size, attribute fields, text width,
+    event labels) and the head its task needs."""
     fields = tuple((f.name, f.vocab_size, int(f.values.shape[1])) for f in data.fields)
-    model = dataclasses.replace(config.model, n_items=data.n_items, fields=fields, text_dim=text_dim)
+    inputs = event_inputs(data, config)
+    model = dataclasses.replace(
+        config.model,
+        n_items=data.n_items,
+        fields=fields,
+        text_dim=text_dim,
+        n_events=0 if inputs is None else len(inputs.labels),
+        head=config.train.task,
+    )
     return dataclasses.replace(config, model=model)
+
+
+def inputs_note(data: Dataset, config: Config, inputs: EventInputs | None) -> str:
+    """What of the data the model reads, and what it does not (nothing is dropped silently)."""
+    task = config.train.task
+    if inputs is not None:
+        shown = ", ".join(inputs.labels[1:6]) + (", ..." if len(inputs.labels) > 6 else "")
+        events = f"event labels read as inputs: {len(inputs.labels) - 1} ({shown})"
+    elif data.n_event_types and not config.model.use_events:
+        events = f"event types ({data.n_event_types}) not used: model.use_events=false"
+    elif data.n_event_types:
+        events = f"event type {data.event_types[1]!r} not used: a single type tells the model nothing"
+    else:
+        events = "no event types in the data"
+    if task == "rating":
+        values = "values: the rating task predicts them"
+    elif data.has_values:
+        values = f"values not used: task {task} does not read them (train.task=rating does)"
+    else:
+        values = "no values in the data"
+    impressions = ""
+    if data.impressions is not None:
+        use = "the click task learns from them" if task == "click" else f"not used by task {task} (train.task=click)"
+        impressions = f"; {len(data.impressions):,} impressions: {use}"
+    return f"task {task}; {events}; {values}{impressions}"
 
 
 def fit(
@@ -72,6 +107,7 @@ def fit(
     text = catalog_vectors(data, config.model.use_text, config.features)
     if text is not None:
         console.print(text.describe(), highlight=False)
+    check_task(data, config.train.task, data_spec)
     config = with_data_sizes(config, data, text_dim=0 if text is None else text.vectors.shape[1])
     split = split_of(data, config)
     if len(split.valid) == 0:
@@ -86,6 +122,9 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
     model = SeqRec(config.model)
     model.set_item_fields({f.name: torch.from_numpy(f.values) for f in data.fields}, text=text)
     unseen = _hold_out(model, split.cold)
+    task = config.train.task
+    if model.head is not None:
+        model.head.bias.data.fill_(head_bias(data, split, task))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     data_print = fingerprint(data)
     state = {"epoch": 0, "best_epoch": 0, "best_valid": None, "bad_evals": 0, "history": []}
@@ -101,41 +140,39 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
         info.state["cold_items"] = [data.item_ids[i] for i in split.cold]
     info.state["data"] = data.describe()
 
-    windows = torch.from_numpy(training_windows(data, split.train, config.model.max_len))
+    inputs = event_inputs(data, config)
+    info.state["inputs"] = inputs_note(data, config, inputs)
+    batches = TrainingData.build(data, split, config, inputs)
     t = config.train
     console.print(
-        f"[bold]{data.describe()}[/]\n{split.describe()}; {len(windows):,} training windows; {threads} thread(s)"
+        f"[bold]{data.describe()}[/]\n{split.describe()}; {batches.describe()}; {threads} thread(s)\n"
+        f"{info.state['inputs']}",
+        highlight=False,
     )
     start_epoch = info.state["epoch"]
-    best = info.state["best_valid"][SELECT_ON] if info.state["best_valid"] else -1.0
+    select_on, sign = SELECT_ON[task]
+    best = info.state["best_valid"][select_on] if info.state["best_valid"] else None
     started = time.perf_counter()
     with TrainingProgress(console, t.epochs, start_epoch) as progress:
         for epoch in range(start_epoch, t.epochs):
             tic = time.perf_counter()
-            loss = _train_epoch(model, optimizer, windows, config, epoch, progress, unseen)
+            loss = _train_epoch(model, optimizer, batches, config, epoch, progress, unseen)
             seconds = time.perf_counter() - tic
             record = {"epoch": epoch + 1, "loss": loss, "train_seconds": round(seconds, 2)}
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
                 tic = time.perf_counter()
-                metrics = evaluate(
-                    model_scorer(model),
-                    data,
-                    split.valid,
-                    config.model.max_len,
-                    config.eval.ks,
-                    exclude_history=config.eval.exclude_history,
-                    batch_size=config.eval.batch_size,
-                )
+                metrics = _validate(model, data, split, config, inputs)
                 record["valid"] = metrics
                 record["eval_seconds"] = round(time.perf_counter() - tic, 2)
-                if metrics[SELECT_ON] > best:
-                    best = metrics[SELECT_ON]
+                if best is None or sign * metrics[select_on] > sign * best:
+                    best = metrics[select_on]
                     info.state.update(best_epoch=epoch + 1, best_valid=metrics, bad_evals=0)
                     save_weights(out / "model.safetensors", model)
                 else:
                     info.state["bad_evals"] += 1
-                progress.end_epoch(f"best valid {SELECT_ON} {best:.4f}")
-                valid = f"  valid HR@10 {metrics['HR@10']:.4f} NDCG@10 {metrics['NDCG@10']:.4f}"
+                progress.end_epoch(f"best valid {select_on} {best:.4f}")
+                shown = ("HR@10", "NDCG@10") if task == "next_item" else tuple(k for k in metrics if k != "cases")
+                valid = "  valid " + " ".join(f"{k} {metrics[k]:.4f}" for k in shown)
             else:
                 progress.end_epoch()
                 valid = ""
@@ -151,7 +188,7 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
             save_optimizer(out / "optimizer.safetensors", optimizer)
             save_info(out, info)
             if info.state["bad_evals"] >= t.patience:
-                console.print(f"early stop: no better valid {SELECT_ON} for {t.patience} evaluations")
+                console.print(f"early stop: no better valid {select_on} for {t.patience} evaluations")
                 break
     version = versions.publish(
         out,
@@ -162,7 +199,7 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
         best_valid=info.state["best_valid"],
     )
     console.print(
-        f"best valid {SELECT_ON} {best:.4f} at epoch {info.state['best_epoch']}; run saved in {out} "
+        f"best valid {select_on} {best:.4f} at epoch {info.state['best_epoch']}; run saved in {out} "
         f"(model version {version.id})"
     )
     return info
@@ -215,10 +252,101 @@ def _clock(seconds: float) -> str:
     return f"{minutes}:{seconds:02d}"
 
 
+def _validate(model: SeqRec, data: Dataset, split, config: Config, inputs: EventInputs | None) -> dict:
+    """The task's metrics on the valid split (the model selection reads them)."""
+    task = config.train.task
+    if task != "next_item":
+        return evaluate_task(model, data, split, task, "valid", inputs, baselines=False)["recscope"]
+    return evaluate(
+        model_scorer(model),
+        data,
+        split.valid,
+        config.model.max_len,
+        config.eval.ks,
+        exclude_history=config.eval.exclude_history,
+        batch_size=config.eval.batch_size,
+        events=None if inputs is None else inputs.codes,
+    )
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """What one epoch goes over. Next item and rating: ``windows`` (W, max_len + 1) of items with
+    their aligned event labels (``events``) and ratings (``ratings``, NaN = none) when the run
+    reads them. Click: ``windows`` (W, max_len) the history each impression was shown after,
+    with ``shown`` (W,) the item and ``clicked`` (W,) 1.0 / 0.0."""
+
+    task: str
+    windows: torch.Tensor
+    events: torch.Tensor | None = None
+    ratings: torch.Tensor | None = None
+    shown: torch.Tensor | None = None
+    clicked: torch.Tensor | None = None
+
+    @classmethod
+    def build(cls, data: Dataset, split, config: Config, inputs: EventInputs | None) -> TrainingData:
+        task, L = config.train.task, config.model.max_len
+        codes = None if inputs is None else inputs.codes
+        if task == "click":
+            cases = click_cases(data, split, "train")
+            windows = pad_left(data, cases.users, cases.hist_len, L)
+            events = None if codes is None else pad_left(data, cases.users, cases.hist_len, L, codes)
+            return cls(
+                task,
+                torch.from_numpy(windows),
+                None if events is None else torch.from_numpy(events),
+                shown=torch.from_numpy(cases.items),
+                clicked=torch.from_numpy(cases.labels),
+            )
+        windows = torch.from_numpy(training_windows(data, split.train, L))
+        events = None if codes is None else torch.from_numpy(training_windows(data, split.train, L, codes))
+        ratings = None
+        if task == "rating":
+            values = training_windows(data, split.train, L, data.values)
+            ratings = torch.from_numpy(np.where(windows.numpy() > 0, values, np.nan))
+        return cls(task, windows, events, ratings)
+
+    def describe(self) -> str:
+        if self.task == "click":
+            return f"{len(self.windows):,} training impressions ({int(self.clicked.sum()):,} clicked)"
+        return f"{len(self.windows):,} training windows"
+
+    def targets(self) -> float:
+        """How many predictions an epoch makes (each batch's loss is a sum, divided by the mean per batch)."""
+        if self.task == "click":
+            return float(len(self.windows))
+        w = self.windows
+        mask = (w[:, :-1] > 0) & (w[:, 1:] > 0)
+        if self.ratings is not None:
+            mask &= torch.isfinite(self.ratings[:, 1:])
+        return float(mask.sum())
+
+    def loss(
+        self,
+        model: SeqRec,
+        index: torch.Tensor,
+        negatives: torch.Tensor | None,
+        unseen: torch.Tensor | None = None,
+        id_dropped: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The summed loss of the windows at ``index`` (``unseen``, ``id_dropped``: see SeqRec.loss)."""
+        batch = self.windows[index]  # left-padded
+        width = max(int((batch > 0).sum(1).max()), 1)
+        batch = batch[:, -width:]  # drop columns that are padding in every row: same result, less work
+        events = None if self.events is None else self.events[index][:, -width:]
+        if self.task == "click":
+            return model.click_loss(batch, self.shown[index], self.clicked[index], events, reduction="sum")
+        inputs_events = None if events is None else events[:, :-1]
+        if self.task == "rating":
+            ratings = self.ratings[index][:, -width:]
+            return model.rating_loss(batch[:, :-1], batch[:, 1:], ratings[:, 1:], inputs_events, reduction="sum")
+        return model.loss(batch[:, :-1], batch[:, 1:], negatives, "sum", unseen, id_dropped, inputs_events)
+
+
 def _train_epoch(
     model: SeqRec,
     optimizer,
-    windows: torch.Tensor,
+    data: TrainingData,
     config: Config,
     epoch: int,
     progress: TrainingProgress | None = None,
@@ -227,28 +355,24 @@ def _train_epoch(
     t = config.train
     model.train()
     generator = torch.Generator().manual_seed(t.seed * 1000 + epoch)
-    batches = _length_batches(windows, t.batch_size, generator)
+    batches = _length_batches(data.windows, t.batch_size, generator)
     # Length-sorted batches hold very different numbers of targets: normalise by the mean
     # per batch, so every target weighs the same whatever batch it falls in.
-    targets_per_batch = float(((windows[:, :-1] > 0) & (windows[:, 1:] > 0)).sum()) / len(batches)
+    targets_per_batch = data.targets() / len(batches)
     step: Callable[[float], None] = progress.step if progress else lambda loss: None
     if progress:
         progress.start_epoch(epoch + 1, len(batches))
     total = 0.0
     for index in batches:
-        batch = windows[index]  # (B, T + 1), left-padded
-        width = int((batch > 0).sum(1).max())
-        batch = batch[:, -width:]  # drop columns that are padding in every row: same result, less work
         negatives = None
-        if t.loss == "sampled" and unseen is None:
-            negatives = torch.randint(1, config.model.n_items + 1, (t.num_negatives,), generator=generator)
-        elif t.loss == "sampled":  # negatives among the items training may see
-            pool = torch.flatnonzero(~unseen[1:]) + 1
+        if t.loss == "sampled" and data.task == "next_item":
+            # negatives among the items training may see (held-out cold items never are)
+            pool = torch.arange(1, config.model.n_items + 1) if unseen is None else torch.flatnonzero(~unseen[1:]) + 1
             negatives = pool[torch.randint(len(pool), (t.num_negatives,), generator=generator)]
         dropped = None
         if t.id_dropout > 0:
             dropped = torch.rand(config.model.n_items + 1, generator=generator) < t.id_dropout
-        loss = model.loss(batch[:, :-1], batch[:, 1:], negatives, "sum", unseen, dropped) / targets_per_batch
+        loss = data.loss(model, index, negatives, unseen, dropped) / targets_per_batch
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

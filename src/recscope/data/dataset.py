@@ -2,7 +2,9 @@
 
 User and item ids are the user's own strings at the edges and dense integers inside.
 Item index 0 is padding, so real items are 1..n_items. Sequences are stored CSR-style:
-user u's items in time order are ``items[offsets[u]:offsets[u+1]]``.
+user u's items in time order are ``items[offsets[u]:offsets[u+1]]``; ``events`` (each event's
+type, as a code into ``event_types``) and ``values`` (a number per event, e.g. a rating) are
+aligned with ``items``. ``impressions`` are items shown to users, clicked or not (click data).
 """
 
 from __future__ import annotations
@@ -88,6 +90,28 @@ class LoadReport:
 
 
 @dataclass
+class Impressions:
+    """Items shown to users and whether they were clicked: one row per shown item.
+
+    Row r: ``items[r]`` was shown to ``users[r]`` after the user's first ``hist_len[r]`` events
+    (the history the shown list was made for) and clicked when ``clicked[r]`` is 1."""
+
+    users: np.ndarray  # (n,) int64 dense user indices
+    hist_len: np.ndarray  # (n,) int64 events of the user before the item was shown
+    items: np.ndarray  # (n,) int64 dense item indices
+    clicked: np.ndarray  # (n,) float64 1.0 = clicked, 0.0 = not
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def rows(self, mask: np.ndarray) -> Impressions:
+        return Impressions(self.users[mask], self.hist_len[mask], self.items[mask], self.clicked[mask])
+
+
+NO_EVENT = ""  # event_types[0]: the event's type is not known
+
+
+@dataclass
 class Dataset:
     name: str
     user_ids: list[str]  # dense user index -> own id
@@ -102,8 +126,27 @@ class Dataset:
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     extra_labels: dict[str, list[str]] = field(default_factory=dict)  # code -> label for coded extras
     report: LoadReport = field(default_factory=LoadReport)
+    events: np.ndarray | None = None  # (n_events,) int64 codes into event_types; None: all 0 (no type known)
+    event_types: list[str] = field(default_factory=lambda: [NO_EVENT])  # code -> event type; [0] is "" (none)
+    values: np.ndarray | None = None  # (n_events,) float64 each event's value (a rating, ...); NaN = none
+    impressions: Impressions | None = None  # shown items and clicks, when the data has them
     _user_index: dict[str, int] | None = None
     _item_index: dict[str, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.events is None:
+            self.events = np.zeros(len(self.items), dtype=np.int64)
+        if self.values is None:
+            self.values = np.full(len(self.items), np.nan)
+
+    @property
+    def n_event_types(self) -> int:
+        """Distinct event types the data names (0 when it names none)."""
+        return len(self.event_types) - 1
+
+    @property
+    def has_values(self) -> bool:
+        return bool(np.isfinite(self.values).any())
 
     @property
     def n_users(self) -> int:
@@ -251,6 +294,10 @@ class Dataset:
             arrays[f"field.{f.name}"] = f.values
         for name, values in self.extras.items():
             arrays[f"extra.{name}"] = values
+        arrays["events"], arrays["values"] = self.events, self.values
+        if self.impressions is not None:
+            for name in ("users", "hist_len", "items", "clicked"):
+                arrays[f"impressions.{name}"] = getattr(self.impressions, name)
         _atomic(directory / "data.safetensors", lambda p: save_file(arrays, str(p)))
         meta = {
             "name": self.name,
@@ -263,6 +310,7 @@ class Dataset:
             ],
             "extras": list(self.extras),
             "extra_labels": self.extra_labels,
+            "event_types": self.event_types,
             "report": self.report.to_dict(),
         }
         _atomic(directory / "data.json", lambda p: p.write_text(json.dumps(meta)))
@@ -280,6 +328,10 @@ class Dataset:
         report = LoadReport(**meta["report"])
         if (directory / SKIPPED_FILE).exists():
             report.skipped = LoadReport.read_skipped(directory / SKIPPED_FILE)
+        impressions = None
+        if "impressions.users" in arrays:
+            impressions = Impressions(*(arrays[f"impressions.{n}"] for n in ("users", "hist_len", "items", "clicked")))
+        # Runs from before events and values were kept have neither: every event has code 0 and no value.
         return cls(
             name=meta["name"],
             user_ids=meta["user_ids"],
@@ -293,6 +345,10 @@ class Dataset:
             extras={name: arrays[f"extra.{name}"] for name in meta["extras"]},
             extra_labels=meta["extra_labels"],
             report=report,
+            events=arrays.get("events"),
+            event_types=meta.get("event_types") or [NO_EVENT],
+            values=arrays.get("values"),
+            impressions=impressions,
         )
 
 
@@ -318,8 +374,10 @@ def from_frames(
 ) -> Dataset:
     """Build a Dataset from validated frames.
 
-    ``interactions`` has string ``user_id``, ``item_id`` and numeric ``timestamp`` columns;
-    any other integer columns are kept as per-event extras. ``catalog`` has a string
+    ``interactions`` has string ``user_id``, ``item_id`` and numeric ``timestamp`` columns, and
+    optionally ``event`` (String, null = none) and ``value`` (Float64, null = none), which become
+    ``events``/``event_types`` and ``values`` (the report says what they hold); any other integer
+    columns are kept as per-event extras. ``catalog`` has a string
     ``item_id`` and any attribute or text columns (all strings; numeric ones are detected).
     Events are ordered by the timestamps as given (integers compare exactly), ties keep
     file order; ``Dataset.timestamps`` is ``timestamp * time_scale`` (seconds).
@@ -344,8 +402,10 @@ def from_frames(
     extras = {
         c: events[c].to_numpy().astype(np.int64)
         for c in interactions.columns
-        if c not in ("user_id", "item_id", "timestamp")
+        if c not in ("user_id", "item_id", "timestamp", "event", "value")
     }
+    codes, event_types = _event_codes(events, report)
+    values = _values(events, report)
 
     if catalog is not None:
         bought = interactions["item_id"].unique(maintain_order=True)
@@ -377,7 +437,48 @@ def from_frames(
         extras=extras,
         extra_labels=extra_labels or {},
         report=report,
+        events=codes,
+        event_types=event_types,
+        values=values,
     )
+
+
+def _event_codes(events: pl.DataFrame, report: LoadReport) -> tuple[np.ndarray | None, list[str]]:
+    """Each event's type as a code (0 = none) and the types by code, sorted; the report says what
+    the column holds and whether it can be a model input (it needs more than one type)."""
+    if "event" not in events.columns:
+        return None, [NO_EVENT]
+    column = events["event"]
+    types = sorted(column.drop_nulls().unique().to_list())
+    lookup = {t: i for i, t in enumerate(types, start=1)}
+    codes = np.array([lookup.get(t, 0) for t in column.to_list()], dtype=np.int64)
+    counts = np.bincount(codes, minlength=len(types) + 1)
+    shown = ", ".join(f"{t!r} {counts[i]:,}" for i, t in enumerate(types[:8], start=1))
+    shown += ", ..." if len(types) > 8 else ""
+    missing = f"; {counts[0]:,} row(s) name none (type 'none')" if counts[0] else ""
+    if len(types) > 1:
+        use = "each event's type is an input of the model (an embedding added to its token, model.use_events)"
+    else:
+        use = "a single type tells the model nothing, so it is kept but not read as an input"
+    report.notes.append(f"event types in column 'event': {shown}{missing}: {use}")
+    return codes, [NO_EVENT, *types]
+
+
+def _values(events: pl.DataFrame, report: LoadReport) -> np.ndarray | None:
+    """Each event's value (NaN = none); the report says what the column holds and what reads it."""
+    if "value" not in events.columns:
+        return None
+    values = events["value"].cast(pl.Float64).fill_null(float("nan")).to_numpy().astype(np.float64)
+    known = values[np.isfinite(values)]
+    if len(known):
+        missing = f"; {len(values) - len(known):,} row(s) have none" if len(known) < len(values) else ""
+        report.notes.append(
+            f"values in column 'value': {len(known):,} from {known.min():g} to {known.max():g}{missing}: the rating "
+            "task (train.task=rating) predicts them and reads them as inputs; the other tasks do not use them"
+        )
+    else:
+        report.notes.append("column 'value' holds no numbers: nothing to keep")
+    return values
 
 
 def _examples(ids: pl.Series, n: int = 3) -> str:

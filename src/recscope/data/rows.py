@@ -30,7 +30,7 @@ from recscope.data.dataset import LoadReport, SkippedRow
 from recscope.errors import ConfigError, DataError
 
 REQUIRED = ("user_id", "item_id", "timestamp")
-OPTIONAL = ("event", "value")  # read when present: they tell exact duplicates from repeated events
+OPTIONAL = ("event", "value")  # kept when present: the event's type (any string) and a number (a rating, ...)
 SKIP_FIX = "pass --set data.skip_bad_rows=true to skip such rows (they are counted and listed)"
 DUPLICATES = ("drop", "keep", "error")
 
@@ -267,10 +267,12 @@ def scalar_column(table: Table, name: str, column: str, what: str) -> pl.Expr:
 def check_interactions(
     table: Table, columns: dict[str, str], config: DataConfig, report: LoadReport
 ) -> tuple[pl.DataFrame, float]:
-    """(``user_id``, ``item_id``, ``timestamp`` in file order, seconds per timestamp unit).
+    """(``user_id``, ``item_id``, ``timestamp`` in file order, plus ``event`` (String, null = none) and
+    ``value`` (Float64, null = none) when the file has them; seconds per timestamp unit).
 
-    Bad rows stop the load or are skipped (``data.skip_bad_rows``); exact duplicates follow
-    ``data.duplicates``. Every row read is counted in ``report`` as kept, skipped or dropped."""
+    Bad rows stop the load or are skipped (``data.skip_bad_rows``); a value that is not a finite
+    number is a bad row. Exact duplicates follow ``data.duplicates``. Every row read is counted in
+    ``report`` as kept, skipped or dropped."""
     check_options(config)
     where = _locate(table, columns)
     frame = table.frame.select(
@@ -286,8 +288,14 @@ def check_interactions(
     report.rows_read = frame.height
     times = parse_times(frame, table, config.time_format, columns.get("timestamp", "timestamp"))
     report.notes.append(times.note)
-    frame = frame.with_columns(times.values.alias("_time"))
+    frame = frame.with_columns(times.values.alias("_time"), times.problem.alias("_time_problem"))
     empty = {n: pl.col(n).is_null() | (pl.col(n).str.strip_chars() == "") for n in ("user_id", "item_id")}
+    bad_value = pl.lit(False)
+    if "value" in frame.columns:
+        text = pl.col("value").str.strip_chars()
+        number = text.cast(pl.Float64, strict=False)
+        frame = frame.with_columns(pl.when(text != "").then(number).alias("_value"))
+        bad_value = (text != "") & (number.is_null() | ~number.is_finite())
     frame = frame.with_columns(
         pl.when(pl.col("_problem").is_not_null())
         .then(pl.col("_problem"))
@@ -295,7 +303,10 @@ def check_interactions(
         .then(pl.lit("empty user_id"))
         .when(empty["item_id"])
         .then(pl.lit("empty item_id"))
-        .otherwise(times.problem)
+        .when(pl.col("_time_problem").is_not_null())
+        .then(pl.col("_time_problem"))
+        .when(bad_value)
+        .then(pl.lit("value is not a finite number"))
         .alias("_reason"),
         pl.when(pl.col("_problem").is_not_null())
         .then(pl.lit(None, dtype=pl.String))
@@ -303,14 +314,18 @@ def check_interactions(
         .then(pl.lit("user_id"))
         .when(empty["item_id"])
         .then(pl.lit("item_id"))
-        .otherwise(pl.lit("timestamp"))
+        .when(pl.col("_time_problem").is_not_null())
+        .then(pl.lit("timestamp"))
+        .otherwise(pl.lit("value"))
         .alias("_field"),
     )
     frame = drop_bad_rows(frame, table, config, report, columns)
     frame = handle_duplicates(frame, table, config, report, ["user_id", "item_id", "_time", *OPTIONAL])
     report.rows_kept = frame.height
     _note_padded_ids(frame, report)
-    return frame.select("user_id", "item_id", pl.col("_time").alias("timestamp")), times.scale
+    kept = [pl.when(pl.col("event").str.strip_chars() != "").then("event").alias("event")] * ("event" in where)
+    kept += [pl.col("_value").alias("value")] * ("value" in where)
+    return frame.select("user_id", "item_id", pl.col("_time").alias("timestamp"), *kept), times.scale
 
 
 def check_options(config: DataConfig) -> None:

@@ -140,9 +140,14 @@ def cold_items(data: Dataset, share: float, seed: int) -> Split:
     return _with_mask("cold_items", data, train, loo.valid, loo.test, cold)
 
 
-def pad_left(data: Dataset, users: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
-    """(n, length) item indices: each user's items before ``ends`` (exclusive), left-padded with 0."""
-    return _pad_left(data.offsets, data.items, users, ends, length)
+def pad_left(
+    data: Dataset, users: np.ndarray, ends: np.ndarray, length: int, source: np.ndarray | None = None
+) -> np.ndarray:
+    """(n, length) item indices: each user's items before ``ends`` (exclusive), left-padded with 0.
+
+    ``source`` (n_events,) reads another per-event array aligned with the items instead (event
+    labels, values), cut and padded the same way (padding 0: a float source's padding is 0.0)."""
+    return _pad_left(data.offsets, data.items if source is None else source, users, ends, length)
 
 
 def _pad_left(offsets: np.ndarray, items: np.ndarray, users: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
@@ -154,18 +159,19 @@ def _pad_left(offsets: np.ndarray, items: np.ndarray, users: np.ndarray, ends: n
     return np.where(valid, items[np.clip(idx, 0, max(len(items) - 1, 0))], 0)
 
 
-def training_windows(data: Dataset, train: np.ndarray, max_len: int) -> np.ndarray:
+def training_windows(data: Dataset, train: np.ndarray, max_len: int, source: np.ndarray | None = None) -> np.ndarray:
     """(W, max_len + 1) windows covering every training transition exactly once.
 
     ``train`` (n_events,) bool marks the events trained on (``Split.train``): each user's training
     sequence is their marked events in order (the others, e.g. held-out items, are skipped as if
     they never happened). A sequence longer than max_len + 1 is cut into windows from its end
     backwards, so long histories are not truncated away. Inputs are ``w[:, :-1]``, targets ``w[:, 1:]``.
+    ``source`` gives the same windows of another per-event array (see :func:`pad_left`).
     """
     users_of = np.repeat(np.arange(data.n_users), data.lengths)[train]
     train_len = np.bincount(users_of, minlength=data.n_users)
     offsets = np.concatenate([[0], np.cumsum(train_len)]).astype(np.int64)
-    items = data.items[train]
+    items = (data.items if source is None else source)[train]
     n_transitions = np.maximum(train_len - 1, 0)
     n_windows = -(-n_transitions // max_len)  # ceil
     users = np.repeat(np.arange(data.n_users), n_windows)

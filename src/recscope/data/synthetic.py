@@ -12,17 +12,26 @@ explanations. Mechanisms:
 - ``popularity``: a popular product, whatever the user's taste (noise). No single cause.
 
 ``synthetic:users=3000,items=700,seed=0`` changes the size and seed.
+
+``synthetic:impressions=5`` also shows each shopper, at every purchase after the first, a
+list of 5 other items, clicked or not (click data for ``train.task=click``). The planted
+click behaviour: an item's click chance grows with its own appeal (the same for everyone:
+what popularity-CTR can learn) and, much more, when the shopper's history relates to it by
+the shop's rules: an accessory for a device they own, the brand of an earlier item in the
+same department, a department they buy from. Impressions come from their own random stream
+after the purchases, so the purchases are the same with or without them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 
 import numpy as np
 import polars as pl
 
 from recscope.config import DataConfig
-from recscope.data.dataset import Dataset, LoadReport, from_frames
+from recscope.data.dataset import Dataset, Impressions, LoadReport, from_frames
 from recscope.errors import DataError
 
 MECHANISMS = ["category_interest", "accessory_after_device", "brand_loyalty", "popularity"]
@@ -78,6 +87,7 @@ class ShopConfig:
     p_accessory: float = 0.45  # (float) chance a purchase is an accessory for an owned device
     p_brand: float = 0.25  # (float) chance a purchase follows brand loyalty
     p_popularity: float = 0.1  # (float) chance a purchase is popularity noise
+    impressions: int = 0  # (int) items shown (clicked or not) at each purchase after the first; 0 = none
 
 
 PROBABILITIES = ("p_accessory", "p_brand", "p_popularity")
@@ -108,6 +118,7 @@ def parse_spec(rest: str) -> ShopConfig:
         ("seed", shop.seed >= 0, "0 or more"),
         ("min_len", shop.min_len >= 1, "at least 1"),
         ("max_len", shop.max_len >= shop.min_len, f"at least min_len ({shop.min_len})"),
+        ("impressions", 0 <= shop.impressions <= 100, "from 0 to 100"),
         *((p, 0.0 <= getattr(shop, p) <= 1.0, "a probability from 0 to 1") for p in PROBABILITIES),
     ]
     for key, ok, should in limits:
@@ -127,10 +138,10 @@ def parse_spec(rest: str) -> ShopConfig:
 
 def load_synthetic(rest: str, config: DataConfig) -> Dataset:
     shop = parse_spec(rest)
-    interactions, catalog = generate(shop)
+    interactions, catalog, shown = generate_with_impressions(shop)
     name = "synthetic" + (f"-{rest.replace(',', '-').replace('=', '')}" if rest else "")
     generated = LoadReport(rows_read=interactions.height, rows_kept=interactions.height)
-    return from_frames(
+    data = from_frames(
         name,
         interactions,
         catalog,
@@ -139,10 +150,27 @@ def load_synthetic(rest: str, config: DataConfig) -> Dataset:
         report=generated,
         extra_labels={"mechanism": MECHANISMS},
     )
+    if shown is not None:
+        users, hist_len, items, clicked = shown
+        user_index = np.array([data.find_user(f"U{u:05d}") for u in range(shop.users)] + [-1])
+        item_index = np.array([data.find(i) for i in catalog["item_id"]])
+        data.impressions = Impressions(user_index[users], hist_len, item_index[items], clicked)
+        generated.notes.append(
+            f"{len(users):,} impressions ({int(clicked.sum()):,} clicked): the click task (train.task=click) "
+            "learns from them; the other tasks do not read them"
+        )
+    return data
 
 
 def generate(shop: ShopConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(interactions, catalog). Interactions carry ``mechanism`` (code) and ``cause`` (position or -1)."""
+    interactions, catalog, _ = generate_with_impressions(dataclasses.replace(shop, impressions=0))
+    return interactions, catalog
+
+
+def generate_with_impressions(shop: ShopConfig):
+    """(interactions, catalog, impressions): impressions are (users, hist_len, items, clicked)
+    arrays (items 0-based in catalog order), or None when ``shop.impressions`` is 0."""
     rng = np.random.default_rng(shop.seed)
     catalog = _make_catalog(shop, rng)
     n = len(catalog["item_id"])
@@ -158,6 +186,7 @@ def generate(shop: ShopConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     dept_index = np.array([departments.index(d) for d in department])
 
     rows_user, rows_item, rows_time, rows_mech, rows_cause = [], [], [], [], []
+    rows_user_index, rows_item_index = [], []
     for u in range(shop.users):
         taste = rng.dirichlet(np.full(len(departments), 0.4))
         length = int(rng.integers(shop.min_len, shop.max_len + 1))
@@ -171,6 +200,8 @@ def generate(shop: ShopConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
             if item < 0:
                 break
             rows_user.append(f"U{u:05d}")
+            rows_user_index.append(u)
+            rows_item_index.append(item)
             rows_item.append(catalog["item_id"][item])
             rows_time.append(t)
             rows_mech.append(MECHANISMS.index(mech))
@@ -196,7 +227,47 @@ def generate(shop: ShopConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
             "price": [f"{p:.2f}" for p in catalog["price"]],
         }
     )
-    return interactions, frame
+    shown = None
+    if shop.impressions:
+        kinds = (department, brand, kind, device_of)
+        shown = _impressions(shop, np.array(rows_user_index), np.array(rows_item_index), kinds)
+    return interactions, frame, shown
+
+
+def _impressions(shop: ShopConfig, users: np.ndarray, items: np.ndarray, kinds) -> tuple[np.ndarray, ...]:
+    """At each purchase after a shopper's first, ``shop.impressions`` other items not owned,
+    clicked with the planted chance: sigmoid(-2.5 + appeal + 2 x accessory of an owned device
+    + 1.5 x brand of an earlier item in its department + 0.8 x a department they bought from)."""
+    department, brand, kind, device_of = kinds
+    rng = np.random.default_rng([shop.seed, 1])  # its own stream: the purchases do not change
+    n = len(department)
+    appeal = rng.normal(0.0, 0.8, size=n)
+    out_users, out_hist, out_items, out_clicked = [], [], [], []
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    for start, end in zip(starts, np.r_[starts[1:], len(users)], strict=True):
+        history = items[start:end]
+        for p in range(1, len(history)):
+            before = history[:p]
+            owned = np.zeros(n, dtype=bool)
+            owned[before] = True
+            pool = np.flatnonzero(~owned)
+            shown = rng.choice(pool, size=min(shop.impressions, len(pool)), replace=False)
+            accessory = (device_of[shown] >= 0) & owned[np.maximum(device_of[shown], 0)]
+            bought = set(zip(brand[before], department[before], strict=True))
+            same_brand = np.array([(brand[i], department[i]) in bought for i in shown], dtype=bool)
+            same_department = np.isin(department[shown], department[before])
+            logit = -2.5 + appeal[shown] + 2.0 * accessory + 1.5 * same_brand + 0.8 * same_department
+            clicked = rng.random(len(shown)) < 1 / (1 + np.exp(-logit))
+            out_users += [users[start]] * len(shown)
+            out_hist += [p] * len(shown)
+            out_items += shown.tolist()
+            out_clicked += clicked.tolist()
+    return (
+        np.array(out_users, dtype=np.int64),
+        np.array(out_hist, dtype=np.int64),
+        np.array(out_items, dtype=np.int64),
+        np.array(out_clicked, dtype=np.float64),
+    )
 
 
 def _next_purchase(rng, shop, history, owned, taste, dept_index, brand, kind, accessories, popularity):

@@ -64,6 +64,7 @@ def explain_items(
     statuses: list[str] | None = None,
     candidates: int | None = None,
     hidden: list[int] = (),
+    events: np.ndarray | None = None,
     encode: Encode | None = None,
 ) -> list[Explanation]:
     """Explain ``targets`` (dense item indices) for ``history`` (the whole history).
@@ -72,6 +73,7 @@ def explain_items(
     that are large next to an item's lead over it. ``statuses`` (default: all RECOMMENDED)
     say what each target is; only a recommended item gets a counterfactual, whose re-rankings
     hide the history and ``hidden`` (e.g. items the user dismissed), as the served list does.
+    ``events`` are the history's event labels (aligned with it; None: none known).
     ``encode`` (texts -> vectors, the run's text encoder) asks for word attributions
     (:mod:`recscope.explain.words`) of the items text drives, when the model reads text.
     """
@@ -79,13 +81,14 @@ def explain_items(
     model = explainer.model
     read = torch.from_numpy(np.asarray(history[-model.cfg.max_len :], dtype=np.int64))  # what the model reads
     offset = len(history) - len(read)
+    labels = None if events is None else torch.from_numpy(np.asarray(events[-len(read) :], dtype=np.int64))
     target_t = torch.tensor(targets, dtype=torch.long)
     statuses = statuses or [RECOMMENDED] * len(targets)
-    weights = explainer.attribute(read, target_t)  # (K, T)
-    game = field_game(model, explainer.table, read)
+    weights = explainer.attribute(read, target_t, labels)  # (K, T)
+    game = field_game(model, explainer.table, read, events=labels)
     field_weights = explainer.attribute_fields(game, target_t)  # (K, P)
-    cand_fields, names = candidate_fields(model, read, target_t)  # (K, F)
-    maps = attention_maps(model, read)[:, :, -1, :].tolist() if attentions else None
+    cand_fields, names = candidate_fields(model, read, target_t, labels)  # (K, F)
+    maps = attention_maps(model, read, labels)[:, :, -1, :].tolist() if attentions else None
     owned = torch.from_numpy(
         np.unique(np.concatenate([np.asarray(history, dtype=np.int64), np.asarray(hidden, dtype=np.int64)]))
     )
@@ -113,12 +116,12 @@ def explain_items(
             attentions=maps,
         )
         if counterfactual and expl.status == RECOMMENDED:
-            expl.counterfactual = _counterfactual(explainer, read, owned, target, weights[j], k, entries, data)
+            expl.counterfactual = _counterfactual(explainer, read, owned, target, weights[j], k, entries, data, labels)
         explanations.append(expl)
     margins = [s - cutoff if s is not None and cutoff is not None else 0.0 for s in (e.score for e in explanations)]
-    _cited_drops(explainer, read, offset, targets, explanations, margins)
+    _cited_drops(explainer, read, offset, targets, explanations, margins, labels)
     if encode is not None and model.cfg.text_dim:
-        add_words(model, explainer.table, data, read, offset, targets, explanations, encode)
+        add_words(model, explainer.table, data, read, offset, targets, explanations, encode, labels)
     for j, expl in enumerate(explanations):
         reasons = [int(read[h.position - offset]) for h in confirmed(expl, margins[j])]
         expl.sentence = sentence(expl, _shared(data, reasons, targets[j]), margins[j])
@@ -129,7 +132,7 @@ def explain_items(
 
 
 @torch.no_grad()
-def _cited_drops(explainer, read, offset, targets, explanations, margins) -> None:
+def _cited_drops(explainer, read, offset, targets, explanations, margins, events=None) -> None:
     """Set ``cited_drop`` of every recommended item whose sentence may name history items: its own
     score drop when they are taken out together (one batch for all items)."""
     rows, masks = [], []
@@ -142,16 +145,19 @@ def _cited_drops(explainer, read, offset, targets, explanations, margins) -> Non
             masks.append(mask)
     if not rows:
         return
-    variants = torch.cat([read[None, :], without(read, torch.stack(masks))])  # (1 + R, T)
-    hidden = explainer.model.last_hidden(variants, explainer.table)  # (1 + R, C)
+    masks = torch.stack(masks)
+    variants = torch.cat([read[None, :], without(read, masks)])  # (1 + R, T)
+    labels = None if events is None else torch.cat([events[None, :], without(events, masks)])
+    model = explainer.model
+    hidden = model.last_hidden(variants, explainer.table, events=labels)  # (1 + R, C)
     own = explainer.table[torch.tensor([targets[j] for j in rows])]  # (R, C)
-    drops = (hidden[0][None, :] * own).sum(-1) - (hidden[1:] * own).sum(-1)
+    drops = model.predict_paired(hidden[0].expand(len(own), -1), own) - model.predict_paired(hidden[1:], own)
     for j, drop in zip(rows, drops.tolist(), strict=True):
         explanations[j].cited_drop = drop
 
 
-def _counterfactual(explainer, read, owned, target, weights, k, entries, data) -> Counterfactual:
-    found = smallest_removal(explainer.model, explainer.table, read, owned, target, weights, k)
+def _counterfactual(explainer, read, owned, target, weights, k, entries, data, events=None) -> Counterfactual:
+    found = smallest_removal(explainer.model, explainer.table, read, owned, target, weights, k, events=events)
     return Counterfactual(
         removed=[entries[p] for p in found.positions or []],
         new_rank=found.new_rank,

@@ -28,10 +28,10 @@ class AttentionView:
 
 
 @torch.no_grad()
-def attention_maps(model: SeqRec, history: torch.Tensor) -> torch.Tensor:
-    """history (T,) without padding -> (n_layers, n_heads, T, T) attention weights."""
+def attention_maps(model: SeqRec, history: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
+    """history (T,) without padding (and its (T,) event labels) -> (n_layers, n_heads, T, T) attention weights."""
     model.eval()
-    out = model(history[None, :], output_attentions=True)
+    out = model(history[None, :], output_attentions=True, events=None if events is None else events[None, :])
     return torch.stack([a[0] for a in out.attentions])
 
 
@@ -58,8 +58,10 @@ class AttentionExplainer(_ReadingExplainer):
     name = "attention"
     description = "last layer's attention from the final position, mean over heads"
 
-    def attribute(self, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        maps = attention_maps(self.model, history)  # (L, H, T, T)
+    def attribute(
+        self, history: torch.Tensor, targets: torch.Tensor, events: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        maps = attention_maps(self.model, history, events)  # (L, H, T, T)
         row = maps[-1, :, -1, :].mean(0)  # (T,)
         return row.expand(len(targets), -1).clone()
 
@@ -68,8 +70,10 @@ class RolloutExplainer(_ReadingExplainer):
     name = "rollout"
     description = "attention rollout (Abnar & Zuidema 2020): heads averaged, residual added, layers multiplied"
 
-    def attribute(self, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        maps = attention_maps(self.model, history).mean(1)  # (L, T, T)
+    def attribute(
+        self, history: torch.Tensor, targets: torch.Tensor, events: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        maps = attention_maps(self.model, history, events).mean(1)  # (L, T, T)
         T = maps.shape[-1]
         rollout = torch.eye(T)
         for layer in maps:  # the residual stream carries half: A' = (A + I) / 2, rows renormalised

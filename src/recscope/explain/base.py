@@ -3,11 +3,14 @@
 An explainer is built from a loaded model and has one verb::
 
     weights = explainer.attribute(history, targets)   # (T,) items, (K,) items -> (K, T)
+    weights = explainer.attribute(history, targets, events)  # with the history's (T,) event labels
 
 ``weights[k, t]`` is how much history item ``t`` pushed the score of ``targets[k]`` up
-(positive) or down (negative). All K targets are explained in one or a few batched
-passes. Target-independent methods (attention, rollout) return the same row for every
-target and say so with ``target_dependent = False``.
+(positive) or down (negative). The score is what the run's task predicts (``model.predict_many``):
+the next-item score, the predicted rating or the click logit, so every method explains every
+head. A method that removes a history item removes its event label with it. All K targets
+are explained in one or a few batched passes. Target-independent methods (attention, rollout)
+return the same row for every target and say so with ``target_dependent = False``.
 """
 
 from __future__ import annotations
@@ -36,8 +39,11 @@ class Explainer:
         with torch.no_grad():
             self.table = model.item_table()  # (n_items + 1, C)
 
-    def attribute(self, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """history (T,) item indices without padding, targets (K,) -> (K, T) attributions."""
+    def attribute(
+        self, history: torch.Tensor, targets: torch.Tensor, events: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """history (T,) item indices without padding, targets (K,), events (T,) the history's
+        event labels (None: none known) -> (K, T) attributions."""
         raise NotImplementedError
 
     def attribute_fields(self, game, targets: torch.Tensor) -> torch.Tensor:
@@ -46,11 +52,15 @@ class Explainer:
 
     # helpers shared by the methods --------------------------------------------
     def target_scores(
-        self, histories: torch.Tensor, targets: torch.Tensor, tokens: torch.Tensor | None = None
+        self,
+        histories: torch.Tensor,
+        targets: torch.Tensor,
+        tokens: torch.Tensor | None = None,
+        events: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, T) histories (left-padded) and (B,) targets -> (B,) scores, differentiable."""
-        hidden = self.model(histories, tokens=tokens, last_only=True).hidden[:, -1]  # (B, C)
-        return (hidden * self.table[targets]).sum(-1)
+        """(B, T) histories (left-padded) and (B,) targets -> (B,) the task's predictions, differentiable."""
+        hidden = self.model(histories, tokens=tokens, last_only=True, events=events).hidden[:, -1]  # (B, C)
+        return self.model.predict_paired(hidden, self.table[targets])
 
 
 @dataclass

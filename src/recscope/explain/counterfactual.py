@@ -23,10 +23,13 @@ from recscope.ranking import cutoff, hide, rank, top_k
 
 
 @torch.no_grad()
-def removal_ranks(model, table, history: torch.Tensor, owned: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def removal_ranks(
+    model, table, history: torch.Tensor, owned: torch.Tensor, masks: torch.Tensor, events: torch.Tensor | None = None
+) -> torch.Tensor:
     """Scores (V, n_items + 1) of the catalog for each variant (V, T) keep-mask; owned and padding hidden."""
-    hidden = model.last_hidden(without(history, masks), table)  # (V, C)
-    return hide(hidden @ table.T, owned=owned)
+    labels = None if events is None else without(events, masks)
+    hidden = model.last_hidden(without(history, masks), table, events=labels)  # (V, C)
+    return hide(model.predict_many(hidden, table), owned=owned)
 
 
 @dataclass
@@ -52,6 +55,7 @@ def smallest_removal(
     weights: torch.Tensor,
     k: int,
     max_steps: int = 10,
+    events: torch.Tensor | None = None,
 ) -> Removal:
     """The smallest greedy prefix (by ``weights``) of history items whose removal drops ``target``
     out of the top-``k``, verified by re-ranking, and why it drops: whether its own score fell
@@ -64,7 +68,7 @@ def smallest_removal(
     masks = torch.ones(len(order) + 1, T, dtype=torch.bool)  # variant 0 keeps everything
     for step in range(len(order)):
         masks[step + 1 :, order[step]] = False  # variant m removes order[:m]
-    scores = removal_ranks(model, table, history, owned, masks)  # (M + 1, N + 1)
+    scores = removal_ranks(model, table, history, owned, masks, events)  # (M + 1, N + 1)
     own = scores[:, target]
     ranks = rank(scores, torch.full((len(scores),), target))  # (M + 1,) 0-based
     old_cutoff = cutoff(scores[0], k)

@@ -42,6 +42,7 @@ class FieldGame:
     fields: list[str]  # (P,) the field of each player: "id", an attribute name or "text"
     positions: list[int] | None  # (P,) the position of each player (by_position), else None: all positions
     parts: torch.Tensor  # (P, T, C) each player's part of the history tokens; they sum to the tokens
+    events: torch.Tensor | None = None  # (T,) the history's event labels: kept in every coalition
 
     @property
     def n_players(self) -> int:
@@ -56,36 +57,60 @@ class FieldGame:
         out = []
         for chunk in masks.split(CHUNK):
             histories = self.history[None, :].expand(len(chunk), -1)
-            hidden = self.model(histories, tokens=self.tokens(chunk), last_only=True).hidden[:, -1]  # (V, C)
-            out.append(hidden @ self.table[targets].T)
+            hidden = self.model(
+                histories, tokens=self.tokens(chunk), last_only=True, events=self._events(len(chunk))
+            ).hidden[:, -1]  # (V, C)
+            out.append(self.model.predict_many(hidden, self.table[targets]))
         return torch.cat(out)
+
+    def _events(self, n: int) -> torch.Tensor | None:
+        return None if self.events is None else self.events[None, :].expand(n, -1)
 
     def paired(self, masks: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(B, P) masks, (B,) targets -> (B,) the score of row b's target under row b's coalition,
         differentiable in ``masks`` (the gradient methods)."""
         histories = self.history[None, :].expand(len(masks), -1)
-        hidden = self.model(histories, tokens=self.tokens(masks), last_only=True).hidden[:, -1]
-        return (hidden * self.table[targets]).sum(-1)
+        hidden = self.model(histories, tokens=self.tokens(masks), last_only=True, events=self._events(len(masks)))
+        return self.model.predict_paired(hidden.hidden[:, -1], self.table[targets])
 
 
 @torch.no_grad()
-def field_game(model: SeqRec, table: torch.Tensor, history: torch.Tensor, by_position: bool = False) -> FieldGame:
-    """The field game of ``history`` (T,): one player per field, or per (position, field)."""
+def field_game(
+    model: SeqRec,
+    table: torch.Tensor,
+    history: torch.Tensor,
+    by_position: bool = False,
+    events: torch.Tensor | None = None,
+) -> FieldGame:
+    """The field game of ``history`` (T,): one player per field, or per (position, field); the
+    history's ``events`` labels (T,) stay in every coalition (they are not an item's field)."""
     parts = model.field_embeddings(history)  # name -> (T, C)
     names = list(parts)
     stacked = torch.stack([parts[n] for n in names])  # (F, T, C)
     if not by_position:
-        return FieldGame(model, table, history, names, None, stacked)
+        return FieldGame(model, table, history, names, None, stacked, events)
     T = len(history)
     eye = torch.eye(T, dtype=stacked.dtype)
     # player (t, f) holds field f's part at position t only: (T * F, T, C), position-major
     pieces = torch.einsum("st,ftc->sftc", eye, stacked).reshape(T * len(names), T, -1)
-    return FieldGame(model, table, history, names * T, [t for t in range(T) for _ in names], pieces)
+    return FieldGame(model, table, history, names * T, [t for t in range(T) for _ in names], pieces, events)
 
 
 @torch.no_grad()
-def candidate_fields(model: SeqRec, history: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
-    """(K, F) each model field's exact share of each target's score, and the field names."""
-    hidden = model(history[None, :]).hidden[0, -1]  # (C,)
+def candidate_fields(
+    model: SeqRec, history: torch.Tensor, targets: torch.Tensor, events: torch.Tensor | None = None
+) -> tuple[torch.Tensor, list[str]]:
+    """(K, F) each model field's share of each target's score, and the field names.
+
+    Next item: the exact split (the score is a dot product with the sum of the parts). A rating or
+    click head is not additive in its candidate: a field's share is what the prediction loses
+    when that part is taken out of the candidate's token."""
+    labels = None if events is None else events[None, :]
+    hidden = model(history[None, :], events=labels).hidden[0, -1]  # (C,)
     parts = model.field_embeddings(targets)  # name -> (K, C)
-    return torch.stack([parts[n] @ hidden for n in parts], dim=-1), list(parts)
+    if model.head is None:
+        return torch.stack([parts[n] @ hidden for n in parts], dim=-1), list(parts)
+    whole = torch.stack(list(parts.values())).sum(0)  # (K, C)
+    h = hidden.expand(len(targets), -1)
+    full = model.predict_paired(h, whole)
+    return torch.stack([full - model.predict_paired(h, whole - parts[n]) for n in parts], dim=-1), list(parts)

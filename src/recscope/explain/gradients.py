@@ -18,25 +18,31 @@ from recscope.explain.base import Explainer
 
 
 class _TokenExplainer(Explainer):
-    def _inputs(self, history: torch.Tensor, targets: torch.Tensor):
+    def _inputs(self, history: torch.Tensor, targets: torch.Tensor, events: torch.Tensor | None):
         K = len(targets)
         histories = history[None, :].expand(K, -1)  # (K, T)
         with torch.no_grad():
             tokens = self.model.item_tokens(histories)  # (K, T, C)
-        return histories, tokens
+        labels = None if events is None else events[None, :].expand(K, -1)
+        return histories, tokens, labels
 
-    def _forward(self, tokens: torch.Tensor, histories: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.target_scores(histories, targets, tokens=tokens)  # (batch,)
+    def _forward(
+        self, tokens: torch.Tensor, histories: torch.Tensor, targets: torch.Tensor, events: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # Captum repeats the extra arguments along the batch for its steps; events ride along unchanged.
+        return self.target_scores(histories, targets, tokens=tokens, events=events)  # (batch,)
 
 
 class GradInputExplainer(_TokenExplainer):
     name = "grad_input"
     description = "gradient x input on each history item's token (Captum InputXGradient)"
 
-    def attribute(self, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        histories, tokens = self._inputs(history, targets)
+    def attribute(
+        self, history: torch.Tensor, targets: torch.Tensor, events: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        histories, tokens, labels = self._inputs(history, targets, events)
         tokens.requires_grad_(True)
-        attr = InputXGradient(self._forward).attribute(tokens, additional_forward_args=(histories, targets))
+        attr = InputXGradient(self._forward).attribute(tokens, additional_forward_args=(histories, targets, labels))
         return attr.sum(-1).detach()  # (K, T)
 
     def attribute_fields(self, game, targets: torch.Tensor) -> torch.Tensor:
@@ -53,12 +59,18 @@ class IntegratedGradientsExplainer(_TokenExplainer):
         super().__init__(model)
         self.n_steps = n_steps
 
-    def attribute(self, history: torch.Tensor, targets: torch.Tensor, return_delta: bool = False):
-        histories, tokens = self._inputs(history, targets)
+    def attribute(
+        self,
+        history: torch.Tensor,
+        targets: torch.Tensor,
+        events: torch.Tensor | None = None,
+        return_delta: bool = False,
+    ):
+        histories, tokens, labels = self._inputs(history, targets, events)
         attr, delta = IntegratedGradients(self._forward).attribute(
             tokens,
             baselines=torch.zeros_like(tokens),
-            additional_forward_args=(histories, targets),
+            additional_forward_args=(histories, targets, labels),
             n_steps=self.n_steps,
             internal_batch_size=max(len(targets) * self.n_steps, 1),
             return_convergence_delta=True,

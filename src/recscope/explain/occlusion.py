@@ -14,7 +14,8 @@ from recscope.explain.base import Explainer
 
 def without(history: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """history (T,), masks (V, T) bool keep-flags -> (V, T) histories with the dropped items
-    removed (not blanked: later items move up) and left-padded with 0."""
+    removed (not blanked: later items move up) and left-padded with 0. The same on the history's
+    event labels keeps them aligned with the items."""
     V, T = masks.shape
     keep = masks.long()
     order = torch.argsort(keep, dim=1, stable=True)  # dropped first, kept after, in their order
@@ -27,12 +28,15 @@ class OcclusionExplainer(Explainer):
     description = "leave-one-out: the score drop when the history item is removed (one batched pass)"
 
     @torch.no_grad()
-    def attribute(self, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def attribute(
+        self, history: torch.Tensor, targets: torch.Tensor, events: torch.Tensor | None = None
+    ) -> torch.Tensor:
         T = len(history)
         masks = ~torch.eye(T, dtype=torch.bool)  # (T, T): variant t drops item t
         variants = torch.cat([history[None, :], without(history, masks)])  # (T + 1, T)
-        hidden = self.model.last_hidden(variants, self.table)  # (T + 1, C)
-        scores = hidden @ self.table[targets].T  # (T + 1, K)
+        labels = None if events is None else torch.cat([events[None, :], without(events, masks)])
+        hidden = self.model.last_hidden(variants, self.table, events=labels)  # (T + 1, C)
+        scores = self.model.predict_many(hidden, self.table[targets])  # (T + 1, K)
         return (scores[0][None, :] - scores[1:]).T.contiguous()  # (K, T)
 
     @torch.no_grad()

@@ -40,13 +40,18 @@ class ShapleyExplainer(Explainer):
     description = "Shapley values: each item's marginal contribution averaged over the orders of the history"
 
     @torch.no_grad()
-    def attribute(self, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return shapley(lambda masks: self.values(history, masks, targets), len(history), len(targets))
+    def attribute(
+        self, history: torch.Tensor, targets: torch.Tensor, events: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return shapley(lambda masks: self.values(history, masks, targets, events), len(history), len(targets))
 
-    def values(self, history: torch.Tensor, masks: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def values(
+        self, history: torch.Tensor, masks: torch.Tensor, targets: torch.Tensor, events: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(V, T) keep-masks -> (V, K) scores of the targets given each sub-history."""
-        hidden = self.model.last_hidden(without(history, masks), self.table)  # (V, C)
-        return hidden @ self.table[targets].T
+        labels = None if events is None else without(events, masks)
+        hidden = self.model.last_hidden(without(history, masks), self.table, events=labels)  # (V, C)
+        return self.model.predict_many(hidden, self.table[targets])
 
     def exact(self, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return exact_shapley(lambda masks: self.values(history, masks, targets), len(history), len(targets))

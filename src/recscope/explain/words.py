@@ -107,24 +107,35 @@ def text_share(expl) -> float:
 
 @torch.no_grad()
 def score_drops(
-    model: SeqRec, table: torch.Tensor, read: torch.Tensor, targets: torch.Tensor, items: torch.Tensor, vectors
+    model: SeqRec,
+    table: torch.Tensor,
+    read: torch.Tensor,
+    targets: torch.Tensor,
+    items: torch.Tensor,
+    vectors,
+    events: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Row v: the drop of ``targets[v]``'s score for history ``read`` (T,) when item ``items[v]``
-    gets the text vector ``vectors[v]`` (V, dim) instead of its own: its table row changes (when
-    it is the target) and so do its tokens in the history (when it is there). -> (V,)."""
+    """Row v: the drop of ``targets[v]``'s score (what the run's task predicts) for history ``read``
+    (T,) with its event labels ``events`` (T,) when item ``items[v]`` gets the text vector
+    ``vectors[v]`` (V, dim) instead of its own: its table row changes (when it is the target) and
+    so do its tokens in the history (when it is there). -> (V,)."""
     vectors = torch.as_tensor(vectors, dtype=model.text_vectors.dtype)
     delta = model.text_proj(vectors) - model.text_proj(model.text_vectors[items])  # (V, C)
     rows = table[targets] + delta * (targets == items)[:, None]  # (V, C) the targets' changed rows
     tokens = table[read][None]  # (1, T, C)
-    base_hidden = model(read[None], tokens=tokens, last_only=True).hidden[0, -1]  # (C,)
+    labels = None if events is None else events[None]
+    base_hidden = model(read[None], tokens=tokens, last_only=True, events=labels).hidden[0, -1]  # (C,)
     hidden = base_hidden.expand(len(items), -1).clone()  # (V, C)
     inside = read[None, :] == items[:, None]  # (V, T) where each changed item stands in the history
     changed = inside.any(1).nonzero().flatten()
     for rows_ in changed.split(CHUNK):
         varied = tokens + inside[rows_, :, None] * delta[rows_, None, :]  # (B, T, C)
-        hidden[rows_] = model(read[None].expand(len(rows_), -1), tokens=varied, last_only=True).hidden[:, -1]
-    base = table[targets] @ base_hidden  # (V,)
-    return base - (hidden * rows).sum(-1)
+        batch = None if labels is None else labels.expand(len(rows_), -1)
+        hidden[rows_] = model(read[None].expand(len(rows_), -1), tokens=varied, last_only=True, events=batch).hidden[
+            :, -1
+        ]
+    base = model.predict_paired(base_hidden.expand(len(targets), -1), table[targets])  # (V,)
+    return base - model.predict_paired(hidden, rows)
 
 
 @dataclass
@@ -146,6 +157,7 @@ def word_weights(
     titles: list[_Title],
     encode: Encode,
     cuts: Callable[[_Title], list[list[tuple[int, int]]]] | None = None,
+    events: torch.Tensor | None = None,
 ) -> list[np.ndarray]:
     """Per title, the score drop of each variant of its text: by default each word taken out alone
     (``cuts`` names other sets of words to take out together). One encoder call, batched scoring."""
@@ -172,6 +184,7 @@ def word_weights(
         torch.tensor(targets, dtype=torch.long),
         torch.tensor(items, dtype=torch.long),
         torch.from_numpy(encoded[variant_rows]),
+        events,
     ).numpy()
     out, start = [], 0
     for plan in plans:
@@ -202,10 +215,11 @@ def titles_to_weigh(data, read: torch.Tensor, offset: int, targets: list[int], e
     return titles
 
 
-def add_words(model, table, data, read, offset, targets, explanations, encode: Encode) -> None:
-    """Set ``words`` of every explanation text drives (:func:`text_share`): all in one encoder call."""
+def add_words(model, table, data, read, offset, targets, explanations, encode: Encode, events=None) -> None:
+    """Set ``words`` of every explanation text drives (:func:`text_share`): all in one encoder call.
+    ``events`` (T,) are the history's event labels (None: none known)."""
     titles = titles_to_weigh(data, read, offset, targets, explanations)
-    weights = word_weights(model, table, read, titles, encode)
+    weights = word_weights(model, table, read, titles, encode, events=events)
     for j, expl in enumerate(explanations):
         mine = [(t, w) for t, w in zip(titles, weights, strict=True) if t.expl == j]
         if not mine:

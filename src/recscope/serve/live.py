@@ -33,7 +33,7 @@ class StoreHistories:
                 f"unknown user {user_id!r}: not in the run's training data and no events stored",
                 fix="post an event for this user to POST /events, or use a user id the run was trained on",
             )
-        events = (trained or []) + [Event(e.item_id, e.event, e.timestamp, "store") for e in stored]
+        events = (trained or []) + [Event(e.item_id, e.event, e.timestamp, "store", e.value) for e in stored]
         return resolve(self.run.data, user_id, events, in_run=trained is not None)
 
 

@@ -1,0 +1,256 @@
+"""What a run learns to predict (``train.task``), the event inputs, and each task's baselines.
+
+- ``next_item`` (the default): rank the catalog for the user's next item (:mod:`recscope.evaluate`).
+- ``rating``: the next item's rating, from the data's ``value`` column (MovieLens ratings, a
+  csv ``value``). Evaluated on the split's valid / test targets by RMSE and MAE, against a
+  user/item bias baseline (global mean + regularised user and item biases, fitted on the
+  training ratings, its regularisation chosen on valid) measured in the same call.
+- ``click``: whether a shown item is clicked, from the data's impressions (the synthetic shop
+  emits them with ``synthetic:impressions=N``). Evaluated on the impressions shown at the
+  split's valid / test moments by AUC and log loss, against popularity-CTR (each item's
+  smoothed training click rate, the smoothing chosen on valid).
+
+The live store logs served lists and the feedback on them (``recscope.serve.store``): a
+served list is an impression row per shown item (``served_items``: request, rank, item) for
+the history the user had when it was served (``served.user_id``, ``served.created_at``: the
+user's events up to that moment), clicked when a ``feedback`` row with action ``click`` (or
+``purchase``) names the same request and item; a ``dismiss`` is a shown, not clicked item.
+Click training will read them as :class:`recscope.data.dataset.Impressions` built that way
+(``hist_len`` = the user's events before ``created_at``); that is the feedback loop's part.
+
+Event inputs: an event's token adds the embedding of its label, which says what the user did
+beyond the item: its type (``view``, ``purchase``, any string the data names) and, in a rating
+run, the rating given (``rating=4``; an event without a type: ``value=4``). A label the run was
+not trained on (a new kind of event, an ad-hoc history) is label 0, which adds nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from recscope.config import Config
+from recscope.data import Dataset, EvalCases, Split, pad_left
+from recscope.data.dataset import NO_EVENT, Impressions
+from recscope.errors import RunError
+from recscope.histories import TRAINING_EVENT
+from recscope.metrics import auc, log_loss, mae, rmse
+
+TASKS = ("next_item", "rating", "click")
+
+# The metric each task's model selection maximises (sign +1) or minimises (-1) on valid.
+SELECT_ON = {"next_item": ("NDCG@10", 1.0), "rating": ("RMSE", -1.0), "click": ("AUC", 1.0)}
+
+
+# ---------------------------------------------------------------------- event inputs
+def event_label(event: str, value: float | None, with_value: bool) -> str:
+    """What an event's token says beyond its item: its type, and with ``with_value`` its value."""
+    kind = "" if event in (NO_EVENT, TRAINING_EVENT) else event
+    if with_value and value is not None and math.isfinite(value):
+        return f"{kind or 'value'}={round(value, 1):g}"
+    return kind
+
+
+@dataclass
+class EventInputs:
+    """The event labels of a run: ``labels[code]`` (``labels[0]`` is "": nothing known), and the
+    code of every event of its data, aligned with ``Dataset.items``."""
+
+    labels: list[str]
+    codes: np.ndarray  # (n_events,) int64
+    with_value: bool  # labels hold the event's value (a rating run)
+
+    def __post_init__(self) -> None:
+        self._lookup = {label: i for i, label in enumerate(self.labels)}
+
+    def code(self, event: str, value: float | None = None) -> int:
+        """The label code of an event (0 for a label the run does not know)."""
+        return self._lookup.get(event_label(event, value, self.with_value), 0)
+
+
+def event_inputs(data: Dataset, config: Config) -> EventInputs | None:
+    """The run's event labels, or None when the model reads none (``model.use_events`` off, or
+    the data tells fewer than two labels apart)."""
+    if not config.model.use_events:
+        return None
+    with_value = config.train.task == "rating"
+    types = data.event_types
+    per_event = [
+        event_label(types[c], v, with_value) for c, v in zip(data.events.tolist(), data.values.tolist(), strict=True)
+    ]
+    labels = ["", *sorted(set(per_event) - {""})]
+    if len(labels) < 3:
+        return None
+    lookup = {label: i for i, label in enumerate(labels)}
+    return EventInputs(labels, np.array([lookup[p] for p in per_event], dtype=np.int64), with_value)
+
+
+def check_task(data: Dataset, task: str, spec: str = "the data") -> None:
+    """A RunError when ``data`` lacks what ``task`` learns from."""
+    if task == "rating" and not data.has_values:
+        raise RunError(
+            f"train.task=rating predicts each event's value, and {spec} has none",
+            fix="give the interactions a numeric value column (ratings), e.g. --data movielens:DIR",
+        )
+    if task == "click" and (data.impressions is None or len(data.impressions) == 0):
+        raise RunError(
+            f"train.task=click learns from impressions (items shown, clicked or not), and {spec} has none",
+            fix="use data with impressions, e.g. --data synthetic:impressions=5",
+        )
+
+
+# ---------------------------------------------------------------------- labelled cases
+@dataclass
+class Labelled:
+    """Items to predict a label for: ``items[r]`` after the first ``hist_len[r]`` events of ``users[r]``."""
+
+    users: np.ndarray
+    hist_len: np.ndarray
+    items: np.ndarray
+    labels: np.ndarray  # float64: a rating, or 1.0 / 0.0 for a click
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def rating_cases(data: Dataset, cases: EvalCases) -> Labelled:
+    """The split's valid or test targets that have a rating."""
+    ratings = data.values[data.offsets[cases.users] + cases.hist_len]
+    keep = np.isfinite(ratings)
+    return Labelled(cases.users[keep], cases.hist_len[keep], cases.targets[keep], ratings[keep])
+
+
+def click_cases(data: Dataset, split: Split, part: str) -> Labelled:
+    """The impressions of ``part``: "train" (shown while the user's history was all training
+    events), "valid" or "test" (shown at the moment of the user's valid / test case)."""
+    imp: Impressions = data.impressions
+    if part == "train":
+        mask = imp.hist_len < split.train_len[imp.users]
+    else:
+        cases = getattr(split, part)
+        at = np.full(data.n_users, -1, dtype=np.int64)
+        at[cases.users] = cases.hist_len
+        mask = imp.hist_len == at[imp.users]
+    rows = imp.rows(mask & (imp.hist_len >= 1))  # a history to read
+    return Labelled(rows.users, rows.hist_len, rows.items, rows.clicked)
+
+
+def training_ratings(data: Dataset, train_len: np.ndarray) -> Labelled:
+    """Every training event with a rating (the bias baseline fits these)."""
+    users = np.repeat(np.arange(data.n_users), train_len)
+    position = np.arange(len(users)) - np.repeat(np.cumsum(train_len) - train_len, train_len)
+    index = data.offsets[users] + position
+    keep = np.isfinite(data.values[index])
+    return Labelled(users[keep], position[keep], data.items[index][keep], data.values[index][keep])
+
+
+# ---------------------------------------------------------------------- predictions and metrics
+@torch.no_grad()
+def predict(model, data: Dataset, cases: Labelled, inputs: EventInputs | None, batch_size: int = 1024) -> np.ndarray:
+    """The model's prediction for every case: a rating, or a click probability."""
+    model.eval()
+    table = model.item_table()
+    out = np.empty(len(cases))
+    for start in range(0, len(cases), batch_size):
+        sl = slice(start, start + batch_size)
+        users, hist_len = cases.users[sl], cases.hist_len[sl]
+        width = min(model.cfg.max_len, max(int(hist_len.max()), 1))
+        histories = torch.from_numpy(pad_left(data, users, hist_len, width))
+        events = None if inputs is None else torch.from_numpy(pad_left(data, users, hist_len, width, inputs.codes))
+        hidden = model.last_hidden(histories, table, events=events)
+        values = model.predict_paired(hidden, table[torch.from_numpy(cases.items[sl])])
+        out[sl] = (torch.sigmoid(values) if model.cfg.head == "click" else values).double().numpy()
+    return out
+
+
+def task_metrics(task: str, labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    if task == "rating":
+        return {"RMSE": rmse(labels, predicted), "MAE": mae(labels, predicted), "cases": len(labels)}
+    return {"AUC": auc(labels, predicted), "logloss": log_loss(labels, predicted), "cases": len(labels)}
+
+
+class BiasBaseline:
+    """rating = global mean + user bias + item bias, the biases regularised by ``reg`` (fitted by
+    alternating least squares on the training ratings; an unseen user or item has bias 0)."""
+
+    name = "user/item bias"
+
+    def __init__(self, data: Dataset, train: Labelled, reg: float, sweeps: int = 15):
+        self.reg = reg
+        self.mean = float(train.labels.mean())
+        self.user_bias = np.zeros(data.n_users)
+        self.item_bias = np.zeros(data.n_items + 1)
+        user_n = np.bincount(train.users, minlength=data.n_users)
+        item_n = np.bincount(train.items, minlength=data.n_items + 1)
+        for _ in range(sweeps):
+            rest = train.labels - self.mean - self.user_bias[train.users]
+            self.item_bias = np.bincount(train.items, rest, minlength=data.n_items + 1) / np.maximum(item_n + reg, 1e-9)
+            rest = train.labels - self.mean - self.item_bias[train.items]
+            self.user_bias = np.bincount(train.users, rest, minlength=data.n_users) / np.maximum(user_n + reg, 1e-9)
+
+    def __call__(self, cases: Labelled) -> np.ndarray:
+        return self.mean + self.user_bias[cases.users] + self.item_bias[cases.items]
+
+
+class PopularityCTR:
+    """click probability = the item's training clicks over its impressions, smoothed toward the
+    overall click rate by ``prior`` impressions' worth."""
+
+    name = "popularity-CTR"
+
+    def __init__(self, data: Dataset, train: Labelled, prior: float):
+        self.prior = prior
+        rate = float(train.labels.mean())
+        shown = np.bincount(train.items, minlength=data.n_items + 1)
+        clicks = np.bincount(train.items, train.labels, minlength=data.n_items + 1)
+        self.ctr = (clicks + prior * rate) / (shown + prior)
+
+    def __call__(self, cases: Labelled) -> np.ndarray:
+        return self.ctr[cases.items]
+
+
+REGULARISATION = (1.0, 3.0, 10.0, 25.0)  # the bias baseline's choices (picked on valid)
+PRIORS = (1.0, 10.0, 100.0)  # popularity-CTR's smoothing choices (picked on valid)
+
+
+def cases_of(data: Dataset, split: Split, task: str, part: str) -> Labelled:
+    if task == "rating":
+        return rating_cases(data, getattr(split, part))
+    return click_cases(data, split, part)
+
+
+def baseline(data: Dataset, split: Split, task: str):
+    """The task's baseline, its one setting chosen on valid (never on test)."""
+    valid = cases_of(data, split, task, "valid")
+    if task == "rating":
+        train = training_ratings(data, split.train_len)
+        candidates = [BiasBaseline(data, train, reg) for reg in REGULARISATION]
+        return min(candidates, key=lambda b: rmse(valid.labels, b(valid)))
+    train = click_cases(data, split, "train")
+    candidates = [PopularityCTR(data, train, prior) for prior in PRIORS]
+    return max(candidates, key=lambda b: auc(valid.labels, b(valid)))
+
+
+def evaluate_task(
+    model, data: Dataset, split: Split, task: str, part: str, inputs: EventInputs | None, baselines: bool = True
+) -> dict[str, dict[str, float]]:
+    """{"recscope": metrics, "<baseline>": metrics} of the rating or click task on ``part``."""
+    cases = cases_of(data, split, task, part)
+    if len(cases) == 0:
+        raise RunError(f"the {part} split holds no {task} cases", fix="use data with more events per user")
+    results = {"recscope": task_metrics(task, cases.labels, predict(model, data, cases, inputs))}
+    if baselines:
+        base = baseline(data, split, task)
+        results[base.name] = task_metrics(task, cases.labels, base(cases))
+    return results
+
+
+def head_bias(data: Dataset, split: Split, task: str) -> float:
+    """The head's starting bias: the mean training rating, or the training click log-odds."""
+    if task == "rating":
+        return float(training_ratings(data, split.train_len).labels.mean())
+    rate = float(np.clip(click_cases(data, split, "train").labels.mean(), 1e-4, 1 - 1e-4))
+    return math.log(rate / (1 - rate))
