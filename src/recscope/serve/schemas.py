@@ -49,9 +49,10 @@ class EventsOut(Strict):
 
 class HistoryItem(Strict):
     item_id: str
-    event: str  # "interaction" for the run's training data, else the stored event's kind
+    event: str  # the event's kind (the data's event type, the stored event's); "interaction" when not known
     timestamp: float  # epoch seconds (the training data's own clock for source "run")
     source: Literal["run", "store", "request"]  # trained on, posted since, or given in the request
+    value: float | None = None  # the event's value (a rating, ...), when it has one
 
 
 class HistoryOut(Strict):
