@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -244,13 +245,15 @@ class Encoded:
 
 
 _ENCODERS: dict[str, SentenceEncoder] = {}  # one loaded model per encoder, shared by the process
+_LOADING = threading.Lock()  # a caller that needs the encoder while another thread loads it waits for it
 
 
 def encoder(name: str, cache: str | Path = "") -> SentenceEncoder:
     """The loaded encoder ``name`` (loaded once per process; its ONNX export lives in the cache folder)."""
-    if name not in _ENCODERS:
-        _ENCODERS[name] = SentenceEncoder(name, onnx_folder=cache_folder(str(cache)))
-    return _ENCODERS[name]
+    with _LOADING:
+        if name not in _ENCODERS:
+            _ENCODERS[name] = SentenceEncoder(name, onnx_folder=cache_folder(str(cache)))
+        return _ENCODERS[name]
 
 
 def encode_texts(

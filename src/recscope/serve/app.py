@@ -13,6 +13,7 @@ ones of its own (404, 409) it declares with ``schemas.errors``.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -65,7 +66,9 @@ def load_service(settings: Settings, *, version: str | None = None, store: Store
         store = Store.open(settings.db) if settings.db else Store.for_run(run)
     recommender.histories = StoreHistories(RunHistories(recommender.data), store)
     add_stored_items(recommender, store)
-    recommender.load_text_encoder()  # PUT /items encodes a new title at once
+    # Loaded beside the service, not before it is ready: the first PUT /items waits for it if it
+    # comes sooner, later ones encode their title at once.
+    threading.Thread(target=recommender.load_text_encoder, name="text-encoder", daemon=True).start()
     return Service(
         recommender=recommender, store=store, model_version=recommender.version, busy_after=settings.busy_after
     )
