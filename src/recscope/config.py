@@ -52,6 +52,9 @@ class ModelConfig:
     use_attributes: bool = True  # (bool) add catalog attribute embeddings to each item token
     use_text: bool = True  # (bool) add the item's projected text embedding when the catalog has text
     fused_attention: bool = True  # (bool) use torch's fused attention kernel in training (explain path is always eager)
+    text_norm: bool = False  # (bool) LayerNorm the projected text embedding (then scaled by text_scale)
+    text_scale: float = 1.0  # (float) with text_norm: the normalised text embedding's scale relative to unit variance
+    id_dropout: float = 0.0  # (float) training: share of input tokens whose id embedding is zeroed (fields carry them)
     # Filled from the data at training time; never set by hand.
     n_items: int = 0  # (int) catalog size, item index 0 is padding
     fields: tuple[tuple[str, int, int], ...] = ()  # ((name, vocabulary size, values per item), ...) attribute fields
@@ -298,6 +301,8 @@ RULES: dict[str, Rule] = {
     "model.n_heads": _range(1, 256),
     "model.dropout": _range(0, 1, open_high=True),
     "model.attn_dropout": _range(0, 1, open_high=True),
+    "model.text_scale": _range(0, 1000, open_low=True),
+    "model.id_dropout": _range(0, 1, open_high=True),
     "model.n_items": _range(0),
     "model.fields": Rule(_fields, "(name, vocabulary size >= 1, values per item >= 1) per field"),
     "model.text_dim": _range(0, 65_536),

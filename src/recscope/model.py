@@ -106,6 +106,9 @@ class SeqRec(nn.Module):
         if cfg.text_dim:
             self.register_buffer("text_vectors", torch.zeros(cfg.n_items + 1, cfg.text_dim))
             self.text_proj = nn.Linear(cfg.text_dim, C, bias=False)
+            # A LayerNorm gives the projected text the id embedding's role as an equal partner:
+            # unit-variance per token whatever the projection's scale (model.text_norm).
+            self.text_norm = nn.LayerNorm(C) if cfg.text_norm else None
         self.pos_emb = nn.Embedding(cfg.max_len, C)
         self.emb_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
@@ -166,12 +169,18 @@ class SeqRec(nn.Module):
             count = (values > 0).sum(-1, keepdim=True).clamp(min=1)
             parts[name] = emb.sum(-2) / count
         if self.cfg.text_dim:
-            parts["text"] = self.text_proj(self.text_vectors[items])
+            text = self.text_proj(self.text_vectors[items])
+            parts["text"] = text if self.text_norm is None else self.text_norm(text) * self.cfg.text_scale
         return parts
 
-    def item_tokens(self, items: Tensor) -> Tensor:
-        """(*S) item indices -> (*S, C) fused item tokens (sum of the fields)."""
+    def item_tokens(self, items: Tensor, id_dropout: float = 0.0) -> Tensor:
+        """(*S) item indices -> (*S, C) fused item tokens (sum of the fields). ``id_dropout``: the
+        share of tokens whose id embedding is zeroed (training only, ``model.id_dropout``), so the
+        attribute and text fields learn to stand for an item as they must for a new one."""
         parts = self.field_embeddings(items)
+        if id_dropout > 0:
+            keep = torch.rand(items.shape, device=items.device) >= id_dropout  # (*S)
+            parts["id"] = parts["id"] * keep.unsqueeze(-1)
         return torch.stack(list(parts.values())).sum(0)
 
     def item_table(self) -> Tensor:
@@ -193,7 +202,7 @@ class SeqRec(nn.Module):
             T = self.cfg.max_len
         valid = items > 0  # (B, T)
         if tokens is None:
-            tokens = self.item_tokens(items)
+            tokens = self.item_tokens(items, self.cfg.id_dropout if self.training else 0.0)
         pos = torch.arange(self.cfg.max_len - T, self.cfg.max_len, device=items.device)
         x = tokens * math.sqrt(self.cfg.d_model) + self.pos_emb(pos)
         x = self.emb_dropout(x * valid.unsqueeze(-1))  # (B, T, C)
