@@ -55,6 +55,8 @@ class ModelConfig:
     use_text: bool = True  # (bool) add the item's projected text embedding when the catalog has text
     fused_attention: bool = True  # (bool) use torch's fused attention kernel in training (explain path is always eager)
     use_events: bool = True  # (bool) add an event-type embedding (view, cart, ...) to tokens when the data has >1 type
+    text_norm: bool = False  # (bool) LayerNorm the projected text embedding (then scaled by text_scale)
+    text_scale: float = 1.0  # (float) with text_norm: the normalised text embedding's scale relative to unit variance
     # Filled from the data at training time; never set by hand.
     n_items: int = 0  # (int) catalog size, item index 0 is padding
     fields: tuple[tuple[str, int, int], ...] = ()  # ((name, vocabulary size, values per item), ...) attribute fields
@@ -312,6 +314,7 @@ RULES: dict[str, Rule] = {
     "model.n_heads": _range(1, 256),
     "model.dropout": _range(0, 1, open_high=True),
     "model.attn_dropout": _range(0, 1, open_high=True),
+    "model.text_scale": _range(0, 1000, open_low=True),
     "model.n_items": _range(0),
     "model.fields": Rule(_fields, "(name, vocabulary size >= 1, values per item >= 1) per field"),
     "model.text_dim": _range(0, 65_536),

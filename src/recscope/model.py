@@ -127,6 +127,9 @@ class SeqRec(nn.Module):
         if cfg.text_dim:
             self.register_buffer("text_vectors", torch.zeros(cfg.n_items + 1, cfg.text_dim))
             self.text_proj = nn.Linear(cfg.text_dim, C, bias=False)
+            # A LayerNorm gives the projected text the id embedding's role as an equal partner:
+            # unit-variance per token whatever the projection's scale (model.text_norm).
+            self.text_norm = nn.LayerNorm(C) if cfg.text_norm else None
         if cfg.n_events:
             self.event_emb = nn.Embedding(cfg.n_events, C, padding_idx=0)  # label 0: no type known, adds nothing
         self.pos_emb = nn.Embedding(cfg.max_len, C)
@@ -190,7 +193,8 @@ class SeqRec(nn.Module):
             count = (values > 0).sum(-1, keepdim=True).clamp(min=1)
             parts[name] = emb.sum(-2) / count
         if self.cfg.text_dim:
-            parts["text"] = self.text_proj(self.text_vectors[items])
+            text = self.text_proj(self.text_vectors[items])
+            parts["text"] = text if self.text_norm is None else self.text_norm(text) * self.cfg.text_scale
         return parts
 
     def item_tokens(self, items: Tensor) -> Tensor:
