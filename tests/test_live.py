@@ -307,6 +307,7 @@ def test_the_service_over_postgresql_reacts_and_keeps_what_it_was_sent(run, requ
             "event": "purchase",
             "timestamp": history[-1]["timestamp"],
             "source": "store",
+            "value": None,
         }
         assert client.get("/items/PG/1").json()["title"] == "Ünïcode item ✓"
         assert [r["item_id"] for r in client.get(f"/users/{user}/recommendations").json()["items"]] == after

@@ -82,6 +82,7 @@ def test_a_posted_purchase_changes_the_next_answer(client, rec):
         "event": "purchase",
         "timestamp": 1893456000.0,
         "source": "store",
+        "value": 9.5,
     }
     after = _ids(client.get(f"/users/{user}/recommendations", params={"k": 10}))
     assert after != before and bought not in after
