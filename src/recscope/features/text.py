@@ -13,6 +13,7 @@ what is new; the model is not even loaded when every text is cached.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -64,10 +65,12 @@ def model_path(encoder: str) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=16)
 def model_key(encoder: str) -> str:
     """A name for the encoder's weights, the cache's file name: the folder's name and a digest of
     its files (names, sizes and the small config files' text), so changed weights never read
-    another model's vectors."""
+    another model's vectors. Worked out once per process: every added item asks for it, and the
+    folder's tokenizer file alone is most of a megabyte to hash."""
     path = model_path(encoder)
     h = hashlib.blake2b(digest_size=8)
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
