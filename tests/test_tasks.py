@@ -161,3 +161,12 @@ def test_explanations_explain_the_heads_prediction(rating_run, click_run, method
     shorter_events = None if labels is None else without(labels, keep[None])
     shorter = rec.model.score(without(read, keep[None]), explainer.table, shorter_events)[0, 7]
     assert float(weights[0]) == pytest.approx(float(scores[7] - shorter), abs=1e-4)
+
+
+def test_a_rating_runs_sentences_say_what_the_user_rated(rating_run):
+    """A rating run's history is what the user rated: its sentences cite items "you rated"."""
+    rec = Recommender.load(rating_run)
+    sentences = [e.sentence for u in rec.data.user_ids[:20] for e in rec.explain(u, top=5, counterfactual=False)]
+    cited = [s for s in sentences if s.startswith("Because you")]
+    assert cited, sentences[:5]
+    assert all(s.startswith("Because you rated ") for s in cited), cited[:3]

@@ -40,6 +40,8 @@ METHODS: dict[str, type[Explainer]] = {
 }
 # used until `recscope explain-eval` has measured a run; it chose shapley on both measured data sets
 FALLBACK_DEFAULT = "shapley"
+# How a sentence says what the user did with a cited item: a rating run's history is what they rated.
+VERBS = {"rating": "rated"}
 
 
 def make_explainer(model, method: str) -> Explainer:
@@ -122,9 +124,10 @@ def explain_items(
     _cited_drops(explainer, read, offset, targets, explanations, margins, labels)
     if encode is not None and model.cfg.text_dim:
         add_words(model, explainer.table, data, read, offset, targets, explanations, encode, labels)
+    verb = VERBS.get(model.cfg.head, "bought")
     for j, expl in enumerate(explanations):
         reasons = [int(read[h.position - offset]) for h in confirmed(expl, margins[j])]
-        expl.sentence = sentence(expl, _shared(data, reasons, targets[j]), margins[j])
+        expl.sentence = sentence(expl, _shared(data, reasons, targets[j]), margins[j], verb=verb)
     elapsed = (time.perf_counter() - tic) * 1000 / max(len(targets), 1)
     for expl in explanations:
         expl.ms = round(elapsed, 3)
