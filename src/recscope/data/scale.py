@@ -48,6 +48,7 @@ REJECT_ROUNDS = 8  # redraws when a drawn item is already owned before the rule 
 ACTIVITY_SIGMA = 0.5  # lognormal spread of how much each shopper buys beyond the floor
 DEVICE_SHARE = 0.55  # share of the catalog in devices and their accessories (as in the small shop)
 N_ACCESSORIES = 3  # per device; each device subcategory names three
+EPOCH = 1_672_531_200  # 2023-01-01 UTC: timestamps are epoch seconds, read as such by every loader
 
 ACCESSORY, BRAND, POPULARITY, CATEGORY = (
     MECHANISMS.index(m) for m in ("accessory_after_device", "brand_loyalty", "popularity", "category_interest")
@@ -307,8 +308,8 @@ class Rules:
             hist[users, t], mechanism[users, t], cause[users, t] = item, mech, why
             waiting[users, t] = kind[item] == DEVICE
 
-        # Days 0..364 to start, then 1..14 days and a random second between purchases.
-        start = rng.integers(0, 365, size=n_users) * 86_400
+        # Days 0..364 of 2023 to start, then 1..14 days and a random second between purchases.
+        start = EPOCH + rng.integers(0, 365, size=n_users) * 86_400
         gaps = rng.integers(1, 15, size=(n_users, steps)) * 86_400 + rng.integers(0, 86_400, size=(n_users, steps))
         times = start[:, None] + np.concatenate([np.zeros((n_users, 1), np.int64), gaps[:, :-1].cumsum(axis=1)], axis=1)
         bought = np.arange(steps)[None, :] < length[:, None]  # (B, T) row-major: users in order, then time
