@@ -105,6 +105,15 @@ def _check_out(out: Path) -> None:
             )
 
 
+def _command(manifest: dict, folder: Path) -> str:
+    """The ``recscope data prepare`` command that made ``folder`` (from its manifest)."""
+    words = ["recscope data prepare", str(manifest.get("spec", "SPEC"))]
+    if manifest.get("catalog"):
+        words.append(f"--catalog {manifest['catalog']}")
+    words += [f"--map {ours}={theirs}" for ours, theirs in (manifest.get("columns") or {}).items()]
+    return " ".join([*words, f"--out {folder}"])
+
+
 def load_prepared(rest: str, config: DataConfig) -> Dataset:
     """The data set ``recscope data prepare`` wrote to the folder ``rest``; the raw files are not read."""
     if not rest:
@@ -127,7 +136,7 @@ def load_prepared(rest: str, config: DataConfig) -> Dataset:
         raise DataError(
             "is not a readable prepared.json", file=str(manifest_path), fix=f"prepare again: {redo}"
         ) from None
-    redo = f"recscope data prepare {manifest.get('spec', 'SPEC')} --out {folder}"
+    redo = _command(manifest, folder)
     if manifest.get("format") != FORMAT:
         raise DataError(
             f"was written in prepared format {manifest.get('format')!r}; this recscope reads format {FORMAT}",
@@ -138,10 +147,11 @@ def load_prepared(rest: str, config: DataConfig) -> Dataset:
     differ = [k for k in wanted if made_with.get(k) != wanted[k]]
     if differ:
         shown = "; ".join(f"data.{k} is {wanted[k]!r} here, {made_with.get(k)!r} when prepared" for k in differ)
+        sets = " ".join(f"--set 'data.{k}={json.dumps(wanted[k])}'" for k in differ)
         raise DataError(
             f"the data config differs from the one the data set was prepared with ({shown})",
             file=str(folder),
-            fix=f"use the same data.* settings, or prepare again with these: {redo} --set data.KEY=VALUE",
+            fix=f"use the same data.* settings, or prepare again with these: {redo} {sets}",
         )
     try:
         return Dataset.load(folder)
