@@ -94,7 +94,9 @@ RunArg = Annotated[Path, typer.Argument(metavar="RUN", help="run directory (writ
 DataOpt = Annotated[
     str,
     typer.Option(
-        "--data", metavar="SPEC", help="csv:FILE | parquet:FILE | s3rec:DIR | movielens:DIR | synthetic[:k=v,...]"
+        "--data",
+        metavar="SPEC",
+        help="csv:FILE | parquet:FILE | s3rec:DIR | movielens:DIR | synthetic[:k=v,...] | prepared:DIR",
     ),
 ]
 CatalogOpt = Annotated[
@@ -171,6 +173,61 @@ def train(
 
     fit(
         dataset, cfg, out_dir, data_spec=data, catalog=str(catalog) if catalog else None, resume=resume, console=console
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# data: generate the shop at any size, prepare a data set once for many runs
+# ---------------------------------------------------------------------------------------
+data_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Generate the synthetic shop at any size; prepare data.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("generate", cls=_Command)
+def data_generate(
+    users: Annotated[int, _count(("--users",), "shoppers")],
+    items: Annotated[int, _count(("--items",), "catalog items (100 or more)")],
+    events: Annotated[int, _count(("--events",), "purchases (at least one per shopper)")],
+    out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="folder for the two Parquet files")],
+    seed: Annotated[int, typer.Option("--seed", metavar="S", min=0, help="everything follows from it")] = 0,
+) -> None:
+    """The synthetic shop with its planted causes at any size, streamed to Parquet:
+    DIR/interactions.parquet and DIR/catalog.parquet (same as synthetic:users=N,items=M,events=E,seed=S)."""
+    from recscope.data import scale
+    from recscope.data.synthetic import parse_spec
+
+    shop = parse_spec(f"users={users},items={items},events={events},seed={seed}")
+    written = scale.write(shop, out_dir)
+    out.print(
+        Text(
+            f"{written.events:,} events of {written.users:,} users over {written.items:,} items in "
+            f"{written.seconds:.1f} s: {written.interactions}, {written.catalog}"
+        )
+    )
+
+
+@data_app.command("prepare", cls=_Command)
+def data_prepare(
+    spec: Annotated[str, typer.Argument(metavar="SPEC", help="any --data spec, e.g. parquet:FILE", show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="folder for the prepared data set")],
+    catalog: CatalogOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    map_: MapOpt = None,
+) -> None:
+    """Read, check and map ids once; `recscope train --data prepared:DIR` reuses the result
+    (with the same data.* settings) without reading the raw files again."""
+    from recscope.data.prepare import prepare
+
+    cfg = config_mod.load(config, set_ or [])
+    done = prepare(spec, out_dir, catalog, cfg.data, _columns(map_))
+    _print_report(done.data.report)
+    out.print(Text(done.data.describe()))
+    out.print(
+        Text(
+            f"prepared in {done.seconds_load + done.seconds_write:.1f} s (read and checked {done.seconds_load:.1f} s, "
+            f"written {done.seconds_write:.1f} s): train with --data prepared:{done.out}"
+        )
     )
 
 

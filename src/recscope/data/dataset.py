@@ -450,8 +450,8 @@ def _event_codes(events: pl.DataFrame, report: LoadReport) -> tuple[np.ndarray |
         return None, [NO_EVENT]
     column = events["event"]
     types = sorted(column.drop_nulls().unique().to_list())
-    lookup = {t: i for i, t in enumerate(types, start=1)}
-    codes = np.array([lookup.get(t, 0) for t in column.to_list()], dtype=np.int64)
+    codes = column.replace_strict(types, range(1, len(types) + 1), default=0, return_dtype=pl.Int64)
+    codes = codes.fill_null(0).to_numpy().astype(np.int64)  # null (no type) is code 0
     counts = np.bincount(codes, minlength=len(types) + 1)
     shown = ", ".join(f"{t!r} {counts[i]:,}" for i, t in enumerate(types[:8], start=1))
     shown += ", ..." if len(types) > 8 else ""

@@ -5,7 +5,9 @@
 - ``movielens:DIR``: ml-100k (``u.data``, ``u.item``) or ml-1m (``ratings.dat``, ``movies.dat``);
 - ``csv:FILE`` / ``parquet:FILE``: interactions ``user_id,item_id,timestamp`` (+ optional
   ``event``, ``value``), with an optional catalog file (``item_id`` + attribute and text columns);
-- ``synthetic[:key=value,...]``: the built-in shop (see ``recscope.data.synthetic``).
+- ``synthetic[:key=value,...]``: the built-in shop (see ``recscope.data.synthetic``); with
+  ``events=E`` the same shop at any size (``recscope.data.scale``);
+- ``prepared:DIR``: a data set ``recscope data prepare`` wrote (see ``recscope.data.prepare``).
 
 Every loader validates what it reads and raises :class:`DataError` naming the file, the
 line or row, the column and how to fix it. With ``skip_bad_rows`` bad interaction rows are
@@ -40,7 +42,7 @@ from recscope.data.rows import (
 )
 from recscope.errors import DataError
 
-FORMATS = ("s3rec", "movielens", "csv", "parquet", "synthetic")
+FORMATS = ("s3rec", "movielens", "csv", "parquet", "synthetic", "prepared")
 
 
 class Source(NamedTuple):
@@ -67,10 +69,13 @@ def load_dataset(
             f"unknown data format {kind!r} in spec {spec!r}",
             fix=f"start the spec with one of {', '.join(f + ':' for f in FORMATS)} e.g. csv:events.csv",
         )
-    if kind == "synthetic":
-        from recscope.data.synthetic import load_synthetic
-
-        return load_synthetic(rest, config)
+    if kind == "prepared" and (catalog is not None or columns):
+        raise DataError(
+            "--catalog and --map are for raw data: a prepared data set already holds its catalog and columns",
+            fix="drop them here (give them to recscope data prepare)",
+        )
+    if kind in BUILT:
+        return BUILT[kind](rest, config)
     if not rest:
         raise DataError(f"spec {spec!r} names no path", fix=f"write it as {kind}:PATH")
     path = Path(rest).expanduser()
@@ -415,6 +420,21 @@ def _catalog_column(table: Table, name: str) -> pl.Expr:
         return pl.col(column).cast(pl.List(pl.String)).alias(name)
     return scalar_column(table, name, column, "value (or a list of values)").alias(name)
 
+
+def _synthetic(rest: str, config: DataConfig) -> Dataset:
+    from recscope.data.synthetic import load_synthetic
+
+    return load_synthetic(rest, config)
+
+
+def _prepared(rest: str, config: DataConfig) -> Dataset:
+    from recscope.data.prepare import load_prepared
+
+    return load_prepared(rest, config)
+
+
+# Sources that make a Dataset themselves (no file of rows to check): spec rest, data config -> Dataset.
+BUILT: dict[str, Callable[[str, DataConfig], Dataset]] = {"synthetic": _synthetic, "prepared": _prepared}
 
 LOADERS: dict[str, Callable[[Path, DataConfig, dict[str, str], LoadReport], Source]] = {
     "s3rec": _load_s3rec,

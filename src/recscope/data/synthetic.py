@@ -13,6 +13,10 @@ explanations. Mechanisms:
 
 ``synthetic:users=3000,items=700,seed=0`` changes the size and seed.
 
+``synthetic:users=1000000,items=1000000,events=10000000`` is the same shop at scale: the
+same rules and cause labels, drawn vectorised by :mod:`recscope.data.scale` (exact sizes;
+each shopper's number of purchases follows from ``events``, so ``max_len`` does not apply).
+
 ``synthetic:impressions=5`` also shows each shopper, at every purchase after the first, a
 list of 5 other items, clicked or not (click data for ``train.task=click``). The planted
 click behaviour: an item's click chance grows with its own appeal (the same for everyone:
@@ -88,6 +92,9 @@ class ShopConfig:
     p_brand: float = 0.25  # (float) chance a purchase follows brand loyalty
     p_popularity: float = 0.1  # (float) chance a purchase is popularity noise
     impressions: int = 0  # (int) items shown (clicked or not) at each purchase after the first; 0 = none
+    # (int) > 0: exactly this many purchases over exactly ``items`` items, drawn by the vectorised
+    # generator of recscope.data.scale (any size); 0 = the small shop of this module
+    events: int = 0
 
 
 PROBABILITIES = ("p_accessory", "p_brand", "p_popularity")
@@ -119,6 +126,7 @@ def parse_spec(rest: str) -> ShopConfig:
         ("min_len", shop.min_len >= 1, "at least 1"),
         ("max_len", shop.max_len >= shop.min_len, f"at least min_len ({shop.min_len})"),
         ("impressions", 0 <= shop.impressions <= 100, "from 0 to 100"),
+        ("events", shop.events >= 0, "0 (the small shop) or more"),
         *((p, 0.0 <= getattr(shop, p) <= 1.0, "a probability from 0 to 1") for p in PROBABILITIES),
     ]
     for key, ok, should in limits:
@@ -133,12 +141,23 @@ def parse_spec(rest: str) -> ShopConfig:
             f"synthetic options {' + '.join(PROBABILITIES)} add up to {total:g}, more than 1",
             fix="lower one of them (the rest of the purchases follow category interest)",
         )
+    if shop.events and "max_len" in values:
+        raise DataError(
+            "synthetic option max_len= does not apply with events= (the events set how much each shopper buys)",
+            fix="drop max_len=, or drop events= for the small shop",
+        )
     return shop
 
 
 def load_synthetic(rest: str, config: DataConfig) -> Dataset:
     shop = parse_spec(rest)
-    interactions, catalog, shown = generate_with_impressions(shop)
+    if shop.events:
+        from recscope.data.scale import frames
+
+        interactions, catalog = frames(shop)
+        shown = None
+    else:
+        interactions, catalog, shown = generate_with_impressions(shop)
     name = "synthetic" + (f"-{rest.replace(',', '-').replace('=', '')}" if rest else "")
     generated = LoadReport(rows_read=interactions.height, rows_kept=interactions.height)
     data = from_frames(

@@ -18,6 +18,8 @@ import polars as pl
 
 TEXT_COLUMNS = ("title", "name", "description")  # catalog columns read as text, not attributes
 RESERVED = ("item_id",)
+# What Python's str.strip() strips (polars' default strips Unicode White_Space, which is not quite the same set).
+WHITESPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
 
 
 @dataclass
@@ -86,36 +88,48 @@ def catalog_fields(
             continue
         series = catalog[column]
         if column.lower() in text_names and series.dtype == pl.String:
-            column_texts = [""] * n_rows
-            for i, t in zip(index, series.to_list(), strict=True):
-                column_texts[i] = t or ""
-            texts[column] = column_texts
+            column_texts = pl.repeat("", n_rows, dtype=pl.String, eager=True).scatter(index, series.fill_null(""))
+            texts[column] = column_texts.to_list()
             if titles is None and column.lower() in ("title", "name"):
-                titles = list(column_texts)
+                titles = list(texts[column])
             continue
         if series.dtype == pl.List(pl.String):
-            fields_.append(_multi_field(column, series.to_list(), index, n_rows))
+            fields_.append(_multi_field(column, series, index, n_rows))
             continue
         numeric = series.cast(pl.Float64, strict=False)
         if numeric.is_finite().any() and numeric.null_count() == series.null_count():
             fields_.append(_numeric_field(column, numeric.to_numpy(), index, n_rows, price_bands))
         elif series.str.contains(sep, literal=True).any():
-            values = [None if v is None else [s.strip() for s in v.split(sep) if s.strip()] for v in series]
-            fields_.append(_multi_field(column, values, index, n_rows))
+            parts = series.str.split(sep, literal=True).list.eval(pl.element().str.strip_chars(WHITESPACE))
+            fields_.append(
+                _multi_field(column, parts.list.eval(pl.element().filter(pl.element() != "")), index, n_rows)
+            )
         else:
-            fields_.append(_multi_field(column, [None if v is None else [v] for v in series], index, n_rows))
+            one = series.to_frame().select(pl.when(pl.col(column).is_not_null()).then(pl.concat_list(column)))
+            fields_.append(_multi_field(column, one.to_series(), index, n_rows))
             fields_[-1].kind = "categorical"
     return CatalogFeatures(titles, texts, fields_)
 
 
-def _multi_field(name: str, values: list[list[str] | None], index: np.ndarray, n_rows: int) -> ItemField:
-    vocab: dict[str, int] = {}
-    width = max((len(v) for v in values if v), default=1)
+def _multi_field(name: str, values: pl.Series, index: np.ndarray, n_rows: int) -> ItemField:
+    """A field from ``values`` (List[String], one list per catalog row, null = none) put at the
+    rows ``index``: a value's index is its order of first appearance in the catalog, and a value
+    repeated within a cell counts once (the width is the longest cell as written)."""
+    width = max(int(values.list.len().max() or 0), 1)
+    cells = (
+        pl.DataFrame({"_row": index, "_value": values})
+        .filter(pl.col("_value").list.len() > 0)
+        .explode("_value")
+        .unique(maintain_order=True)
+    )
+    vocab = cells["_value"].unique(maintain_order=True)
+    codes = pl.DataFrame({"_value": vocab, "_code": np.arange(1, len(vocab) + 1)})
+    cells = cells.join(codes, on="_value", how="left", nulls_equal=True, maintain_order="left").with_columns(
+        _slot=pl.int_range(pl.len()).over("_row")
+    )
     matrix = np.zeros((n_rows, width), dtype=np.int64)
-    for row, vals in zip(index, values, strict=True):
-        for j, v in enumerate(dict.fromkeys(vals or ())):
-            matrix[row, j] = vocab.setdefault(v, len(vocab) + 1)
-    return ItemField(name, "multi", ["<none>", *vocab], matrix)
+    matrix[cells["_row"].to_numpy(), cells["_slot"].to_numpy()] = cells["_code"].to_numpy()
+    return ItemField(name, "multi", ["<none>", *vocab.to_list()], matrix)
 
 
 def _numeric_field(name: str, values: np.ndarray, index: np.ndarray, n_rows: int, bands: int) -> ItemField:
