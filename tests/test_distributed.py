@@ -70,16 +70,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank(rank: int, world: int, port: int, out: str, log: str, args: list[str]) -> None:
-    """One rank of a run, set up as torchrun would; records every file event under ``out``."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(world),
-    )
+def _rank(rank: int, world: int, ports: list[int], out: str, log: str, runs: list[list[str]]) -> None:
+    """One rank, set up as torchrun would, training ``runs`` one after the other (each its own
+    process group: one start-up pays for several runs); records every file event under ``out``,
+    each run's exit status and the rank's stderr."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
     root = str(Path(out).resolve())
     touched: list[str] = []
 
@@ -89,20 +85,29 @@ def _rank(rank: int, world: int, port: int, out: str, log: str, args: list[str])
             if any(str(Path(os.fsdecode(p)).resolve()).startswith(root) for p in paths):
                 touched.append(f"{event} {os.fsdecode(paths[-1])}")
 
+    with open(Path(log, f"rank{rank}.err"), "w") as err:
+        os.dup2(err.fileno(), 2)
     sys.addaudithook(audit)
     from recscope.cli import main
 
-    try:
-        main(["train", "--data", SPEC, "--out", out, "--config", TINY, *NO_DROPOUT, *args])
-    finally:
-        Path(log, f"rank{rank}.json").write_text(json.dumps(touched))
+    codes = []
+    for port, args in zip(ports, runs, strict=True):
+        os.environ["MASTER_PORT"] = str(port)
+        try:
+            main(["train", "--data", SPEC, "--out", out, "--config", TINY, *NO_DROPOUT, *args])
+            codes.append(0)
+        except SystemExit as e:
+            codes.append(e.code)
+    Path(log, f"rank{rank}.json").write_text(json.dumps({"touched": touched, "codes": codes}))
 
 
-def _two_processes(out: Path, log: Path, *args: str) -> dict[int, list[str]]:
-    """Train in two gloo processes; returns each rank's file events in ``out``."""
+def _two_processes(out: Path, log: Path, *runs: list[str]) -> list[dict]:
+    """Train ``runs`` in two gloo processes; returns per rank its file events in ``out``, the
+    runs' exit statuses and its stderr."""
     log.mkdir()
+    ports = [_free_port() for _ in runs]
     context = mp.start_processes(
-        _rank, args=(2, _free_port(), str(out), str(log), list(args)), nprocs=2, join=False, start_method="spawn"
+        _rank, args=(2, ports, str(out), str(log), list(runs)), nprocs=2, join=False, start_method="spawn"
     )
     deadline = time.monotonic() + TIMEOUT
     try:
@@ -112,15 +117,19 @@ def _two_processes(out: Path, log: Path, *args: str) -> dict[int, list[str]]:
         for process in context.processes:
             if process.is_alive():
                 process.kill()
-    return {rank: json.loads((log / f"rank{rank}.json").read_text()) for rank in (0, 1)}
+    ranks = [json.loads((log / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for rank, got in enumerate(ranks):
+        got["stderr"] = (log / f"rank{rank}.err").read_text()
+    return ranks
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory) -> tuple[Path, dict[int, list[str]]]:
-    """Two processes, 2 epochs, the same global batch (train.batch_size) as ``one_process``."""
+def two_processes(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """Two processes, 2 epochs, the same global batch (train.batch_size) as ``one_process``; then
+    the same command again, into the run it wrote (refused: it holds a run)."""
     root = tmp_path_factory.mktemp("two")
-    touched = _two_processes(root / "run", root / "log", "--set", "train.epochs=2")
-    return root / "run", touched
+    epochs = ["--set", "train.epochs=2"]
+    return root / "run", _two_processes(root / "run", root / "log", epochs, epochs)
 
 
 def test_two_processes_follow_the_loss_curve_of_one(one_process, two_processes):
@@ -129,11 +138,21 @@ def test_two_processes_follow_the_loss_curve_of_one(one_process, two_processes):
 
 
 def test_only_rank_0_touches_the_run_directory(two_processes):
-    run, touched = two_processes
-    assert touched[1] == []  # not a file opened, renamed, made or removed by rank 1
-    names = {Path(event.split(" ", 1)[1]).name for event in touched[0]}
+    run, ranks = two_processes
+    assert [r["codes"][0] for r in ranks] == [0, 0], ranks
+    assert ranks[1]["touched"] == []  # not a file opened, renamed, made or removed by rank 1
+    names = {Path(event.split(" ", 1)[1]).name for event in ranks[0]["touched"]}
     assert {".lock", "run.json", "model.safetensors", "last.safetensors", "optimizer.safetensors"} <= names, names
     assert (run / "versions" / "current").exists() and not (run / ".lock").exists()
+    assert "epoch   2" in ranks[0]["stderr"] and "epoch" not in ranks[1]["stderr"]  # rank 0 alone prints
+
+
+def test_what_stops_rank_0_stops_every_rank_once(two_processes):
+    run, ranks = two_processes
+    assert [r["codes"][1] for r in ranks] == [2, 2]  # the second run: refused, and no rank left waiting
+    assert ranks[0]["stderr"].count("already holds a run") == 1
+    assert "already holds a run" not in ranks[1]["stderr"]  # said once, by rank 0
+    assert len(_history(run)) == 2
 
 
 def test_a_run_of_two_processes_resumes_in_one(one_process, two_processes, tmp_path):
@@ -152,12 +171,6 @@ def _recscope(*args: str) -> subprocess.CompletedProcess:
 def test_nproc_resumes_a_run_of_one_process_in_two(one_process, tmp_path):
     run = _train_here(tmp_path / "run", "--set", "train.epochs=2")
     common = ["train", "--nproc", "2", "--data", SPEC, "--out", str(run), "--config", TINY, *NO_DROPOUT]
-
-    refused = _recscope(*common)  # without --resume: rank 0 refuses, rank 1 stops with it, no hang
-    assert refused.returncode == 2, refused.stderr
-    assert refused.stderr.count("already holds a run") == 1, refused.stderr
-    assert len(_history(run)) == 2
-
     resumed = _recscope(*common, "--resume", "--set", "train.epochs=3")
     assert resumed.returncode == 0, resumed.stderr
     assert "x 2 processes (DistributedDataParallel)" in resumed.stderr
