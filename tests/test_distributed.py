@@ -33,7 +33,8 @@ from recscope.train import TrainingData, _length_batches, _step_loss, with_data_
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
 SPEC = "synthetic:users=200,items=120,seed=5"
-NO_DROPOUT = ["--set", "model.dropout=0", "--set", "model.attn_dropout=0"]
+# Dropout off (see above); no item text: encoding the titles would only add seconds to every process.
+NO_DROPOUT = ["--set", "model.dropout=0", "--set", "model.attn_dropout=0", "--set", "model.use_text=false"]
 LOSS_RTOL = 1e-5  # float32 sums in another order (shards, all-reduce); measured ~5e-8 after 3 epochs
 TIMEOUT = 180  # seconds for a multi-process run on a busy 2-core machine (a hang must fail, not block)
 
@@ -187,7 +188,7 @@ def test_nproc_refuses_a_bad_config_before_starting_processes(tmp_path):
 def test_sharded_losses_average_to_the_gradient_of_the_whole_batch():
     """DDP averages the ranks' gradients; each rank's loss is its share's sum x world / (targets per
     global batch), so the average must be one process's gradient of the whole batch."""
-    config = load(TINY, ["model.dropout=0", "model.attn_dropout=0"])
+    config = load(TINY, ["model.dropout=0", "model.attn_dropout=0", "model.use_text=false"])
     data = load_dataset(SPEC)
     config = with_data_sizes(config, data)
     windows = TrainingData.build(data, split_of(data, config), config, None)
