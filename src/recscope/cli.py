@@ -162,18 +162,51 @@ def train(
     set_: SetOpt = None,
     map_: MapOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
+    nproc: Annotated[
+        int,
+        _count(("--nproc",), "train in N processes on this machine: DistributedDataParallel, started by torchrun"),
+    ] = 1,
 ) -> None:
     """Train a model; the run directory holds weights, config, ids and data."""
     from recscope.data import load_dataset
 
     cfg = config_mod.load(config, set_ or [])
+    if nproc > 1:  # the same command in N processes (recscope.distributed); a bad config fails here, once
+        from recscope.distributed import launch
+
+        args = ["--data", data, "--out", str(out_dir)]
+        args += ["--catalog", str(catalog)] if catalog else []
+        args += ["--config", str(config)] if config else []
+        for item in set_ or []:
+            args += ["--set", item]
+        for item in map_ or []:
+            args += ["--map", item]
+        code = launch(nproc, args + (["--resume"] if resume else []))
+        if code:
+            raise RecscopeError(
+                f"training in {nproc} processes failed (torchrun exit status {code})",
+                fix="see the processes' messages above",
+            )
+        return
+    main_rank = os.environ.get("RANK", "0") == "0"  # torchrun's; only rank 0 of a distributed run prints
     dataset = load_dataset(data, catalog, cfg.data, _columns(map_))
-    _print_report(dataset.report)
+    if main_rank:
+        _print_report(dataset.report)
+    from recscope.distributed import PeerError
     from recscope.train import fit  # torch loads only once the data is known to be good
 
-    fit(
-        dataset, cfg, out_dir, data_spec=data, catalog=str(catalog) if catalog else None, resume=resume, console=console
-    )
+    try:
+        fit(
+            dataset,
+            cfg,
+            out_dir,
+            data_spec=data,
+            catalog=str(catalog) if catalog else None,
+            resume=resume,
+            console=console,
+        )
+    except PeerError:
+        raise typer.Exit(2) from None  # rank 0 stopped the run and said why; no second copy of it
 
 
 # ---------------------------------------------------------------------------------------
@@ -792,10 +825,11 @@ def _usage_message(e) -> str:
     return f"{message}; how to fix: see `{path} --help`"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """``argv``: the arguments (default: the command line's); ``python -m recscope.train`` passes its own."""
     debug = os.environ.get("RECSCOPE_DEBUG", "") not in ("", "0")
     try:
-        code = app(standalone_mode=False, prog_name="recscope")
+        code = app(args=argv, standalone_mode=False, prog_name="recscope")
     except RecscopeError as e:
         _error(str(e))
         sys.exit(2)

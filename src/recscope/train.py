@@ -4,13 +4,21 @@ Model selection uses the valid split only (NDCG@10, full ranking; a rating run: 
 run: AUC, see :mod:`recscope.tasks`); the test split is never looked at here. One process
 writes a run at a time (recscope.lock); a resumed run must be given the same data (its
 fingerprint is in run.json) and the same model config.
+
+Launched by torchrun (``torchrun --nproc-per-node N -m recscope.train --data SPEC --out RUN``,
+the options of ``recscope train``), the same loop trains with DistributedDataParallel: each
+process takes its share of every batch, rank 0 alone writes the run (see
+:mod:`recscope.distributed` for the whole contract).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +26,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from recscope import versions
+from recscope import distributed, versions
 from recscope.config import Config, validate
 from recscope.cpu import use_threads
 from recscope.data import Dataset, pad_left, split_of, training_windows
+from recscope.distributed import SINGLE, BatchLoss, Distributed
 from recscope.errors import RunError
 from recscope.evaluate import evaluate, model_scorer
 from recscope.features.text import catalog_vectors
@@ -99,42 +108,63 @@ def fit(
     """Train on ``data`` and write the run to ``out``; returns the run's summary.
 
     Everything is checked before anything is written; ``out`` is locked while it is written.
+    Under torchrun, every process calls this with the same arguments (see recscope.distributed).
     """
-    console = console or Console(stderr=True)
     out = Path(out)
     validate(config)
-    threads = use_threads(config.train.threads)
-    text = catalog_vectors(data, config.model.use_text, config.features)
-    if text is not None:
-        console.print(text.describe(), highlight=False)
-    check_task(data, config.train.task, data_spec)
-    config = with_data_sizes(config, data, text_dim=0 if text is None else text.vectors.shape[1])
-    split = split_of(data, config)
-    if len(split.valid) == 0:
-        raise RunError("no user has enough events for a valid case", fix="each user needs at least 3 events")
-    with RunLock(out, "resume" if resume else "train", console):
-        vectors = None if text is None else torch.from_numpy(text.vectors)
-        return _fit(data, config, out, split, data_spec, catalog, resume, console, origin, threads, vectors)
+    with distributed.start() as dist:
+        console = (console or Console(stderr=True)) if dist.is_main else Console(quiet=True)
+        threads = use_threads(dist.threads(config.train.threads))
+        with dist.main_first():  # rank 0 fills the text cache; the others read it
+            text = catalog_vectors(data, config.model.use_text, config.features)
+        if text is not None:
+            console.print(text.describe(), highlight=False)
+        check_task(data, config.train.task, data_spec)
+        config = with_data_sizes(config, data, text_dim=0 if text is None else text.vectors.shape[1])
+        split = split_of(data, config)
+        if len(split.valid) == 0:
+            raise RunError("no user has enough events for a valid case", fix="each user needs at least 3 events")
+        with ExitStack() as held:
+
+            def lock() -> None:  # rank 0 holds the lock; the others learn whether it got it
+                held.enter_context(RunLock(out, "resume" if resume else "train", console))
+
+            dist.on_main(lock)
+            vectors = None if text is None else torch.from_numpy(text.vectors)
+            return _fit(data, config, out, split, data_spec, catalog, resume, console, origin, threads, vectors, dist)
 
 
-def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, threads, text) -> RunInfo:
-    torch.manual_seed(config.train.seed)
+def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, threads, text, dist) -> RunInfo:
+    torch.manual_seed(config.train.seed)  # the same initial weights on every rank
     model = SeqRec(config.model)
     model.set_item_fields({f.name: torch.from_numpy(f.values) for f in data.fields}, text=text)
     unseen = _hold_out(model, split.cold)
     task = config.train.task
     if model.head is not None:
         model.head.bias.data.fill_(head_bias(data, split, task))
+    model.to(dist.device)  # before the optimizer is built, so its state lives where the weights do
+    unseen = None if unseen is None else unseen.to(dist.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     data_print = fingerprint(data)
+    dist.check_same(data_print, "data")
     state = {"epoch": 0, "best_epoch": 0, "best_valid": None, "bad_evals": 0, "history": []}
     info = RunInfo(config, data_spec, catalog, state, origin=origin, data_fingerprint=data_print)
+
+    def start_or_resume() -> dict:  # rank 0 only: it alone reads and writes the run directory
+        nonlocal info
+        if resume:
+            info = _resume(out, config, data_print, data_spec, model, optimizer)
+        else:
+            if (out / "run.json").exists():
+                raise RunError(f"{out} already holds a run", fix="pass --resume to continue it, or another --out")
+            data.save(out)
+        return info.state
+
+    info.state = dist.on_main(start_or_resume)
     if resume:
-        info = _resume(out, config, data_print, data_spec, model, optimizer)
-    else:
-        if (out / "run.json").exists():
-            raise RunError(f"{out} already holds a run", fix="pass --resume to continue it, or another --out")
-        data.save(out)
+        dist.broadcast_training_state(model, optimizer)
+    if dist.active:
+        torch.manual_seed(config.train.seed + dist.rank)  # dropout: other masks on other ranks' windows
     info.state["split"] = split.describe()
     if len(split.cold):  # evaluate splits the cases by it (and checks the config still draws the same items)
         info.state["cold_items"] = [data.item_ids[i] for i in split.cold]
@@ -142,10 +172,12 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
 
     inputs = event_inputs(data, config)
     info.state["inputs"] = inputs_note(data, config, inputs)
-    batches = TrainingData.build(data, split, config, inputs)
+    batches = TrainingData.build(data, split, config, inputs).to(dist.device)
+    batch_loss = dist.wrap(BatchLoss(model, batches.loss))
     t = config.train
+    processes = f" x {dist.world} processes (DistributedDataParallel)" if dist.active else ""
     console.print(
-        f"[bold]{data.describe()}[/]\n{split.describe()}; {batches.describe()}; {threads} thread(s)\n"
+        f"[bold]{data.describe()}[/]\n{split.describe()}; {batches.describe()}; {threads} thread(s){processes}\n"
         f"{info.state['inputs']}",
         highlight=False,
     )
@@ -156,18 +188,22 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
     with TrainingProgress(console, t.epochs, start_epoch) as progress:
         for epoch in range(start_epoch, t.epochs):
             tic = time.perf_counter()
-            loss = _train_epoch(model, optimizer, batches, config, epoch, progress, unseen)
+            loss = _train_epoch(
+                model, optimizer, batches, config, epoch, progress, unseen, dist=dist, batch_loss=batch_loss
+            )
             seconds = time.perf_counter() - tic
             record = {"epoch": epoch + 1, "loss": loss, "train_seconds": round(seconds, 2)}
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
                 tic = time.perf_counter()
-                metrics = _validate(model, data, split, config, inputs)
+                # Rank 0 evaluates, every rank gets its metrics: the same selection and stopping everywhere.
+                metrics = dist.on_main(lambda: _validate(_on_cpu(model), data, split, config, inputs))
                 record["valid"] = metrics
                 record["eval_seconds"] = round(time.perf_counter() - tic, 2)
                 if best is None or sign * metrics[select_on] > sign * best:
                     best = metrics[select_on]
                     info.state.update(best_epoch=epoch + 1, best_valid=metrics, bad_evals=0)
-                    save_weights(out / "model.safetensors", model)
+                    if dist.is_main:
+                        save_weights(out / "model.safetensors", model)
                 else:
                     info.state["bad_evals"] += 1
                 progress.end_epoch(f"best valid {select_on} {best:.4f}")
@@ -184,25 +220,32 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
             info.state["epoch"] = epoch + 1
             info.state["history"].append(record)
             info.state["train_seconds"] = round(sum(r["train_seconds"] for r in info.state["history"]), 2)
-            save_weights(out / "last.safetensors", model)
-            save_optimizer(out / "optimizer.safetensors", optimizer)
-            save_info(out, info)
+            if dist.is_main:
+                save_weights(out / "last.safetensors", model)
+                save_optimizer(out / "optimizer.safetensors", optimizer)
+                save_info(out, info)
             if info.state["bad_evals"] >= t.patience:
                 console.print(f"early stop: no better valid {select_on} for {t.patience} evaluations")
                 break
-    version = versions.publish(
-        out,
-        out / "model.safetensors",
-        source="train",
-        parent=versions.current(out),
-        best_epoch=info.state["best_epoch"],
-        best_valid=info.state["best_valid"],
-    )
+
+    def publish() -> str:  # rank 0; the others wait in the broadcast of its id
+        parent = versions.current(out)
+        best_epoch, best_valid = info.state["best_epoch"], info.state["best_valid"]
+        return versions.publish(
+            out, out / "model.safetensors", "train", parent, best_epoch=best_epoch, best_valid=best_valid
+        ).id
+
+    version = dist.on_main(publish)
     console.print(
         f"best valid {select_on} {best:.4f} at epoch {info.state['best_epoch']}; run saved in {out} "
-        f"(model version {version.id})"
+        f"(model version {version})"
     )
     return info
+
+
+def _on_cpu(model: SeqRec) -> SeqRec:
+    """The model where evaluation runs (recscope evaluates on CPU): itself, or a CPU copy of a GPU model."""
+    return model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
 
 
 class TrainingProgress:
@@ -306,6 +349,12 @@ class TrainingData:
             ratings = torch.from_numpy(np.where(windows.numpy() > 0, values, np.nan))
         return cls(task, windows, events, ratings)
 
+    def to(self, device: torch.device) -> TrainingData:
+        """The same windows on ``device`` (where the model trains)."""
+        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in moved.items()}
+        return TrainingData(**moved)
+
     def describe(self) -> str:
         if self.task == "click":
             return f"{len(self.windows):,} training impressions ({int(self.clicked.sum()):,} clicked)"
@@ -351,13 +400,20 @@ def _train_epoch(
     epoch: int,
     progress: TrainingProgress | None = None,
     unseen: torch.Tensor | None = None,
+    *,
+    dist: Distributed = SINGLE,
+    batch_loss: torch.nn.Module | None = None,
 ) -> float:
+    """One pass over ``data``; returns the mean batch loss. ``batch_loss``: the model's
+    :class:`~recscope.distributed.BatchLoss` (in DDP when ``dist`` is several processes: then
+    every rank goes through the same global batches, each computing its share)."""
     t = config.train
-    model.train()
-    generator = torch.Generator().manual_seed(t.seed * 1000 + epoch)
-    batches = _length_batches(data.windows, t.batch_size, generator)
+    batch_loss = batch_loss or BatchLoss(model, data.loss)
+    batch_loss.train()
+    generator = torch.Generator().manual_seed(t.seed * 1000 + epoch)  # the same batches on every rank
+    batches = _length_batches(data.windows.cpu(), t.batch_size, generator)
     # Length-sorted batches hold very different numbers of targets: normalise by the mean
-    # per batch, so every target weighs the same whatever batch it falls in.
+    # per (global) batch, so every target weighs the same whatever batch it falls in.
     targets_per_batch = data.targets() / len(batches)
     step: Callable[[float], None] = progress.step if progress else lambda loss: None
     if progress:
@@ -372,13 +428,29 @@ def _train_epoch(
         dropped = None
         if t.id_dropout > 0:
             dropped = torch.rand(config.model.n_items + 1, generator=generator) < t.id_dropout
-        loss = data.loss(model, index, negatives, unseen, dropped) / targets_per_batch
+        loss = _step_loss(batch_loss, index, negatives, unseen, dropped, targets_per_batch, dist)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total += loss.item()
         step(loss.item())
-    return total / max(len(batches), 1)
+    return dist.mean(total) / max(len(batches), 1)
+
+
+def _step_loss(
+    batch_loss: torch.nn.Module,
+    index: torch.Tensor,
+    negatives: torch.Tensor | None,
+    unseen: torch.Tensor | None,
+    dropped: torch.Tensor | None,
+    targets_per_batch: float,
+    dist: Distributed = SINGLE,
+) -> torch.Tensor:
+    """This rank's part of the loss of the global batch ``index`` (B,): the summed loss of its
+    share, over the mean targets per global batch, times the world size. DDP averages the
+    ranks' gradients (divides their sum by the world size), so the average is the gradient of
+    the whole batch's sum over ``targets_per_batch``: one process's gradient, as if unsharded."""
+    return batch_loss(dist.shard(index), negatives, unseen, dropped) * dist.world / targets_per_batch
 
 
 def _hold_out(model: SeqRec, cold) -> torch.Tensor | None:
@@ -465,3 +537,9 @@ def _differences(old: Config, new: Config) -> list[str]:
             if (section in RESUME_KEYS or name in RESUME_KEYS) and old_d[section].get(key) != value:
                 changed.append(f"{name} ({old_d[section].get(key)!r} -> {value!r})")
     return changed
+
+
+if __name__ == "__main__":  # torchrun --nproc-per-node N -m recscope.train --data SPEC --out RUN ...
+    from recscope.cli import main
+
+    main(["train", *sys.argv[1:]])  # the options of `recscope train`, parsed by the same command
