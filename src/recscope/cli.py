@@ -857,3 +857,7 @@ def main(argv: list[str] | None = None) -> None:
         _error("interrupted")
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+if __name__ == "__main__":  # python -m recscope.cli ...
+    main()
