@@ -92,10 +92,6 @@ class NegativeSampler:
         self.cdf = cdf / cdf[-1]  # drawing n items costs O(n log catalog), not O(catalog)
         self.num_negatives = t.num_negatives
         self.in_batch = t.in_batch_negatives
-        self.describe = (
-            f"sampled softmax: {t.num_negatives} {t.negative_sampler} negatives per step plus up to "
-            f"{t.in_batch} in-batch targets, log-Q corrected"
-        )
 
     def draw(self, windows: Tensor, generator: torch.Generator) -> Negatives:
         """The candidates of one step over ``windows`` (B, L + 1), drawn from ``generator``."""
@@ -161,7 +157,8 @@ class SplitOptimizer:
         state, groups, offset = {}, [], 0
         for part in self.parts:
             sd = part.state_dict()
-            state.update({i + offset: s for i, s in sd["state"].items()})
+            # SparseAdam counts steps in an int: stored as a tensor, as AdamW's count is
+            state.update({i + offset: {k: torch.as_tensor(v) for k, v in s.items()} for i, s in sd["state"].items()})
             groups += [{**g, "params": [i + offset for i in g["params"]]} for g in sd["param_groups"]]
             offset += sum(len(g["params"]) for g in sd["param_groups"])
         return {"state": state, "param_groups": groups}
@@ -174,7 +171,11 @@ class SplitOptimizer:
             size = sum(len(g["params"]) for g in groups)
             part.load_state_dict(
                 {
-                    "state": {i - offset: s for i, s in state_dict["state"].items() if offset <= i < offset + size},
+                    "state": {
+                        i - offset: {k: int(v) if k == "step" and part is self.parts[1] else v for k, v in s.items()}
+                        for i, s in state_dict["state"].items()
+                        if offset <= i < offset + size
+                    },
                     "param_groups": [{**g, "params": [i - offset for i in g["params"]]} for g in groups],
                 }
             )
