@@ -100,10 +100,12 @@ def beauty(args: argparse.Namespace) -> None:
     )
 
 
-def shop_parquet(path: Path, users: int, items: int, events: int, seed: int = 0) -> None:
-    """Interactions with item locality: each user browses a few neighbourhoods of 64 nearby item
-    ids, stepping a little from the last item; item ids are shuffled so a neighbourhood is no
-    id range. Vectorised: no Python object per event."""
+def shop_parquet(folder: Path, users: int, items: int, events: int, seed: int = 0) -> None:
+    """``folder/interactions.parquet`` with item locality: each user walks through nearby items
+    (small steps, now and then a jump elsewhere), and ``folder/catalog.parquet`` of all
+    ``items`` items (most are bought, not all: the catalog makes the 1M) with a ``category`` per
+    64 neighbouring items. Item ids are shuffled, so a neighbourhood is no id range.
+    Vectorised: no Python object per event."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -120,14 +122,15 @@ def shop_parquet(path: Path, users: int, items: int, events: int, seed: int = 0)
     walk = np.cumsum(step) - np.repeat(np.cumsum(step)[np.cumsum(lengths) - lengths], lengths)
     item = (start + offset + walk) % items
     ids = rng.permutation(items)  # nearby items get unrelated ids
-    table = pa.table(
-        {
-            "user_id": pa.array(user.astype(np.int64)),
-            "item_id": pa.array(ids[item].astype(np.int64)),
-            "timestamp": pa.array(position.astype(np.int64) + 1_600_000_000),
-        }
-    )
-    pq.write_table(table, path)
+    events_table = {
+        "user_id": pa.array(user.astype(np.int64)),
+        "item_id": pa.array(ids[item].astype(np.int64)),
+        "timestamp": pa.array(position.astype(np.int64) + 1_600_000_000),
+    }
+    pq.write_table(pa.table(events_table), folder / "interactions.parquet")
+    category = np.char.add("c", (np.arange(items) // 64).astype(str))  # text: an attribute, not a price band
+    catalog = {"item_id": pa.array(ids.astype(np.int64)), "category": pa.array(category)}
+    pq.write_table(pa.table(catalog), folder / "catalog.parquet")
 
 
 def million(args: argparse.Namespace) -> None:
@@ -135,26 +138,25 @@ def million(args: argparse.Namespace) -> None:
 
     from recscope import config as config_mod
     from recscope.cpu import use_threads
-    from recscope.data import load_dataset, make_split, training_windows
+    from recscope.data import load_dataset, split_of, training_windows
     from recscope.model import SeqRec
     from recscope.sampling import describe_loss, make_optimizer
     from recscope.train import TrainingData, _train_epoch, with_data_sizes
 
     loads = [load_average()]
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "interactions.parquet"
         tic = time.perf_counter()
-        shop_parquet(path, args.users, args.items, args.events)
+        shop_parquet(Path(tmp), args.users, args.items, args.events)
         generate_s = time.perf_counter() - tic
         tic = time.perf_counter()
-        data = load_dataset(f"parquet:{path}")
+        data = load_dataset(f"parquet:{tmp}/interactions.parquet", catalog=f"{tmp}/catalog.parquet")
         load_s = time.perf_counter() - tic
     print(f"{data.describe()} (generated in {generate_s:.1f} s, loaded in {load_s:.1f} s)")
     sets = [f"train.threads={args.threads}", f"train.batch_size={args.batch_size}", *(args.set or [])]
     cfg = with_data_sizes(config_mod.load(ROOT / "configs" / "default.yaml", sets), data)
     threads = use_threads(cfg.train.threads)
     print(describe_loss(cfg))
-    split = make_split(data, cfg)
+    split = split_of(data, cfg)
     windows = torch.from_numpy(training_windows(data, split.train, cfg.model.max_len))
     torch.manual_seed(0)
     model = SeqRec(cfg.model)

@@ -62,13 +62,15 @@ def sampled_softmax(
     may score (held-out items). A candidate equal to a row's target (an accidental hit) is masked
     in that row: the target is its positive, and counts once.
     """
-    positive = (hidden * target_tokens).sum(-1, keepdim=True) - target_log_q[:, None]  # (n, 1)
-    negative = hidden @ candidate_tokens.T - candidate_log_q[None, :]  # (n, K)
+    positive = (hidden * target_tokens).sum(-1) - target_log_q  # (n,)
+    negative = torch.addmm(-candidate_log_q, hidden, candidate_tokens.T)  # (n, K): h . token - log Q
     masked = candidates[None, :] == targets[:, None]  # (n, K) accidental hits
     if hidden_candidates is not None:
-        masked = masked | hidden_candidates[None, :]
-    logits = torch.cat([positive, negative.masked_fill(masked, float("-inf"))], dim=1)  # (n, 1 + K)
-    return F.cross_entropy(logits, torch.zeros_like(targets), reduction=reduction)
+        masked |= hidden_candidates[None, :]
+    negative.masked_fill_(masked, float("-inf"))  # in place: addmm's gradient does not read its output
+    # cross-entropy with the positive as class 0, without building the (n, 1 + K) logits
+    loss = torch.logaddexp(positive, torch.logsumexp(negative, dim=1)) - positive  # (n,)
+    return {"mean": loss.mean, "sum": loss.sum, "none": lambda: loss}[reduction]()
 
 
 class CausalSelfAttention(nn.Module):
