@@ -27,7 +27,6 @@ from recscope.evaluate import evaluate, model_scorer
 from recscope.features.text import catalog_vectors
 from recscope.lock import RunLock
 from recscope.model import SeqRec
-from recscope.sampling import describe_loss, make_optimizer, negative_sampler
 from recscope.run import (
     FORMAT,
     RETRAIN,
@@ -42,6 +41,7 @@ from recscope.run import (
     save_optimizer,
     save_weights,
 )
+from recscope.sampling import describe_loss, make_optimizer, negative_sampler
 from recscope.tasks import SELECT_ON, EventInputs, check_task, click_cases, evaluate_task, event_inputs, head_bias
 
 
