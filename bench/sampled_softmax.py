@@ -174,10 +174,10 @@ def million(args: argparse.Namespace) -> None:
     rss = peak_rss_mib()
     print(f"{events:,.0f} events in {seconds:.1f} s: {rate:,.0f} events/s; loss {loss:.3f}; peak RSS {rss:,.0f} MiB")
     write(
-        "sampled_million",
+        args.name,
         {
             "command": "python bench/sampled_softmax.py million "
-            + f"--steps {args.steps} --batch-size {args.batch_size} --threads {args.threads}"
+            + f"--items {args.items} --steps {args.steps} --batch-size {args.batch_size} --threads {args.threads}"
             + "".join(f" --set {s}" for s in args.set or []),
             "data": f"numpy shop: {args.users:,} users, {args.items:,} items, ~{args.events:,} events (seed 0)",
             "dataset": data.describe(),
@@ -213,6 +213,7 @@ def main() -> None:
     m.add_argument("--batch-size", type=int, default=256)
     m.add_argument("--threads", type=int, default=1)
     m.add_argument("--set", action="append", help="section.key=value")
+    m.add_argument("--name", default="sampled_million", help="result file bench/results/NAME.json")
     args = parser.parse_args()
     if args.part == "beauty":
         Path(args.runs).mkdir(parents=True, exist_ok=True)
