@@ -1,6 +1,7 @@
 """Sampled against full softmax (issue 11): accuracy and cost on Beauty, throughput and memory at 1M items.
 
     python bench/sampled_softmax.py beauty [--set k=v ...]     # -> bench/results/sampled_beauty.json
+    python bench/sampled_softmax.py epoch [--epochs 3]          # -> bench/results/sampled_beauty_epoch.json
     python bench/sampled_softmax.py million [--steps 300]       # -> bench/results/sampled_million.json
 
 beauty: trains configs/beauty.yaml on s3rec:../shared/data/beauty twice, ``train.loss=ce`` and
@@ -96,6 +97,52 @@ def beauty(args: argparse.Namespace) -> None:
             "epoch_time_sampled_over_full": round(
                 rows["sampled"]["median_epoch_seconds"] / rows["ce"]["median_epoch_seconds"], 3
             ),
+        },
+    )
+
+
+def epoch_time(args: argparse.Namespace) -> None:
+    """Seconds per Beauty epoch of each loss, measured alternately (ce, sampled, ce, ...) in one
+    process so both see the same machine; the training loop's own epoch function, no evaluation."""
+    import torch
+
+    from recscope import config as config_mod
+    from recscope.cpu import use_threads
+    from recscope.data import load_dataset, split_of, training_windows
+    from recscope.model import SeqRec
+    from recscope.sampling import make_optimizer
+    from recscope.train import TrainingData, _train_epoch, with_data_sizes
+
+    data = load_dataset(f"s3rec:{SHARED / 'beauty'}")
+    sets = ["model.use_text=false", "train.threads=1", *(args.set or [])]
+    loads, seconds, models = [load_average()], {"ce": [], "sampled": []}, {}
+    for loss in seconds:
+        cfg = with_data_sizes(config_mod.load(ROOT / "configs" / "beauty.yaml", [*sets, f"train.loss={loss}"]), data)
+        use_threads(cfg.train.threads)
+        torch.manual_seed(0)
+        model = SeqRec(cfg.model)
+        model.set_item_fields({f.name: torch.from_numpy(f.values) for f in data.fields})
+        windows = torch.from_numpy(training_windows(data, split_of(data, cfg).train, cfg.model.max_len))
+        models[loss] = (cfg, model, make_optimizer(model, cfg), TrainingData("next_item", windows))
+    for epoch in range(args.epochs):
+        for loss, (cfg, model, optimizer, batches) in models.items():
+            tic = time.perf_counter()
+            _train_epoch(model, optimizer, batches, cfg, epoch)
+            seconds[loss].append(round(time.perf_counter() - tic, 2))
+            print(loss, epoch + 1, seconds[loss][-1])
+    loads.append(load_average())
+    medians = {loss: statistics.median(s) for loss, s in seconds.items()}
+    write(
+        "sampled_beauty_epoch",
+        {
+            "command": f"python bench/sampled_softmax.py epoch --epochs {args.epochs}",
+            "data": f"s3rec:{SHARED / 'beauty'}",
+            "config": "configs/beauty.yaml",
+            "sets": sets,
+            "epoch_seconds": seconds,
+            "median_epoch_seconds": medians,
+            "sampled_over_full": round(medians["sampled"] / medians["ce"], 3),
+            "load_average": loads,
         },
     )
 
@@ -205,6 +252,9 @@ def main() -> None:
     b = sub.add_parser("beauty")
     b.add_argument("--set", action="append", help="section.key=value for both runs (default: model.use_text=false)")
     b.add_argument("--runs", default=str(ROOT / "runs"), help="folder of the two runs (and their logs)")
+    e = sub.add_parser("epoch")
+    e.add_argument("--epochs", type=int, default=3)
+    e.add_argument("--set", action="append", help="section.key=value for both")
     m = sub.add_parser("million")
     m.add_argument("--users", type=int, default=200_000)
     m.add_argument("--items", type=int, default=1_000_000)
@@ -219,7 +269,7 @@ def main() -> None:
         Path(args.runs).mkdir(parents=True, exist_ok=True)
         beauty(args)
     else:
-        million(args)
+        {"epoch": epoch_time, "million": million}[args.part](args)
 
 
 if __name__ == "__main__":
