@@ -18,7 +18,7 @@ from recscope.errors import ConfigError
 from recscope.evaluate import AttributesOnlyScorer, evaluate_run, model_scorer, rank_targets
 from recscope.recommend import Recommender
 from recscope.run import load_info
-from test_model import HISTORY, tiny_model
+from test_model import HISTORY, fixed_negatives, tiny_model
 
 SHOP = "synthetic:users=300,items=120,seed=3"
 
@@ -77,7 +77,7 @@ def test_the_loss_gives_unseen_items_no_gradient():
     inputs, targets = HISTORY[:, :-1], HISTORY[:, 1:].clone()
     targets[targets == 4] = 0  # an unseen item is never a target
     inputs[inputs == 4] = 0
-    for negatives in (None, torch.tensor([4, 11, 12, 13, 17])):
+    for negatives in (None, fixed_negatives([4, 11, 12, 13, 17])):
         model.zero_grad()
         model.loss(inputs, targets, negatives, unseen=unseen).backward()
         grad = model.item_emb.weight.grad

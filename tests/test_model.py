@@ -8,6 +8,7 @@ import torch
 from recscope.config import ModelConfig
 from recscope.model import SeqRec
 from recscope.run import save_weights
+from recscope.sampling import Negatives
 
 torch.set_num_threads(1)
 
@@ -36,6 +37,17 @@ def tiny_model(**overrides) -> SeqRec:
 
 
 HISTORY = torch.tensor([[0, 0, 0, 3, 5, 7, 2, 9], [1, 2, 3, 4, 5, 6, 7, 8]])
+
+
+def fixed_negatives(items: list[int], n_items: int = 20) -> Negatives:
+    """Shared negatives ``items`` for the sampled loss, each drawn once from a uniform sampler."""
+    return Negatives(
+        torch.tensor(items),
+        torch.zeros(n_items + 1, dtype=torch.float64),
+        torch.full((n_items + 1,), 1 / n_items, dtype=torch.float64),
+        0,
+        len(items),
+    )
 
 
 def test_attentions_are_named_outputs_with_the_documented_shapes():
@@ -103,7 +115,7 @@ def test_loss_ignores_padding_positions_and_sampled_loss_works():
     targets = torch.tensor([[9, 4, 5, 6]])  # the 9 and the 4 follow padding: not predicted
     other = torch.tensor([[1, 2, 5, 6]])
     torch.testing.assert_close(model.loss(inputs, targets), model.loss(inputs, other))
-    sampled = model.loss(inputs, targets, negatives=torch.tensor([1, 2, 3, 6]))
+    sampled = model.loss(inputs, targets, negatives=fixed_negatives([1, 2, 3, 6]))
     assert torch.isfinite(sampled), "a negative equal to the target is masked, not a NaN"
 
 

@@ -83,8 +83,13 @@ class TrainConfig:
     # (str) "next_item": rank the catalog for the next item; "rating": predict the next item's rating (the
     # data's value column, e.g. MovieLens); "click": predict whether a shown item is clicked (impressions)
     task: str = "next_item"
-    loss: str = "ce"  # (str) "ce": full-softmax cross-entropy over the catalog; "sampled": sampled softmax
-    num_negatives: int = 256  # (int) sampled softmax: shared uniform negatives per step
+    # (str) "ce": full-softmax cross-entropy over the catalog; "sampled": sampled softmax (the batch's
+    # targets plus shared negatives, log-Q corrected); "auto": ce up to train.sampled_above items, sampled above
+    loss: str = "auto"
+    sampled_above: int = 50_000  # (int) loss auto: catalogs with more items than this train with sampled softmax
+    num_negatives: int = 256  # (int) sampled softmax: items drawn per step by negative_sampler, shared by the batch
+    negative_sampler: str = "uniform"  # (str) sampled softmax: "uniform" over the items, or "popularity" (by frequency)
+    in_batch_negatives: int = 4096  # (int) sampled softmax: at most this many of the batch's targets serve as negatives
     # (float) share of the items whose id embedding is left out of their tokens each step (input and
     # candidate alike), so the model learns to score items from their fields alone, as new items are
     id_dropout: float = 0.0
@@ -100,6 +105,7 @@ class EvalConfig:
     exclude_history: bool = True  # (bool) items already in the user's history are not ranked (as S3-Rec, ICLRec)
     num_negatives: int = 99  # (int) sampled protocol: uniform negatives per user
     batch_size: int = 1024  # (int) users scored per batch
+    chunk_size: int = 65_536  # (int) full ranking scores this many items at a time (memory: batch_size x this)
 
 
 @dataclass(frozen=True)
@@ -325,8 +331,11 @@ RULES: dict[str, Rule] = {
     "train.lr": _range(0, 10, open_low=True),
     "train.weight_decay": _range(0, 10),
     "train.task": _one_of("next_item", "rating", "click"),
-    "train.loss": _one_of("ce", "sampled"),
-    "train.num_negatives": _range(1, 1_048_576),
+    "train.loss": _one_of("ce", "sampled", "auto"),
+    "train.sampled_above": _range(0),
+    "train.num_negatives": _range(0, 1_048_576),
+    "train.negative_sampler": _one_of("uniform", "popularity"),
+    "train.in_batch_negatives": _range(0, 1_048_576),
     "train.id_dropout": _range(0, 1, open_high=True),
     "train.eval_every": _range(1, 1_000_000),
     "train.patience": _range(1, 1_000_000),
@@ -335,6 +344,7 @@ RULES: dict[str, Rule] = {
     "eval.ks": Rule(_cutoffs, "a list of cut-offs from 1 to 100000 that includes 10 (model selection uses NDCG@10)"),
     "eval.num_negatives": _range(1, 1_000_000),
     "eval.batch_size": _range(1, 1_048_576),
+    "eval.chunk_size": _range(2, 2**31 - 1),
 }
 
 
@@ -368,6 +378,13 @@ def validate(config: Config, source: str = "config") -> None:
         raise ConfigError(
             f"{source}: model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}",
             fix="pick n_heads among the divisors of d_model, e.g. model.n_heads=2",
+        )
+    t = config.train
+    if t.loss != "ce" and t.num_negatives == 0 and t.in_batch_negatives == 0:
+        raise ConfigError(
+            f"{source}: train.loss={t.loss} may use sampled softmax, but train.num_negatives and "
+            "train.in_batch_negatives are both 0: it would have no negatives",
+            fix="e.g. train.num_negatives=256 (the default)",
         )
     if d.temporal_valid >= d.temporal_test:
         raise ConfigError(

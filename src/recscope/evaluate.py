@@ -5,6 +5,11 @@ A scorer maps a batch of left-padded histories ``(B, T)`` to next-item scores
 labels of every event), the scorer is called with the histories' ``(B, T)`` labels too. The model and the baselines
 (popularity, item-to-item co-occurrence kNN) all go through :func:`evaluate`.
 
+A scorer that also offers ``encode`` and ``score_items`` (:class:`ChunkScorer`: the model and
+popularity) is ranked chunk by chunk over the catalog (``chunk_size`` items at a time), so memory
+stays ``(batch_size, chunk_size)`` scores however big the catalog; the ranks are the ones the
+whole score matrix gives (:func:`recscope.ranking.rank_chunks`).
+
 Protocols:
 - ``full``: the target is ranked against every item; by default items already in the
   user's history are not ranked (as the S3-Rec and ICLRec code do), the target itself
@@ -15,8 +20,8 @@ Protocols:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
@@ -25,12 +30,28 @@ import torch
 from recscope.data import Dataset, EvalCases, Split, pad_left
 from recscope.metrics import all_metrics
 from recscope.progress import track
-from recscope.ranking import rank, rank_among
+from recscope.ranking import rank_among, rank_chunks
 
 if TYPE_CHECKING:
+    from recscope.model import SeqRec
     from recscope.recommend import Recommender
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
+
+
+@runtime_checkable
+class ChunkScorer(Protocol):
+    """A scorer that can score a part of the catalog: ``encode`` a batch of histories once (and
+    their event labels, when it reads them), then ``score_items`` any items (a slice or (K,)
+    indices) -> (B, K), equal to those columns of ``__call__``'s (B, n_items + 1) scores."""
+
+    n_items: int
+
+    def __call__(self, histories: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def encode(self, histories: torch.Tensor, events: torch.Tensor | None = None) -> Any: ...
+
+    def score_items(self, encoded: Any, items: slice | torch.Tensor) -> torch.Tensor: ...
 
 
 def rank_targets(
@@ -43,6 +64,7 @@ def rank_targets(
     exclude_history: bool = True,
     num_negatives: int = 99,
     batch_size: int = 1024,
+    chunk_size: int = 65_536,
     seed: int = 0,
     progress: str | None = None,
     exclude: np.ndarray | None = None,
@@ -59,35 +81,64 @@ def rank_targets(
     items bought equally often).
 
     ``progress`` names the step in a progress display (``recscope.progress.track``); None
-    shows none (training validates inside its own bar).
+    shows none (training validates inside its own bar). ``chunk_size``: a :class:`ChunkScorer`
+    scores this many items at a time (the ranks do not depend on it).
     """
+    if protocol not in ("full", "sampled") or (protocol == "sampled" and exclude is not None):
+        raise ValueError(f"unknown protocol {protocol!r} (or exclude with sampled): use 'full' or 'sampled'")
     rng = np.random.default_rng(seed)
     ranks = np.empty(len(cases), dtype=np.int64)
     starts = range(0, len(cases), batch_size)
     for start in track(starts, progress) if progress else starts:
         sl = slice(start, start + batch_size)
         users, hist_len, targets = cases.users[sl], cases.hist_len[sl], cases.targets[sl]
+        items = torch.from_numpy(targets)
         # Only as wide as the batch's longest history: positions are counted from the right,
         # so columns of padding in every row change no score, they only cost time.
         histories = torch.from_numpy(pad_left(data, users, hist_len, min(max_len, max(int(hist_len.max()), 1))))
-        if events is None:
-            scores = scorer(histories).float()  # (B, n_items + 1)
-        else:
-            labels = pad_left(data, users, hist_len, histories.shape[1], events)
-            scores = scorer(histories, torch.from_numpy(labels)).float()
+        given = (histories,)
+        if events is not None:
+            given += (torch.from_numpy(pad_left(data, users, hist_len, histories.shape[1], events)),)
+        own, chunks = _scores(scorer, given, items, chunk_size)
         # The whole history (not only the last max_len items) is excluded / avoided.
         full_hist = torch.from_numpy(pad_left(data, users, hist_len, max(int(hist_len.max()), 1)))
         if protocol == "full":  # the target is ranked even if owned (a repeat purchase)
             owned = full_hist if exclude_history else None
-            ranks[sl] = rank(scores, targets, owned=owned, exclude=exclude, rng=rng).numpy()
-        elif protocol == "sampled" and exclude is None:
-            negatives = _sample_negatives(rng, data.n_items, full_hist.numpy(), targets, num_negatives)
-            neg_scores = scores.gather(1, torch.from_numpy(negatives))  # (B, num_negatives)
-            target_scores = scores.gather(1, torch.from_numpy(targets)[:, None])  # (B, 1)
-            ranks[sl] = rank_among(neg_scores, target_scores, rng).numpy()
+            ranks[sl] = rank_chunks(chunks, items, own, owned=owned, exclude=exclude, rng=rng).numpy()
         else:
-            raise ValueError(f"unknown protocol {protocol!r} (or exclude with sampled): use 'full' or 'sampled'")
+            negatives = _sample_negatives(rng, data.n_items, full_hist.numpy(), targets, num_negatives)
+            neg_scores = _gather(chunks, torch.from_numpy(negatives))  # (B, num_negatives)
+            ranks[sl] = rank_among(neg_scores, own, rng).numpy()
     return ranks
+
+
+def _scores(
+    scorer: Scorer | ChunkScorer, given: tuple[torch.Tensor, ...], targets: torch.Tensor, chunk_size: int
+) -> tuple[torch.Tensor, Iterable[tuple[int, torch.Tensor]]]:
+    """The targets' scores (B,) and the catalog's scores as ``(offset, (B, K) scores)`` chunks:
+    a :class:`ChunkScorer`'s ``chunk_size`` items at a time, any other scorer's in one."""
+    if not isinstance(scorer, ChunkScorer):
+        scores = scorer(*given).float()  # (B, n_items + 1)
+        return scores.gather(1, targets[:, None])[:, 0], [(0, scores)]
+    encoded = scorer.encode(*given)
+    # (B, B) and its diagonal: the targets' scores from a matrix product, as a chunk's are
+    own = scorer.score_items(encoded, targets).float().diagonal()
+    n = scorer.n_items + 1
+    # parts as equal as can be, so none is a single column
+    bounds = np.linspace(0, n, -(-n // chunk_size) + 1).round().astype(int).tolist()
+    chunks = (
+        (lo, scorer.score_items(encoded, slice(lo, hi)).float()) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+    )
+    return own, chunks
+
+
+def _gather(chunks: Iterable[tuple[int, torch.Tensor]], wanted: torch.Tensor) -> torch.Tensor:
+    """(B, R) the scores of the items ``wanted`` (B, R), read from the chunks that hold them."""
+    scores = torch.empty(wanted.shape)
+    for offset, chunk in chunks:
+        rows, cols = ((wanted >= offset) & (wanted < offset + chunk.shape[1])).nonzero(as_tuple=True)
+        scores[rows, cols] = chunk[rows, wanted[rows, cols] - offset]
+    return scores
 
 
 def _sample_negatives(
@@ -116,11 +167,31 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------- scorers
-def model_scorer(model: torch.nn.Module) -> Scorer:
-    model.eval()
-    with torch.no_grad():
-        table = model.item_table()
-    return lambda histories, events=None: model.score(histories, table, events)
+class ModelScorer:
+    """The model as a :class:`ChunkScorer`: its item table fused once; a history is encoded
+    as its last hidden state (B, C), and an item's score is the task's prediction for the pair."""
+
+    def __init__(self, model: SeqRec):
+        model.eval()
+        self.model = model
+        self.n_items = model.cfg.n_items
+        with torch.no_grad():
+            self.table = model.item_table()  # (n_items + 1, C)
+
+    def __call__(self, histories: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.score(histories, self.table, events)
+
+    @torch.no_grad()
+    def encode(self, histories: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(histories, last_only=True, events=events).hidden[:, -1]  # (B, C), as score() reads
+
+    @torch.no_grad()
+    def score_items(self, encoded: torch.Tensor, items: slice | torch.Tensor) -> torch.Tensor:
+        return self.model.predict_many(encoded, self.table[items])  # (B, K)
+
+
+def model_scorer(model: SeqRec) -> ModelScorer:
+    return ModelScorer(model)
 
 
 class PopularityScorer:
@@ -130,9 +201,16 @@ class PopularityScorer:
         """``train`` (n_events,) bool: the events trained on (``Split.train``)."""
         counts = np.bincount(data.items[train], minlength=data.n_items + 1).astype(np.float32)
         self.scores = torch.from_numpy(counts)
+        self.n_items = data.n_items
 
     def __call__(self, histories: torch.Tensor) -> torch.Tensor:
         return self.scores.expand(len(histories), -1).clone()
+
+    def encode(self, histories: torch.Tensor) -> int:
+        return len(histories)  # the same scores for every history
+
+    def score_items(self, encoded: int, items: slice | torch.Tensor) -> torch.Tensor:
+        return self.scores[items].expand(encoded, -1)
 
 
 class ItemKNNScorer:
@@ -297,6 +375,7 @@ def protocol_options(cfg, protocol: str) -> dict:
         exclude_history=cfg.eval.exclude_history,
         num_negatives=cfg.eval.num_negatives,
         batch_size=cfg.eval.batch_size,
+        chunk_size=cfg.eval.chunk_size,
     )
 
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +32,45 @@ from torch import Tensor, nn
 
 from recscope.config import ModelConfig
 
+if TYPE_CHECKING:
+    from recscope.sampling import Negatives
+
 
 @dataclass
 class SeqRecOutput:
     hidden: Tensor  # (B, T, C) final hidden state at every position
     attentions: tuple[Tensor, ...] | None = None  # n_layers x (B, H, T, T), rows sum to 1
+
+
+def sampled_softmax(
+    hidden: Tensor,
+    targets: Tensor,
+    target_tokens: Tensor,
+    target_log_q: Tensor,
+    candidates: Tensor,
+    candidate_tokens: Tensor,
+    candidate_log_q: Tensor,
+    hidden_candidates: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Cross-entropy of each row's target against candidates shared by every row, each logit
+    corrected by subtracting the log of its item's chance to be a candidate (log-Q, see
+    :mod:`recscope.sampling`).
+
+    hidden (n, C), targets (n,), target_tokens (n, C), target_log_q (n,); candidates (K,),
+    candidate_tokens (K, C), candidate_log_q (K,); hidden_candidates (K,) bool: candidates no row
+    may score (held-out items). A candidate equal to a row's target (an accidental hit) is masked
+    in that row: the target is its positive, and counts once.
+    """
+    positive = (hidden * target_tokens).sum(-1) - target_log_q  # (n,)
+    negative = torch.addmm(-candidate_log_q, hidden, candidate_tokens.T)  # (n, K): h . token - log Q
+    masked = candidates[None, :] == targets[:, None]  # (n, K) accidental hits
+    if hidden_candidates is not None:
+        masked |= hidden_candidates[None, :]
+    negative.masked_fill_(masked, float("-inf"))  # in place: addmm's gradient does not read its output
+    # cross-entropy with the positive as class 0, without building the (n, 1 + K) logits
+    loss = torch.logaddexp(positive, torch.logsumexp(negative, dim=1)) - positive  # (n,)
+    return {"mean": loss.mean, "sum": loss.sum, "none": lambda: loss}[reduction]()
 
 
 class CausalSelfAttention(nn.Module):
@@ -266,7 +302,7 @@ class SeqRec(nn.Module):
         self,
         inputs: Tensor,
         targets: Tensor,
-        negatives: Tensor | None = None,
+        negatives: Negatives | None = None,
         reduction: str = "mean",
         unseen: Tensor | None = None,
         id_dropped: Tensor | None = None,
@@ -274,33 +310,47 @@ class SeqRec(nn.Module):
     ) -> Tensor:
         """Next-item cross-entropy at every real position (inputs and targets (B, T)).
 
-        Full softmax over the catalog by default; with ``negatives`` (N,) a sampled softmax
-        over the target and those shared negatives (a negative equal to the target is masked).
+        Full softmax over the catalog by default. With ``negatives`` (:class:`recscope.sampling.Negatives`)
+        a sampled softmax over the target and those shared candidates, log-Q corrected
+        (:func:`sampled_softmax`): only the tokens of the inputs, targets and candidates are
+        computed, so a step's cost does not grow with the catalog.
         ``unseen`` (n_items + 1,) bool marks items training must not see (held-out cold items,
         never a target here): they get no logit, so they are not pushed down as negatives and
         their id embeddings get no gradient. ``id_dropped`` (n_items + 1,) bool: items whose id
         embedding is left out of their token this step, as inputs and as candidates (id dropout:
         the model learns to score an item from its fields alone, as it must a new item).
         """
-        table = self.item_table()
-        if id_dropped is not None:
-            table = table - self.item_emb.weight * id_dropped[:, None]
-        hidden = self(inputs, tokens=table[inputs] if id_dropped is not None else None, events=events).hidden
-        mask = (inputs > 0) & (targets > 0)
-        h = hidden[mask]  # (n, C): logits only where there is something to predict
+        mask = (inputs > 0) & (targets > 0)  # logits only where there is something to predict
         y = targets[mask]  # (n,)
         if negatives is None:
-            logits = h @ table[1:].T  # (n, n_items)
+            table = self.item_table()  # (n_items + 1, C)
+            if id_dropped is not None:
+                table = table - self.item_emb.weight * id_dropped[:, None]
+            hidden = self(inputs, tokens=table[inputs] if id_dropped is not None else None, events=events).hidden
+            logits = hidden[mask] @ table[1:].T  # (n, n_items)
             if unseen is not None:
                 logits = logits.masked_fill(unseen[None, 1:], float("-inf"))
             return F.cross_entropy(logits, y - 1, reduction=reduction)
-        pos = (h * table[y]).sum(-1, keepdim=True)  # (n, 1)
-        neg = h @ table[negatives].T  # (n, N)
-        neg = neg.masked_fill(negatives[None, :] == y[:, None], float("-inf"))
-        if unseen is not None:
-            neg = neg.masked_fill(unseen[negatives][None, :], float("-inf"))
-        logits = torch.cat([pos, neg], dim=1)
-        return F.cross_entropy(logits, torch.zeros_like(y), reduction=reduction)
+        tokens = self._tokens_without(id_dropped)
+        hidden = self(inputs, tokens=tokens(inputs) if id_dropped is not None else None, events=events).hidden
+        candidates = negatives.items  # (K,)
+        return sampled_softmax(
+            hidden[mask],
+            y,
+            tokens(y),
+            negatives.log_q(y),
+            candidates,
+            tokens(candidates),
+            negatives.log_q(candidates),
+            None if unseen is None else unseen[candidates],
+            reduction,
+        )
+
+    def _tokens_without(self, id_dropped: Tensor | None) -> Callable[[Tensor], Tensor]:
+        """items (*S) -> (*S, C) their tokens, without the id embedding of the ``id_dropped`` items."""
+        if id_dropped is None:
+            return self.item_tokens
+        return lambda items: self.item_tokens(items) - self.item_emb(items) * id_dropped[items, None]
 
     def rating_loss(
         self, inputs: Tensor, targets: Tensor, ratings: Tensor, events: Tensor | None = None, reduction: str = "mean"

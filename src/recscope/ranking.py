@@ -24,7 +24,7 @@ and its place in a top-K list may differ within its group of tied items.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -40,27 +40,41 @@ def _index(items: Items) -> torch.Tensor | None:
     return torch.from_numpy(np.asarray(items, dtype=np.int64))
 
 
-def hide(scores: torch.Tensor, owned: Items = None, exclude: Items = None) -> torch.Tensor:
+def hide(scores: torch.Tensor, owned: Items = None, exclude: Items = None, offset: int = 0) -> torch.Tensor:
     """A copy of ``scores`` (..., N + 1) with padding and every ``owned`` / ``exclude`` item at -inf.
 
     ``owned`` and ``exclude`` are each None, item indices shared by every row (L,), or for a
     batch one row of indices per score row (B, L), padded with 0 (padding is hidden anyway).
+    ``offset``: the scores are a chunk of the catalog, (..., K) for items offset .. offset + K - 1
+    (items outside it are hidden elsewhere; padding is item 0, in the first chunk only).
     """
     scores = scores.clone()
-    scores[..., 0] = float("-inf")
+    width = scores.shape[-1]
+    if offset == 0:
+        scores[..., 0] = float("-inf")
     for items in (_index(owned), _index(exclude)):
         if items is None:
             continue
+        items = items - offset
+        inside = (items >= 0) & (items < width)
         if items.dim() == 1:
-            scores[..., items] = float("-inf")
-        else:
-            scores.scatter_(-1, items, float("-inf"))  # (B, L) per row
+            scores[..., items[inside]] = float("-inf")
+        else:  # (B, L) per row
+            rows = torch.arange(len(items))[:, None].expand_as(items)
+            scores[rows[inside], items[inside]] = float("-inf")
     return scores
 
 
 def n_visible(scores: torch.Tensor) -> torch.Tensor:
     """(...,) how many items of already hidden scores (..., N + 1) are visible."""
     return torch.isfinite(scores).sum(-1)
+
+
+def _tie_rule(higher: torch.Tensor, tied: torch.Tensor, own: torch.Tensor, rng: np.random.Generator | None):
+    """(B,) ranks from the counts of visible rivals scored ``higher`` than and ``tied`` with ``own`` (B,)."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    tied = np.where(torch.isfinite(own).numpy(), tied.numpy(), 0)  # -inf ties only hidden rivals
+    return torch.from_numpy(higher.numpy() + np.floor(rng.random(len(higher)) * (tied + 1)).astype(np.int64))
 
 
 def rank_among(rivals: torch.Tensor, own: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
@@ -70,12 +84,32 @@ def rank_among(rivals: torch.Tensor, own: torch.Tensor, rng: np.random.Generator
     lands on each of the n + 1 places with equal chance). Rivals at -inf are hidden: an ``own``
     of -inf ranks after every visible rival.
     """
-    rng = np.random.default_rng(0) if rng is None else rng
     own = own.reshape(-1, 1)  # (B, 1)
-    higher = (rivals > own).sum(1).numpy()
-    tied = (rivals == own).sum(1).numpy()
-    tied = np.where(torch.isfinite(own[:, 0]).numpy(), tied, 0)  # -inf ties only hidden rivals
-    return torch.from_numpy(higher + np.floor(rng.random(len(higher)) * (tied + 1)).astype(np.int64))
+    return _tie_rule((rivals > own).sum(1), (rivals == own).sum(1), own[:, 0], rng)
+
+
+def rank_chunks(
+    chunks: Iterable[tuple[int, torch.Tensor]],
+    items: torch.Tensor,
+    own: torch.Tensor,
+    *,
+    owned: Items = None,
+    exclude: Items = None,
+    rng: np.random.Generator | None = None,
+) -> torch.Tensor:
+    """(B,) 0-based ranks of ``items`` (B,), one per row, scored ``own`` (B,), among the visible
+    catalog given in chunks: ``(offset, scores (B, K))`` for items offset .. offset + K - 1, the
+    chunks covering the catalog once. The ranks :func:`rank` gives on the whole score matrix:
+    the counts of higher and tied rivals add up over the chunks, and the tie rule draws once."""
+    higher = torch.zeros(len(items), dtype=torch.long)
+    tied = torch.zeros(len(items), dtype=torch.long)
+    for offset, scores in chunks:
+        rivals = hide(scores, owned, exclude, offset)
+        inside = (items >= offset) & (items < offset + scores.shape[-1])
+        rivals[inside.nonzero()[:, 0], items[inside] - offset] = float("-inf")  # an item is not its own rival
+        higher += (rivals > own[:, None]).sum(1)
+        tied += (rivals == own[:, None]).sum(1)
+    return _tie_rule(higher, tied, own, rng)
 
 
 def rank(
@@ -98,10 +132,8 @@ def rank(
     items = _index(items)
     if scores.dim() == 1:
         scores = scores.expand(len(items), -1)  # (M, N + 1): one row per item
-    own = scores.gather(1, items[:, None])  # (B, 1)
-    rivals = hide(scores, owned, exclude)
-    rivals.scatter_(1, items[:, None], float("-inf"))  # the item is not its own rival
-    return rank_among(rivals, own, rng)
+    own = scores.gather(1, items[:, None])[:, 0]  # (B,)
+    return rank_chunks([(0, scores)], items, own, owned=owned, exclude=exclude, rng=rng)
 
 
 def top_k(

@@ -50,6 +50,7 @@ from recscope.run import (
     save_optimizer,
     save_weights,
 )
+from recscope.sampling import describe_loss, make_optimizer, negative_sampler
 from recscope.tasks import SELECT_ON, EventInputs, check_task, click_cases, evaluate_task, event_inputs, head_bias
 
 
@@ -144,7 +145,7 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
         model.head.bias.data.fill_(head_bias(data, split, task))
     model.to(dist.device)  # before the optimizer is built, so its state lives where the weights do
     unseen = None if unseen is None else unseen.to(dist.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    optimizer = make_optimizer(model, config)  # sampled softmax: sparse updates of the item table
     data_print = fingerprint(data)
     dist.check_same(data_print, "data")
     state = {"epoch": 0, "best_epoch": 0, "best_valid": None, "bad_evals": 0, "history": []}
@@ -178,7 +179,7 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
     processes = f" x {dist.world} processes (DistributedDataParallel)" if dist.active else ""
     console.print(
         f"[bold]{data.describe()}[/]\n{split.describe()}; {batches.describe()}; {threads} thread(s){processes}\n"
-        f"{info.state['inputs']}",
+        f"{info.state['inputs']}\n{describe_loss(config)}",
         highlight=False,
     )
     start_epoch = info.state["epoch"]
@@ -308,6 +309,7 @@ def _validate(model: SeqRec, data: Dataset, split, config: Config, inputs: Event
         config.eval.ks,
         exclude_history=config.eval.exclude_history,
         batch_size=config.eval.batch_size,
+        chunk_size=config.eval.chunk_size,
         events=None if inputs is None else inputs.codes,
     )
 
@@ -418,13 +420,10 @@ def _train_epoch(
     step: Callable[[float], None] = progress.step if progress else lambda loss: None
     if progress:
         progress.start_epoch(epoch + 1, len(batches))
+    sampler = negative_sampler(data.windows, config, unseen)  # None: full softmax
     total = 0.0
     for index in batches:
-        negatives = None
-        if t.loss == "sampled" and data.task == "next_item":
-            # negatives among the items training may see (held-out cold items never are)
-            pool = torch.arange(1, config.model.n_items + 1) if unseen is None else torch.flatnonzero(~unseen[1:]) + 1
-            negatives = pool[torch.randint(len(pool), (t.num_negatives,), generator=generator)]
+        negatives = None if sampler is None else sampler.draw(data.windows[index], generator)
         dropped = None
         if t.id_dropout > 0:
             dropped = torch.rand(config.model.n_items + 1, generator=generator) < t.id_dropout
