@@ -14,7 +14,7 @@ from recscope.cli import app
 from recscope.data import load_dataset, make_split, training_windows
 from recscope.errors import ConfigError
 from recscope.evaluate import PopularityScorer, evaluate, model_scorer, rank_targets
-from recscope.model import sampled_softmax
+from recscope.losses import sampled_softmax
 from recscope.ranking import rank, rank_chunks
 from recscope.recommend import Recommender
 from recscope.run import load_info, load_optimizer, save_optimizer

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recscope.config import ModelConfig
+from recscope.losses import linear_cross_entropy, reduce, sampled_softmax
 
 if TYPE_CHECKING:
     from recscope.sampling import Negatives
@@ -40,37 +41,6 @@ if TYPE_CHECKING:
 class SeqRecOutput:
     hidden: Tensor  # (B, T, C) final hidden state at every position
     attentions: tuple[Tensor, ...] | None = None  # n_layers x (B, H, T, T), rows sum to 1
-
-
-def sampled_softmax(
-    hidden: Tensor,
-    targets: Tensor,
-    target_tokens: Tensor,
-    target_log_q: Tensor,
-    candidates: Tensor,
-    candidate_tokens: Tensor,
-    candidate_log_q: Tensor,
-    hidden_candidates: Tensor | None = None,
-    reduction: str = "mean",
-) -> Tensor:
-    """Cross-entropy of each row's target against candidates shared by every row, each logit
-    corrected by subtracting the log of its item's chance to be a candidate (log-Q, see
-    :mod:`recscope.sampling`).
-
-    hidden (n, C), targets (n,), target_tokens (n, C), target_log_q (n,); candidates (K,),
-    candidate_tokens (K, C), candidate_log_q (K,); hidden_candidates (K,) bool: candidates no row
-    may score (held-out items). A candidate equal to a row's target (an accidental hit) is masked
-    in that row: the target is its positive, and counts once.
-    """
-    positive = (hidden * target_tokens).sum(-1) - target_log_q  # (n,)
-    negative = torch.addmm(-candidate_log_q, hidden, candidate_tokens.T)  # (n, K): h . token - log Q
-    masked = candidates[None, :] == targets[:, None]  # (n, K) accidental hits
-    if hidden_candidates is not None:
-        masked |= hidden_candidates[None, :]
-    negative.masked_fill_(masked, float("-inf"))  # in place: addmm's gradient does not read its output
-    # cross-entropy with the positive as class 0, without building the (n, 1 + K) logits
-    loss = torch.logaddexp(positive, torch.logsumexp(negative, dim=1)) - positive  # (n,)
-    return {"mean": loss.mean, "sum": loss.sum, "none": lambda: loss}[reduction]()
 
 
 class CausalSelfAttention(nn.Module):
@@ -327,10 +297,9 @@ class SeqRec(nn.Module):
             if id_dropped is not None:
                 table = table - self.item_emb.weight * id_dropped[:, None]
             hidden = self(inputs, tokens=table[inputs] if id_dropped is not None else None, events=events).hidden
-            logits = hidden[mask] @ table[1:].T  # (n, n_items)
-            if unseen is not None:
-                logits = logits.masked_fill(unseen[None, 1:], float("-inf"))
-            return F.cross_entropy(logits, y - 1, reduction=reduction)
+            # softmax over table[1:] (padding is never a candidate), fused with its matmul (recscope.losses)
+            losses = linear_cross_entropy(hidden[mask], table[1:], y - 1, None if unseen is None else unseen[1:])
+            return reduce(losses, reduction)
         tokens = self._tokens_without(id_dropped)
         hidden = self(inputs, tokens=tokens(inputs) if id_dropped is not None else None, events=events).hidden
         candidates = negatives.items  # (K,)
