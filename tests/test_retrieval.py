@@ -98,8 +98,10 @@ def test_recommend_with_the_index_is_the_exact_top_k(run):
             np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-5, atol=1e-5)
     history = exact.data.item_ids[5:9]
     assert [r.item_id for r in ann.recommend(history=history)] == [r.item_id for r in exact.recommend(history=history)]
-    before_after = ann.what_if(exact.data.user_ids[0], remove=[], add=[exact.data.item_ids[3]])
-    assert before_after == exact.what_if(exact.data.user_ids[0], remove=[], add=[exact.data.item_ids[3]])
+    got, want = (r.what_if(exact.data.user_ids[0], add=[exact.data.item_ids[3]]) for r in (ann, exact))
+    for key in ("before", "after"):
+        assert [r["item_id"] for r in got[key]] == [r["item_id"] for r in want[key]]
+    assert (got["entered"], got["left"]) == (want["entered"], want["left"])
 
 
 def test_owned_and_excluded_items_are_never_returned(run):
