@@ -25,8 +25,9 @@ from recscope.recommend import Recommender
 from recscope.serve.app import create_app
 from recscope.serve.settings import Settings
 
-ON = RetrievalConfig(ann="on")
+ON = RetrievalConfig(ann="on")  # the default index (ivf)
 OFF = RetrievalConfig(ann="off")
+KINDS = [RetrievalConfig(ann="on", index="ivf"), RetrievalConfig(ann="on", index="hnsw")]
 
 
 def clustered_table(n: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -87,8 +88,9 @@ def run(tiny_run, tmp_path) -> Path:
     return Path(shutil.copytree(tiny_run, tmp_path / "run"))
 
 
-def test_recommend_with_the_index_is_the_exact_top_k(run):
-    exact, ann = Recommender.load(run, retrieval_config=OFF), Recommender.load(run, retrieval_config=ON)
+@pytest.mark.parametrize("on", KINDS, ids=lambda c: c.index)
+def test_recommend_with_the_index_is_the_exact_top_k(run, on):
+    exact, ann = Recommender.load(run, retrieval_config=OFF), Recommender.load(run, retrieval_config=on)
     assert exact.index is None and ann.index is not None and ann.index.items == exact.data.n_items
     for user in exact.data.user_ids[:40]:
         for k in (1, 10, 30):
@@ -104,8 +106,9 @@ def test_recommend_with_the_index_is_the_exact_top_k(run):
     assert (got["entered"], got["left"]) == (want["entered"], want["left"])
 
 
-def test_owned_and_excluded_items_are_never_returned(run):
-    ann, exact = Recommender.load(run, retrieval_config=ON), Recommender.load(run, retrieval_config=OFF)
+@pytest.mark.parametrize("on", KINDS, ids=lambda c: c.index)
+def test_owned_and_excluded_items_are_never_returned(run, on):
+    ann, exact = Recommender.load(run, retrieval_config=on), Recommender.load(run, retrieval_config=OFF)
     user = ann.data.user_ids[7]
     owned = {ann.data.item_ids[i] for i in ann.history(user)}
     first = [r.item_id for r in ann.recommend(user, k=20)]
@@ -140,14 +143,14 @@ def test_the_index_is_cached_per_version_and_reused(run, capsys):
     first = Recommender.load(run, retrieval_config=ON)
     where = retrieval.folder(run, first.version)
     meta = json.loads((where / retrieval.META_FILE).read_text())
-    assert meta["version"] == first.version and meta["items"] == first.data.n_items and meta["kind"] == "hnsw"
+    assert meta["version"] == first.version and meta["items"] == first.data.n_items and meta["kind"] == "ivf"
     stamps = [(where / f).stat().st_mtime_ns for f in (retrieval.INDEX_FILE, retrieval.META_FILE)]
-    second = Recommender.load(run, retrieval_config=dataclasses.replace(ON, ef_search=64, pool=3))  # search-only
+    second = Recommender.load(run, retrieval_config=dataclasses.replace(ON, ivf_probe=1, pool=3))  # search-only
     assert [(where / f).stat().st_mtime_ns for f in (retrieval.INDEX_FILE, retrieval.META_FILE)] == stamps
     assert second.index.info == first.index.info and "rebuilding" not in capsys.readouterr().err
     # other build settings: rebuilt, and the note says why
-    third = Recommender.load(run, retrieval_config=dataclasses.replace(ON, hnsw_m=8))
-    assert third.index.info.settings["m"] == 8 and "other settings" in capsys.readouterr().err
+    third = Recommender.load(run, retrieval_config=dataclasses.replace(ON, ivf_lists=2))
+    assert third.index.info.settings["lists"] == 2 and "other settings" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "meta"])

@@ -109,12 +109,13 @@ class RetrievalConfig:
     # rating or click head always score exactly (their scores are an MLP, not an inner product).
     ann: str = "auto"
     ann_above: int = 100_000  # (int) with ann=auto: catalogs of more items than this use the index
-    index: str = "hnsw"  # (str) the FAISS index: "hnsw" (graph, inner product) or "ivf" (inverted lists, flat)
+    # (str) the FAISS index: "ivf" (k-means inverted lists of flat vectors) or "hnsw" (graph); both inner product
+    index: str = "ivf"
     hnsw_m: int = 32  # (int) hnsw: graph neighbours per item (more: better recall, bigger index, slower build)
     ef_construction: int = 80  # (int) hnsw: candidates kept while building the graph
     ef_search: int = 256  # (int) hnsw: candidates kept while searching (more: better recall, slower)
     ivf_lists: int = 0  # (int) ivf: inverted lists, 0 = 4 * sqrt(items)
-    ivf_probe: int = 256  # (int) ivf: lists searched per query (more: better recall, slower)
+    ivf_probe: int = 128  # (int) ivf: lists searched per query (more: better recall, slower)
     pool: int = 5  # (int) candidates retrieved per item asked for (k * pool), then scored exactly by the model
 
 
