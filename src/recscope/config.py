@@ -109,12 +109,30 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class RetrievalConfig:
+    # (str) how recommend finds the top-K: "auto": an approximate (ANN) index above ann_above items, exact
+    # scoring below; "on": the index at any size; "off": exact scoring of the whole catalog. Runs with a
+    # rating or click head always score exactly (their scores are an MLP, not an inner product).
+    ann: str = "auto"
+    ann_above: int = 100_000  # (int) with ann=auto: catalogs of more items than this use the index
+    # (str) the FAISS index: "ivf" (k-means inverted lists of flat vectors) or "hnsw" (graph); both inner product
+    index: str = "ivf"
+    hnsw_m: int = 32  # (int) hnsw: graph neighbours per item (more: better recall, bigger index, slower build)
+    ef_construction: int = 80  # (int) hnsw: candidates kept while building the graph
+    ef_search: int = 256  # (int) hnsw: candidates kept while searching (more: better recall, slower)
+    ivf_lists: int = 0  # (int) ivf: inverted lists, 0 = 4 * sqrt(items)
+    ivf_probe: int = 128  # (int) ivf: lists searched per query (more: better recall, slower)
+    pool: int = 5  # (int) candidates retrieved per item asked for (k * pool), then scored exactly by the model
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -143,7 +161,7 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
         except OSError as e:
             raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections (data, model, train, eval)")
+            raise ConfigError(f"{path} must hold a mapping of sections (data, model, train, eval, retrieval)")
         _refuse_derived(raw, str(path))
         config = _apply(config, raw, str(path))
     for item in overrides:
@@ -345,6 +363,15 @@ RULES: dict[str, Rule] = {
     "eval.num_negatives": _range(1, 1_000_000),
     "eval.batch_size": _range(1, 1_048_576),
     "eval.chunk_size": _range(2, 2**31 - 1),
+    "retrieval.ann": _one_of("auto", "on", "off"),
+    "retrieval.ann_above": _range(0, 10**12),
+    "retrieval.index": _one_of("hnsw", "ivf"),
+    "retrieval.hnsw_m": _range(4, 256),
+    "retrieval.ef_construction": _range(8, 4096),
+    "retrieval.ef_search": _range(8, 65_536),
+    "retrieval.ivf_lists": _range(0, 1_048_576),
+    "retrieval.ivf_probe": _range(1, 1_048_576),
+    "retrieval.pool": _range(1, 1000),
 }
 
 
@@ -390,4 +417,10 @@ def validate(config: Config, source: str = "config") -> None:
         raise ConfigError(
             f"{source}: data.temporal_valid={d.temporal_valid} must be below data.temporal_test={d.temporal_test}",
             fix="e.g. data.temporal_valid=0.8 and data.temporal_test=0.9",
+        )
+    if config.retrieval.ann == "on" and config.train.task != "next_item":
+        raise ConfigError(
+            f"{source}: retrieval.ann=on needs train.task=next_item: a {config.train.task} run scores items with "
+            "an MLP, which an inner-product index cannot search",
+            fix="leave retrieval.ann at auto (such runs score exactly) or set it to off",
         )

@@ -7,10 +7,16 @@ rec.recommend(history=["B001", "B002"], k=10)  # anyone, from item ids
 A history of item ids may hold ids the run does not know (items added after training, typos):
 they are skipped and named in the result's ``unknown`` (``unknown="error"`` refuses instead);
 a history with no known item at all is an error.
+
+Above a catalog size (``retrieval`` in the config) ``recommend`` and ``what_if`` take their
+top-K from an approximate index and score its candidates exactly (recscope.retrieval);
+``scores`` and ``explain`` always score the whole catalog (an explanation's rank is against
+every item).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recscope import versions
+from recscope import retrieval, versions
+from recscope.config import RetrievalConfig
 from recscope.data import Dataset, split_of
 from recscope.errors import RunError
 from recscope.features.text import encode_texts, encoder
@@ -76,13 +83,22 @@ class Recommender:
         info: RunInfo,
         path: Path | None = None,
         histories: HistorySource | None = None,
+        version: str = versions.UNVERSIONED,
+        retrieval_config: RetrievalConfig | None = None,
     ):
         self.model, self.data, self.info, self.path = model, data, info, path
         self.config = info.config
         self.histories: HistorySource = histories if histories is not None else RunHistories(data)
-        self.version = versions.UNVERSIONED  # the model version (see recscope.versions); load() sets it
+        self.version = version  # the model version (see recscope.versions)
         with torch.no_grad():
             self._table = model.item_table()
+        # The approximate index over the trained items, when the run's catalog calls for one
+        # (built once per version and cached beside it); None: exact scoring.
+        self.retrieval = retrieval_config or self.config.retrieval
+        config = dataclasses.replace(self.config, retrieval=self.retrieval)
+        self.index: retrieval.ItemIndex | None = None
+        if retrieval.wanted(config, data.n_items):
+            self.index = retrieval.open_index(path, version, self._table, self.retrieval)
         self._explainers: dict = {}
         # The event labels the model reads (None: it reads none); they follow from the data and config.
         self.inputs: EventInputs | None = event_inputs(data, self.config) if self.config.model.n_events else None
@@ -90,14 +106,15 @@ class Recommender:
         self.trained_items = data.n_items
 
     @classmethod
-    def load(cls, run: str | Path, version: str | None = None) -> Recommender:
+    def load(
+        cls, run: str | Path, version: str | None = None, retrieval_config: RetrievalConfig | None = None
+    ) -> Recommender:
         """The run's model ``version`` (default: the current one; a run from before versions:
-        its model.safetensors, named by its digest)."""
+        its model.safetensors, named by its digest). ``retrieval_config`` replaces the run's
+        ``retrieval`` settings (e.g. ``ann="off"`` to score exactly)."""
         path, version_id = versions.weights(Path(run), version)
         model, info = load_model(Path(run), weights=path)
-        rec = cls(model, load_data(Path(run)), info, Path(run))
-        rec.version = version_id
-        return rec
+        return cls(model, load_data(Path(run)), info, Path(run), version=version_id, retrieval_config=retrieval_config)
 
     # ------------------------------------------------------------------ the catalog
     def trained(self, item_id: str) -> bool:
@@ -131,8 +148,11 @@ class Recommender:
             rows = [a.index for a in added]
             values = {f.name: torch.from_numpy(f.values[rows]) for f in self.data.fields}
             self.model.set_items(rows, values, text=self._text_vectors(rows))
+            # Only these rows change (a token is its own item's fields): no pass over the whole catalog.
             with torch.no_grad():
-                self._table = self.model.item_table()
+                grown = self.model.cfg.n_items + 1 - len(self._table)
+                self._table = torch.cat([self._table, self._table.new_zeros(grown, self._table.shape[1])])
+                self._table[rows] = self.model.item_tokens(torch.tensor(rows, dtype=torch.long))
             self._explainers.clear()  # they hold the old item table
         return added
 
@@ -218,6 +238,12 @@ class Recommender:
         labels = None if events is None else self.tensor(events)
         scores = self.model.score(self.tensor(history), self._table, labels)[0]
         return hide(scores, owned=history if exclude_history else None)
+
+    @torch.no_grad()
+    def _query(self, history: np.ndarray, events: np.ndarray | None) -> torch.Tensor:
+        """(1, C) the history's last hidden state: what SeqRec.score scores the table with."""
+        labels = None if events is None else self.tensor(events)
+        return self.model(self.tensor(history), last_only=True, events=labels).hidden[:, -1]
 
     def recommend(
         self,
@@ -375,8 +401,15 @@ class Recommender:
         exclude: list[int] = (),
         events: np.ndarray | None = None,
     ) -> list[Recommendation]:
-        scores = hide(self.scores(hist, exclude_history, events), exclude=list(exclude) or None)
-        top = top_k(scores, k)
+        top = None
+        if self.index is not None:
+            hidden = np.concatenate([hist if exclude_history else [], list(exclude)]).astype(np.int64)
+            with torch.no_grad():
+                top = retrieval.top_k(
+                    self.index, self._query(hist, events), self._table, k, hidden, self.model.predict_many
+                )
+        if top is None:  # exact: no index, or one that cannot vouch for this query
+            top = top_k(hide(self.scores(hist, exclude_history, events), exclude=list(exclude) or None), k)
         return [
             Recommendation(r + 1, self.data.item_ids[i], self.data.title(i), float(s))
             for r, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True))

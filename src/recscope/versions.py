@@ -8,6 +8,10 @@ A version's directory is written under a temporary name and renamed whole, and n
 again; ``publish`` of weights already published is a no-op. Training publishes its best model
 at the end; the service serves ``current`` and names it in every answer. Runs written before
 versions existed have none: their ``model.safetensors`` is served, named by its digest.
+
+A run whose catalog calls for approximate retrieval gets its version's index built as the
+version is published (``recscope.retrieval``: ``RUN/indexes/<id>/``, beside the versions, as a
+version's own directory is never written again).
 """
 
 from __future__ import annotations
@@ -67,6 +71,9 @@ def publish(run: Path, weights: Path, source: str, parent: str | None = None, **
                 os.fsync(f.fileno())
         tmp.rename(final)
     promote(run, version_id)
+    from recscope import retrieval  # imported here: retrieval loads models, which read versions
+
+    retrieval.prepare(run, version_id)
     return read(run, version_id)
 
 
