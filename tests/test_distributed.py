@@ -174,7 +174,7 @@ def test_nproc_resumes_a_run_of_one_process_in_two(one_process, tmp_path):
     common = ["train", "--nproc", "2", "--data", SPEC, "--out", str(run), "--config", TINY, *NO_DROPOUT]
     resumed = _recscope(*common, "--resume", "--set", "train.epochs=3")
     assert resumed.returncode == 0, resumed.stderr
-    assert "x 2 processes (DistributedDataParallel)" in resumed.stderr
+    assert "x 2 processes (DistributedDataParallel)" in " ".join(resumed.stderr.split())  # rich wraps lines
     _same_curve(_history(run), _history(one_process))
 
 
