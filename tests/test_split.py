@@ -137,3 +137,23 @@ def test_training_windows_on_real_shaped_data_have_no_leak_and_no_loss():
         expected.update(zip(prefix[:-1], prefix[1:], strict=False))
     assert got == expected, "every training transition exactly once, and nothing else"
     assert got.total() == int(np.maximum(split.train_len - 1, 0).sum())
+
+
+def test_valid_sample_is_seeded_ordered_and_whole_when_asked():
+    cases = make_split(load_dataset("synthetic:users=200,items=120,seed=5")).valid
+    some = cases.sample(50, seed=3)
+    assert len(some) == 50 and (np.diff(some.users) > 0).all()  # in their order, each user once
+    assert np.array_equal(some.users, cases.sample(50, seed=3).users)  # the same every evaluation
+    assert not np.array_equal(some.users, cases.sample(50, seed=4).users)
+    assert set(some.users) <= set(cases.users)
+    assert cases.sample(0, seed=3) is cases and cases.sample(10_000, seed=3) is cases
+
+
+def test_training_selects_on_the_valid_sample(tmp_path):
+    from recscope.config import load
+    from recscope.train import fit
+
+    spec = "synthetic:users=200,items=120,seed=5"
+    config = load("configs/tiny.yaml", ["train.epochs=1", "eval.valid_users=40"])
+    info = fit(load_dataset(spec), config, tmp_path / "run", data_spec=spec)
+    assert "40 valid" in info.state["split"]

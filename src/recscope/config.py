@@ -106,6 +106,7 @@ class EvalConfig:
     num_negatives: int = 99  # (int) sampled protocol: uniform negatives per user
     batch_size: int = 1024  # (int) users scored per batch
     chunk_size: int = 65_536  # (int) full ranking scores this many items at a time (memory: batch_size x this)
+    valid_users: int = 0  # (int) model selection ranks a seeded sample of this many valid cases; 0 = all of them
 
 
 @dataclass(frozen=True)
@@ -363,6 +364,7 @@ RULES: dict[str, Rule] = {
     "eval.num_negatives": _range(1, 1_000_000),
     "eval.batch_size": _range(1, 1_048_576),
     "eval.chunk_size": _range(2, 2**31 - 1),
+    "eval.valid_users": _range(0, 2**31 - 1),
     "retrieval.ann": _one_of("auto", "on", "off"),
     "retrieval.ann_above": _range(0, 10**12),
     "retrieval.index": _one_of("hnsw", "ivf"),

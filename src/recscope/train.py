@@ -123,6 +123,8 @@ def fit(
         check_task(data, config.train.task, data_spec)
         config = with_data_sizes(config, data, text_dim=0 if text is None else text.vectors.shape[1])
         split = split_of(data, config)
+        # model selection on a seeded sample of the valid cases when asked (eval.valid_users; big data)
+        split = dataclasses.replace(split, valid=split.valid.sample(config.eval.valid_users, config.train.seed))
         if len(split.valid) == 0:
             raise RunError("no user has enough events for a valid case", fix="each user needs at least 3 events")
         with ExitStack() as held:

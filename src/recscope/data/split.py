@@ -31,6 +31,14 @@ class EvalCases:
         """The cases where the (n,) bool ``keep`` is true, in order."""
         return EvalCases(self.users[keep], self.hist_len[keep], self.targets[keep])
 
+    def sample(self, n: int, seed: int) -> EvalCases:
+        """A seeded sample of ``n`` cases, in their order (all of them when ``n`` is 0 or covers them)."""
+        if n <= 0 or n >= len(self):
+            return self
+        keep = np.zeros(len(self), dtype=bool)
+        keep[np.random.default_rng(seed).choice(len(self), n, replace=False)] = True
+        return self.subset(keep)
+
 
 @dataclass
 class Split:
