@@ -191,13 +191,19 @@ def million(args: argparse.Namespace) -> None:
     from recscope.train import TrainingData, _train_epoch, with_data_sizes
 
     loads = [load_average()]
-    with tempfile.TemporaryDirectory() as tmp:
+    generate_s = 0.0
+    if args.data:  # e.g. prepared:DIR of `recscope data generate` + `recscope data prepare`: the shop itself
         tic = time.perf_counter()
-        shop_parquet(Path(tmp), args.users, args.items, args.events)
-        generate_s = time.perf_counter() - tic
-        tic = time.perf_counter()
-        data = load_dataset(f"parquet:{tmp}/interactions.parquet", catalog=f"{tmp}/catalog.parquet")
+        data = load_dataset(args.data)
         load_s = time.perf_counter() - tic
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            tic = time.perf_counter()
+            shop_parquet(Path(tmp), args.users, args.items, args.events)
+            generate_s = time.perf_counter() - tic
+            tic = time.perf_counter()
+            data = load_dataset(f"parquet:{tmp}/interactions.parquet", catalog=f"{tmp}/catalog.parquet")
+            load_s = time.perf_counter() - tic
     print(f"{data.describe()} (generated in {generate_s:.1f} s, loaded in {load_s:.1f} s)")
     sets = [f"train.threads={args.threads}", f"train.batch_size={args.batch_size}", *(args.set or [])]
     cfg = with_data_sizes(config_mod.load(ROOT / "configs" / "default.yaml", sets), data)
@@ -225,8 +231,10 @@ def million(args: argparse.Namespace) -> None:
         {
             "command": "python bench/sampled_softmax.py million "
             + f"--items {args.items} --steps {args.steps} --batch-size {args.batch_size} --threads {args.threads}"
-            + "".join(f" --set {s}" for s in args.set or []),
-            "data": f"numpy shop: {args.users:,} users, {args.items:,} items, ~{args.events:,} events (seed 0)",
+            + "".join(f" --set {s}" for s in args.set or [])
+            + (f" --data {args.data}" if args.data else ""),
+            "data": args.data
+            or f"numpy shop: {args.users:,} users, {args.items:,} items, ~{args.events:,} events (seed 0)",
             "dataset": data.describe(),
             "generate_seconds": round(generate_s, 1),
             "load_seconds": round(load_s, 1),
@@ -256,6 +264,7 @@ def main() -> None:
     e.add_argument("--epochs", type=int, default=3)
     e.add_argument("--set", action="append", help="section.key=value for both")
     m = sub.add_parser("million")
+    m.add_argument("--data", help="a data spec to train on instead of the numpy shop (e.g. prepared:DIR)")
     m.add_argument("--users", type=int, default=200_000)
     m.add_argument("--items", type=int, default=1_000_000)
     m.add_argument("--events", type=int, default=2_000_000)

@@ -122,7 +122,7 @@ class RetrievalConfig:
     ef_construction: int = 80  # (int) hnsw: candidates kept while building the graph
     ef_search: int = 256  # (int) hnsw: candidates kept while searching (more: better recall, slower)
     ivf_lists: int = 0  # (int) ivf: inverted lists, 0 = 4 * sqrt(items)
-    ivf_probe: int = 128  # (int) ivf: lists searched per query (more: better recall, slower)
+    ivf_probe: int = 64  # (int) ivf: lists searched per query (more: better recall, slower)
     pool: int = 5  # (int) candidates retrieved per item asked for (k * pool), then scored exactly by the model
 
 
