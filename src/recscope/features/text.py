@@ -154,6 +154,9 @@ class SentenceEncoder:
                 "item text needs the package sentence-transformers, which is not installed",
                 fix="pip install sentence-transformers (beside torch==2.13.0), or --set model.use_text=false",
             ) from None
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # its "Loading weights" bar would print in every report and demo
         self.model = SentenceTransformer(str(path), device="cpu", local_files_only=True).eval()
         self.dim = int(self.model.get_embedding_dimension())
         self.session = _onnx_session(self.model, onnx_folder / f"{model_key(encoder)}.onnx") if onnx_folder else None
@@ -203,7 +206,7 @@ def _onnx_session(model, path: Path):
 
     if not path.exists():
         try:
-            example = model.tokenize(["an example title", "two"])
+            example = model.preprocess(["an example title", "two"])
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             dynamic = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
