@@ -94,3 +94,17 @@ def test_progress_clocks_keep_running_after_the_first_epoch():
         time.sleep(0.02)
         assert run.elapsed > first and not run.finished, "the run clock keeps running"
         assert epoch.description == "epoch 3" and run.completed == 2
+
+
+def test_a_long_epoch_in_a_pipe_prints_a_line_every_few_seconds():
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=120)
+    with TrainingProgress(console, epochs=1, every=0.05) as bar:
+        bar.start_epoch(1, steps=4)
+        bar.step(2.0)  # sooner than `every`: no line yet
+        assert out.getvalue() == ""
+        time.sleep(0.06)
+        bar.step(4.0)
+        bar.step(6.0)  # right after a line: none again
+    lines = [line for line in out.getvalue().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("epoch 1: step 2/4, loss 3.0000 ("), lines

@@ -257,7 +257,11 @@ class TrainingProgress:
     clock; the run row finishes only when training does, so its clock never stops.
     """
 
-    def __init__(self, console: Console, epochs: int, start_epoch: int = 0):
+    def __init__(self, console: Console, epochs: int, start_epoch: int = 0, every: float = 10.0):
+        # In a pipe or a log rich draws nothing live: a plain line every ``every`` seconds instead,
+        # so a long epoch (minutes at a million items) never looks hung.
+        self.console, self.every, self._lines = console, every, not console.is_terminal
+        self._epoch, self._total, self._started, self._shown = 0, 0, 0.0, 0.0
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -280,12 +284,22 @@ class TrainingProgress:
 
     def start_epoch(self, epoch: int, steps: int) -> None:
         self._loss, self._steps = 0.0, 0
+        self._epoch, self._total = epoch, steps
+        self._started = self._shown = time.perf_counter()
         self.progress.reset(self.epoch, total=steps, description=f"epoch {epoch}", info="loss -")
 
     def step(self, loss: float) -> None:
         self._loss += loss
         self._steps += 1
         self.progress.update(self.epoch, advance=1, info=f"loss {self._loss / self._steps:.4f}")
+        now = time.perf_counter()
+        if self._lines and now - self._shown >= self.every:
+            self._shown = now
+            self.console.print(
+                f"epoch {self._epoch}: step {self._steps:,}/{self._total:,}, loss {self._loss / self._steps:.4f} "
+                f"({_clock(now - self._started)})",
+                highlight=False,
+            )
 
     def end_epoch(self, info: str | None = None) -> None:
         self.progress.advance(self.run)
