@@ -18,7 +18,7 @@ for large corpus item recommendations"). With ``m`` draws from ``p`` and ``n`` f
     Q(j) = 1 - (1 - p_j)^m (1 - q_j)^n
 
 A candidate equal to a position's own target (an accidental hit) is masked for that position,
-so the target counts once (:func:`recscope.model.sampled_softmax`). The training loop calls
+so the target counts once (:func:`recscope.losses.sampled_softmax`). The training loop calls
 :func:`negative_sampler` once per epoch and :meth:`NegativeSampler.draw` once per step.
 
 With sampled softmax a step touches only the item-id embeddings of its inputs and candidates,
