@@ -183,7 +183,7 @@ class ModelScorer:
 
     @torch.no_grad()
     def encode(self, histories: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(histories, last_only=True, events=events).hidden[:, -1]  # (B, C), as score() reads
+        return self.model.query(histories, events)  # (B, C), as score() reads
 
     @torch.no_grad()
     def score_items(self, encoded: torch.Tensor, items: slice | torch.Tensor) -> torch.Tensor:

@@ -336,7 +336,7 @@ class SeqRec(nn.Module):
     ) -> Tensor:
         """Binary cross-entropy of clicks: ``histories`` (B, T) the history each item was shown
         after, ``shown`` (B,) the items, ``clicked`` (B,) 1.0 / 0.0."""
-        hidden = self(histories, events=events, last_only=True).hidden[:, -1]  # (B, C)
+        hidden = self.query(histories, events)  # (B, C)
         logits = self.predict_paired(hidden, self.item_tokens(shown))
         return F.binary_cross_entropy_with_logits(logits, clicked.to(logits.dtype), reduction=reduction)
 
@@ -359,11 +359,16 @@ class SeqRec(nn.Module):
             out[rows] = self(seqs, tokens=tokens, last_only=True, events=labels).hidden[:, -1]
         return out
 
+    def query(self, items: Tensor, events: Tensor | None = None) -> Tensor:
+        """(B, T) histories (and their (B, T) event labels) -> (B, C) the last hidden state: what
+        every item is scored against as the next one (predict_many / predict_paired)."""
+        return self(items, last_only=True, events=events).hidden[:, -1]
+
     @torch.no_grad()
     def score(self, items: Tensor, table: Tensor | None = None, events: Tensor | None = None) -> Tensor:
         """(B, T) histories (and their (B, T) event labels) -> (B, n_items + 1) the task's prediction
         for every item as the next (its score, rating or click logit); column 0 is -inf."""
-        hidden = self(items, last_only=True, events=events).hidden[:, -1]  # (B, C)
+        hidden = self.query(items, events)  # (B, C)
         table = self.item_table() if table is None else table
         scores = self.predict_many(hidden, table)
         scores[:, 0] = float("-inf")

@@ -242,8 +242,7 @@ class Recommender:
     @torch.no_grad()
     def _query(self, history: np.ndarray, events: np.ndarray | None) -> torch.Tensor:
         """(1, C) the history's last hidden state: what SeqRec.score scores the table with."""
-        labels = None if events is None else self.tensor(events)
-        return self.model(self.tensor(history), last_only=True, events=labels).hidden[:, -1]
+        return self.model.query(self.tensor(history), None if events is None else self.tensor(events))
 
     def recommend(
         self,
