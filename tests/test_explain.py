@@ -167,8 +167,14 @@ class AdditiveModel(nn.Module):
     def last_hidden(self, items, table=None, events=None):
         return self(items).hidden[:, -1]
 
+    def query(self, items, events=None):
+        return self(items).hidden[:, -1]
+
     def predict_many(self, hidden, candidates):
         return hidden @ candidates.T
+
+    def predict_paired(self, hidden, candidates):
+        return (hidden * candidates).sum(-1)
 
     def item_table(self):
         return torch.ones(len(self.values), 1)

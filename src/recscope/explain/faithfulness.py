@@ -208,8 +208,7 @@ def _aopc(model, table, case: _Case, order: torch.Tensor) -> tuple[list[float], 
         keep.append(top)
     masks = torch.cat(remove + keep)  # (2 * S * K, T)
     targets = case.targets.repeat(2 * len(sizes))
-    hidden = model(without(case.read, masks)).hidden[:, -1]
-    scores = (hidden * table[targets]).sum(-1).view(2, len(sizes), K)
+    scores = model.predict_paired(model.query(without(case.read, masks)), table[targets]).view(2, len(sizes), K)
     drops = (case.full[None, None, :] - scores).mean(-1)  # (2, S): mean over targets, per size
     return drops[0].tolist(), drops[1].tolist()
 
@@ -218,7 +217,7 @@ def _aopc(model, table, case: _Case, order: torch.Tensor) -> tuple[list[float], 
 def _exit_rate(model, table, case: _Case, removed: torch.Tensor, k: int) -> float:
     K, T = len(case.targets), len(case.read)
     masks = torch.ones(K, T, dtype=torch.bool).scatter(1, removed, False)
-    scores = model(without(case.read, masks)).hidden[:, -1] @ table.T  # (K, N + 1): row j for target j
+    scores = model.predict_many(model.query(without(case.read, masks)), table)  # (K, N + 1): row j for target j
     ranks = rank(scores, case.targets, owned=case.owned)  # (K,)
     return float((ranks >= k).float().mean())
 

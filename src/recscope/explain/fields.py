@@ -108,9 +108,9 @@ def candidate_fields(
     labels = None if events is None else events[None, :]
     hidden = model(history[None, :], events=labels).hidden[0, -1]  # (C,)
     parts = model.field_embeddings(targets)  # name -> (K, C)
-    if model.head is None:
-        return torch.stack([parts[n] @ hidden for n in parts], dim=-1), list(parts)
-    whole = torch.stack(list(parts.values())).sum(0)  # (K, C)
     h = hidden.expand(len(targets), -1)
+    if model.head is None:
+        return torch.stack([model.predict_paired(h, parts[n]) for n in parts], dim=-1), list(parts)
+    whole = torch.stack(list(parts.values())).sum(0)  # (K, C)
     full = model.predict_paired(h, whole)
     return torch.stack([full - model.predict_paired(h, whole - parts[n]) for n in parts], dim=-1), list(parts)
