@@ -49,6 +49,9 @@ class ModelConfig:
     d_model: int = 64  # (int) width of item tokens and hidden states
     n_layers: int = 2  # (int) Transformer blocks
     n_heads: int = 2  # (int) attention heads per block
+    # (int) independent Transformers side by side, each trained on its own loss, scored by their mean:
+    # an ensemble in one model (next-item task only); every width is towers x d_model
+    towers: int = 1
     dropout: float = 0.2  # (float) dropout on embeddings, attention outputs and MLP
     attn_dropout: float = 0.2  # (float) dropout on attention weights during training
     use_attributes: bool = True  # (bool) add catalog attribute embeddings to each item token
@@ -63,6 +66,11 @@ class ModelConfig:
     text_dim: int = 0  # (int) width of a precomputed text embedding per item, 0 = no text field
     n_events: int = 0  # (int) event labels the event embedding knows (label 0 = none / unknown), 0 = no event field
     head: str = "next_item"  # (str) what the model predicts, from train.task: "next_item", "rating" or "click"
+
+    @property
+    def width(self) -> int:
+        """The width of item tokens and hidden states: every tower's d_model side by side."""
+        return self.d_model * self.towers
 
 
 @dataclass(frozen=True)
@@ -337,6 +345,7 @@ RULES: dict[str, Rule] = {
     "model.d_model": _range(1, 8192),
     "model.n_layers": _range(1, 64),
     "model.n_heads": _range(1, 256),
+    "model.towers": _range(1, 64),
     "model.dropout": _range(0, 1, open_high=True),
     "model.attn_dropout": _range(0, 1, open_high=True),
     "model.text_scale": _range(0, 1000, open_low=True),
@@ -409,6 +418,11 @@ def validate(config: Config, source: str = "config") -> None:
             fix="pick n_heads among the divisors of d_model, e.g. model.n_heads=2",
         )
     t = config.train
+    if m.towers > 1 and t.task != "next_item":
+        raise ConfigError(
+            f"{source}: model.towers={m.towers} ensembles next-item scores; train.task={t.task} has a head of its own",
+            fix="use model.towers=1 with a rating or click task",
+        )
     if t.loss != "ce" and t.num_negatives == 0 and t.in_batch_negatives == 0:
         raise ConfigError(
             f"{source}: train.loss={t.loss} may use sampled softmax, but train.num_negatives and "

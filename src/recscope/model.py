@@ -7,6 +7,15 @@ view / cart / purchase, and in a rating run the rating given), when the data say
 Scores are dot products of the last hidden state with the same fused item table
 (input and output embeddings are tied), over the full catalog.
 
+Towers (``cfg.towers``, next-item only): K independent Transformers side by side in one module,
+an ensemble trained in one pass. Every width is K x d_model, tower k owning the k-th d_model
+columns: embeddings are K tables concatenated, each linear map and LayerNorm is block-diagonal
+(:class:`TowerLinear`, :class:`TowerLayerNorm`), and a block's K x n_heads heads are tower k's
+n_heads, then tower k+1's. Each tower is trained on its own loss (the loss is their mean), so they
+learn as K separately seeded models would; the score is the mean of the K towers' scores, which is
+the dot product of the concatenated query and item token divided by K. One tower is exactly the
+single model (same parameters, same names, same numbers).
+
 The task heads (``cfg.head``): "next_item" is that dot product; "rating" and "click" put a
 small MLP (:class:`PairHead`) on the pair (hidden state, candidate item token), predicting the
 candidate's rating or its click logit. :meth:`SeqRec.predict_many` / :meth:`SeqRec.predict_paired`
@@ -43,13 +52,54 @@ class SeqRecOutput:
     attentions: tuple[Tensor, ...] | None = None  # n_layers x (B, H, T, T), rows sum to 1
 
 
+def tower_linear(x: Tensor, weight: Tensor, bias: Tensor | None, towers: int) -> Tensor:
+    """``towers`` linear maps side by side: x (..., towers * in), weight (towers * out, in) (the
+    maps stacked), bias (towers * out) -> (..., towers * out); tower k's outputs read only tower
+    k's inputs. One tower is ``F.linear``."""
+    if towers == 1:
+        return F.linear(x, weight, bias)
+    y = torch.einsum("...ki,koi->...ko", x.unflatten(-1, (towers, -1)), weight.view(towers, -1, weight.shape[1]))
+    if bias is not None:
+        y = y + bias.view(towers, -1)
+    return y.flatten(-2)
+
+
+class TowerLinear(nn.Linear):
+    """A block-diagonal linear map over ``towers`` side-by-side inputs (see :func:`tower_linear`),
+    stored as ``nn.Linear(in, towers * out)``: one tower is exactly ``nn.Linear``."""
+
+    def __init__(self, towers: int, in_features: int, out_features: int):
+        super().__init__(in_features, towers * out_features)
+        self.towers = towers
+
+    def forward(self, x: Tensor) -> Tensor:
+        return tower_linear(x, self.weight, self.bias, self.towers)
+
+
+class TowerLayerNorm(nn.LayerNorm):
+    """LayerNorm over each tower's own d_model columns, stored as ``nn.LayerNorm(towers * d_model)``:
+    one tower is exactly ``nn.LayerNorm``."""
+
+    def __init__(self, towers: int, d_model: int):
+        super().__init__(towers * d_model)
+        self.towers = towers
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.towers == 1:
+            return super().forward(x)
+        shape = (self.towers, -1)
+        normed = F.layer_norm(x.unflatten(-1, shape), (x.shape[-1] // self.towers,), eps=self.eps)
+        return (normed * self.weight.view(shape) + self.bias.view(shape)).flatten(-2)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         assert cfg.d_model % cfg.n_heads == 0, "d_model must be divisible by n_heads"
-        self.n_heads = cfg.n_heads
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.towers, self.d_model = cfg.towers, cfg.d_model
+        self.n_heads = cfg.n_heads * cfg.towers  # tower k's heads are k * n_heads ... (k + 1) * n_heads - 1
+        self.qkv = TowerLinear(cfg.towers, cfg.d_model, 3 * cfg.d_model)  # per tower: q, k, v
+        self.proj = TowerLinear(cfg.towers, cfg.d_model, cfg.d_model)
         self.attn_dropout = cfg.attn_dropout
         self.fused = cfg.fused_attention
 
@@ -58,12 +108,17 @@ class CausalSelfAttention(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """``last_only``: only the last position's output (its query against every key), (B, 1, C)."""
         B, T, C = x.shape
+        K, D = self.towers, self.d_model
+        weight = self.qkv.weight.view(K, 3, D, -1)  # tower, (q, k, v), out, in
+        bias = self.qkv.bias.view(K, 3, D)
         if last_only:
-            k, v = F.linear(x, self.qkv.weight[C:], self.qkv.bias[C:]).split(C, dim=2)
-            q = F.linear(x[:, -1:], self.qkv.weight[:C], self.qkv.bias[:C])
+            q = tower_linear(x[:, -1:], weight[:, 0].reshape(K * D, -1), bias[:, 0].reshape(-1), K)
+            kv = tower_linear(x, weight[:, 1:].reshape(2 * K * D, -1), bias[:, 1:].reshape(-1), K)
+            k, v = kv.unflatten(-1, (K, 2, D)).unbind(-2)
+            k, v = k.flatten(-2), v.flatten(-2)
             allowed = allowed[..., -1:, :]
         else:
-            q, k, v = self.qkv(x).split(C, dim=2)
+            q, k, v = (t.flatten(-2) for t in self.qkv(x).unflatten(-1, (K, 3, D)).unbind(-2))
         Q = q.shape[1]
         q = q.view(B, Q, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, H, Q, hd)
         k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (k, v))  # (B, H, T, hd)
@@ -82,13 +137,14 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.d_model)
+        K = cfg.towers
+        self.ln1 = TowerLayerNorm(K, cfg.d_model)
         self.attn = CausalSelfAttention(cfg)
-        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.ln2 = TowerLayerNorm(K, cfg.d_model)
         self.mlp = nn.Sequential(
-            nn.Linear(cfg.d_model, 4 * cfg.d_model),
+            TowerLinear(K, cfg.d_model, 4 * cfg.d_model),
             nn.GELU(),
-            nn.Linear(4 * cfg.d_model, cfg.d_model),
+            TowerLinear(K, 4 * cfg.d_model, cfg.d_model),
             nn.Dropout(cfg.dropout),
         )
         self.dropout = nn.Dropout(cfg.dropout)
@@ -122,7 +178,7 @@ class SeqRec(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        C = cfg.d_model
+        C = cfg.width  # towers x d_model
         self.item_emb = nn.Embedding(cfg.n_items + 1, C, padding_idx=0)
         fields_ = cfg.fields if cfg.use_attributes else ()
         self.field_names = [name for name, _, _ in fields_]
@@ -135,13 +191,13 @@ class SeqRec(nn.Module):
             self.text_proj = nn.Linear(cfg.text_dim, C, bias=False)
             # A LayerNorm gives the projected text the id embedding's role as an equal partner:
             # unit-variance per token whatever the projection's scale (model.text_norm).
-            self.text_norm = nn.LayerNorm(C) if cfg.text_norm else None
+            self.text_norm = TowerLayerNorm(cfg.towers, cfg.d_model) if cfg.text_norm else None
         if cfg.n_events:
             self.event_emb = nn.Embedding(cfg.n_events, C, padding_idx=0)  # label 0: no type known, adds nothing
         self.pos_emb = nn.Embedding(cfg.max_len, C)
         self.emb_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(C)
+        self.ln_f = TowerLayerNorm(cfg.towers, cfg.d_model)
         self.head = PairHead(C) if cfg.head != "next_item" else None
         self.apply(self._init_weights)
 
@@ -258,15 +314,27 @@ class SeqRec(nn.Module):
         """(V, C) hidden states, (K, C) candidate tokens -> (V, K) what the task predicts for every
         pair: the next-item score, the rating, or the click logit."""
         if self.head is None:
-            return hidden @ candidates.T
+            return self._tower_mean(hidden @ candidates.T)
         V, K = len(hidden), len(candidates)
         return self.head(hidden[:, None, :].expand(V, K, -1), candidates[None, :, :].expand(V, K, -1))
 
     def predict_paired(self, hidden: Tensor, candidates: Tensor) -> Tensor:
         """(B, C) hidden states, (B, C) candidate tokens -> (B,) the task's prediction for row b's pair."""
         if self.head is None:
-            return (hidden * candidates).sum(-1)
+            return self._tower_mean((hidden * candidates).sum(-1))
         return self.head(hidden, candidates)
+
+    def _tower_mean(self, dot: Tensor) -> Tensor:
+        """Dot products over all towers' columns -> the mean of the towers' scores."""
+        return dot if self.cfg.towers == 1 else dot / self.cfg.towers
+
+    def _per_tower(self, loss: Callable[..., Tensor], *wide: Tensor) -> Tensor:
+        """``loss`` of each tower's columns of the ``wide`` (..., towers x d_model) tensors, averaged
+        over the towers: each tower learns from its own loss, as a model trained alone would."""
+        if self.cfg.towers == 1:
+            return loss(*wide)
+        parts = zip(*(t.split(self.cfg.d_model, dim=-1) for t in wide), strict=True)
+        return torch.stack([loss(*part) for part in parts]).mean(0)
 
     def loss(
         self,
@@ -298,21 +366,31 @@ class SeqRec(nn.Module):
                 table = table - self.item_emb.weight * id_dropped[:, None]
             hidden = self(inputs, tokens=table[inputs] if id_dropped is not None else None, events=events).hidden
             # softmax over table[1:] (padding is never a candidate), fused with its matmul (recscope.losses)
-            losses = linear_cross_entropy(hidden[mask], table[1:], y - 1, None if unseen is None else unseen[1:])
+            hidden_columns = None if unseen is None else unseen[1:]
+            losses = self._per_tower(
+                lambda h, t: linear_cross_entropy(h, t, y - 1, hidden_columns), hidden[mask], table[1:]
+            )
             return reduce(losses, reduction)
         tokens = self._tokens_without(id_dropped)
         hidden = self(inputs, tokens=tokens(inputs) if id_dropped is not None else None, events=events).hidden
         candidates = negatives.items  # (K,)
-        return sampled_softmax(
+        target_log_q, candidate_log_q = negatives.log_q(y), negatives.log_q(candidates)
+        hidden_columns = None if unseen is None else unseen[candidates]
+        return self._per_tower(
+            lambda h, target_tokens, candidate_tokens: sampled_softmax(
+                h,
+                y,
+                target_tokens,
+                target_log_q,
+                candidates,
+                candidate_tokens,
+                candidate_log_q,
+                hidden_columns,
+                reduction,
+            ),
             hidden[mask],
-            y,
             tokens(y),
-            negatives.log_q(y),
-            candidates,
             tokens(candidates),
-            negatives.log_q(candidates),
-            None if unseen is None else unseen[candidates],
-            reduction,
         )
 
     def _tokens_without(self, id_dropped: Tensor | None) -> Callable[[Tensor], Tensor]:
@@ -350,7 +428,7 @@ class SeqRec(nn.Module):
         with the tokens read from ``table`` (the item table) instead of fused again. ``events``
         (B, T) are the histories' event labels (None: none known)."""
         lengths = (items > 0).sum(1)
-        out = items.new_empty((len(items), self.cfg.d_model), dtype=self.pos_emb.weight.dtype)
+        out = items.new_empty((len(items), self.cfg.width), dtype=self.pos_emb.weight.dtype)
         for rows in lengths.argsort().split(chunk):
             width = max(int(lengths[rows].max()), 1)
             seqs = items[rows, -width:]

@@ -73,11 +73,14 @@ class RolloutExplainer(_ReadingExplainer):
     def attribute(
         self, history: torch.Tensor, targets: torch.Tensor, events: torch.Tensor | None = None
     ) -> torch.Tensor:
-        maps = attention_maps(self.model, history, events).mean(1)  # (L, T, T)
-        T = maps.shape[-1]
-        rollout = torch.eye(T)
+        maps = attention_maps(self.model, history, events)  # (L, towers x H, T, T)
+        L, _, T, _ = maps.shape
+        towers = self.model.cfg.towers
+        maps = maps.view(L, towers, -1, T, T).mean(2)  # (L, towers, T, T): each tower's heads averaged
+        rollout = torch.eye(T).expand(towers, T, T)
         for layer in maps:  # the residual stream carries half: A' = (A + I) / 2, rows renormalised
             a = 0.5 * layer + 0.5 * torch.eye(T)
             a = a / a.sum(-1, keepdim=True)
             rollout = a @ rollout
-        return rollout[-1].expand(len(targets), -1).clone()
+        # a tower's layers compose only with its own; the towers' rollouts are averaged as their scores are
+        return rollout[:, -1].mean(0).expand(len(targets), -1).clone()

@@ -140,7 +140,7 @@ def page_header(rec, k: int, methods: list[str], page: str = "report") -> dict:
             for m in methods
         ],
         "layers": rec.config.model.n_layers,
-        "heads": rec.config.model.n_heads,
+        "heads": rec.config.model.n_heads * rec.config.model.towers,  # every tower's heads, tower by tower
     }
 
 
