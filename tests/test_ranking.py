@@ -4,6 +4,8 @@ from collections import Counter
 
 import numpy as np
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recscope.ranking import cutoff, hide, n_visible, rank, rank_among, top_k
 
@@ -109,3 +111,34 @@ def test_top_k_orders_exact_ties_at_random_but_reproducibly():
         assert idx[0] == 5 and idx[4] == 1 and sorted(idx[1:4]) == [2, 3, 4]
         orders.add(tuple(idx[1:4]))
     assert len(orders) == 6, "every order of the tied items occurs"
+
+
+def _sorted_top_k(scores: torch.Tensor, k: int, rng: np.random.Generator | None) -> torch.Tensor:
+    """The tie rule written as the whole sort: a stable sort of the shuffled row, best first."""
+    scores = hide(scores)
+    k = min(k, int(n_visible(scores).min()))
+    shuffle = torch.from_numpy((np.random.default_rng(0) if rng is None else rng).permutation(scores.shape[-1]))
+    return shuffle[torch.argsort(scores[..., shuffle], dim=-1, descending=True, stable=True)[..., :k]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.sampled_from([-np.inf, -1.0, 0.0, -0.0, 0.5, 1.0, 2.0]), min_size=6, max_size=6),
+        min_size=1,
+        max_size=3,
+    ),
+    st.integers(0, 8),
+    st.one_of(st.none(), st.integers(0, 2**16)),
+)
+def test_top_k_is_the_whole_sort_of_the_shuffled_row(rows, k, seed):
+    """top_k sorts only the items at or above the k-th best score: the same list as sorting all."""
+    scores = torch.tensor(rows, dtype=torch.float32)
+    if int(n_visible(hide(scores)).min()) == 0:
+        return
+    rng = lambda: None if seed is None else np.random.default_rng(seed)  # noqa: E731
+    expected = _sorted_top_k(scores, k, rng())
+    for given_scores in (scores, scores[0]):
+        top = top_k(given_scores, k, rng=rng())
+        assert torch.equal(top.indices, expected if given_scores.dim() == 2 else _sorted_top_k(scores[0], k, rng()))
+        assert torch.equal(top.values, given_scores.gather(-1, top.indices))

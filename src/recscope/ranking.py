@@ -152,11 +152,24 @@ def top_k(
     """
     scores = hide(scores, owned, exclude)
     k = min(k, int(n_visible(scores).min()))
-    rng = np.random.default_rng(0) if rng is None else rng
-    shuffle = torch.from_numpy(rng.permutation(scores.shape[-1]))  # (N + 1,) random order among ties
-    order = torch.argsort(scores[..., shuffle], dim=-1, descending=True, stable=True)[..., :k]
-    indices = shuffle[order]
+    n = scores.shape[-1]
+    # The order is a stable sort of the row shuffled at random: by score, best first, then by
+    # each item's place in the shuffle. Only the items scoring at least the k-th best score can
+    # be in it, so only they are sorted (a million-item row costs a topk, not a full sort).
+    places = _shuffle_places(n) if rng is None else _places(rng.permutation(n))
+    rows = scores.reshape(-1, n)
+    indices = torch.stack([_best(row, places, k) for row in rows]).reshape(*scores.shape[:-1], k)
     return torch.return_types.topk((scores.gather(-1, indices), indices))
+
+
+def _best(row: torch.Tensor, places: np.ndarray, k: int) -> torch.Tensor:
+    """(k,) the indices of ``row``'s k best items by (score descending, place ascending)."""
+    if k == 0:
+        return torch.zeros(0, dtype=torch.long)
+    threshold = torch.topk(row, k, sorted=False).values.min()  # the k-th best score, finite
+    contenders = (row >= threshold).nonzero().flatten()  # k of them, more when the k-th is tied
+    order = np.lexsort((places[contenders.numpy()], -row[contenders].numpy()))[:k]
+    return contenders[torch.from_numpy(order)]
 
 
 def top_k_among(scores: torch.Tensor, items: Items, n_columns: int, k: int) -> torch.return_types.topk:
@@ -178,9 +191,13 @@ def top_k_among(scores: torch.Tensor, items: Items, n_columns: int, k: int) -> t
 def _shuffle_places(n_columns: int) -> np.ndarray:
     """(n_columns,) each column's place in the shuffle :func:`top_k` draws by default (its first
     draw from ``default_rng(0)``); cached, as drawing it costs ~10 ms per million items."""
-    shuffle = np.random.default_rng(0).permutation(n_columns)
-    places = np.empty(n_columns, dtype=np.int64)
-    places[shuffle] = np.arange(n_columns)
+    return _places(np.random.default_rng(0).permutation(n_columns))
+
+
+def _places(shuffle: np.ndarray) -> np.ndarray:
+    """A shuffle (a permutation of the columns) -> (n,) each column's place in it."""
+    places = np.empty(len(shuffle), dtype=np.int64)
+    places[shuffle] = np.arange(len(shuffle))
     return places
 
 
