@@ -1,10 +1,16 @@
-"""The item-token lever text LayerNorm (model.text_norm, text_scale); id dropout is train.id_dropout."""
+"""The item-token lever text LayerNorm (model.text_norm, text_scale), the weights' moving average
+(train.ema); id dropout is train.id_dropout."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from tests.conftest import TINY, TINY_SPEC
+from typer.testing import CliRunner
 
+from recscope.cli import app
 from recscope.config import ConfigError, ModelConfig, load
 from recscope.model import SeqRec
 
@@ -34,3 +40,23 @@ def test_lever_keys_are_checked():
         load(None, ["train.id_dropout=1.0"])
     with pytest.raises(ConfigError, match="text_scale"):
         load(None, ["model.text_scale=0"])
+
+
+def test_ema_validates_selects_and_saves_the_moving_average_and_resumes_it(tmp_path):
+    """train.ema: the weights' average is what valid measures and model.safetensors holds; the raw
+    weights (last.safetensors) keep training; --resume goes on from the saved average."""
+    out = tmp_path / "run"
+    runner = CliRunner()
+    train = ["train", "--data", TINY_SPEC, "--out", str(out), "--config", str(TINY), "--set", "train.ema=0.5"]
+    result = runner.invoke(app, [*train, "--set", "train.epochs=2", "--set", "train.eval_every=1"])
+    assert result.exit_code == 0, result.output
+    average, raw = load_file(out / "ema.safetensors"), load_file(out / "last.safetensors")
+    assert not torch.equal(average["item_emb.weight"], raw["item_emb.weight"]), "an average, not the weights"
+    state = json.loads((out / "run.json").read_text())["state"]
+    if state["best_epoch"] == 2:  # the last epoch's average is the best model
+        assert torch.equal(load_file(out / "model.safetensors")["item_emb.weight"], average["item_emb.weight"])
+    result = runner.invoke(app, ["evaluate", str(out), "--split", "valid", "--json"])
+    assert json.loads(result.stdout)["metrics"]["NDCG@10"] == pytest.approx(state["best_valid"]["NDCG@10"])
+    result = runner.invoke(app, [*train, "--set", "train.epochs=3", "--set", "train.eval_every=1", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert not torch.equal(load_file(out / "ema.safetensors")["item_emb.weight"], average["item_emb.weight"])

@@ -147,3 +147,11 @@ def test_a_towers_run_trains_evaluates_and_explains_end_to_end(tmp_path):
             assert e.history and all(math.isfinite(h.weight) for h in e.history), method
             assert math.isfinite(e.score) and e.sentence, method
             assert len(e.attentions[0]) == 2 * rec.config.model.n_heads  # every tower's heads, per layer
+    png = tmp_path / "attention.png"
+    result = runner.invoke(app, ["explain", str(out), "--user", user, "--top", "2", "--attention-png", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.stat().st_size > 0
+    page = tmp_path / "report"
+    result = runner.invoke(app, ["report", str(out), "--users", user, "--out", str(page)])
+    assert result.exit_code == 0, result.output
+    assert (page / "index.html").exists()

@@ -530,6 +530,7 @@ def explain(
             [rec.data.title(i) for i in view.items],
             attention_png,
             title=f"user {user}: final-position attention",
+            towers=rec.config.model.towers,
         )
         out.print(Text(f"attention heatmap: {attention_png}"))
 

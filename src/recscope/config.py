@@ -101,6 +101,9 @@ class TrainConfig:
     # (float) share of the items whose id embedding is left out of their tokens each step (input and
     # candidate alike), so the model learns to score items from their fields alone, as new items are
     id_dropout: float = 0.0
+    # (float) decay per step of an exponential moving average of the weights, e.g. 0.995; validation,
+    # model selection and the saved model use the average (the raw weights keep training); 0 = off
+    ema: float = 0.0
     eval_every: int = 1  # (int) evaluate on valid every this many epochs
     patience: int = 8  # (int) stop after this many evaluations without a better valid NDCG@10
     seed: int = 42  # (int) seeds shuffling, initialisation and dropout
@@ -365,6 +368,7 @@ RULES: dict[str, Rule] = {
     "train.negative_sampler": _one_of("uniform", "popularity"),
     "train.in_batch_negatives": _range(0, 1_048_576),
     "train.id_dropout": _range(0, 1, open_high=True),
+    "train.ema": _range(0, 1, open_high=True),
     "train.eval_every": _range(1, 1_000_000),
     "train.patience": _range(1, 1_000_000),
     "train.seed": _range(0, 2**31 - 1),

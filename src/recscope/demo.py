@@ -162,6 +162,7 @@ def _explain(rec: Recommender, user: str, history_ids: list[str], bought: str, o
         [rec.data.title(i) for i in view.items],
         out_dir / "figures" / f"attention_{user}.png",
         title=f"user {user}: final-position attention",
+        towers=rec.config.model.towers,
     )
     return explanations, heatmap, png, cause, hit
 

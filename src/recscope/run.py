@@ -8,6 +8,7 @@
       model.safetensors       the best weights (selected on valid)
       last.safetensors        the latest weights, with optimizer.safetensors, for --resume
       optimizer.safetensors   AdamW state: tensors, with the param groups as JSON in the header
+      ema.safetensors         with train.ema: the weights' moving average at the last epoch, for --resume
       skipped_rows.csv        every input row skipped or dropped as a duplicate, with its reason
       versions/               immutable model versions and the one served (recscope.versions)
       .lock                   present while a process writes the run (recscope.lock)
@@ -52,6 +53,7 @@ RUN_FILES = (
     "model.safetensors",
     "last.safetensors",
     "optimizer.safetensors",
+    "ema.safetensors",  # train.ema
     "optimizer.pt",  # runs of format 1
     "skipped_rows.csv",
 )

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from recscope import distributed, versions
 from recscope.config import Config, validate
@@ -148,6 +149,7 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
     model.to(dist.device)  # before the optimizer is built, so its state lives where the weights do
     unseen = None if unseen is None else unseen.to(dist.device)
     optimizer = make_optimizer(model, config)  # sampled softmax: sparse updates of the item table
+    averaged = _weight_average(model, config.train.ema)
     data_print = fingerprint(data)
     dist.check_same(data_print, "data")
     state = {"epoch": 0, "best_epoch": 0, "best_valid": None, "bad_evals": 0, "history": []}
@@ -156,7 +158,7 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
     def start_or_resume() -> dict:  # rank 0 only: it alone reads and writes the run directory
         nonlocal info
         if resume:
-            info = _resume(out, config, data_print, data_spec, model, optimizer)
+            info = _resume(out, config, data_print, data_spec, model, optimizer, averaged)
         else:
             if (out / "run.json").exists():
                 raise RunError(f"{out} already holds a run", fix="pass --resume to continue it, or another --out")
@@ -166,6 +168,8 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
     info.state = dist.on_main(start_or_resume)
     if resume:
         dist.broadcast_training_state(model, optimizer)
+    # what is validated, selected and saved: the weights' moving average (train.ema) or the weights
+    scored = model if averaged is None else averaged.module
     if dist.active:
         torch.manual_seed(config.train.seed + dist.rank)  # dropout: other masks on other ranks' windows
     info.state["split"] = split.describe()
@@ -192,21 +196,30 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
         for epoch in range(start_epoch, t.epochs):
             tic = time.perf_counter()
             loss = _train_epoch(
-                model, optimizer, batches, config, epoch, progress, unseen, dist=dist, batch_loss=batch_loss
+                model,
+                optimizer,
+                batches,
+                config,
+                epoch,
+                progress,
+                unseen,
+                dist=dist,
+                batch_loss=batch_loss,
+                averaged=averaged,
             )
             seconds = time.perf_counter() - tic
             record = {"epoch": epoch + 1, "loss": loss, "train_seconds": round(seconds, 2)}
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
                 tic = time.perf_counter()
                 # Rank 0 evaluates, every rank gets its metrics: the same selection and stopping everywhere.
-                metrics = dist.on_main(lambda: _validate(_on_cpu(model), data, split, config, inputs))
+                metrics = dist.on_main(lambda: _validate(_on_cpu(scored), data, split, config, inputs))
                 record["valid"] = metrics
                 record["eval_seconds"] = round(time.perf_counter() - tic, 2)
                 if best is None or sign * metrics[select_on] > sign * best:
                     best = metrics[select_on]
                     info.state.update(best_epoch=epoch + 1, best_valid=metrics, bad_evals=0)
                     if dist.is_main:
-                        save_weights(out / "model.safetensors", model)
+                        save_weights(out / "model.safetensors", scored)
                 else:
                     info.state["bad_evals"] += 1
                 progress.end_epoch(f"best valid {select_on} {best:.4f}")
@@ -226,6 +239,8 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
             if dist.is_main:
                 save_weights(out / "last.safetensors", model)
                 save_optimizer(out / "optimizer.safetensors", optimizer)
+                if averaged is not None:
+                    save_weights(out / "ema.safetensors", averaged.module)
                 save_info(out, info)
             if info.state["bad_evals"] >= t.patience:
                 console.print(f"early stop: no better valid {select_on} for {t.patience} evaluations")
@@ -421,10 +436,12 @@ def _train_epoch(
     *,
     dist: Distributed = SINGLE,
     batch_loss: torch.nn.Module | None = None,
+    averaged: AveragedModel | None = None,
 ) -> float:
     """One pass over ``data``; returns the mean batch loss. ``batch_loss``: the model's
     :class:`~recscope.distributed.BatchLoss` (in DDP when ``dist`` is several processes: then
-    every rank goes through the same global batches, each computing its share)."""
+    every rank goes through the same global batches, each computing its share). ``averaged``:
+    the weights' moving average (train.ema), updated after every step."""
     t = config.train
     batch_loss = batch_loss or BatchLoss(model, data.loss)
     batch_loss.train()
@@ -447,6 +464,8 @@ def _train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if averaged is not None:
+            averaged.update_parameters(model)
         total += loss.item()
         step(loss.item())
     return dist.mean(total) / max(len(batches), 1)
@@ -511,7 +530,17 @@ RESUME_KEYS = (
 )
 
 
-def _resume(out: Path, config: Config, data_print: str, data_spec: str, model: SeqRec, optimizer) -> RunInfo:
+def _weight_average(model: SeqRec, decay: float) -> AveragedModel | None:
+    """The exponential moving average of ``model``'s weights with ``decay`` per step (None: off).
+    Buffers (the catalog) are not averaged: they are the model's own, fixed while it trains."""
+    if decay == 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+
+def _resume(
+    out: Path, config: Config, data_print: str, data_spec: str, model: SeqRec, optimizer, averaged=None
+) -> RunInfo:
     info = load_info(out)
     if info.format < FORMAT or info.data_fingerprint is None:
         raise RunError(
@@ -538,6 +567,11 @@ def _resume(out: Path, config: Config, data_print: str, data_spec: str, model: S
     load_model(out, weights=versions.weights(out)[0])  # the version served, when the run has versions
     load_weights(out / "last.safetensors", model)
     load_optimizer(out / "optimizer.safetensors", optimizer)
+    if averaged is not None:
+        # the average goes on from where it was; a run trained without train.ema starts one now
+        saved = out / "ema.safetensors"
+        load_weights(saved if saved.exists() else out / "last.safetensors", averaged.module)
+        averaged.n_averaged.fill_(1)
     info.config = config  # training keys (e.g. epochs) may be raised on resume
     return info
 

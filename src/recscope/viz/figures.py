@@ -331,12 +331,16 @@ def attention_heatmap(
     path: str | Path,
     title: str = "Attention from the final position",
     annotate: bool | None = None,
+    towers: int = 1,
 ) -> Path:
-    """weights (n_layers, n_heads, T): rows = history items, columns = layer x head."""
+    """weights (n_layers, n_heads, T): rows = history items, columns = layer x head. With
+    ``towers`` (model.towers) the heads are each tower's in turn, labelled "L1 T2H1"."""
     weights = np.asarray(weights, dtype=float)
     n_layers, n_heads, T = weights.shape
     matrix = weights.transpose(2, 0, 1).reshape(T, n_layers * n_heads)  # (T, L*H)
-    columns = [f"L{layer + 1} H{head + 1}" for layer in range(n_layers) for head in range(n_heads)]
+    per = n_heads // towers
+    head_names = [f"T{h // per + 1}H{h % per + 1}" if towers > 1 else f"H{h + 1}" for h in range(n_heads)]
+    columns = [f"L{layer + 1} {head}" for layer in range(n_layers) for head in head_names]
     return _heatmap(
         matrix,
         row_labels,

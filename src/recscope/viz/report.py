@@ -141,6 +141,7 @@ def page_header(rec, k: int, methods: list[str], page: str = "report") -> dict:
         ],
         "layers": rec.config.model.n_layers,
         "heads": rec.config.model.n_heads * rec.config.model.towers,  # every tower's heads, tower by tower
+        "towers": rec.config.model.towers,
     }
 
 
@@ -287,6 +288,7 @@ def write_figures(data: dict, directory: Path) -> list[str]:
                 titles,
                 directory / f"{n:02d}_attention.png",
                 title=f"{h['label']}: final-position attention (the same for every candidate)",
+                towers=data["towers"],
             )
         )
         by = h["explanations"][default]["attributes_method"]

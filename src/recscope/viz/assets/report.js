@@ -120,7 +120,7 @@ function drawControls() {
   layer.addEventListener("change", () => { state.layer = Number(layer.value); drawAttention(); });
   const head = document.getElementById("head");
   el("option", { value: "mean" }, head, "mean of heads");
-  for (let h = 0; h < DATA.heads; h++) el("option", { value: String(h) }, head, `head ${h + 1}`);
+  for (let h = 0; h < DATA.heads; h++) el("option", { value: String(h) }, head, headName(h));
   head.addEventListener("change", () => { state.head = head.value; drawAttention(); });
 }
 
@@ -322,16 +322,23 @@ function drawHeatmap() {
   });
 }
 
+// A model of several towers (model.towers) has each tower's heads in turn: name the tower too.
+function headName(k) {
+  const towers = DATA.towers || 1;
+  const per = DATA.heads / towers;
+  return towers > 1 ? `tower ${Math.floor(k / per) + 1} head ${(k % per) + 1}` : `head ${k + 1}`;
+}
+
 function drawAttention() {
   const h = current();
   const heads = state.head === "mean" ? [...Array(DATA.heads).keys()] : [Number(state.head)];
   const cols = [];
   for (let l = 0; l < DATA.layers; l++) {
-    for (let k = 0; k < DATA.heads; k++) cols.push({ label: `layer ${l + 1} head ${k + 1}`, l, k });
+    for (let k = 0; k < DATA.heads; k++) cols.push({ label: `layer ${l + 1} ${headName(k)}`, l, k });
   }
   const chosen = cols.findIndex((c) => c.l === state.layer && (state.head === "mean" ? c.k === 0 : c.k === heads[0]));
   const mean = (i) => heads.reduce((s, k) => s + h.attention[state.layer][k][i], 0) / heads.length;
-  const allCols = [...cols, { label: `layer ${state.layer + 1}, ${state.head === "mean" ? "mean of heads" : "head " + (heads[0] + 1)}` }];
+  const allCols = [...cols, { label: `layer ${state.layer + 1}, ${state.head === "mean" ? "mean of heads" : headName(heads[0])}` }];
   drawGrid(document.getElementById("attention"), {
     rows: historyRows(h),
     cols: allCols,
