@@ -183,7 +183,9 @@ class ModelScorer:
 
     @torch.no_grad()
     def encode(self, histories: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model.query(histories, events)  # (B, C), as score() reads
+        # as score() reads them (query), in chunks of similar length: a batch of mostly short
+        # histories is not run at the width of its longest
+        return self.model.last_hidden(histories, self.table, events=events)  # (B, C)
 
     @torch.no_grad()
     def score_items(self, encoded: torch.Tensor, items: slice | torch.Tensor) -> torch.Tensor:

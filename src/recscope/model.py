@@ -364,7 +364,8 @@ class SeqRec(nn.Module):
             table = self.item_table()  # (n_items + 1, C)
             if id_dropped is not None:
                 table = table - self.item_emb.weight * id_dropped[:, None]
-            hidden = self(inputs, tokens=table[inputs] if id_dropped is not None else None, events=events).hidden
+            # the inputs' tokens are rows of the table the softmax needs anyway: fused once per step
+            hidden = self(inputs, tokens=table[inputs], events=events).hidden
             # softmax over table[1:] (padding is never a candidate), fused with its matmul (recscope.losses)
             hidden_columns = None if unseen is None else unseen[1:]
             losses = self._per_tower(
@@ -437,17 +438,20 @@ class SeqRec(nn.Module):
             out[rows] = self(seqs, tokens=tokens, last_only=True, events=labels).hidden[:, -1]
         return out
 
-    def query(self, items: Tensor, events: Tensor | None = None) -> Tensor:
+    def query(self, items: Tensor, events: Tensor | None = None, table: Tensor | None = None) -> Tensor:
         """(B, T) histories (and their (B, T) event labels) -> (B, C) the last hidden state: what
-        every item is scored against as the next one (predict_many / predict_paired)."""
-        return self(items, last_only=True, events=events).hidden[:, -1]
+        every item is scored against as the next one (predict_many / predict_paired). ``table``:
+        the item table (:meth:`item_table`), when the caller holds it: the history's tokens are
+        read from it rather than fused again (with text, fusing is a projection per token)."""
+        tokens = None if table is None else table[items]
+        return self(items, tokens=tokens, last_only=True, events=events).hidden[:, -1]
 
     @torch.no_grad()
     def score(self, items: Tensor, table: Tensor | None = None, events: Tensor | None = None) -> Tensor:
         """(B, T) histories (and their (B, T) event labels) -> (B, n_items + 1) the task's prediction
         for every item as the next (its score, rating or click logit); column 0 is -inf."""
-        hidden = self.query(items, events)  # (B, C)
         table = self.item_table() if table is None else table
+        hidden = self.query(items, events, table)  # (B, C)
         scores = self.predict_many(hidden, table)
         scores[:, 0] = float("-inf")
         return scores
