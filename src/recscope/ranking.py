@@ -168,8 +168,13 @@ def _best(row: torch.Tensor, places: np.ndarray, k: int) -> torch.Tensor:
         return torch.zeros(0, dtype=torch.long)
     threshold = torch.topk(row, k, sorted=False).values.min()  # the k-th best score, finite
     contenders = (row >= threshold).nonzero().flatten()  # k of them, more when the k-th is tied
-    order = np.lexsort((places[contenders.numpy()], -row[contenders].numpy()))[:k]
-    return contenders[torch.from_numpy(order)]
+    return contenders[_tie_order(row[contenders], places[contenders.numpy()], k)]
+
+
+def _tie_order(scores: torch.Tensor, places: np.ndarray, k: int) -> torch.Tensor:
+    """(k,) positions of the ``k`` best of ``scores`` (M,): by score, best first, then by each
+    one's place in the shuffle (``places`` (M,)): the order of a stable sort of the shuffled row."""
+    return torch.from_numpy(np.lexsort((places, -scores.numpy()))[:k])
 
 
 def top_k_among(scores: torch.Tensor, items: Items, n_columns: int, k: int) -> torch.return_types.topk:
@@ -181,9 +186,7 @@ def top_k_among(scores: torch.Tensor, items: Items, n_columns: int, k: int) -> t
     items = _index(items)
     visible = torch.isfinite(scores)
     scores, items = scores[visible], items[visible]
-    # top_k sorts the shuffled row stably: by score, best first, then by place in the shuffle.
-    place = torch.from_numpy(_shuffle_places(n_columns)[items.numpy()])  # (M,)
-    order = torch.from_numpy(np.lexsort((place.numpy(), -scores.numpy())))[:k]
+    order = _tie_order(scores, _shuffle_places(n_columns)[items.numpy()], k)
     return torch.return_types.topk((scores[order], items[order]))
 
 

@@ -242,7 +242,7 @@ class Recommender:
     @torch.no_grad()
     def _query(self, history: np.ndarray, events: np.ndarray | None) -> torch.Tensor:
         """(1, C) the history's last hidden state: what SeqRec.score scores the table with."""
-        return self.model.query(self.tensor(history), None if events is None else self.tensor(events))
+        return self.model.query(self.tensor(history), None if events is None else self.tensor(events), self._table)
 
     def recommend(
         self,
