@@ -185,10 +185,15 @@ def test_nproc_refuses_a_bad_config_before_starting_processes(tmp_path):
 
 
 # ---------------------------------------------------------------------- the normalisation, in numbers
-def test_sharded_losses_average_to_the_gradient_of_the_whole_batch():
+@pytest.mark.parametrize("towers", [1, 2])
+def test_sharded_losses_average_to_the_gradient_of_the_whole_batch(towers):
     """DDP averages the ranks' gradients; each rank's loss is its share's sum x world / (targets per
-    global batch), so the average must be one process's gradient of the whole batch."""
-    config = load(TINY, ["model.dropout=0", "model.attn_dropout=0", "model.use_text=false"])
+    global batch), so the average must be one process's gradient of the whole batch. Two towers
+    with their own batches (towers, B): each rank takes its share of every tower's batch."""
+    overrides = ["model.dropout=0", "model.attn_dropout=0", "model.use_text=false"]
+    if towers > 1:
+        overrides += [f"model.towers={towers}", "train.tower_batches=own"]
+    config = load(TINY, overrides)
     data = load_dataset(SPEC)
     config = with_data_sizes(config, data)
     windows = TrainingData.build(data, split_of(data, config), config, None)
@@ -196,8 +201,9 @@ def test_sharded_losses_average_to_the_gradient_of_the_whole_batch():
     model = SeqRec(config.model)
     model.set_item_fields({f.name: torch.from_numpy(f.values) for f in data.fields})
     batch_loss = BatchLoss(model, windows.loss)
-    batches = _length_batches(windows.windows, 64, torch.Generator().manual_seed(0))
-    index = max(batches, key=len)[:-1]  # an odd size: the two shares differ by one window
+    batches = _length_batches(windows.windows, 64, torch.Generator().manual_seed(0), towers)
+    index = max(batches, key=lambda b: b.shape[-1])[..., :-1]  # an odd size: the two shares differ by one window
+    assert index.shape[:-1] == ((towers,) if towers > 1 else ())
     per_batch = windows.targets() / len(batches)
 
     def gradients(dist: Distributed) -> list[torch.Tensor]:
@@ -207,7 +213,7 @@ def test_sharded_losses_average_to_the_gradient_of_the_whole_batch():
 
     whole = gradients(Distributed())
     shares = [gradients(Distributed(rank=r, world=2, local_world=2)) for r in (0, 1)]
-    assert len(Distributed(rank=0, world=2).shard(index)) != len(Distributed(rank=1, world=2).shard(index))
+    assert Distributed(rank=0, world=2).shard(index).shape[-1] != Distributed(rank=1, world=2).shard(index).shape[-1]
     for w, a, b in zip(whole, shares[0], shares[1], strict=True):
         torch.testing.assert_close((a + b) / 2, w, rtol=1e-4, atol=1e-7)
     # Without the world-size factor the average would be half the gradient: the check can fail.

@@ -18,6 +18,7 @@ from recscope.explain.attention import RolloutExplainer
 from recscope.explain.fields import candidate_fields
 from recscope.model import SeqRec
 from recscope.recommend import Recommender
+from recscope.train import _length_batches
 
 torch.set_num_threads(1)
 
@@ -95,6 +96,46 @@ def test_each_tower_learns_from_its_own_loss(fused):
     torch.testing.assert_close(joint.item_emb.weight.grad[:, 16:32], alone[1].item_emb.weight.grad / 3)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_with_own_batches_each_tower_learns_from_its_own_histories(fused):
+    """train.tower_batches=own: inputs (towers, B, T), tower k reading only batch k; padding differs per tower."""
+    alone, joint = separate_and_side_by_side(fused_attention=fused)
+    flip = torch.tensor([[0, 0, 0, 0, 0, 0, 4, 6], [0, 0, 0, 0, 1, 8, 3, 10]])
+    inputs = torch.stack([HISTORY, flip, HISTORY.flip(0)])
+    flip_targets = torch.tensor([[0, 0, 0, 0, 0, 0, 6, 13], [0, 0, 0, 0, 8, 3, 10, 2]])
+    targets = torch.stack([TARGETS, flip_targets, TARGETS.flip(0)])
+    events = torch.stack([EVENTS, (flip > 0).long(), EVENTS.flip(0)])
+    loss = joint.loss(inputs, targets, events=events, reduction="sum")
+    each = [m.loss(x, y, events=e, reduction="sum") for m, x, y, e in zip(alone, inputs, targets, events, strict=True)]
+    torch.testing.assert_close(loss, torch.stack(each).mean())
+    negatives = fixed_negatives([1, 4, 6, 10, 13])
+    sampled = joint.loss(inputs, targets, negatives, events=events)
+    each = [m.loss(x, y, negatives, events=e) for m, x, y, e in zip(alone, inputs, targets, events, strict=True)]
+    torch.testing.assert_close(sampled, torch.stack(each).mean())
+    loss.backward()
+    alone[1].loss(inputs[1], targets[1], events=events[1], reduction="sum").backward()
+    torch.testing.assert_close(joint.item_emb.weight.grad[:, 16:32], alone[1].item_emb.weight.grad / 3)
+    # the same batch for every tower is the shared path
+    same = joint.loss(torch.stack([HISTORY] * 3), torch.stack([TARGETS] * 3))
+    torch.testing.assert_close(same, joint.loss(HISTORY, TARGETS))
+
+
+def test_own_batches_give_each_tower_the_whole_epoch_in_its_own_order():
+    windows = torch.zeros(1000, 9, dtype=torch.long)
+    lengths = torch.randint(1, 10, (1000,), generator=torch.Generator().manual_seed(0))
+    for row, n in enumerate(lengths):
+        windows[row, 9 - n :] = torch.arange(1, n + 1)
+    batches = _length_batches(windows, 64, torch.Generator().manual_seed(3), towers=3)
+    assert all(b.shape[0] == 3 for b in batches)
+    for tower in range(3):  # every window once per tower
+        assert sorted(torch.cat([b[tower] for b in batches]).tolist()) == list(range(1000))
+    assert not all(torch.equal(b[0], b[1]) for b in batches)  # their own orders
+    # a step's towers read batches of about the same length: little more padding than one tower's
+    longest = [int(lengths[b].max()) for b in batches]
+    alone = [int(lengths[b].max()) for b in _length_batches(windows, 64, torch.Generator().manual_seed(3))]
+    assert sum(longest) <= 1.1 * sum(alone)
+
+
 def test_the_fast_paths_agree_with_the_full_forward():
     _, joint = separate_and_side_by_side()
     full = joint(HISTORY, events=EVENTS).hidden[:, -1]
@@ -126,13 +167,16 @@ def test_towers_are_checked_by_the_config():
         load(None, ["model.towers=0"])
     with pytest.raises(ConfigError, match="model.towers=2 ensembles next-item scores"):
         load(None, ["model.towers=2", "train.task=rating"])
+    with pytest.raises(ConfigError, match="train.tower_batches=own gives each tower its own batches"):
+        load(None, ["train.tower_batches=own"])
 
 
 def test_a_towers_run_trains_evaluates_and_explains_end_to_end(tmp_path):
     out = tmp_path / "run"
     runner = CliRunner()
     train = ["train", "--data", TINY_SPEC, "--out", str(out), "--config", str(TINY)]
-    result = runner.invoke(app, [*train, "--set", "model.towers=2", "--set", "train.epochs=2"])
+    towers = ["--set", "model.towers=2", "--set", "train.tower_batches=own"]
+    result = runner.invoke(app, [*train, *towers, "--set", "train.epochs=2"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["evaluate", str(out), "--split", "test", "--json"])
     assert result.exit_code == 0, result.output

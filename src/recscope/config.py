@@ -104,6 +104,9 @@ class TrainConfig:
     # (float) decay per step of an exponential moving average of the weights, e.g. 0.995; validation,
     # model selection and the saved model use the average (the raw weights keep training); 0 = off
     ema: float = 0.0
+    # (str) with model.towers > 1: "shared", every tower reads the same batches; "own", each tower reads
+    # the epoch in its own shuffled order, as separately seeded models would (more diverse towers)
+    tower_batches: str = "shared"
     eval_every: int = 1  # (int) evaluate on valid every this many epochs
     patience: int = 8  # (int) stop after this many evaluations without a better valid NDCG@10
     seed: int = 42  # (int) seeds shuffling, initialisation and dropout
@@ -369,6 +372,7 @@ RULES: dict[str, Rule] = {
     "train.in_batch_negatives": _range(0, 1_048_576),
     "train.id_dropout": _range(0, 1, open_high=True),
     "train.ema": _range(0, 1, open_high=True),
+    "train.tower_batches": _one_of("shared", "own"),
     "train.eval_every": _range(1, 1_000_000),
     "train.patience": _range(1, 1_000_000),
     "train.seed": _range(0, 2**31 - 1),
@@ -426,6 +430,11 @@ def validate(config: Config, source: str = "config") -> None:
         raise ConfigError(
             f"{source}: model.towers={m.towers} ensembles next-item scores; train.task={t.task} has a head of its own",
             fix="use model.towers=1 with a rating or click task",
+        )
+    if t.tower_batches == "own" and m.towers == 1:
+        raise ConfigError(
+            f"{source}: train.tower_batches=own gives each tower its own batches, but model.towers=1",
+            fix="use model.towers=2 or more, or train.tower_batches=shared (the default)",
         )
     if t.loss != "ce" and t.num_negatives == 0 and t.in_batch_negatives == 0:
         raise ConfigError(

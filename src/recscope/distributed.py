@@ -86,9 +86,10 @@ class Distributed:
         return nn.parallel.DistributedDataParallel(module, device_ids=devices, forward_sync_buffers=False)
 
     def shard(self, index: Tensor) -> Tensor:
-        """This rank's contiguous share of a global batch ``index`` (B,): about B / world rows. A batch
-        is sorted by length, so contiguous shares keep similar lengths together (less padding)."""
-        return index.tensor_split(self.world)[self.rank] if self.active else index
+        """This rank's contiguous share of a global batch ``index`` (B,) or (towers, B): about
+        B / world rows (of every tower's). A batch is sorted by length, so contiguous shares keep
+        similar lengths together (less padding)."""
+        return index.tensor_split(self.world, dim=-1)[self.rank] if self.active else index
 
     # ------------------------------------------------------------------ agreeing
     def share(self, value: Any = None) -> Any:
@@ -232,7 +233,7 @@ class BatchLoss(nn.Module):
         self.loss = loss
 
     def forward(self, index: Tensor, *args: Any) -> Tensor:
-        if len(index) == 0:
+        if index.shape[-1] == 0:
             # A global batch smaller than the world leaves a rank nothing; it still takes part
             # in the gradient all-reduce, with zero gradients (every parameter gets one).
             return sum(p.sum() for p in self.model.parameters()) * 0.0

@@ -277,29 +277,40 @@ class SeqRec(nn.Module):
         last_only: bool = False,
         events: Tensor | None = None,
     ) -> SeqRecOutput:
-        """items: (B, T) left-padded item indices. ``tokens`` (B, T, C) replaces the item tokens
-        (used by gradient explainers); padding positions are still taken from ``items``.
+        """items: (B, T) left-padded item indices, or with towers (towers, B, T): each tower its own
+        histories (training with train.tower_batches=own). ``tokens`` (B, T, C) replaces the item
+        tokens (used by gradient explainers; with per-tower items (B, T, C) already each tower's own,
+        or (towers, B, T, C)); padding positions are still taken from ``items``.
         ``last_only``: the last block computes the last position only (``hidden`` is (B, 1, C)):
         all that scoring the next item needs, at about half the cost of that block.
-        ``events``: (B, T) event labels aligned with ``items`` (None: all 0, no type known); their
+        ``events``: event labels aligned with ``items`` (None: all 0, no type known); their
         embedding is added to the tokens (also to ``tokens`` given)."""
-        B, T = items.shape
+        own = items.dim() == 3  # each tower its own histories
+        T = items.shape[-1]
         if T > self.cfg.max_len:
-            items = items[:, -self.cfg.max_len :]
-            tokens = tokens[:, -self.cfg.max_len :] if tokens is not None else None
-            events = events[:, -self.cfg.max_len :] if events is not None else None
+            items = items[..., -self.cfg.max_len :]
+            tokens = tokens[..., -self.cfg.max_len :, :] if tokens is not None else None
+            events = events[..., -self.cfg.max_len :] if events is not None else None
             T = self.cfg.max_len
-        valid = items > 0  # (B, T)
+        valid = items > 0  # (B, T), or (towers, B, T)
         if tokens is None:
             tokens = self.item_tokens(items)
+        if own and tokens.dim() == 4:
+            tokens = self._own_columns(tokens)
         if events is not None and self.cfg.n_events:
-            tokens = tokens + self.event_emb(events)
+            tokens = tokens + (self.tower_rows(self.event_emb.weight, events) if own else self.event_emb(events))
         pos = torch.arange(self.cfg.max_len - T, self.cfg.max_len, device=items.device)
         x = tokens * math.sqrt(self.cfg.d_model) + self.pos_emb(pos)
-        x = self.emb_dropout(x * valid.unsqueeze(-1))  # (B, T, C)
+        if own:  # tower k's columns are masked by its own histories, and its heads see only their keys
+            x = x * valid.movedim(0, -1).repeat_interleave(self.cfg.d_model, dim=-1)
+            keys = valid.transpose(0, 1).repeat_interleave(self.cfg.n_heads, dim=1)[:, :, None, :]  # (B, H, 1, T)
+        else:
+            x = x * valid.unsqueeze(-1)
+            keys = valid[:, None, None, :]  # (B, 1, 1, T)
+        x = self.emb_dropout(x)  # (B, T, C)
         causal = torch.ones(T, T, dtype=torch.bool, device=items.device).tril()
         # Padding keys are hidden; a padding query may see itself so no softmax row is empty.
-        allowed = (causal & valid[:, None, None, :]) | torch.eye(T, dtype=torch.bool, device=items.device)
+        allowed = (causal & keys) | torch.eye(T, dtype=torch.bool, device=items.device)
         attentions = []
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
@@ -328,13 +339,26 @@ class SeqRec(nn.Module):
         """Dot products over all towers' columns -> the mean of the towers' scores."""
         return dot if self.cfg.towers == 1 else dot / self.cfg.towers
 
-    def _per_tower(self, loss: Callable[..., Tensor], *wide: Tensor) -> Tensor:
-        """``loss`` of each tower's columns of the ``wide`` (..., towers x d_model) tensors, averaged
-        over the towers: each tower learns from its own loss, as a model trained alone would."""
-        if self.cfg.towers == 1:
-            return loss(*wide)
-        parts = zip(*(t.split(self.cfg.d_model, dim=-1) for t in wide), strict=True)
-        return torch.stack([loss(*part) for part in parts]).mean(0)
+    def _tower_cases(self, hidden: Tensor, inputs: Tensor, targets: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per tower: its columns of ``hidden`` (B, T, towers x d_model) at the positions with a next
+        item to predict, (n, d_model), and those items (n,). ``inputs`` and ``targets``: (B, T)
+        shared by the towers, or (towers, B, T), each tower's own batch. One tower: the whole width."""
+        d = self.cfg.d_model
+        if inputs.dim() == 2:
+            mask = (inputs > 0) & (targets > 0)
+            y = targets[mask]
+            return [(h, y) for h in hidden[mask].split(d, dim=-1)]
+        masks = (inputs > 0) & (targets > 0)
+        return [(h[m], t[m]) for h, m, t in zip(hidden.split(d, dim=-1), masks, targets, strict=True)]
+
+    @staticmethod
+    def _tower_mean_loss(losses: list[Tensor], reduction: str) -> Tensor:
+        """Each tower's per-row losses reduced, then averaged over the towers: each tower learns
+        from its own loss, as a model trained alone would."""
+        reduced = [reduce(loss, reduction) for loss in losses]
+        if reduction == "none" and len({len(r) for r in reduced}) > 1:
+            raise ValueError("reduction='none' needs the towers to share their batch (inputs (B, T))")
+        return reduced[0] if len(reduced) == 1 else torch.stack(reduced).mean(0)
 
     def loss(
         self,
@@ -346,7 +370,8 @@ class SeqRec(nn.Module):
         id_dropped: Tensor | None = None,
         events: Tensor | None = None,
     ) -> Tensor:
-        """Next-item cross-entropy at every real position (inputs and targets (B, T)).
+        """Next-item cross-entropy at every real position (inputs and targets (B, T), or with
+        towers (towers, B, T): each tower its own batch, train.tower_batches=own).
 
         Full softmax over the catalog by default. With ``negatives`` (:class:`recscope.sampling.Negatives`)
         a sampled softmax over the target and those shared candidates, log-Q corrected
@@ -358,41 +383,65 @@ class SeqRec(nn.Module):
         embedding is left out of their token this step, as inputs and as candidates (id dropout:
         the model learns to score an item from its fields alone, as it must a new item).
         """
-        mask = (inputs > 0) & (targets > 0)  # logits only where there is something to predict
-        y = targets[mask]  # (n,)
         if negatives is None:
             table = self.item_table()  # (n_items + 1, C)
             if id_dropped is not None:
                 table = table - self.item_emb.weight * id_dropped[:, None]
             # the inputs' tokens are rows of the table the softmax needs anyway: fused once per step
-            hidden = self(inputs, tokens=table[inputs], events=events).hidden
+            hidden = self(inputs, tokens=self.tower_rows(table, inputs), events=events).hidden
             # softmax over table[1:] (padding is never a candidate), fused with its matmul (recscope.losses)
             hidden_columns = None if unseen is None else unseen[1:]
-            losses = self._per_tower(
-                lambda h, t: linear_cross_entropy(h, t, y - 1, hidden_columns), hidden[mask], table[1:]
-            )
-            return reduce(losses, reduction)
+            cases = self._tower_cases(hidden, inputs, targets)
+            columns = self._columns(table[1:], len(cases))
+            losses = [
+                linear_cross_entropy(h, c, y - 1, hidden_columns) for (h, y), c in zip(cases, columns, strict=True)
+            ]
+            return self._tower_mean_loss(losses, reduction)
         tokens = self._tokens_without(id_dropped)
         hidden = self(inputs, tokens=tokens(inputs) if id_dropped is not None else None, events=events).hidden
         candidates = negatives.items  # (K,)
-        target_log_q, candidate_log_q = negatives.log_q(y), negatives.log_q(candidates)
+        candidate_log_q = negatives.log_q(candidates)
         hidden_columns = None if unseen is None else unseen[candidates]
-        return self._per_tower(
-            lambda h, target_tokens, candidate_tokens: sampled_softmax(
+        cases = self._tower_cases(hidden, inputs, targets)
+        candidate_columns = self._columns(tokens(candidates), len(cases))
+        if inputs.dim() == 2:  # one batch: the targets' tokens once, split among the towers
+            target_columns = self._columns(tokens(cases[0][1]), len(cases))
+        else:
+            target_columns = [self._columns(tokens(y), len(cases))[k] for k, (_, y) in enumerate(cases)]
+        losses = [
+            sampled_softmax(
                 h,
                 y,
                 target_tokens,
-                target_log_q,
+                negatives.log_q(y),
                 candidates,
                 candidate_tokens,
                 candidate_log_q,
                 hidden_columns,
-                reduction,
-            ),
-            hidden[mask],
-            tokens(y),
-            tokens(candidates),
-        )
+                "none",
+            )
+            for (h, y), target_tokens, candidate_tokens in zip(cases, target_columns, candidate_columns, strict=True)
+        ]
+        return self._tower_mean_loss(losses, reduction)
+
+    def _columns(self, wide: Tensor, towers: int) -> list[Tensor]:
+        """(..., towers x d_model) -> each tower's (..., d_model) columns (one tower: [wide])."""
+        return list(wide.split(self.cfg.d_model, dim=-1)) if towers > 1 else [wide]
+
+    def _own_columns(self, wide: Tensor) -> Tensor:
+        """(towers, *S, towers x d_model) -> (*S, towers x d_model): tower k's columns of ``wide[k]``."""
+        K = self.cfg.towers
+        return wide.unflatten(-1, (K, -1)).diagonal(dim1=0, dim2=-2).movedim(-1, -2).flatten(-2)
+
+    def tower_rows(self, wide: Tensor, items: Tensor) -> Tensor:
+        """Rows of ``wide`` (N, towers x d_model) for ``items``: (B, T) -> (B, T, C), all columns
+        of each item's row; (towers, B, T), each tower's own items -> (B, T, C), tower k's columns
+        of the rows of its items ``items[k]`` (train.tower_batches=own)."""
+        if items.dim() == 2:
+            return wide[items]
+        K = self.cfg.towers
+        tower = torch.arange(K, device=items.device).view(K, 1, 1)
+        return wide.view(len(wide), K, -1)[items, tower].movedim(0, -2).flatten(-2)
 
     def _tokens_without(self, id_dropped: Tensor | None) -> Callable[[Tensor], Tensor]:
         """items (*S) -> (*S, C) their tokens, without the id embedding of the ``id_dropped`` items."""

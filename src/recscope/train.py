@@ -411,18 +411,19 @@ class TrainingData:
         unseen: torch.Tensor | None = None,
         id_dropped: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The summed loss of the windows at ``index`` (``unseen``, ``id_dropped``: see SeqRec.loss)."""
+        """The summed loss of the windows at ``index`` (B,), or (towers, B): each tower its own
+        windows, train.tower_batches=own (``unseen``, ``id_dropped``: see SeqRec.loss)."""
         batch = self.windows[index]  # left-padded
-        width = max(int((batch > 0).sum(1).max()), 1)
-        batch = batch[:, -width:]  # drop columns that are padding in every row: same result, less work
-        events = None if self.events is None else self.events[index][:, -width:]
+        width = max(int((batch > 0).sum(-1).max()), 1)
+        batch = batch[..., -width:]  # drop columns that are padding in every row: same result, less work
+        events = None if self.events is None else self.events[index][..., -width:]
         if self.task == "click":
             return model.click_loss(batch, self.shown[index], self.clicked[index], events, reduction="sum")
-        inputs_events = None if events is None else events[:, :-1]
+        inputs_events = None if events is None else events[..., :-1]
         if self.task == "rating":
             ratings = self.ratings[index][:, -width:]
             return model.rating_loss(batch[:, :-1], batch[:, 1:], ratings[:, 1:], inputs_events, reduction="sum")
-        return model.loss(batch[:, :-1], batch[:, 1:], negatives, "sum", unseen, id_dropped, inputs_events)
+        return model.loss(batch[..., :-1], batch[..., 1:], negatives, "sum", unseen, id_dropped, inputs_events)
 
 
 def _train_epoch(
@@ -446,7 +447,8 @@ def _train_epoch(
     batch_loss = batch_loss or BatchLoss(model, data.loss)
     batch_loss.train()
     generator = torch.Generator().manual_seed(t.seed * 1000 + epoch)  # the same batches on every rank
-    batches = _length_batches(data.windows.cpu(), t.batch_size, generator)
+    towers = config.model.towers if t.tower_batches == "own" else 1
+    batches = _length_batches(data.windows.cpu(), t.batch_size, generator, towers)
     # Length-sorted batches hold very different numbers of targets: normalise by the mean
     # per (global) batch, so every target weighs the same whatever batch it falls in.
     targets_per_batch = data.targets() / len(batches)
@@ -456,7 +458,7 @@ def _train_epoch(
     sampler = negative_sampler(data.windows, config, unseen)  # None: full softmax
     total = 0.0
     for index in batches:
-        negatives = None if sampler is None else sampler.draw(data.windows[index], generator)
+        negatives = None if sampler is None else sampler.draw(data.windows[index.flatten()], generator)
         dropped = None
         if t.id_dropout > 0:
             dropped = torch.rand(config.model.n_items + 1, generator=generator) < t.id_dropout
@@ -502,9 +504,20 @@ def _hold_out(model: SeqRec, cold) -> torch.Tensor | None:
     return unseen
 
 
-def _length_batches(windows: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+def _length_batches(
+    windows: torch.Tensor, batch_size: int, generator: torch.Generator, towers: int = 1
+) -> list[torch.Tensor]:
     """Shuffled batches of windows of similar length (sorted within chunks of 64 batches),
-    so short histories are not padded to the longest one in the data."""
+    so short histories are not padded to the longest one in the data. ``towers`` > 1
+    (train.tower_batches=own): (towers, B) batches, each tower's row from its own shuffle of the
+    epoch, as separately seeded models would read it; a step puts together the towers' batches
+    of the same size and the same rank by length, so it pads about as little as one tower's."""
+    if towers > 1:
+        lengths = (windows > 0).sum(1)
+        own = [_length_batches(windows, batch_size, generator) for _ in range(towers)]
+        ranked = [sorted(batches, key=lambda b: (len(b), int(lengths[b].max()))) for batches in own]
+        steps = [torch.stack(group) for group in zip(*ranked, strict=True)]
+        return [steps[i] for i in torch.randperm(len(steps), generator=generator)]
     lengths = (windows > 0).sum(1)
     order = torch.randperm(len(windows), generator=generator)
     chunk = 64 * batch_size
