@@ -4,24 +4,43 @@
     python bench/accuracy.py --data movielens:../shared/data/ml-100k --config configs/ml-100k.yaml --name ml-100k
 
 Writes bench/results/accuracy_<name>.json with the metrics, training time and peak memory.
-The config is selected on valid; test is evaluated once, at the end.
+A rerun keeps the earlier runs' headline figures in its "history" (oldest first), so a new
+result never silently replaces the one the docs quoted. The config is selected on valid; test
+is evaluated once, at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import peak_rss_mib, write  # noqa: E402
+from _common import RESULTS, peak_rss_mib, write  # noqa: E402
 from recscope import config as config_mod  # noqa: E402
 from recscope.data import load_dataset  # noqa: E402
 from recscope.evaluate import evaluate_run  # noqa: E402
 from recscope.recommend import Recommender  # noqa: E402
 from recscope.train import fit  # noqa: E402
+
+HEADLINE = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")
+
+
+def history(name: str) -> list[dict]:
+    """The earlier runs of ``accuracy_<name>.json``: theirs, then the file's own headline figures."""
+    path = RESULTS / f"accuracy_{name}.json"
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    test = old.get("test_full", {}).get("recscope", {})
+    keep = ("date", "commit", "config", "overrides", "best_epoch", "train_wall_seconds")
+    earlier = {k: old.get(k) for k in keep}
+    earlier["valid_NDCG@10"] = old.get("best_valid", {}).get("NDCG@10")
+    earlier["test"] = {k: test.get(k) for k in HEADLINE}
+    return [*old.get("history", []), earlier]
 
 
 def main() -> None:
@@ -58,6 +77,7 @@ def main() -> None:
             "test_full": full,
             "test_sampled": sampled["recscope"],
             "peak_rss_mib": round(peak_rss_mib(), 1),
+            "history": history(args.name),
         },
     )
 
