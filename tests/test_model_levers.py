@@ -3,16 +3,20 @@
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from tests.conftest import TINY, TINY_SPEC
 from typer.testing import CliRunner
 
 from recscope.cli import app
 from recscope.config import ConfigError, ModelConfig, load
+from recscope.data import load_dataset, split_of, training_windows
 from recscope.model import SeqRec
+from recscope.train import learning_rate
 
 torch.set_num_threads(1)
 
@@ -60,3 +64,35 @@ def test_ema_validates_selects_and_saves_the_moving_average_and_resumes_it(tmp_p
     result = runner.invoke(app, [*train, "--set", "train.epochs=3", "--set", "train.eval_every=1", "--resume"])
     assert result.exit_code == 0, result.output
     assert not torch.equal(load_file(out / "ema.safetensors")["item_emb.weight"], average["item_emb.weight"])
+
+
+def test_cosine_schedule_falls_from_lr_to_zero_over_the_epochs_and_resumes_where_it_stopped(tmp_path):
+    t = load(None, ["train.lr_schedule=cosine", "train.lr=0.01", "train.epochs=4"]).train
+    assert learning_rate(t, 0) == pytest.approx(0.01)
+    assert learning_rate(t, 2) == pytest.approx(0.005)  # halfway: half the rate
+    assert learning_rate(t, 4) == pytest.approx(0.0) and learning_rate(t, 5) == pytest.approx(0.0)
+    assert learning_rate(load(None, ["train.lr=0.01"]).train, 3) == 0.01  # constant by default
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        load(None, ["train.lr_schedule=linear"])
+    # in a run: the last step of epoch 1 of 2 ran at the rate the schedule gives it, also after --resume
+    out = tmp_path / "run"
+    train = ["train", "--data", TINY_SPEC, "--out", str(out), "--config", str(TINY)]
+    train += ["--set", "train.lr_schedule=cosine", "--set", "train.epochs=2", "--set", "train.eval_every=1"]
+    runner = CliRunner()
+    result = runner.invoke(app, train)
+    assert result.exit_code == 0, result.output
+
+    def last_rate() -> float:
+        with safe_open(str(out / "optimizer.safetensors"), framework="pt") as f:
+            return json.loads(f.metadata()["param_groups"])[0]["lr"]
+
+    config = load(str(TINY), [])
+    data = load_dataset(TINY_SPEC, config=config.data)
+    steps = math.ceil(
+        len(training_windows(data, split_of(data, config).train, config.model.max_len)) / config.train.batch_size
+    )
+    lr = config.train.lr
+    assert last_rate() == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * (1 + (steps - 1) / steps) / 2)))
+    result = runner.invoke(app, [*train, "--set", "train.epochs=3", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert last_rate() == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * (2 + (steps - 1) / steps) / 3)))

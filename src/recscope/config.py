@@ -87,6 +87,9 @@ class TrainConfig:
     epochs: int = 60  # (int) maximum passes over the training sequences
     batch_size: int = 256  # (int) training sequences per step
     lr: float = 0.002  # (float) AdamW learning rate
+    # (str) "constant": train.lr throughout; "cosine": the rate falls from train.lr to 0 along half a
+    # cosine over train.epochs epochs, step by step (train.epochs is then the horizon, not only a bound)
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0  # (float) AdamW weight decay
     # (str) "next_item": rank the catalog for the next item; "rating": predict the next item's rating (the
     # data's value column, e.g. MovieLens); "click": predict whether a shown item is clicked (impressions)
@@ -364,6 +367,7 @@ RULES: dict[str, Rule] = {
     "train.batch_size": _range(1, 1_048_576),
     "train.lr": _range(0, 10, open_low=True),
     "train.weight_decay": _range(0, 10),
+    "train.lr_schedule": _one_of("constant", "cosine"),
     "train.task": _one_of("next_item", "rating", "click"),
     "train.loss": _one_of("ce", "sampled", "auto"),
     "train.sampled_above": _range(0),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from recscope import distributed, versions
-from recscope.config import Config, validate
+from recscope.config import Config, TrainConfig, validate
 from recscope.cpu import use_threads
 from recscope.data import Dataset, pad_left, split_of, training_windows
 from recscope.distributed import SINGLE, BatchLoss, Distributed
@@ -457,7 +458,10 @@ def _train_epoch(
         progress.start_epoch(epoch + 1, len(batches))
     sampler = negative_sampler(data.windows, config, unseen)  # None: full softmax
     total = 0.0
-    for index in batches:
+    for i, index in enumerate(batches):
+        if t.lr_schedule != "constant":
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(t, epoch + i / len(batches))
         negatives = None if sampler is None else sampler.draw(data.windows[index.flatten()], generator)
         dropped = None
         if t.id_dropout > 0:
@@ -471,6 +475,14 @@ def _train_epoch(
         total += loss.item()
         step(loss.item())
     return dist.mean(total) / max(len(batches), 1)
+
+
+def learning_rate(t: TrainConfig, epochs_done: float) -> float:
+    """The rate of a step ``epochs_done`` epochs into training (train.lr_schedule). A function of
+    the step alone, so a resumed run continues the schedule where it stopped."""
+    if t.lr_schedule == "cosine":
+        return t.lr * 0.5 * (1.0 + math.cos(math.pi * min(epochs_done / t.epochs, 1.0)))
+    return t.lr
 
 
 def _step_loss(
