@@ -344,12 +344,11 @@ class SeqRec(nn.Module):
         item to predict, (n, d_model), and those items (n,). ``inputs`` and ``targets``: (B, T)
         shared by the towers, or (towers, B, T), each tower's own batch. One tower: the whole width."""
         d = self.cfg.d_model
+        mask = (inputs > 0) & (targets > 0)  # logits only where there is something to predict
         if inputs.dim() == 2:
-            mask = (inputs > 0) & (targets > 0)
             y = targets[mask]
             return [(h, y) for h in hidden[mask].split(d, dim=-1)]
-        masks = (inputs > 0) & (targets > 0)
-        return [(h[m], t[m]) for h, m, t in zip(hidden.split(d, dim=-1), masks, targets, strict=True)]
+        return [(h[m], t[m]) for h, m, t in zip(hidden.split(d, dim=-1), mask, targets, strict=True)]
 
     @staticmethod
     def _tower_mean_loss(losses: list[Tensor], reduction: str) -> Tensor:
