@@ -275,8 +275,29 @@ def test_sampled_shapley_agrees_with_exact_and_with_captum(model):
         torch.manual_seed(0)
         captum = ShapleyValueSampling(forward).attribute(masks, baselines=torch.zeros_like(masks), n_samples=300)
         assert float((captum[0] - exact[k]).abs().max()) < 0.1 * scale
-    # the long-history path is the one used above EXACT_UP_TO items, and is deterministic
+    # the long-history path (histories past the evaluation budget) is deterministic
     torch.testing.assert_close(explainer.sampled(HISTORY, TARGETS), explainer.sampled(HISTORY, TARGETS))
+
+
+def test_shapley_scores_at_most_its_budget_of_sub_histories():
+    """An explanation's cost is bounded whatever the history's length: exact while all 2^n
+    sub-histories fit the budget, sampled orders beyond, and right either way (an additive game:
+    each player is worth what it adds)."""
+    from recscope.explain.shapley import BUDGET, shapley
+
+    worth = torch.arange(1.0, 61.0)
+    for n in (1, 5, 9, 10, 20, 50, 60):
+        scored = []
+
+        def value(masks, n=n, scored=scored):
+            scored.append(len(masks))
+            return (masks.float() * worth[:n]).sum(1, keepdim=True)
+
+        weights = shapley(value, n, 1)
+        assert sum(scored) <= BUDGET, (n, sum(scored))
+        assert sum(scored) == 2**n or 2**n > BUDGET  # exact exactly when every sub-history fits
+        torch.testing.assert_close(weights, worth[None, :n])
+    assert len(scored) == 1  # one batch, however long the history
 
 
 def test_shapley_on_an_additive_model_is_each_items_value():

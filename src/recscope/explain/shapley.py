@@ -12,10 +12,14 @@ whose joint removal matters most (comprehensiveness) better than leave-one-out.
 
 "Absent" means taken out of the sequence, as everywhere in recscope (later items move up).
 
-- T <= EXACT_UP_TO: every one of the 2^T sub-histories goes through the model in one
-  batch; the Shapley formula is then exact, with no sampling noise.
-- longer: SAMPLES random orders (half of them the reverses of the other half, antithetic
-  pairs, which cancels much of the noise); every prefix of every order in one batch.
+An explanation scores at most BUDGET sub-histories, so its cost is bounded whatever the history's
+length (and a live server's latency with it):
+
+- 2^T <= BUDGET: every one of the 2^T sub-histories goes through the model in one batch; the
+  Shapley formula is then exact, with no sampling noise.
+- longer: as many random orders as BUDGET allows, each with its T + 1 prefixes, between
+  MIN_SAMPLES and SAMPLES (half of them the reverses of the other half, antithetic pairs,
+  which cancels much of the noise); every prefix of every order in one batch.
 
 Each distinct sub-history is scored once for all K targets. Captum's
 ShapleyValueSampling computes the same estimate but runs one model pass per order and
@@ -31,8 +35,9 @@ import torch
 from recscope.explain.base import Explainer
 from recscope.explain.occlusion import without
 
-EXACT_UP_TO = 10  # 2^10 = 1024 sub-histories in one batch
-SAMPLES = 32  # random orders (an even number: antithetic pairs) for longer histories
+BUDGET = 512  # sub-histories one explanation scores at most: exact up to 9 items (2^9 = 512)
+SAMPLES = 32  # random orders for longer histories, at most (even numbers: antithetic pairs) ...
+MIN_SAMPLES = 8  # ... and at least, past the budget for the longest histories (8 x 51 = 408 at 50 items)
 
 
 class ShapleyExplainer(Explainer):
@@ -65,9 +70,18 @@ class ShapleyExplainer(Explainer):
         return shapley(lambda masks: game.scores(masks, targets), game.n_players, len(targets))
 
 
-def shapley(value, n: int, k: int) -> torch.Tensor:
-    """Shapley values of ``n`` players for ``k`` targets; exact up to EXACT_UP_TO players, sampled beyond."""
-    return exact_shapley(value, n, k) if n <= EXACT_UP_TO else sampled_shapley(value, n, k)
+def shapley(value, n: int, k: int, budget: int = BUDGET) -> torch.Tensor:
+    """Shapley values of ``n`` players for ``k`` targets from at most ``budget`` coalitions' values
+    (see the module's docstring): exact when all 2^n fit, sampled orders beyond."""
+    if 2**n <= budget:
+        return exact_shapley(value, n, k)
+    return sampled_shapley(value, n, k, samples=orders_within(budget, n))
+
+
+def orders_within(budget: int, n: int) -> int:
+    """How many random orders of ``n`` players (n + 1 prefixes each) ``budget`` values pay for:
+    an even number between MIN_SAMPLES and SAMPLES."""
+    return max(MIN_SAMPLES, min(SAMPLES, budget // (n + 1) // 2 * 2))
 
 
 def exact_shapley(value, n: int, k: int) -> torch.Tensor:
