@@ -38,6 +38,15 @@ def test_text_norm_gives_the_text_part_unit_variance_times_text_scale():
     assert model_with_text().text_norm is None  # off by default: the checkpoint has no extra weights
 
 
+def test_text_norm_normalises_each_towers_columns_on_their_own():
+    model = model_with_text(text_norm=True, text_scale=0.5, towers=2)
+    with torch.no_grad():
+        model.text_proj.weight[16:] *= 10  # tower 2's projection on another scale than tower 1's
+    text = model.field_embeddings(torch.arange(1, 21))["text"].view(20, 2, 16)  # (items, tower, d_model)
+    assert torch.allclose(text.std(-1, unbiased=False), torch.full((20, 2), 0.5), atol=0.02)
+    assert torch.allclose(text.mean(-1), torch.zeros(20, 2), atol=1e-5)
+
+
 def test_lever_keys_are_checked():
     assert load(None, ["train.id_dropout=0.2", "model.text_norm=true"]).model.text_norm
     with pytest.raises(ConfigError, match="id_dropout"):
