@@ -120,7 +120,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         assert cfg.d_model % cfg.n_heads == 0, "d_model must be divisible by n_heads"
-        self.towers, self.d_model, self.n_heads = cfg.towers, cfg.d_model, cfg.n_heads
+        self.n_heads = cfg.n_heads  # per tower
         self.qkv = TowerLinear(cfg.towers, cfg.d_model, 3 * cfg.d_model)  # per tower: q, k, v
         self.proj = TowerLinear(cfg.towers, cfg.d_model, cfg.d_model)
         self.attn_dropout = cfg.attn_dropout
