@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -43,6 +42,7 @@ import torch
 from rich.console import Console
 
 from recscope.config import Config, RetrievalConfig
+from recscope.files import atomic_write
 from recscope.progress import track
 from recscope.ranking import top_k_among
 
@@ -219,21 +219,10 @@ def save(index: ItemIndex, where: Path) -> ItemIndex:
     index.json last, so it only ever describes a complete index file)."""
     where.mkdir(parents=True, exist_ok=True)
     path = where / INDEX_FILE
-    _atomic(path, lambda p: _faiss().write_index(index.index, str(p)))
+    atomic_write(path, lambda p: _faiss().write_index(index.index, str(p)), per_process=True)
     info = IndexInfo(**{**asdict(index.info), "bytes": path.stat().st_size, "sha256": _sha256(path)})
-    _atomic(where / META_FILE, lambda p: p.write_text(json.dumps(asdict(info), indent=1)))
+    atomic_write(where / META_FILE, lambda p: p.write_text(json.dumps(asdict(info), indent=1)), per_process=True)
     return ItemIndex(index.index, info, index.cfg)
-
-
-def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write to a temporary sibling of this process, then rename: a reader never sees half a
-    file, and two processes building the same index do not write into each other's."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _sha256(path: Path) -> str:

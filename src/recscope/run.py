@@ -35,8 +35,8 @@ from safetensors.torch import load_file, save_file
 from recscope import __version__
 from recscope.config import Config
 from recscope.data import Dataset
-from recscope.data.dataset import _atomic
 from recscope.errors import ConfigError, RunError
+from recscope.files import atomic_write
 from recscope.lock import RunLock
 from recscope.model import SeqRec
 
@@ -90,7 +90,7 @@ def save_info(run: Path, info: RunInfo) -> None:
     """Write run.json. Callers hold the run's lock (fit does; others use ``update_state``)."""
     run.mkdir(parents=True, exist_ok=True)
     info.format, info.recscope_version = FORMAT, __version__
-    _atomic(run / "run.json", lambda p: p.write_text(info.to_json()))
+    atomic_write(run / "run.json", lambda p: p.write_text(info.to_json()))
 
 
 def update_state(run: str | Path, change: Callable[[dict], None], command: str) -> RunInfo:
@@ -156,7 +156,7 @@ def load_info(run: Path) -> RunInfo:
 # ---------------------------------------------------------------------- weights
 def save_weights(path: Path, model: SeqRec) -> None:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    _atomic(path, lambda p: save_file(state, str(p)))
+    atomic_write(path, lambda p: save_file(state, str(p)))
 
 
 def load_weights(path: Path, model: torch.nn.Module) -> None:
@@ -191,7 +191,7 @@ def save_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
         for name, value in values.items()
     }
     meta = {"param_groups": json.dumps(sd["param_groups"]), "optimizer": type(optimizer).__name__}
-    _atomic(path, lambda p: save_file(tensors, str(p), metadata=meta))
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
 
 
 def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:

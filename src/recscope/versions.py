@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recscope.data.dataset import _atomic
 from recscope.errors import RunError
+from recscope.files import atomic_write
 
 VERSIONS = "versions"
 CURRENT = "current"
@@ -80,7 +80,7 @@ def publish(run: Path, weights: Path, source: str, parent: str | None = None, **
 def promote(run: Path, version_id: str) -> None:
     """Serve ``version_id`` from now on (one atomic rename; rolling back is promoting an older one)."""
     read(run, version_id)  # refuses an unknown or damaged version
-    _atomic(Path(run) / VERSIONS / CURRENT, lambda p: p.write_text(version_id + "\n"))
+    atomic_write(Path(run) / VERSIONS / CURRENT, lambda p: p.write_text(version_id + "\n"))
 
 
 def read(run: Path, version_id: str) -> Version:

@@ -22,6 +22,7 @@ from safetensors.numpy import load_file, save_file
 
 from recscope.errors import DataError
 from recscope.features.attributes import TEXT_COLUMNS, ItemField, as_list, catalog_fields
+from recscope.files import atomic_write
 
 SKIPPED_FILE = "skipped_rows.csv"  # in a run folder: every input row that was read but not kept
 
@@ -298,7 +299,7 @@ class Dataset:
         if self.impressions is not None:
             for name in ("users", "hist_len", "items", "clicked"):
                 arrays[f"impressions.{name}"] = getattr(self.impressions, name)
-        _atomic(directory / "data.safetensors", lambda p: save_file(arrays, str(p)))
+        atomic_write(directory / "data.safetensors", lambda p: save_file(arrays, str(p)))
         meta = {
             "name": self.name,
             "user_ids": self.user_ids,
@@ -313,9 +314,9 @@ class Dataset:
             "event_types": self.event_types,
             "report": self.report.to_dict(),
         }
-        _atomic(directory / "data.json", lambda p: p.write_text(json.dumps(meta)))
+        atomic_write(directory / "data.json", lambda p: p.write_text(json.dumps(meta)))
         if self.report.skipped:
-            _atomic(directory / SKIPPED_FILE, self.report.write_skipped)
+            atomic_write(directory / SKIPPED_FILE, self.report.write_skipped)
 
     @classmethod
     def load(cls, directory: Path) -> Dataset:
@@ -350,13 +351,6 @@ class Dataset:
             values=arrays.get("values"),
             impressions=impressions,
         )
-
-
-def _atomic(path: Path, write) -> None:
-    """Write to a temporary sibling, then rename: a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------- building

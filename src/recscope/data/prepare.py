@@ -28,8 +28,9 @@ from safetensors import SafetensorError
 
 from recscope import __version__
 from recscope.config import DataConfig
-from recscope.data.dataset import Dataset, _atomic
+from recscope.data.dataset import Dataset
 from recscope.errors import DataError
+from recscope.files import atomic_write
 
 MANIFEST = "prepared.json"
 FORMAT = 1
@@ -86,7 +87,7 @@ def prepare(
         "items": data.n_items,
         "events": data.n_events,
     }
-    _atomic(out / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=2)))
+    atomic_write(out / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=2)))
     return Prepared(data, out, loaded - started, time.perf_counter() - loaded)
 
 

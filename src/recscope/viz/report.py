@@ -38,6 +38,7 @@ from markupsafe import Markup
 from recscope.errors import RunError
 from recscope.explain.api import METHODS
 from recscope.explain.attention import attention_maps
+from recscope.files import atomic_write
 from recscope.insights import WHOLE_ITEM_FIELDS, global_view
 from recscope.progress import track
 
@@ -81,9 +82,7 @@ def build_report(
     if figures:
         data["figures"] = write_figures(data, out_dir / "figures")
     page = out_dir / "index.html"
-    tmp = page.with_suffix(".html.tmp")
-    tmp.write_text(render(data), encoding="utf-8")
-    tmp.replace(page)
+    atomic_write(page, lambda p: p.write_text(render(data), encoding="utf-8"))
     if console is not None:
         size = page.stat().st_size / 1024
         console.print(f"report: {page} ({size:,.0f} KiB, {len(cases)} histories, {len(data['methods'])} methods)")
