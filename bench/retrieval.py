@@ -82,7 +82,7 @@ def run_table(run: Path, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor,
     rec = Recommender.load(run, retrieval_config=RetrievalConfig(ann="off"))
     users = np.random.default_rng(seed).choice(rec.data.n_users, min(n, rec.data.n_users), replace=False)
     with torch.no_grad():
-        hidden = torch.cat([rec._query(rec.history(rec.data.user_ids[u]), None) for u in users])
+        hidden = torch.cat([rec.query(rec.history(rec.data.user_ids[u])) for u in users])
     return rec._table, hidden, rec.version
 
 

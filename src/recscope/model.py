@@ -32,6 +32,7 @@ attention kernel; asking for attentions always takes the eager path, and
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Callable
@@ -246,6 +247,21 @@ class SeqRec(nn.Module):
         if text is not None and self.cfg.text_dim:
             self.text_vectors.copy_(text)
             self.text_vectors[0] = 0
+
+    def with_items(self, indices: list[int], values: dict[str, Tensor], text: Tensor | None = None) -> SeqRec:
+        """:meth:`set_items` on a copy: a model sharing every weight of this one but the per-item
+        rows (id embeddings, field values, text vectors), which it copies. This model is left as it
+        was, so requests reading it go on undisturbed (the service's catalog snapshots)."""
+        new = copy.copy(self)  # shallow: the same modules and tensors ...
+        new._parameters, new._buffers, new._modules = dict(self._parameters), dict(self._buffers), dict(self._modules)
+        new.item_emb = copy.copy(self.item_emb)  # ... but the item rows are its own
+        new.item_emb._parameters = {"weight": nn.Parameter(self.item_emb.weight.detach().clone())}
+        for i in range(len(self.field_names)):
+            setattr(new, f"field_values_{i}", getattr(self, f"field_values_{i}").clone())
+        if self.cfg.text_dim:
+            new.text_vectors = self.text_vectors.clone()
+        new.set_items(indices, values, text)
+        return new
 
     def set_items(self, indices: list[int], values: dict[str, Tensor], text: Tensor | None = None) -> None:
         """Give the items at ``indices`` the attribute values ``values`` (per field (len(indices),

@@ -24,16 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recscope import retrieval, versions
+from recscope import retrieval
 from recscope.config import RetrievalConfig
 from recscope.data import Dataset, split_of
 from recscope.errors import RunError
 from recscope.features.text import encode_texts, encoder
-from recscope.histories import History, HistorySource, RunHistories, adhoc
-from recscope.model import SeqRec
+from recscope.histories import History, HistorySource, RunHistories, adhoc, resolve
 from recscope.ranking import cutoff, hide, n_visible, rank, top_k
-from recscope.run import RunInfo, load_data, load_model
-from recscope.tasks import EventInputs, event_inputs
+from recscope.run import RunInfo
+from recscope.snapshot import AddedItem, NewItem, Snapshot
 
 
 @dataclass
@@ -45,13 +44,6 @@ class Recommendation:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class AddedItem:
-    index: int  # the item's dense index
-    new: bool  # added (True) or updated (False)
-    unused: list[str]  # "field=value" the catalog's fields cannot hold: no embedding, no effect
 
 
 class Results(list):
@@ -76,34 +68,9 @@ class Recommender:
     histories from a history source: the run's training data by default, the live event store in
     the service. Everything it answers speaks the user's own ids."""
 
-    def __init__(
-        self,
-        model: SeqRec,
-        data: Dataset,
-        info: RunInfo,
-        path: Path | None = None,
-        histories: HistorySource | None = None,
-        version: str = versions.UNVERSIONED,
-        retrieval_config: RetrievalConfig | None = None,
-    ):
-        self.model, self.data, self.info, self.path = model, data, info, path
-        self.config = info.config
-        self.histories: HistorySource = histories if histories is not None else RunHistories(data)
-        self.version = version  # the model version (see recscope.versions)
-        with torch.no_grad():
-            self._table = model.item_table()
-        # The approximate index over the trained items, when the run's catalog calls for one
-        # (built once per version and cached beside it); None: exact scoring.
-        self.retrieval = retrieval_config or self.config.retrieval
-        config = dataclasses.replace(self.config, retrieval=self.retrieval)
-        self.index: retrieval.ItemIndex | None = None
-        if retrieval.wanted(config, data.n_items):
-            self.index = retrieval.open_index(path, version, self._table, self.retrieval)
-        self._explainers: dict = {}
-        # The event labels the model reads (None: it reads none); they follow from the data and config.
-        self.inputs: EventInputs | None = event_inputs(data, self.config) if self.config.model.n_events else None
-        # Dense indices 1..trained_items are the trained catalog; items added since come after.
-        self.trained_items = data.n_items
+    def __init__(self, snapshot: Snapshot, histories: HistorySource | None = None):
+        self.snapshot = snapshot  # swapped whole, never changed (recscope.snapshot)
+        self.histories: HistorySource = histories if histories is not None else RunHistories(snapshot.data)
 
     @classmethod
     def load(
@@ -112,15 +79,42 @@ class Recommender:
         """The run's model ``version`` (default: the current one; a run from before versions:
         its model.safetensors, named by its digest). ``retrieval_config`` replaces the run's
         ``retrieval`` settings (e.g. ``ann="off"`` to score exactly)."""
-        path, version_id = versions.weights(Path(run), version)
-        model, info = load_model(Path(run), weights=path)
-        return cls(model, load_data(Path(run)), info, Path(run), version=version_id, retrieval_config=retrieval_config)
+        return cls(Snapshot.load(run, version, retrieval_config))
+
+    # What the snapshot holds, read only: a new catalog or version is a new snapshot.
+    model = property(lambda self: self.snapshot.model)
+    data = property(lambda self: self.snapshot.data)
+    config = property(lambda self: self.snapshot.config)
+    version = property(lambda self: self.snapshot.version)
+    index = property(lambda self: self.snapshot.index)
+    inputs = property(lambda self: self.snapshot.inputs)
+    trained_items = property(lambda self: self.snapshot.trained_items)
+
+    @property
+    def info(self) -> RunInfo:
+        return self.snapshot.info
+
+    @info.setter
+    def info(self, info: RunInfo) -> None:
+        """The run's record re-read (its state changed, e.g. the measured default method)."""
+        self.snapshot = dataclasses.replace(self.snapshot, info=info)
+
+    @property
+    def path(self) -> Path | None:
+        return self.snapshot.path
+
+    @path.setter
+    def path(self, path: Path | None) -> None:
+        self.snapshot = dataclasses.replace(self.snapshot, path=path)
+
+    def with_snapshot(self, snapshot: Snapshot) -> Recommender:
+        """A recommender over ``snapshot`` reading the same history source (this one is unchanged)."""
+        return Recommender(snapshot, self.histories)
 
     # ------------------------------------------------------------------ the catalog
     def trained(self, item_id: str) -> bool:
         """True for an item of the trained catalog (its entry is the trained data, never changed)."""
-        index = self.data.find(item_id)
-        return index is not None and index <= self.trained_items
+        return self.snapshot.trained(item_id)
 
     def set_item(self, item_id: str, title: str, attributes: Mapping[str, object] | None = None) -> AddedItem:
         """Add an item to the catalog (or update one added before): recommendable at once.
@@ -130,31 +124,15 @@ class Recommender:
         was trained on cannot be changed here (its catalog entry is the trained data)."""
         return self.set_items([(item_id, title, attributes or {})])[0]
 
-    def set_items(self, items: list[tuple[str, str, Mapping[str, object]]]) -> list[AddedItem]:
+    def set_items(self, items: list[NewItem]) -> list[AddedItem]:
         """:meth:`set_item` for many ``(item_id, title, attributes)``, with one pass over the model
-        and one new item table for them all (the service's start-up re-adds every stored item)."""
-        refused = [item_id for item_id, _, _ in items if self.trained(item_id)]
-        if refused:
-            raise RunError(
-                f"item {refused[0]!r} is in the trained catalog: its title and attributes come from the trained data",
-                fix="add items the run does not know (items added after training)",
-            )
-        added = []
-        for item_id, title, attributes in items:
-            new = self.data.find(item_id) is None
-            index, unused = self.data.set_item(item_id, title, attributes)
-            added.append(AddedItem(index, new, unused))
-        if added:
-            rows = [a.index for a in added]
-            values = {f.name: torch.from_numpy(f.values[rows]) for f in self.data.fields}
-            self.model.set_items(rows, values, text=self._text_vectors(rows))
-            # Only these rows change (a token is its own item's fields): no pass over the whole catalog.
-            with torch.no_grad():
-                grown = self.model.cfg.n_items + 1 - len(self._table)
-                self._table = torch.cat([self._table, self._table.new_zeros(grown, self._table.shape[1])])
-                self._table[rows] = self.model.item_tokens(torch.tensor(rows, dtype=torch.long))
-            self._explainers.clear()  # they hold the old item table
+        and one new item table for them all: a new snapshot, swapped in one assignment."""
+        self.snapshot, added = self.with_items(items)
         return added
+
+    def with_items(self, items: list[NewItem]) -> tuple[Snapshot, list[AddedItem]]:
+        """The snapshot with ``items`` added (see :meth:`set_items`); this recommender is unchanged."""
+        return self.snapshot.with_items(items, self._text_vectors)
 
     def load_text_encoder(self) -> None:
         """Load the run's text encoder now (when the model reads text), so that the first item
@@ -162,12 +140,12 @@ class Recommender:
         if self.config.model.text_dim:
             encoder(self.config.features.text_encoder, self.config.features.text_cache)
 
-    def _text_vectors(self, rows: list[int]) -> torch.Tensor | None:
-        """The text vectors of the items at ``rows`` (by the run's own encoder), when the model reads text."""
+    def _text_vectors(self, data: Dataset, rows: list[int]) -> torch.Tensor | None:
+        """The text vectors of ``data``'s items at ``rows`` (by the run's own encoder), when the model reads text."""
         if not self.config.model.text_dim:
             return None
         f = self.config.features
-        encoded = encode_texts(self.data.item_texts(rows), f.text_encoder, f.text_cache, f.text_batch_size)
+        encoded = encode_texts(data.item_texts(rows), f.text_encoder, f.text_cache, f.text_batch_size)
         return torch.from_numpy(encoded.vectors)
 
     # ------------------------------------------------------------------ histories
@@ -209,7 +187,10 @@ class Recommender:
         if (user is None) == (history is None):
             raise RunError("pass exactly one of user=... or history=[...]")
         if user is not None:
-            return self._known(self.histories.history(user))
+            found = self.histories.history(user)
+            if found.unknown:  # the source's catalog may be older than this snapshot's: added items known now
+                found = resolve(self.data, found.user_id, found.items, found.in_run)
+            return self._known(found)
         return self._adhoc(history, unknown)
 
     def _hidden(self, exclude: Iterable[str]) -> list[int]:
@@ -236,13 +217,14 @@ class Recommender:
         rating or click logit), given the history and its ``events`` labels; padding and (by
         default) owned items are hidden (-inf)."""
         labels = None if events is None else self.tensor(events)
-        scores = self.model.score(self.tensor(history), self._table, labels)[0]
+        scores = self.model.score(self.tensor(history), self.snapshot.table, labels)[0]
         return hide(scores, owned=history if exclude_history else None)
 
     @torch.no_grad()
-    def _query(self, history: np.ndarray, events: np.ndarray | None) -> torch.Tensor:
+    def query(self, history: np.ndarray, events: np.ndarray | None = None) -> torch.Tensor:
         """(1, C) the history's last hidden state: what SeqRec.score scores the table with."""
-        return self.model.query(self.tensor(history), None if events is None else self.tensor(events), self._table)
+        labels = None if events is None else self.tensor(events)
+        return self.model.query(self.tensor(history), labels, self.snapshot.table)
 
     def recommend(
         self,
@@ -321,10 +303,11 @@ class Recommender:
             return RECOMMENDED if r <= k else OUTSIDE_TOP_K
 
         statuses = [status(t, r) for t, r in zip(targets, ranks, strict=True)]
-        explainer = self._explainers.get(method or self.default_method())
+        explainers = self.snapshot.explainers
+        explainer = explainers.get(method or self.default_method())
         if explainer is None:
             explainer = make_explainer(self.model, method or self.default_method())
-            self._explainers[explainer.name] = explainer
+            explainers[explainer.name] = explainer
         explanations = explain_items(
             explainer,
             self.data,
@@ -405,7 +388,7 @@ class Recommender:
             hidden = np.concatenate([hist if exclude_history else [], list(exclude)]).astype(np.int64)
             with torch.no_grad():
                 top = retrieval.top_k(
-                    self.index, self._query(hist, events), self._table, k, hidden, self.model.predict_many
+                    self.index, self.query(hist, events), self.snapshot.table, k, hidden, self.model.predict_many
                 )
         if top is None:  # exact: no index, or one that cannot vouch for this query
             top = top_k(hide(self.scores(hist, exclude_history, events), exclude=list(exclude) or None), k)

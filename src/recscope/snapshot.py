@@ -1,0 +1,129 @@
+"""What a request reads: one frozen snapshot of a run (model version, item table, catalog, config).
+
+A Snapshot is never changed after it is built. A new catalog (items added after training) or
+a new model version is a new Snapshot, and whoever holds one swaps it in one assignment: a
+reader that took the old one goes on with the old one, whole, and the next reader gets the
+new one; nobody ever sees a half-grown catalog or a model of one version over the item table
+of another (DESIGN.md, "Live").
+
+Growing the catalog copies the per-item rows (id embeddings, field values, text vectors, the
+scoring table) and shares everything else with the snapshot it came from: O(catalog) memory
+and time per change, once, whatever the number of readers. Add many items in one call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from recscope import retrieval, versions
+from recscope.config import Config, RetrievalConfig
+from recscope.data import Dataset
+from recscope.errors import RunError
+from recscope.model import SeqRec
+from recscope.run import RunInfo, load_data, load_model
+from recscope.tasks import EventInputs, event_inputs
+
+NewItem = tuple[str, str, Mapping[str, object]]  # (item_id, title, attributes)
+
+
+@dataclass(frozen=True)
+class AddedItem:
+    index: int  # the item's dense index
+    new: bool  # added (True) or updated (False)
+    unused: list[str]  # "field=value" the catalog's fields cannot hold: no embedding, no effect
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    model: SeqRec
+    data: Dataset  # the catalog (ids, titles, attributes) and the run's training sequences
+    info: RunInfo
+    table: torch.Tensor  # (n_items + 1, C) every item's token: what the model scores against
+    version: str  # the model version (see recscope.versions)
+    path: Path | None  # the run directory
+    index: retrieval.ItemIndex | None  # approximate top-K over the trained items; None: exact
+    inputs: EventInputs | None  # the event labels the model reads; None: it reads none
+    trained_items: int  # dense indices 1..trained_items are the trained catalog, later ones added since
+    # Explainers built over this snapshot's model and table (a cache: filled on first use).
+    explainers: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def config(self) -> Config:
+        return self.info.config
+
+    @classmethod
+    def build(
+        cls,
+        model: SeqRec,
+        data: Dataset,
+        info: RunInfo,
+        path: Path | None = None,
+        version: str = versions.UNVERSIONED,
+        retrieval_config: RetrievalConfig | None = None,
+    ) -> Snapshot:
+        """The snapshot of a trained model over its trained catalog; ``retrieval_config`` replaces
+        the run's ``retrieval`` settings (e.g. ``ann="off"`` to score exactly)."""
+        with torch.no_grad():
+            table = model.item_table()
+        config = info.config
+        if retrieval_config is not None:
+            config = dataclasses.replace(config, retrieval=retrieval_config)
+            info = dataclasses.replace(info, config=config)
+        index = None
+        if retrieval.wanted(config, data.n_items):  # built once per version and cached beside it
+            index = retrieval.open_index(path, version, table, config.retrieval)
+        inputs = event_inputs(data, config) if config.model.n_events else None
+        return cls(model, data, info, table, version, path, index, inputs, data.n_items)
+
+    @classmethod
+    def load(cls, run: str | Path, version: str | None = None, retrieval_config: RetrievalConfig | None = None):
+        """The run's model ``version`` (default: the current one; a run from before versions: its
+        model.safetensors, named by its digest) over the run's trained catalog."""
+        path, version_id = versions.weights(Path(run), version)
+        model, info = load_model(Path(run), weights=path)
+        return cls.build(model, load_data(Path(run)), info, Path(run), version_id, retrieval_config)
+
+    def trained(self, item_id: str) -> bool:
+        """True for an item of the trained catalog (its entry is the trained data, never changed)."""
+        index = self.data.find(item_id)
+        return index is not None and index <= self.trained_items
+
+    def with_items(
+        self, items: list[NewItem], text: Callable[[Dataset, list[int]], torch.Tensor | None]
+    ) -> tuple[Snapshot, list[AddedItem]]:
+        """A new snapshot whose catalog also holds ``items`` (added, or replacing the title and
+        attributes of items added before), and what became of each. This one is unchanged.
+
+        A new item's token is the sum of its attribute (and ``text``) embeddings, its id
+        embedding zero: it is scored from its fields until training gives it an id of its own.
+        ``text(data, rows)``: the text vectors of the items at ``rows`` (None: the model reads none).
+        """
+        refused = [item_id for item_id, _, _ in items if self.trained(item_id)]
+        if refused:
+            raise RunError(
+                f"item {refused[0]!r} is in the trained catalog: its title and attributes come from the trained data",
+                fix="add items the run does not know (items added after training)",
+            )
+        if not items:
+            return self, []
+        data = self.data.with_catalog_copy()
+        added = []
+        for item_id, title, attributes in items:
+            new = data.find(item_id) is None
+            index, unused = data.set_item(item_id, title, attributes)
+            added.append(AddedItem(index, new, unused))
+        rows = sorted({a.index for a in added})
+        values = {f.name: torch.from_numpy(f.values[rows]) for f in data.fields}
+        model = self.model.with_items(rows, values, text=text(data, rows))
+        # Only these rows change (a token is its own item's fields): no pass over the whole catalog.
+        with torch.no_grad():
+            grown = model.cfg.n_items + 1 - len(self.table)
+            table = torch.cat([self.table, self.table.new_zeros(grown, self.table.shape[1])])
+            table[rows] = model.item_tokens(torch.tensor(rows, dtype=torch.long))
+        snapshot = dataclasses.replace(self, model=model, data=data, table=table, explainers={})
+        return snapshot, added
