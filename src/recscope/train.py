@@ -196,7 +196,7 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
     with TrainingProgress(console, t.epochs, start_epoch) as progress:
         for epoch in range(start_epoch, t.epochs):
             tic = time.perf_counter()
-            loss = _train_epoch(
+            loss = train_epoch(
                 model,
                 optimizer,
                 batches,
@@ -427,7 +427,7 @@ class TrainingData:
         return model.loss(batch[..., :-1], batch[..., 1:], negatives, "sum", unseen, id_dropped, inputs_events)
 
 
-def _train_epoch(
+def train_epoch(
     model: SeqRec,
     optimizer,
     data: TrainingData,
@@ -475,6 +475,9 @@ def _train_epoch(
         total += loss.item()
         step(loss.item())
     return dist.mean(total) / max(len(batches), 1)
+
+
+_train_epoch = train_epoch  # the name bench/ still imports (train_speed, loss_speed, sampled_softmax, recbole_compare)
 
 
 def learning_rate(t: TrainConfig, epochs_done: float) -> float:
