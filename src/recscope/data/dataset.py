@@ -10,6 +10,7 @@ aligned with ``items``. ``impressions`` are items shown to users, clicked or not
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -202,6 +203,21 @@ class Dataset:
         return index
 
     # ------------------------------------------------------------------ a growing catalog
+    def with_catalog_copy(self) -> Dataset:
+        """A Dataset sharing this one's sequences but with a catalog of its own (ids, titles,
+        texts, field values): :meth:`set_item` on the copy leaves this one as it was, so a reader
+        of this one never sees a half-added item (the service's catalog snapshots)."""
+        self.find("")  # build the id index once, then copy it
+        return dataclasses.replace(
+            self,
+            item_ids=list(self.item_ids),
+            titles=None if self.titles is None else list(self.titles),
+            texts={name: list(column) for name, column in self.texts.items()},
+            fields=[dataclasses.replace(f, values=f.values.copy()) for f in self.fields],
+            _user_index=self._user_index,
+            _item_index=dict(self._item_index or {}),
+        )
+
     def set_item(self, item_id: str, title: str, attributes: Mapping[str, object]) -> tuple[int, list[str]]:
         """Add an item to the catalog (or replace the title and attributes of one added before)
         from its title and ``attributes`` (field -> value or [values]); the sequences are unchanged.
