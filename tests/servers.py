@@ -37,7 +37,8 @@ class Server:
         self.log = log.open("ab")  # appended: a restarted server keeps the first one's lines
         cmd = [recscope(), "serve", str(run), "--port", str(self.port), *args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.process = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        # A session of its own: kill() ends the server and every worker process it started.
+        self.process = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             self._wait_until_ready(ready_in)
         except BaseException:
@@ -57,15 +58,26 @@ class Server:
             time.sleep(0.1)
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown, no flush, no lifespan exit."""
-        self.process.send_signal(signal.SIGKILL)
+        """SIGKILL to the server and its workers: no shutdown, no flush, no lifespan exit."""
+        os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
         self.log.close()
+
+    def workers(self) -> list[int]:
+        """The process ids of the server's worker processes (none when it serves in one process)."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        pids = [int(p) for p in children.read_text().split()] if children.exists() else []
+        # uvicorn's manager also starts multiprocessing's resource tracker: workers run the app
+        return [p for p in pids if "resource_tracker" not in Path(f"/proc/{p}/cmdline").read_text()]
 
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=20)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
         self.log.close()
 
     def __enter__(self) -> Server:

@@ -691,12 +691,23 @@ def serve(
             help="environment variable holding the X-API-Key that write and admin routes require",
         ),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            min=1,
+            help="worker processes over one store, each with the model (default: the CPUs this process may use)",
+        ),
+    ] = None,
+    threads: Annotated[int, typer.Option("--threads", metavar="T", min=1, help="torch threads per worker")] = 1,
 ) -> None:
     """The live service: recommendations, explanations and events over HTTP (docs at /docs)."""
     import uvicorn
 
     from recscope.serve.app import create_app, load_service
     from recscope.serve.settings import LOOPBACK, Settings
+    from recscope.serve.workers import run_workers
 
     api_key = None
     if api_key_env is not None:
@@ -711,14 +722,26 @@ def serve(
             f"--host {host!r} is not a loopback address: serving beyond this machine needs an API key",
             fix="use --host 127.0.0.1, or set a key with --api-key-env VAR",
         )
-    settings = Settings(run=run, version=version, db=db, host=host, port=port, api_key=api_key)
-    service = load_service(settings)
-    base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    console.print(
-        f"serving {run} (model version {service.model_version}): the web view at {base}/ui, the API docs at "
-        f"{base}/docs{'; writes need the X-API-Key header' if api_key else ''}",
-        highlight=False,
+    workers = workers or len(os.sched_getaffinity(0))
+    settings = Settings(
+        run=run, version=version, db=db, host=host, port=port, api_key=api_key, workers=workers, threads=threads
     )
+    base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    keyed = "; writes need the X-API-Key header" if api_key else ""
+    where = f"the web view at {base}/ui, the API docs at {base}/docs{keyed}"
+    if workers > 1:  # uvicorn's process manager starts them, and replaces one that dies
+        run_workers(
+            settings,
+            lambda served: console.print(
+                f"serving {run} (model version {served}) with {workers} workers: {where}", highlight=False
+            ),
+        )
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+    service = load_service(settings)
+    console.print(f"serving {run} (model version {service.model_version}): {where}", highlight=False)
     uvicorn.run(create_app(settings, service=service), host=host, port=port)
 
 

@@ -13,6 +13,7 @@ ones of its own (404, 409) it declares with ``schemas.errors``.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,13 +27,16 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic.json_schema import models_json_schema
 from starlette.convertors import PathConvertor, register_url_convertor
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import recscope
 from recscope.errors import RecscopeError, RunError
 from recscope.histories import RunHistories
 from recscope.recommend import Recommender
+from recscope.run import load_info
 from recscope.serve import metrics
 from recscope.serve.deps import Busy, Conflict, NotFound, NotReady, Service, Unauthorized
+from recscope.serve.follow import Follower
 from recscope.serve.limits import BodyLimit
 from recscope.serve.live import StoreHistories, add_stored_items
 from recscope.serve.metrics import Metrics, MetricsMiddleware
@@ -40,6 +44,7 @@ from recscope.serve.routes import events, feedback, health, items, model, recomm
 from recscope.serve.schemas import ERRORS
 from recscope.serve.settings import Settings
 from recscope.serve.store import Store
+from recscope.snapshot import Snapshot
 
 DOCS_ASSETS = "/static/docs"  # Swagger UI's js/css, from the fastapi-offline package
 
@@ -55,22 +60,37 @@ class AnyText(PathConvertor):
 register_url_convertor("path", AnyText())  # the route templates (and /metrics labels) are unchanged
 
 
-def load_service(settings: Settings, *, version: str | None = None, store: Store | None = None) -> Service:
-    """The run's model ``version`` (default: ``settings.version``, else the run's current one)
-    over the store (opened from ``settings`` unless given), with the items added since training."""
+def load_recommender(settings: Settings, store: Store, version: str | None) -> Recommender:
+    """The run's model ``version`` reading histories from ``store``, over the catalog the store
+    holds (the trained items and every item added since, in the order they were added)."""
     if settings.run is None:
         raise RunError("no run to serve", fix="pass the run directory (recscope serve RUN, or RECSCOPE_RUN)")
-    run = Path(settings.run)
-    recommender = Recommender.load(run, version or settings.version)
-    if store is None:
-        store = Store.open(settings.db) if settings.db else Store.for_run(run)
-    recommender.histories = StoreHistories(RunHistories(recommender.data), store)
+    snapshot = Snapshot.load(Path(settings.run), version)
+    recommender = Recommender(snapshot, StoreHistories(RunHistories(snapshot.data), store))
     add_stored_items(recommender, store)
+    return recommender
+
+
+def load_service(settings: Settings, *, version: str | None = None, store: Store | None = None) -> Service:
+    """The model version to serve over the store (opened from ``settings`` unless given): ``version``
+    if given, else the one the store says every worker serves, else ``settings.version``, else the
+    run's current one."""
+    if settings.run is None:
+        raise RunError("no run to serve", fix="pass the run directory (recscope serve RUN, or RECSCOPE_RUN)")
+    load_info(Path(settings.run))  # a missing or damaged run is named before a store is opened in it
+    if store is None:
+        store = Store.open(settings.db) if settings.db else Store.for_run(Path(settings.run))
+    seen = store.last_change()  # read first: a change made while loading is applied after
+    recommender = load_recommender(settings, store, version or store.serving() or settings.version)
     # Loaded beside the service, not before it is ready: the first PUT /items waits for it if it
     # comes sooner, later ones encode their title at once.
     threading.Thread(target=recommender.load_text_encoder, name="text-encoder", daemon=True).start()
     return Service(
-        recommender=recommender, store=store, model_version=recommender.version, busy_after=settings.busy_after
+        recommender=recommender,
+        store=store,
+        model_version=recommender.version,
+        busy_after=settings.busy_after,
+        seen=seen,
     )
 
 
@@ -138,6 +158,26 @@ def _shared_errors(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+class WorkerHeader:
+    """``X-Recscope-Worker: <pid>`` on every response: which worker process answered (with
+    ``--workers N`` the kernel hands each connection to one of them)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app, self.header = app, (b"x-recscope-worker", str(os.getpid()).encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self.header]
+            await send(message)
+
+        await self.app(scope, receive, tagged)
+
+
 def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI:
     """The app over ``settings.run``; a ``service`` already loaded (the CLI loads it first, so a
     bad run or store URL is one line of error, not a server traceback) is used as it is."""
@@ -146,9 +186,18 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = service if service is not None else load_service(settings)
         app.state.service = svc
+        follower = Follower(
+            get=lambda: app.state.service,
+            put=lambda new: setattr(app.state, "service", new),
+            load=lambda version: load_recommender(settings, svc.store, version),
+            seen=svc.seen,
+        )
+        app.state.follower = follower
+        follower.start(settings.follow_every)
         try:
             yield
         finally:
+            follower.stop()
             app.state.service = None
             svc.store.close()
 
@@ -173,6 +222,7 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=settings.max_body)
+    app.add_middleware(WorkerHeader)
     app.state.metrics = Metrics()
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts 413s too
     for module in (health, metrics, model, events, feedback, items, users, recommendations, whatif, ui):

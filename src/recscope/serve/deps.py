@@ -1,5 +1,6 @@
-"""What a route needs, as typed dependencies: the app's one Recommender and Store, opened by
-the lifespan in ``app.py`` (``app.state.service``)."""
+"""What a route needs, as typed dependencies: the app's Service (one Recommender over one frozen
+snapshot, and the Store), opened by the lifespan in ``app.py`` (``app.state.service``) and
+swapped whole when the store's changes are applied (``serve.follow``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from fastapi.security import APIKeyHeader
 
 from recscope.errors import RecscopeError
 from recscope.recommend import Recommender
+from recscope.serve.follow import Follower
 from recscope.serve.store import Store
 
 
@@ -45,8 +47,9 @@ class Service:
     store: Store
     model_version: str
     busy_after: float = 10.0  # seconds a request may wait for the model before it is refused (503)
-    # Held around every model call and catalog change: one model computation at a time (torch
-    # already uses every core for one), and no request sees a catalog half-grown.
+    seen: int = 0  # the seq of the store's last change this service reflects (serve.follow)
+    # Held around every model call: one model computation at a time per worker process (torch
+    # already uses the worker's threads for one); more at once only queue inside torch.
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @contextmanager
@@ -99,3 +102,13 @@ def require_key(request: Request, given: Annotated[str | None, Depends(_api_key_
 
 
 WriteAccess = [Depends(require_key)]
+
+
+def follower(request: Request) -> Follower:
+    found = getattr(request.app.state, "follower", None)
+    if found is None:
+        raise NotReady("the service is not loaded", fix="wait for GET /health/ready to answer 200")
+    return found
+
+
+FollowerDep = Annotated[Follower, Depends(follower)]

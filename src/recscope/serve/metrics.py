@@ -1,19 +1,25 @@
 """Prometheus metrics of the service: requests by route template and status, and latency.
 
-Each app has its own registry (two apps in one process, as in tests, do not collide). Routes
-are labelled by their template (``/users/{user_id:path}/recommendations``), never the raw
-path, so ids do not explode the label space; a path no route matched is ``unmatched``.
+Each app has its own registry (two apps in one process, as in tests, do not collide). With
+several worker processes (``recscope serve --workers N``) the CLI sets ``PROMETHEUS_MULTIPROC_DIR``
+before the workers start: each worker's values go to files there (prometheus-client's
+multiprocess mode) and ``/metrics``, whichever worker answers it, adds up every worker's, a
+replaced worker's counts included. Routes are labelled by their template
+(``/users/{user_id:path}/recommendations``), never the raw path, so ids do not explode the
+label space; a path no route matched is ``unmatched``.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 router = APIRouter(tags=["health"])
+MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR"  # set: the workers share their values through files there
 
 
 class Metrics:
@@ -61,4 +67,8 @@ class MetricsMiddleware:
 @router.get("/metrics", response_class=Response)
 def metrics(request: Request) -> Response:
     """Prometheus text format: ``recscope_http_requests_total`` and the latency histogram."""
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    registry = request.app.state.metrics.registry
+    if os.environ.get(MULTIPROCESS):  # every worker's values, from their files
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -97,3 +97,15 @@ class Feedback(Base):
     item_id: Mapped[str] = mapped_column(Text)
     action: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class Change(Base):
+    """One change every worker must follow, in commit order (``seq``): an item added or updated
+    (``kind`` "item", ``subject`` its id) or the model version to serve ("model", the version id)."""
+
+    __tablename__ = "changes"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)

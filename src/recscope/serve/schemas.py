@@ -104,10 +104,19 @@ class Liveness(Strict):
 
 
 class Readiness(Strict):
-    status: Literal["ready", "loading"]
-    model: bool
-    store: bool
+    status: Literal["ready", "loading", "store_unreachable", "catching_up"]
+    model: bool = Field(description="the model version is loaded")
+    store: bool = Field(description="the store answered a query just now")
     model_version: str | None = None
+    worker: int = Field(description="the process id of the worker that answered")
+    catalog_seq: int | None = Field(
+        None, description="the last store change (item, version switch) this worker applied"
+    )
+    store_seq: int | None = Field(None, description="the store's newest change")
+    lag_seconds: float | None = Field(
+        None, description="how long the oldest change this worker has not applied has waited (0: caught up)"
+    )
+    error: str | None = Field(None, description="why the worker could not apply the store's changes, if it could not")
 
 
 Action = Literal["click", "purchase", "dismiss", "explanation_helpful", "explanation_unhelpful"]

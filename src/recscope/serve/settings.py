@@ -27,3 +27,7 @@ class Settings(BaseSettings):
     port: int = 8000  # (int) TCP port
     max_body: int = MAX_BODY  # (bytes) larger request bodies are refused with 413
     busy_after: float = 10.0  # (seconds) a request that waits this long for the model is refused with 503
+    follow_every: float = 0.2  # (seconds) how often a worker reads the store's changes (items, version switches)
+    ready_lag: float = 5.0  # (seconds) /health/ready answers 503 while a change older than this is not applied
+    workers: int = 1  # (int) worker processes (recscope serve --workers); each holds the model
+    threads: int = 1  # (int) torch threads per worker (recscope serve --threads)

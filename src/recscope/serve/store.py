@@ -32,7 +32,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from recscope.errors import StoreError
-from recscope.serve.models import REQUEST_ID_MAX, Event, Feedback, Item, Served, ServedItem, key
+from recscope.serve.models import REQUEST_ID_MAX, Change, Event, Feedback, Item, Served, ServedItem, key
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 STORE_FILE = "store.sqlite"
@@ -42,6 +42,7 @@ DEFAULT_EVENT = "purchase"
 MAX_BATCH = 10_000
 _CHUNK = 500  # ids per IN (...) list: under SQLite's bound-parameter limit
 _PG_MIGRATION_LOCK = 0x72656373  # pg_advisory_xact_lock key while migrating
+_PG_CHANGE_LOCK = 0x72656374  # ... while writing a change: changes commit in the order of their seq
 _SQLITE_BUSY_SECONDS = 10  # a writer waits this long for another's lock
 _RETRIES = 3  # put_item: another writer added the same item between our read and our insert
 
@@ -64,6 +65,14 @@ class StoredItem:
     attributes: dict[str, Any]
     added_at: float
     updated_at: float
+
+
+@dataclass(frozen=True)
+class StoredChange:
+    seq: int  # commit order: a follower that has seen seq n has seen every change up to n
+    kind: str  # "item" (subject: the item id) or "model" (subject: the version to serve)
+    subject: str
+    created_at: float
 
 
 @dataclass(frozen=True)
@@ -452,9 +461,10 @@ class Store:
                                 updated_at=now,
                             )
                         )
-                        return True
-                    row.title, row.attributes, row.updated_at = title, attrs, now
-                    return False
+                    else:
+                        row.title, row.attributes, row.updated_at = title, attrs, now
+                    self._change(session, "item", item_id)
+                    return row is None
             except IntegrityError:
                 if attempt == _RETRIES - 1:
                     raise
@@ -466,10 +476,64 @@ class Store:
             row = session.get(Item, key(item_id))
             return None if row is None else _item(row)
 
+    def items(self, item_ids: Iterable[str]) -> list[StoredItem]:
+        """The stored items among ``item_ids`` (ids the store does not hold are left out)."""
+        keys = sorted({key(i) for i in item_ids})
+        with self._read() as session:
+            found = [
+                _item(r)
+                for chunk in _chunks(keys)
+                for r in session.scalars(select(Item).where(Item.item_key.in_(chunk)))
+            ]
+        return sorted(found, key=lambda i: (i.added_at, key(i.item_id)))
+
     def items_added(self) -> list[StoredItem]:
         """Every item added or updated after training, in the order they were first added."""
         with self._read() as session:
             return [_item(r) for r in session.scalars(select(Item).order_by(Item.added_at, Item.item_key))]
+
+    # -- the change sequence workers follow -------------------------------------------------
+
+    def _change(self, session: Session, kind: str, subject: str) -> None:
+        """Record a change in the writer's transaction (it commits with the write it describes)."""
+        if self.dialect == "postgresql":  # seq values are drawn before commit: serialise the writers
+            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_CHANGE_LOCK})
+        session.add(Change(kind=kind, subject=subject, created_at=time.time()))
+
+    def set_serving(self, version: str) -> int:
+        """Make ``version`` the model every worker serves; returns the change's seq."""
+        version = _text(version, "version")
+        with self._write() as session:
+            self._change(session, "model", version)
+            session.flush()
+            return int(session.scalar(select(Change.seq).order_by(Change.seq.desc()).limit(1)))
+
+    def serving(self) -> str | None:
+        """The model version the workers serve (the last one set), or None if none was ever set."""
+        with self._read() as session:
+            return session.scalar(
+                select(Change.subject).where(Change.kind == "model").order_by(Change.seq.desc()).limit(1)
+            )
+
+    def last_change(self) -> int:
+        """The seq of the newest change (0: none yet)."""
+        with self._read() as session:
+            return int(session.scalar(select(Change.seq).order_by(Change.seq.desc()).limit(1)) or 0)
+
+    def changes_since(self, seq: int, limit: int = 10_000) -> list[StoredChange]:
+        """The changes after ``seq``, oldest first (at most ``limit``: call again from the last one)."""
+        with self._read() as session:
+            rows = session.scalars(select(Change).where(Change.seq > seq).order_by(Change.seq).limit(limit))
+            return [StoredChange(r.seq, r.kind, r.subject, r.created_at) for r in rows]
+
+    def ping(self) -> bool:
+        """True when the database answers a query."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return True
+        except OperationalError:
+            return False
 
     # -- served lists and feedback ----------------------------------------------------------
 

@@ -1,12 +1,14 @@
 """The catalog: the run's items (read only) and items added since training, which the model
-recommends at once, scored from their attribute fields (``Recommender.set_item``)."""
+recommends at once, scored from their attribute fields (``Snapshot.with_items``). An item is
+stored first; the worker that took it applies it before answering, every other worker within
+``Settings.follow_every`` seconds (``serve.follow``)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from recscope.recommend import Recommender
-from recscope.serve.deps import Conflict, NotFound, ServiceDep, WriteAccess
+from recscope.serve.deps import Conflict, FollowerDep, NotFound, ServiceDep, WriteAccess
 from recscope.serve.schemas import ItemIn, ItemOut, errors
 from recscope.serve.store import StoredItem
 
@@ -37,7 +39,9 @@ def stored_item(rec: Recommender, stored: StoredItem) -> ItemOut:
 
 
 @router.put("/{item_id:path}", responses={201: {"model": ItemOut}, **errors(409, 503)}, dependencies=WriteAccess)
-def put_item(item_id: str, body: ItemIn, svc: ServiceDep, response: Response) -> ItemOut:
+def put_item(
+    item_id: str, body: ItemIn, svc: ServiceDep, follower: FollowerDep, request: Request, response: Response
+) -> ItemOut:
     """Add an item (201) or replace an added one's title and attributes (200): stored, then in
     the catalog at once (the next recommendation may hold it). Items of the run are 409: their
     catalog entry is the trained data."""
@@ -47,13 +51,12 @@ def put_item(item_id: str, body: ItemIn, svc: ServiceDep, response: Response) ->
             f"item {item_id!r} is in the run's catalog: its title and attributes come from the trained data",
             fix="PUT items the run does not know (items added after training)",
         )
-    new = svc.store.put_item(item_id, body.title, body.attributes)
-    with svc.model():
-        rec.set_item(item_id, body.title, body.attributes)
+    new = svc.store.put_item(item_id, body.title, body.attributes)  # the store is the source of truth ...
+    follower.catch_up()  # ... this worker applies it now, the others within Settings.follow_every
     response.status_code = 201 if new else 200
     stored = svc.store.get_item(item_id)
     assert stored is not None
-    return stored_item(rec, stored)
+    return stored_item(request.app.state.service.recommender, stored)
 
 
 @router.get("/{item_id:path}", responses=errors(404))

@@ -1,0 +1,106 @@
+"""A worker follows the store: items added anywhere and the model version every worker serves.
+
+The store is the source of truth that several worker processes (and hosts) share; a worker
+holds nothing another needs. Each worker reads the store's change sequence (``changes``: an
+item added or updated, the version to serve) every ``Settings.follow_every`` seconds and
+applies what is new as a new Service, swapped into the app in one assignment: a request reads
+the app's service once, so it computes on one model version over one catalog, whole, and names
+that version in its answer.
+
+Applying is serialised (one lock): the follower thread, and a route that has just written a
+change and wants its own answer to show it (``catch_up``), never build two services at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # deps imports this module
+    from recscope.recommend import Recommender
+    from recscope.serve.deps import Service
+    from recscope.serve.store import StoredChange
+
+log = logging.getLogger("recscope.serve")
+
+LoadVersion = Callable[[str], "Recommender"]  # a version id -> a Recommender of it over the stored catalog
+
+
+class Follower:
+    def __init__(self, get: Callable[[], Service], put: Callable[[Service], None], load: LoadVersion, seen: int):
+        """``get``/``put`` read and swap the app's service; ``load`` builds a Recommender of a
+        version; ``seen``: the seq of the last change the service already reflects."""
+        self._get, self._put, self._load = get, put, load
+        self.seen = seen
+        self.error: str | None = None  # the last failure to apply a change (shown by /health/ready)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- applying --------------------------------------------------------------------------
+    def catch_up(self) -> int:
+        """Apply every change the store holds beyond ``seen``; returns the seq now reflected."""
+        with self._lock:
+            svc = self._get()
+            changes = svc.store.changes_since(self.seen)
+            while changes:
+                svc = self._apply(svc, changes)
+                self.seen = changes[-1].seq
+                changes = svc.store.changes_since(self.seen)
+            self.error = None
+            return self.seen
+
+    def _apply(self, svc: Service, changes: list[StoredChange]) -> Service:
+        models = [c.subject for c in changes if c.kind == "model"]
+        items = [c.subject for c in changes if c.kind == "item"]
+        if models and models[-1] != svc.model_version:
+            # A new version: loaded over the whole stored catalog, so the items above are in it.
+            loaded = self._load(models[-1])
+            svc = dataclasses.replace(svc, recommender=loaded, model_version=loaded.version)
+        elif items:
+            rec = svc.recommender
+            stored = [i for i in svc.store.items(items) if not rec.trained(i.item_id)]
+            if stored:
+                snapshot, _ = rec.with_items([(i.item_id, i.title, i.attributes) for i in stored])
+                svc = dataclasses.replace(svc, recommender=rec.with_snapshot(snapshot))
+        else:
+            return svc
+        self._put(svc)
+        return svc
+
+    def switch(self, version: str) -> Service:
+        """Serve ``version`` here now and tell every other worker (through the store)."""
+        with self._lock:
+            svc = self._get()
+            loaded = self._load(version)  # refuses a version that does not load, before anyone is told
+            svc = dataclasses.replace(svc, recommender=loaded, model_version=loaded.version)
+            self._put(svc)
+            seq = svc.store.set_serving(version)
+        self.catch_up()  # up to the switch: items (the load read them already) and the switch itself
+        assert self.seen >= seq
+        return self._get()
+
+    # -- the thread ------------------------------------------------------------------------
+    def start(self, every: float) -> None:
+        self._thread = threading.Thread(target=self._run, args=(every,), name="store-follower", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                self.catch_up()
+            except Exception as e:  # the store is down, a version will not load: say so, keep serving, retry
+                message = f"{type(e).__name__}: {e}"
+                if message != self.error:
+                    log.warning("cannot follow the store's changes (will retry): %s", message)
+                self.error = message
+                time.sleep(every)
