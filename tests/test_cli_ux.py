@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from recscope import cli
+from recscope import cli, views
 from recscope.progress import track
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -315,11 +315,11 @@ def test_tables_are_never_cut(width, monkeypatch):
     long_title = "A very long product title that goes on and on, Premium Edition with Extra Accessories " * 2
     recs = [Rec(1, "P0001-with-a-long-id", long_title, 0.975), Rec(10, ITEM, TITLE, -1.5)]
     tables = {
-        "metrics": cli.metrics_table(
+        "metrics": views.metrics_table(
             metrics, "a-data-set-with-a-long-name: test split, full ranking over 12,000 items"
         ),
-        "faithfulness": cli.faithfulness_table(faithfulness_result()),
-        "recommend": cli.recommendations_table(recs, "top 10 for user U00001"),
+        "faithfulness": views.faithfulness_table(faithfulness_result()),
+        "recommend": views.recommendations_table(recs, "top 10 for user U00001"),
     }
     headers = {
         "metrics": ["metric", "a", "b", "c", "HR@5", "NDCG@20", "MRR@10"],
@@ -390,3 +390,16 @@ def test_explain_says_when_an_item_is_owned_or_outside_the_top_k(markup_run, mon
 def test_a_history_without_ids_is_named(markup_run, monkeypatch, capsys, history):
     result = run_main(monkeypatch, capsys, "recommend", str(markup_run), "--history", history)
     assert_one_line_error(result, 2, "--history", "holds no item id")
+
+
+# ---------------------------------------------------------------------------------------
+# 6. the CLI is the top layer
+# ---------------------------------------------------------------------------------------
+
+
+def test_nothing_in_the_package_imports_the_cli():
+    """The CLI is the top layer: the demo and a torchrun process print through recscope.views."""
+    importing = re.compile(r"^\s*(from recscope\.cli import|from recscope import cli\b|import recscope\.cli)", re.M)
+    package = ROOT / "src" / "recscope"
+    found = [str(p.relative_to(package)) for p in package.rglob("*.py") if importing.search(p.read_text())]
+    assert found == [], found

@@ -89,13 +89,13 @@ def _rank(rank: int, world: int, ports: list[int], out: str, log: str, runs: lis
     with open(Path(log, f"rank{rank}.err"), "w") as err:
         os.dup2(err.fileno(), 2)
     sys.addaudithook(audit)
-    from recscope.cli import main
+    from recscope.train import main  # what torchrun runs in each process
 
     codes = []
     for port, args in zip(ports, runs, strict=True):
         os.environ["MASTER_PORT"] = str(port)
         try:
-            main(["train", "--data", SPEC, "--out", out, "--config", TINY, *NO_DROPOUT, *args])
+            main(["--data", SPEC, "--out", out, "--config", TINY, *NO_DROPOUT, *args])
             codes.append(0)
         except SystemExit as e:
             codes.append(e.code)
@@ -182,6 +182,29 @@ def test_nproc_refuses_a_bad_config_before_starting_processes(tmp_path):
     result = _recscope("train", "--nproc", "2", "--data", SPEC, "--out", str(tmp_path / "r"), "--set", "train.nope=1")
     assert result.returncode == 2 and "train.nope" in result.stderr
     assert "torchrun" not in result.stderr and not (tmp_path / "r").exists()
+
+
+# What torchrun runs in each process, reporting whether it loaded the CLI on the way.
+ENTRY = """import runpy, sys
+try:
+    runpy.run_module("recscope.train", run_name="__main__", alter_sys=True)
+finally:
+    print("cli imported" if "recscope.cli" in sys.modules else "cli not imported")
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [(["--set", "train.nope=1"], "train.nope"), (["--nope"], "unrecognized arguments: --nope")],
+    ids=["bad config", "unknown option"],
+)
+def test_the_torchrun_entry_parses_its_options_without_the_cli(args, said, tmp_path):
+    command = [sys.executable, "-c", ENTRY, "--data", SPEC, "--out", str(tmp_path / "r"), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert result.returncode == 2 and result.stdout.strip() == "cli not imported", result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and said in lines[0], result.stderr
+    assert not (tmp_path / "r").exists()
 
 
 # ---------------------------------------------------------------------- the normalisation, in numbers

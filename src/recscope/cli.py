@@ -1,26 +1,18 @@
 """recscope's command line: a thin layer over the Python API.
 
-What a user sees when something goes wrong is one line on stderr, never a traceback:
-
-- bad input (a RecscopeError, or a bad option value): ``error: <what, where>; how to fix: <fix>``, status 2;
-- a file the system refuses (permission denied, disk full, ...): ``error: <file>: <reason>``, status 2;
-- Ctrl-C: ``error: interrupted``, status 130;
-- anything else is a bug in recscope: one line naming it and the file its traceback was
-  written to, status 1. ``RECSCOPE_DEBUG=1`` lets the exception through instead.
-
-Every string that came from the user or the data (ids, titles, paths, sentences) is printed
-as rich ``Text`` or escaped, never parsed as markup: an id like ``[bold]u0`` prints as itself.
+Its tables, figures and error lines are :mod:`recscope.views`' (the demo and a torchrun process
+print the same): what a user sees when something goes wrong is one line on stderr, never a
+traceback; a bad option value is one too (``...; how to fix: see `recscope CMD --help```),
+status 2. Every string that came from the user or the data (ids, titles, paths, sentences) is
+printed as rich ``Text`` or escaped, never parsed as markup: an id like ``[bold]u0`` prints as itself.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import sys
-import tempfile
 import time
-import traceback
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -28,15 +20,28 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from rich import box
-from rich.console import Console, Group
+from rich.console import Console
 from rich.padding import Padding
-from rich.table import Table
 from rich.text import Text
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from recscope import config as config_mod
 from recscope.errors import RecscopeError
+from recscope.views import (
+    attention_figure,
+    exit_on_error,
+    faithfulness_table,
+    metrics_table,
+    print_error,
+    print_load_report,
+    recommendations_table,
+    table,
+    task_table,
+    terminal_width,
+    titled,
+    why_figure,
+    word_faithfulness_text,
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -80,15 +85,8 @@ def _command(name: str | None = None):
     return command(name, cls=_Command)
 
 
-def _width(stream) -> int | None:
-    """A terminal's own width; in a pipe, $COLUMNS or 100 (rich would use 80). Tables are
-    built to read at 100 columns; anything longer folds onto the next line, never cut to "…"."""
-    terminal = callable(getattr(stream, "isatty", None)) and stream.isatty()
-    return None if terminal or os.environ.get("COLUMNS") else 100
-
-
-console = Console(stderr=True, width=_width(sys.stderr))
-out = Console(width=_width(sys.stdout))
+console = Console(stderr=True, width=terminal_width(sys.stderr))
+out = Console(width=terminal_width(sys.stdout))
 
 RunArg = Annotated[Path, typer.Argument(metavar="RUN", help="run directory (written by train)", show_default=False)]
 DataOpt = Annotated[
@@ -143,16 +141,6 @@ def _main(
     """An explainable product recommender."""
 
 
-def _columns(mapping: list[str] | None) -> dict[str, str]:
-    columns = {}
-    for entry in mapping or []:
-        ours, sep, theirs = entry.partition("=")
-        if not sep:
-            raise RecscopeError(f"--map {entry!r} is not ours=yours", fix="e.g. --map user_id=customer")
-        columns[ours] = theirs
-    return columns
-
-
 @_command()
 def train(
     data: DataOpt,
@@ -168,7 +156,7 @@ def train(
     ] = 1,
 ) -> None:
     """Train a model; the run directory holds weights, config, ids and data."""
-    from recscope.data import load_dataset
+    from recscope.data import column_map, load_dataset
 
     cfg = config_mod.load(config, set_ or [])
     if nproc > 1:  # the same command in N processes (recscope.distributed); a bad config fails here, once
@@ -188,25 +176,13 @@ def train(
                 fix="see the processes' messages above",
             )
         return
-    main_rank = os.environ.get("RANK", "0") == "0"  # torchrun's; only rank 0 of a distributed run prints
-    dataset = load_dataset(data, catalog, cfg.data, _columns(map_))
-    if main_rank:
-        _print_report(dataset.report)
-    from recscope.distributed import PeerError
+    dataset = load_dataset(data, catalog, cfg.data, column_map(map_))
+    print_load_report(console, dataset.report)
     from recscope.train import fit  # torch loads only once the data is known to be good
 
-    try:
-        fit(
-            dataset,
-            cfg,
-            out_dir,
-            data_spec=data,
-            catalog=str(catalog) if catalog else None,
-            resume=resume,
-            console=console,
-        )
-    except PeerError:
-        raise typer.Exit(2) from None  # rank 0 stopped the run and said why; no second copy of it
+    fit(
+        dataset, cfg, out_dir, data_spec=data, catalog=str(catalog) if catalog else None, resume=resume, console=console
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -250,11 +226,12 @@ def data_prepare(
 ) -> None:
     """Read, check and map ids once; `recscope train --data prepared:DIR` reuses the result
     (with the same data.* settings) without reading the raw files again."""
+    from recscope.data import column_map
     from recscope.data.prepare import prepare
 
     cfg = config_mod.load(config, set_ or [])
-    done = prepare(spec, out_dir, catalog, cfg.data, _columns(map_))
-    _print_report(done.data.report)
+    done = prepare(spec, out_dir, catalog, cfg.data, column_map(map_))
+    print_load_report(console, done.data.report)
     out.print(Text(done.data.describe()))
     out.print(
         Text(
@@ -262,125 +239,6 @@ def data_prepare(
             f"written {done.seconds_write:.1f} s): train with --data prepared:{done.out}"
         )
     )
-
-
-def _print_report(report) -> None:
-    if report.rows_skipped:
-        reasons = "; ".join(f"{n:,} x {reason}" for reason, n in sorted(report.reasons.items(), key=lambda r: -r[1]))
-        console.print(Text.assemble((f"skipped {report.rows_skipped:,} bad row(s): ", "yellow"), reasons))
-        for example in report.examples:
-            console.print(Text(f"  e.g. {example}"))
-    for note in report.notes:
-        console.print(Text.assemble(("note: ", "yellow"), str(note)))
-
-
-# ---------------------------------------------------------------------------------------
-# tables: built to read at 100 columns (and in a pipe) without cutting anything
-# ---------------------------------------------------------------------------------------
-
-
-def _table(*columns: tuple[str, str]) -> Table:
-    """A borderless table; ``columns`` are (header, "left" | "right"). Long cells fold."""
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, header_style="bold")
-    for header, justify in columns:
-        table.add_column(header, justify=justify, overflow="fold")
-    return table
-
-
-def _titled(title: str, table: Table, legend: str | None = None) -> Group:
-    """The title above the table (it wraps to the screen, not to the table's width) and a legend below."""
-    parts = [Text(title, style="bold"), table]
-    if legend:
-        parts.append(Text(legend, style="dim"))
-    return Group(*parts)
-
-
-def metrics_table(results: dict[str, dict], title: str) -> Group:
-    """One row per metric, one column per model (the best in bold): narrow at any number of models."""
-    keys = [k for k in results[next(iter(results))] if k.split("@")[0] in ("HR", "NDCG", "MRR")]
-    keys.sort(key=lambda k: (("HR", "NDCG", "MRR").index(k.split("@")[0]), int(k.split("@")[1])))
-    table = _table(("metric", "left"), *((name, "right") for name in results))
-    for key in keys:
-        values = [m.get(key, float("nan")) for m in results.values()]
-        best = max((v for v in values if v == v), default=None)
-        table.add_row(key, *(Text(f"{v:.4f}", style="bold" if v == best and len(values) > 1 else "") for v in values))
-    legend = "HR = hit rate, NDCG = normalised discounted cumulative gain, MRR = mean reciprocal rank; @K = top K"
-    if len(results) > 1:
-        legend += "; best in bold"
-    return _titled(title, table, legend)
-
-
-TASK_LEGEND = {
-    "RMSE": "RMSE, MAE: root mean squared and mean absolute error of the predicted rating (lower = better)",
-    "AUC": "AUC: chance a clicked item is scored above an unclicked one; logloss: of the click probability"
-    " (lower = better)",
-}
-
-
-def task_table(results: dict[str, dict], title: str) -> Group:
-    """A rating or click run's metrics: one row per metric, one column per model."""
-    first = results[next(iter(results))]
-    table = _table(("metric", "left"), *((name, "right") for name in results))
-    for key in first:
-        cells = [m[key] for m in results.values()]
-        table.add_row(key, *(f"{v:,}" if key == "cases" else f"{v:.4f}" for v in cells))
-    return _titled(title, table, next(text for metric, text in TASK_LEGEND.items() if metric in first))
-
-
-FAITHFULNESS_COLUMNS = [  # (key in explain-eval's JSON, header); the legend says what each means
-    ("comprehensiveness", "comp"),
-    ("sufficiency", "suff"),
-    ("topk_exit_rate", "exit"),
-    ("kendall_tau_loo", "tau"),
-    ("planted_hit@1", "hit@1"),
-    ("planted_hit@3", "hit@3"),
-    ("ms_per_explanation", "ms"),
-    ("ms_p99", "p99"),
-]
-FAITHFULNESS_LEGEND = {
-    "comp": "comp: score drop without the top items (higher = more faithful)",
-    "suff": "suff: drop keeping only them (lower = better)",
-    "exit": "exit: share of items leaving the top-K without their top 3",
-    "tau": "tau: Kendall tau with leave-one-out",
-    "hit@1": "hit@1, hit@3: the planted cause first, in the top 3",
-    "ms": "ms, p99: mean, 99th-percentile milliseconds per explanation",
-}
-
-
-def faithfulness_table(result: dict) -> Group:
-    """One row per method (the default starred) and one for random items, the baseline to beat."""
-    methods = result["methods"]
-    columns = [(key, short) for key, short in FAITHFULNESS_COLUMNS if any(key in m for m in methods.values())]
-    table = _table(("method", "left"), *((short, "right") for _, short in columns))
-    for name, m in methods.items():
-        star = " *" if name == result["default"] else ""
-        table.add_row(Text(name + star), *(_number(m.get(key), key) for key, _ in columns))
-    first = next(iter(methods.values()), {})
-    if "comprehensiveness_random" in first:
-        table.add_row(
-            Text("random items", style="dim"),
-            *(_number(first.get(f"{key}_random"), key) if key in CRITERIA_WITH_RANDOM else "" for key, _ in columns),
-        )
-    legend = "; ".join(text for short, text in FAITHFULNESS_LEGEND.items() if any(s == short for _, s in columns))
-    legend += "; *: the run's default method"
-    title = f"{result['data']}: faithfulness over the top-{result['k']} of {result['users']} test users"
-    return _titled(title, table, legend)
-
-
-CRITERIA_WITH_RANDOM = ("comprehensiveness", "sufficiency", "topk_exit_rate")
-
-
-def _number(value, key: str) -> str:
-    if value is None or value != value:
-        return "-"
-    return f"{value:.1f}" if key.startswith("ms") else f"{value:.3f}"
-
-
-def recommendations_table(items, title: str) -> Group:
-    table = _table(("rank", "right"), ("item", "left"), ("title", "left"), ("score", "right"))
-    for r in items:
-        table.add_row(str(r.rank), Text(r.item_id), Text(r.title), f"{r.score:.3f}")
-    return _titled(title, table)
 
 
 # ---------------------------------------------------------------------------------------
@@ -508,30 +366,10 @@ def explain(
         for m, explanations in results.items():
             _print_explanations(m, explanations, rec.default_method())
     if png:
-        from recscope.viz.figures import attribution_heatmap
-
-        explanations = results[methods[0]]
-        weights = np.array([[h.weight for h in e.history] for e in explanations]).T  # (T, K)
-        attribution_heatmap(
-            weights,
-            [h.title for h in explanations[0].history],
-            [f"{e.rank}. {e.title}" for e in explanations],
-            png,
-            title=f"user {user}: why these items ({methods[0]})",
-        )
+        why_figure(results[methods[0]], png, title=f"user {user}: why these items ({methods[0]})")
         out.print(Text(f"heatmap: {png}"))
     if attention_png:
-        from recscope.explain.attention import final_position_attention
-        from recscope.viz.figures import attention_heatmap
-
-        view = final_position_attention(rec.model, rec.tensor(rec.history(user)))
-        attention_heatmap(
-            view.weights,
-            [rec.data.title(i) for i in view.items],
-            attention_png,
-            title=f"user {user}: final-position attention",
-            towers=rec.config.model.towers,
-        )
+        attention_figure(rec, rec.history(user), attention_png, title=f"user {user}: final-position attention")
         out.print(Text(f"attention heatmap: {attention_png}"))
 
 
@@ -573,23 +411,6 @@ def _print_explanations(method: str, explanations, default: str) -> None:
             for label, weighed in titles:
                 shown = "  ".join(f"{w.word} {w.weight:+.2f}" for w in weighed)
                 out.print(Padding(Text(f"words of {label}: {shown}"), (0, 0, 0, 2), expand=False))
-
-
-def word_faithfulness_text(words: dict) -> Text:
-    """explain-eval's word deletion check as lines: per side and n, top-n drop vs random-n drop."""
-    lines = [
-        f"word attributions ({words['explained']} items text drives, top {words['k']} of {words['users']} users, "
-        f"{words['ms_per_explanation']:.0f} ms each): score drop when the n heaviest words leave a title vs n random"
-    ]
-    for side in ("candidate", "history"):
-        cells = [
-            f"n={n}: {v['top']:.3f} vs {v['random']:.3f} ({v['titles']} titles)"
-            for n, v in words[side].items()
-            if v["titles"]
-        ]
-        if cells:
-            lines.append(f"  {side}: " + "; ".join(cells))
-    return Text("\n".join(lines))
 
 
 @_command("explain-eval")
@@ -770,12 +591,12 @@ def versions_cmd(
     if not listed:
         out.print(f"{run} has no model versions (trained before versions existed): its model.safetensors is served")
         return
-    table = _table(("", "left"), ("version", "left"), ("created (UTC)", "left"), ("source", "left"), ("valid", "right"))
+    grid = table(("", "left"), ("version", "left"), ("created (UTC)", "left"), ("source", "left"), ("valid", "right"))
     for v in listed:
         valid = (v.details.get("best_valid") or {}).get("NDCG@10")
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.created))
-        table.add_row("*" if v.id == served else "", v.id, when, v.source, "" if valid is None else f"{valid:.4f}")
-    out.print(_titled(f"model versions of {run}", table, "* the version served; valid: NDCG@10 on the valid split"))
+        grid.add_row("*" if v.id == served else "", v.id, when, v.source, "" if valid is None else f"{valid:.4f}")
+    out.print(titled(f"model versions of {run}", grid, "* the version served; valid: NDCG@10 on the valid split"))
 
 
 @_command()
@@ -796,50 +617,8 @@ def demo(
 
 
 # ---------------------------------------------------------------------------------------
-# the one place errors become messages
+# errors: one line each (recscope.views.exit_on_error)
 # ---------------------------------------------------------------------------------------
-
-_OS_FIXES = {
-    errno.EACCES: "choose a path you may write to, or change its permissions",
-    errno.EPERM: "choose a path you may write to, or change its permissions",
-    errno.EROFS: "choose a path on a writable disk",
-    errno.ENOSPC: "free some disk space, or write somewhere else",
-    errno.EDQUOT: "free some disk space, or write somewhere else",
-    errno.EISDIR: "give a file name, not a directory",
-    errno.ENOTDIR: "a part of the path is a file, not a directory: choose another path",
-    errno.EEXIST: "a file is in the way: choose another path or remove it",
-    errno.ENOENT: "check the path",
-}
-
-
-def _error(message: str) -> None:
-    """``error: <message>`` on one line of stderr, however long (no wrapping at 80 columns)."""
-    message = " ".join(message.split())
-    console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True, highlight=False)
-
-
-def _os_message(e: OSError) -> str:
-    where = ": ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
-    reason = e.strerror or str(e)
-    message = f"{where}: {reason}" if where else reason
-    fix = _OS_FIXES.get(e.errno) if e.errno is not None else None
-    return f"{message}; how to fix: {fix}" if fix else message
-
-
-def _internal_error(e: BaseException) -> str:
-    """Write the traceback to a file; return the line that names the bug and the file."""
-    detail = " ".join(f"{type(e).__name__}: {e}".split())
-    if len(detail) > 200:
-        detail = detail[:199] + "…"
-    try:
-        fd, path = tempfile.mkstemp(prefix="recscope-traceback-", suffix=".txt")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(f"recscope {' '.join(sys.argv[1:])}\n\n")
-            traceback.print_exception(e, file=f)
-        where = f"the traceback is in {path}"
-    except OSError:
-        where = "run again with RECSCOPE_DEBUG=1 to see the traceback"
-    return f"internal error ({detail}) — this is a bug in recscope; {where}"
 
 
 def _usage_message(e) -> str:
@@ -850,35 +629,24 @@ def _usage_message(e) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``argv``: the arguments (default: the command line's); ``python -m recscope.train`` passes its own."""
-    debug = os.environ.get("RECSCOPE_DEBUG", "") not in ("", "0")
+    """``argv``: the arguments (default: the command line's)."""
     try:
         code = app(args=argv, standalone_mode=False, prog_name="recscope")
-    except RecscopeError as e:
-        _error(str(e))
-        sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        _error("interrupted")
-        sys.exit(130)
-    except Exception as e:
+    except typer.Abort:
+        exit_on_error(console, KeyboardInterrupt())
+    except (Exception, KeyboardInterrupt) as e:
         # Usage errors (missing option, bad value) come from the click bundled inside typer.
         if callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int):
             if type(e).__name__ == "NoArgsIsHelpError":
                 e.show()  # `recscope` alone prints the help
             else:
-                _error(_usage_message(e))
+                print_error(console, _usage_message(e))
             sys.exit(e.exit_code)
-        if debug:
-            raise
-        if isinstance(e, OSError):
-            _error(_os_message(e))
-            sys.exit(2)
-        _error(_internal_error(e))
-        sys.exit(1)
+        exit_on_error(console, e)
     if code == 130:  # typer turns Ctrl-C into this status and returns it
-        _error("interrupted")
+        print_error(console, "interrupted")
     if isinstance(code, int) and code:
         sys.exit(code)
 

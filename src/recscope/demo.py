@@ -25,14 +25,13 @@ from recscope import versions
 from recscope.data import load_dataset, make_split
 from recscope.errors import RunError
 from recscope.evaluate import evaluate_run
-from recscope.explain.attention import final_position_attention
 from recscope.explain.faithfulness import evaluate_faithfulness
 from recscope.lock import LOCK_NAME, RunLock
 from recscope.progress import track
 from recscope.recommend import Recommender
 from recscope.run import RUN_FILES, update_state
 from recscope.train import fit
-from recscope.viz.figures import attention_heatmap, attribution_heatmap
+from recscope.views import attention_figure, faithfulness_table, metrics_table, why_figure
 from recscope.viz.report import Case, build_report
 
 # The demo's own settings, before any --set of the user's: id dropout makes the model score
@@ -66,8 +65,6 @@ def _demo(run: Path, out_dir: Path, data, cfg, spec: str, console: Console, out:
     with steps("evaluating on the test split, with baselines"):
         rec = Recommender.load(run)
         results = evaluate_run(rec, "test", "full", baselines=True)
-    from recscope.cli import faithfulness_table, metrics_table  # the CLI's tables, shared
-
     out.print(metrics_table(results, f"{data.name}: test split, full ranking over {data.n_items} items"))
 
     with steps(f"measuring how faithful each explanation method is on {explain_users} test users"):
@@ -148,21 +145,16 @@ def _explain(rec: Recommender, user: str, history_ids: list[str], bought: str, o
             f"  [dim]ground truth: the user then bought “{cause[2]}”, planted by the shop as caused by "
             f"“{cause[1]}”; {verdict}[/]"
         )
-    weights = np.array([[h.weight for h in e.history] for e in explanations]).T  # (T, K)
-    heatmap = attribution_heatmap(
-        weights,
-        [h.title for h in explanations[0].history],
-        [f"{e.rank}. {e.title}" for e in explanations],
+    heatmap = why_figure(
+        explanations,
         out_dir / "figures" / f"why_{user}.png",
         title=f"user {user}: how much each past purchase pushed each recommendation ({explanations[0].method})",
     )
-    view = final_position_attention(rec.model, rec.tensor(rec.history_from_ids(history_ids)))
-    png = attention_heatmap(
-        view.weights,
-        [rec.data.title(i) for i in view.items],
+    png = attention_figure(
+        rec,
+        rec.history_from_ids(history_ids),
         out_dir / "figures" / f"attention_{user}.png",
         title=f"user {user}: final-position attention",
-        towers=rec.config.model.towers,
     )
     return explanations, heatmap, png, cause, hit
 

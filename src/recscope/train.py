@@ -13,6 +13,7 @@ process takes its share of every batch, rank 0 alone writes the run (see
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import math
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -30,10 +32,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from recscope import distributed, versions
 from recscope.config import Config, TrainConfig, validate
+from recscope.config import load as load_config
 from recscope.cpu import use_threads
-from recscope.data import Dataset, pad_left, split_of, training_windows
-from recscope.distributed import SINGLE, BatchLoss, Distributed
-from recscope.errors import RunError
+from recscope.data import Dataset, column_map, load_dataset, pad_left, split_of, training_windows
+from recscope.distributed import SINGLE, BatchLoss, Distributed, PeerError
+from recscope.errors import RecscopeError, RunError
 from recscope.evaluate import evaluate, model_scorer
 from recscope.features.text import catalog_vectors
 from recscope.lock import RunLock
@@ -54,6 +57,7 @@ from recscope.run import (
 )
 from recscope.sampling import describe_loss, make_optimizer, negative_sampler
 from recscope.tasks import SELECT_ON, EventInputs, check_task, click_cases, evaluate_task, event_inputs, head_bias
+from recscope.views import exit_on_error, print_load_report, terminal_width
 
 
 def with_data_sizes(config: Config, data: Dataset, text_dim: int = 0) -> Config:
@@ -616,7 +620,37 @@ def _differences(old: Config, new: Config) -> list[str]:
     return changed
 
 
-if __name__ == "__main__":  # torchrun --nproc-per-node N -m recscope.train --data SPEC --out RUN ...
-    from recscope.cli import main
+# ---------------------------------------------------------------------- one process of a torchrun launch
+class _Options(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise RecscopeError(message, fix="see `recscope train --help` (all its options but --nproc)")
 
-    main(["train", *sys.argv[1:]])  # the options of `recscope train`, parsed by the same command
+
+def main(argv: list[str] | None = None) -> None:
+    """``torchrun --nproc-per-node N -m recscope.train --data SPEC --out RUN ...``: this process's
+    part of a distributed run (``recscope train --nproc N`` starts it so), with the options of
+    ``recscope train`` but ``--nproc``. Rank 0 prints; errors are one line on stderr, as the CLI's."""
+    options = _Options(prog="python -m recscope.train", allow_abbrev=False)
+    options.add_argument("--data", required=True)
+    options.add_argument("--out", required=True, type=Path)
+    options.add_argument("--catalog")
+    options.add_argument("--config", type=Path)
+    options.add_argument("--set", action="append", default=[])
+    options.add_argument("--map", action="append", default=[])
+    options.add_argument("--resume", action="store_true")
+    console = Console(stderr=True, width=terminal_width(sys.stderr))
+    try:
+        given = options.parse_args(argv)
+        config = load_config(given.config, given.set)
+        data = load_dataset(given.data, given.catalog, config.data, column_map(given.map))
+        if distributed.env_rank() == 0:
+            print_load_report(console, data.report)
+        fit(data, config, given.out, data_spec=given.data, catalog=given.catalog, resume=given.resume, console=console)
+    except PeerError:
+        sys.exit(2)  # rank 0 stopped the run and said why; no second copy of it
+    except (Exception, KeyboardInterrupt) as e:
+        exit_on_error(console, e)
+
+
+if __name__ == "__main__":
+    main()

@@ -52,6 +52,17 @@ class Source(NamedTuple):
     time_scale: float = 1.0  # seconds per timestamp unit
 
 
+def column_map(entries: list[str] | None) -> dict[str, str]:
+    """``--map`` entries ``ours=yours`` (e.g. ``user_id=customer``) as load_dataset's ``columns``."""
+    columns = {}
+    for entry in entries or []:
+        ours, sep, theirs = entry.partition("=")
+        if not sep:
+            raise DataError(f"--map {entry!r} is not ours=yours", fix="e.g. --map user_id=customer")
+        columns[ours] = theirs
+    return columns
+
+
 def load_dataset(
     spec: str,
     catalog: str | Path | None = None,
