@@ -261,3 +261,38 @@ def test_excluded_items_are_never_recommended(rec):
     top = [r.item_id for r in rec.recommend(user, k=5)]
     without = [r.item_id for r in rec.recommend(user, k=4, exclude=[top[0], "no-such-item"])]
     assert without == top[1:]
+
+
+# ---------------------------------------------------------------- exact ties: one list, one rank
+def _fields_of(rec: Recommender, item: int) -> dict:
+    """Attributes that give a new item ``item``'s attribute values (a price inside its band)."""
+    attributes = {}
+    for f in rec.data.fields:
+        labels = f.labels(item)
+        if f.kind == "numeric":
+            low, high = (float(x) for x in labels[0].split("(")[1].rstrip(")").split("-"))
+            attributes[f.name] = (low + high) / 2
+        else:
+            attributes[f.name] = labels if f.kind == "multi" else labels[0]
+    return attributes
+
+
+def test_with_exact_ties_an_explained_rank_is_the_items_place_in_the_list(rec):
+    """Items added with the same fields and title have the same token, so they often score exactly
+    alike: the list's order and every explained rank come from one tie draw, so they agree (they
+    drew their ties apart before)."""
+    user = rec.data.user_ids[0]
+    best = rec.data.item_index(rec.recommend(user, k=1)[0].item_id)
+    tied = [f"TIE/{i}" for i in range(8)]
+    live = rec.with_snapshot(rec.snapshot)  # the module's recommender keeps its catalog
+    for i in tied:  # one at a time: each token computed alone, the same to the bit
+        live.set_item(i, "One title for all", _fields_of(rec, best))
+    scores = live.scores(live.history(user))[[live.data.item_index(i) for i in tied]]
+    assert torch.isfinite(scores).all() and len(set(scores.tolist())) < len(tied), "some added items tie exactly"
+    listed = [r.item_id for r in live.recommend(user, k=live.data.n_items)]
+    for i in tied:
+        assert live.explain(user, item=i, method="occlusion", counterfactual=False)[0].rank == listed.index(i) + 1
+    last = max(listed.index(i) + 1 for i in tied)
+    whole = live.explain(user, top=last, k=last, method="occlusion", counterfactual=False)
+    assert [e.item_id for e in whole] == listed[:last]
+    assert [e.rank for e in whole] == list(range(1, last + 1))

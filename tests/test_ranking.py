@@ -7,7 +7,19 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recscope.ranking import cutoff, hide, n_visible, rank, rank_among, top_k
+from recscope.ranking import (
+    HIDDEN,
+    OUTSIDE_TOP_K,
+    OWNED,
+    RECOMMENDED,
+    Ranking,
+    cutoff,
+    hide,
+    n_visible,
+    rank,
+    rank_among,
+    top_k,
+)
 
 INF = float("inf")
 # item:               pad  1    2    3    4    5
@@ -142,3 +154,58 @@ def test_top_k_is_the_whole_sort_of_the_shuffled_row(rows, k, seed):
         top = top_k(given_scores, k, rng=rng())
         assert torch.equal(top.indices, expected if given_scores.dim() == 2 else _sorted_top_k(scores[0], k, rng()))
         assert torch.equal(top.values, given_scores.gather(-1, top.indices))
+
+
+# ---------------------------------------------------------------- one history's Ranking
+# item:               pad  1    2    3    4    5    6    7
+TIED = torch.tensor([9.0, 2.0, 3.0, 2.0, 2.0, 1.0, 2.0, 5.0])  # 7, 2, then 1 3 4 6 tied, then 5
+
+
+def test_a_ranking_lists_by_score_and_breaks_ties_by_one_shuffle_that_its_ranks_share():
+    ranking = Ranking.of(TIED, owned=[2], exclude=[5])
+    places = ranking.places  # the tie shuffle: the tied items 1, 3, 4, 6 follow their places in it
+    tied_order = sorted([1, 3, 4, 6], key=lambda i: places[i])
+    assert ranking.top(10).indices.tolist() == [7, *tied_order]
+    assert [ranking.rank_of(i) for i in [7, *tied_order]] == [1, 2, 3, 4, 5]
+    assert ranking.top(3).indices.tolist() == [7, *tied_order[:2]], "a shorter list is a prefix"
+    assert ranking.top(10).values.tolist() == [5.0, 2.0, 2.0, 2.0, 2.0]
+    assert ranking.n_visible == 5 and ranking.cutoff(2) == 2.0 and ranking.cutoff(5) is None
+    assert (ranking.rank_of(2), ranking.rank_of(5), ranking.rank_of(0)) == (None, None, None)
+    statuses = [ranking.status(i, 3) for i in (7, tied_order[1], tied_order[2], 2, 5)]
+    assert statuses == [RECOMMENDED, RECOMMENDED, OUTSIDE_TOP_K, OWNED, HIDDEN]
+    assert Ranking.of(TIED, owned=[5], exclude=[5]).status(5, 3) == OWNED, "owned before hidden"
+    assert ranking.top(10).indices.tolist() == top_k(TIED, 10, owned=[2], exclude=[5]).indices.tolist(), (
+        "the order top_k gives by default"
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from([-np.inf, -1.0, 0.0, 0.5, 1.0, 2.0]), min_size=2, max_size=12),
+    st.lists(st.integers(1, 11), max_size=3),
+    st.integers(0, 12),
+    st.one_of(st.none(), st.integers(0, 2**16)),
+)
+def test_an_items_rank_is_its_place_in_the_list_whatever_the_ties(row, owned, k, seed):
+    scores = torch.tensor(row, dtype=torch.float32)
+    owned = [i for i in owned if i < len(row)]
+    ranking = Ranking.of(scores, owned=owned, rng=None if seed is None else np.random.default_rng(seed))
+    listed = ranking.top(len(row)).indices.tolist()
+    assert len(listed) == ranking.n_visible
+    fresh = Ranking.of(scores, owned=owned, rng=None if seed is None else np.random.default_rng(seed))
+    # asked before and after the list is drawn: the cached order and the counts agree
+    assert [fresh.rank_of(i) for i in range(len(row))] == [ranking.rank_of(i) for i in range(len(row))]
+    for place, item in enumerate(listed, 1):
+        assert ranking.rank_of(item) == place
+        assert ranking.status(item, k) == (RECOMMENDED if place <= k else OUTSIDE_TOP_K)
+    for item in set(range(len(row))) - set(listed):
+        assert ranking.rank_of(item) is None
+        assert ranking.status(item, k) == (OWNED if item in owned else HIDDEN)
+
+
+def test_a_tied_item_lands_on_each_place_of_its_group_alike():
+    tied = torch.tensor([0.0, 2.0, 2.0, 2.0, 1.0])  # items 1-3 tied on top, item 4 below
+    rng = np.random.default_rng(7)
+    places = Counter(Ranking.of(tied, rng=rng).rank_of(2) for _ in range(3000))
+    assert set(places) == {1, 2, 3} and min(places.values()) > 900, places  # each of 3 places ~1000
+    assert Ranking.of(tied, rng=rng).rank_of(4) == 4, "ties above an item do not move it"

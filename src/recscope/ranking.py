@@ -18,14 +18,21 @@ tie exactly (none among the visible scores of 200 users on the synthetic shop); 
 the rule changes nothing: an item's rank is the number of visible rivals scored higher, and
 the top-K is ordered by score.
 
-:func:`rank` and :func:`top_k` each draw their own tie-breaks: with exact ties, an item's rank
-and its place in a top-K list may differ within its group of tied items.
+One history's ranked list is a :class:`Ranking`: its order and every rank it gives come from
+ONE draw (a seeded shuffle of the catalog: tied items follow their places in it), so an item's
+:meth:`Ranking.rank_of` is its place in :meth:`Ranking.top` whatever the ties, and its status
+(recommended, outside the top-K, owned, hidden) follows from that rank. Items added to a live
+catalog with the same fields have the same token and often tie exactly. The free functions
+:func:`rank` and :func:`top_k` serve batched callers (evaluation ranks each user's held-out item
+by :func:`rank_chunks`): each draws its own tie-breaks, so with exact ties an item's
+:func:`rank` and its place in a :func:`top_k` list may differ within its group of tied items.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
@@ -211,3 +218,77 @@ def cutoff(scores: torch.Tensor, k: int, *, owned: Items = None, exclude: Items 
     if int(n_visible(scores)) <= k:
         return None
     return float(torch.topk(scores, k + 1).values[-1])
+
+
+# What an item is to one ranked list (Ranking.status)
+RECOMMENDED = "recommended"  # in the top-K
+OUTSIDE_TOP_K = "outside_top_k"  # visible, ranked below the top-K
+OWNED = "owned"  # in the history: hidden, so never recommended and without a rank
+HIDDEN = "hidden"  # hidden for another reason (``exclude``, e.g. dismissed): no rank
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The ranked catalog of one history, with ONE tie draw shared by its order and its ranks.
+
+    The order is by score, best first, then by each item's place in a seeded shuffle of the
+    catalog (``places``); an item's rank is its 1-based place in that order, so
+    :meth:`rank_of` is where :meth:`top` lists it, exact ties or not. Build one with :meth:`of`.
+    """
+
+    scores: torch.Tensor  # (N + 1,) the scores, hidden items at -inf
+    owned: frozenset[int]  # the hidden items the history holds (OWNED rather than HIDDEN)
+    places: np.ndarray  # (N + 1,) each item's place in the tie shuffle
+    # The longest prefix of the order drawn so far (a cache: its items' ranks are their places in it).
+    _order: list[int] = field(default_factory=list, compare=False, repr=False)
+
+    @classmethod
+    def of(
+        cls, scores: torch.Tensor, owned: Items = None, exclude: Items = None, rng: np.random.Generator | None = None
+    ) -> Ranking:
+        """The ranking of one score row (N + 1,) with padding, ``owned`` and ``exclude`` hidden
+        (:func:`hide`). ``rng``: the generator of the tie shuffle (None: the first draw of
+        ``default_rng(0)``, so :meth:`top` lists what :func:`top_k` gives by default)."""
+        n = scores.shape[-1]
+        places = _shuffle_places(n) if rng is None else _places(rng.permutation(n))
+        held = frozenset() if owned is None else frozenset(_index(owned).tolist())
+        return cls(hide(scores, owned, exclude), held, places)
+
+    @cached_property
+    def n_visible(self) -> int:
+        """How many items are ranked (the catalog less the hidden items)."""
+        return int(n_visible(self.scores))
+
+    def top(self, k: int) -> torch.return_types.topk:
+        """The ``k`` best visible items in list order: ``(values, indices)``, each (k,); fewer
+        when fewer are visible. Costs a topk over the catalog, not a sort (see :func:`top_k`)."""
+        k = min(k, self.n_visible)
+        if len(self._order) < k:
+            self._order[:] = _best(self.scores, self.places, k).tolist()
+        indices = torch.tensor(self._order[:k], dtype=torch.long)
+        return torch.return_types.topk((self.scores[indices], indices))
+
+    def rank_of(self, item: int) -> int | None:
+        """The item's 1-based place in the list (``top(n)`` for any n at least that lists it
+        there); None for a hidden item. Visible rivals scored higher, plus the tied ones that
+        come before it in the shuffle."""
+        score = self.scores[item]
+        if not torch.isfinite(score):
+            return None
+        if item in self._order:
+            return self._order.index(item) + 1
+        contenders = (self.scores >= score).nonzero().flatten()  # the item and every rival not below it
+        rivals = self.scores[contenders]
+        before = torch.from_numpy(self.places[contenders.numpy()] < self.places[item])
+        return int((rivals > score).sum() + ((rivals == score) & before).sum()) + 1
+
+    def status(self, item: int, k: int) -> str:
+        """RECOMMENDED (in the top-``k``), OUTSIDE_TOP_K, OWNED or HIDDEN (see the constants)."""
+        place = self.rank_of(item)
+        if place is None:
+            return OWNED if item in self.owned else HIDDEN
+        return RECOMMENDED if place <= k else OUTSIDE_TOP_K
+
+    def cutoff(self, k: int) -> float | None:
+        """The score of the first visible item outside the top-``k`` (:func:`cutoff`)."""
+        return float(self.top(k + 1).values[-1]) if self.n_visible > k else None

@@ -30,7 +30,7 @@ from recscope.data import Dataset, split_of
 from recscope.errors import RunError
 from recscope.features.text import encode_texts, encoder
 from recscope.histories import History, HistorySource, RunHistories, adhoc, resolve
-from recscope.ranking import cutoff, hide, n_visible, rank, top_k
+from recscope.ranking import Ranking, hide
 from recscope.run import RunInfo
 from recscope.snapshot import AddedItem, NewItem, Snapshot
 
@@ -278,31 +278,18 @@ class Recommender:
         drives (:mod:`recscope.explain.words`; about 5 ms per word on 2 cores), when the model reads text.
         """
         from recscope.explain.api import explain_items, make_explainer
-        from recscope.explain.base import DISMISSED, OUTSIDE_TOP_K, OWNED, RECOMMENDED
+        from recscope.explain.base import STATUSES
         from recscope.explain.words import run_encoder
 
         _at_least_one("top", top)
         _at_least_one("k", k)
         resolved = self.resolve(user, history, unknown)
         hist, hidden, events = resolved.indices, self._hidden(exclude), self.event_codes(resolved)
-        scores = hide(self.scores(hist, events=events), exclude=hidden or None)
-        if item is not None:
-            targets = [self.data.item_index(item)]
-        else:
-            targets = top_k(scores, top).indices.tolist()
-        finite = int(n_visible(scores))
-        ranks = [
-            int(r) + 1 if torch.isfinite(scores[t]) else None  # owned and dismissed items have no rank
-            for t, r in zip(targets, rank(scores, targets), strict=True)
-        ]
-        dismissed = set(hidden) - set(hist.tolist())  # an owned item is owned first
-
-        def status(target: int, r: int | None) -> str:
-            if r is None:
-                return DISMISSED if target in dismissed else OWNED
-            return RECOMMENDED if r <= k else OUTSIDE_TOP_K
-
-        statuses = [status(t, r) for t, r in zip(targets, ranks, strict=True)]
+        # One ranked list: the explained ranks are the places the list gives, ties or not.
+        ranking = Ranking.of(self.scores(hist, False, events), owned=hist, exclude=hidden or None)
+        targets = [self.data.item_index(item)] if item is not None else ranking.top(top).indices.tolist()
+        ranks = [ranking.rank_of(t) for t in targets]  # None: owned or dismissed, never ranked
+        statuses = [STATUSES[ranking.status(t, k)] for t in targets]  # owned first, then dismissed
         explainers = self.snapshot.explainers
         explainer = explainers.get(method or self.default_method())
         if explainer is None:
@@ -313,15 +300,15 @@ class Recommender:
             self.data,
             hist,
             targets,
-            scores=[float(scores[t]) if r is not None else None for t, r in zip(targets, ranks, strict=True)],
+            scores=[float(ranking.scores[t]) if r is not None else None for t, r in zip(targets, ranks, strict=True)],
             ranks=ranks,
             user=resolved.user_id,
             k=k,
             counterfactual=counterfactual,
             attentions=attentions,
-            cutoff=cutoff(scores, k),
+            cutoff=ranking.cutoff(k),
             statuses=statuses,
-            candidates=finite,
+            candidates=ranking.n_visible,
             hidden=hidden,
             events=events,
             encode=run_encoder(self.config.features) if words else None,
@@ -391,7 +378,8 @@ class Recommender:
                     self.index, self.query(hist, events), self.snapshot.table, k, hidden, self.model.predict_many
                 )
         if top is None:  # exact: no index, or one that cannot vouch for this query
-            top = top_k(hide(self.scores(hist, exclude_history, events), exclude=list(exclude) or None), k)
+            owned = hist if exclude_history else None
+            top = Ranking.of(self.scores(hist, False, events), owned=owned, exclude=list(exclude) or None).top(k)
         return [
             Recommendation(r + 1, self.data.item_ids[i], self.data.title(i), float(s))
             for r, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True))

@@ -24,6 +24,7 @@ import torch
 
 from recscope.explain.words import Words
 from recscope.model import SeqRec
+from recscope.ranking import HIDDEN, OUTSIDE_TOP_K, OWNED, RECOMMENDED
 
 
 class Explainer:
@@ -76,11 +77,12 @@ OWN_SCORE_FELL = "own_score_fell"  # its own score fell below the old cut-off: t
 OTHERS_ROSE = "others_rose"  # its own score stayed above the old cut-off: other items rose past it
 NOT_FOUND = "not_found"  # no greedy prefix of the history drops it out
 
-# What an explained item is to the history (Explanation.status)
-RECOMMENDED = "recommended"  # in the top-K
-OUTSIDE_TOP_K = "outside_top_k"  # ranked, but below the top-K
-OWNED = "owned"  # already in the history: never recommended, so it has no score or rank
-DISMISSED = "dismissed"  # the user said "not interested": never recommended to them again, no rank
+# What an explained item is to the history (Explanation.status): its status in the history's
+# Ranking (RECOMMENDED in the top-K, OUTSIDE_TOP_K ranked below it, OWNED already in the history:
+# never recommended, no score or rank), where an item the ranking hides otherwise is one the
+# user dismissed ("not interested": never recommended to them again, no rank).
+DISMISSED = "dismissed"
+STATUSES = {RECOMMENDED: RECOMMENDED, OUTSIDE_TOP_K: OUTSIDE_TOP_K, OWNED: OWNED, HIDDEN: DISMISSED}
 
 
 @dataclass
