@@ -12,6 +12,7 @@ from tests.conftest import _train
 from typer.testing import CliRunner
 
 from recscope.cli import app
+from recscope.config import TASK_NAMES
 from recscope.data import load_dataset, make_split
 from recscope.data.synthetic import ShopConfig, generate
 from recscope.errors import RunError
@@ -19,7 +20,7 @@ from recscope.explain.api import make_explainer
 from recscope.explain.occlusion import without
 from recscope.metrics import auc, log_loss, mae, rmse
 from recscope.recommend import Recommender
-from recscope.tasks import BiasBaseline, PopularityCTR, check_task, click_cases, training_ratings
+from recscope.tasks import TASKS, BiasBaseline, PopularityCTR, click_cases, training_ratings
 
 
 # ---------------------------------------------------------------------- metrics, by hand
@@ -70,11 +71,21 @@ def test_popularity_ctr_is_the_smoothed_click_rate():
 def test_a_task_without_its_data_is_refused():
     data = load_dataset("synthetic:users=30,items=40,seed=1")
     with pytest.raises(RunError, match="train.task=rating predicts each event's value") as e:
-        check_task(data, "rating")
+        TASKS["rating"].check(data)
     assert "movielens" in e.value.fix
     with pytest.raises(RunError, match="train.task=click learns from impressions") as e:
-        check_task(data, "click")
+        TASKS["click"].check(data)
     assert "impressions=5" in e.value.fix
+    TASKS["next_item"].check(data)  # needs nothing but the events
+
+
+def test_every_task_the_config_accepts_is_registered_and_selects_its_own_way():
+    assert tuple(TASKS) == TASK_NAMES
+    selection = [(task.select_on, task.ranks_catalog) for task in TASKS.values()]
+    assert selection == [("NDCG@10", True), ("RMSE", False), ("AUC", False)]
+    assert TASKS["next_item"].improves(0.21, 0.20) and not TASKS["next_item"].improves(0.19, 0.20)
+    assert TASKS["rating"].improves(0.9, 1.0) and not TASKS["rating"].improves(1.1, 1.0)  # RMSE: lower is better
+    assert all(task.improves(0.5, None) for task in TASKS.values())  # the first evaluation is the best so far
 
 
 def test_impressions_do_not_change_the_shops_purchases():

@@ -271,24 +271,25 @@ def evaluate_cmd(
     from recscope.lock import RunLock
     from recscope.recommend import Recommender
     from recscope.run import load_info
+    from recscope.tasks import TASKS
 
     load_info(run)  # a missing or damaged run fails here, before the lock
     with RunLock(run, "evaluate", console, create=False):  # it records its metrics: refused while the run trains
         rec = Recommender.load(run)
         results = evaluate_run(rec, split, protocol, baselines)
     cold = {k: results.pop(k) for k in (*COLD_GROUPS, "cases") if k in results}  # a cold_items run's report
-    task = rec.config.train.task
+    task = TASKS[rec.config.train.task]
     if as_json:
-        if task == "next_item":
+        if task.ranks_catalog:
             payload = {"split": split, "protocol": protocol, "metrics": results["recscope"]}
         else:  # the baseline is always measured: the task's numbers mean little without it
-            payload = {"split": split, "task": task, "metrics": results["recscope"]}
-        if baselines or task != "next_item":
+            payload = {"split": split, "task": task.name, "metrics": results["recscope"]}
+        if baselines or not task.ranks_catalog:
             payload["baselines"] = {k: v for k, v in results.items() if k != "recscope"}
         out.print_json(json.dumps(payload | cold))
         return
-    if task != "next_item":
-        out.print(task_table(results, f"{rec.data.name}: {split} split, {task} task"))
+    if not task.ranks_catalog:
+        out.print(task_table(results, f"{rec.data.name}: {split} split, {task.name} task"))
         return
     out.print(metrics_table(results, f"{rec.data.name}: {split} split, {protocol} ranking"))
     for group, (counted, title) in COLD_GROUPS.items():

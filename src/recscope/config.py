@@ -22,6 +22,9 @@ import yaml
 
 from recscope.errors import ConfigError
 
+# train.task's values (and model.head's, which follows it); what each does is its recscope.tasks.Task
+TASK_NAMES = ("next_item", "rating", "click")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -362,13 +365,13 @@ RULES: dict[str, Rule] = {
     "model.fields": Rule(_fields, "(name, vocabulary size >= 1, values per item >= 1) per field"),
     "model.text_dim": _range(0, 65_536),
     "model.n_events": _range(0, 1_000_000),
-    "model.head": _one_of("next_item", "rating", "click"),
+    "model.head": _one_of(*TASK_NAMES),
     "train.epochs": _range(1, 1_000_000),
     "train.batch_size": _range(1, 1_048_576),
     "train.lr": _range(0, 10, open_low=True),
     "train.weight_decay": _range(0, 10),
     "train.lr_schedule": _one_of("constant", "cosine"),
-    "train.task": _one_of("next_item", "rating", "click"),
+    "train.task": _one_of(*TASK_NAMES),
     "train.loss": _one_of("ce", "sampled", "auto"),
     "train.sampled_above": _range(0),
     "train.num_negatives": _range(0, 1_048_576),

@@ -321,7 +321,7 @@ def evaluate_run(rec: Recommender, split: str = "test", protocol: str = "full", 
     does not apply there.
     """
     from recscope.errors import RunError
-    from recscope.tasks import evaluate_task
+    from recscope.tasks import TASKS
 
     if split not in ("valid", "test"):
         raise RunError(f"unknown split {split!r}", fix="use valid or test")
@@ -329,10 +329,10 @@ def evaluate_run(rec: Recommender, split: str = "test", protocol: str = "full", 
         raise RunError(f"unknown protocol {protocol!r}", fix="use full or sampled")
     cfg = rec.config
     parts = rec.split()
-    task = cfg.train.task
-    if task != "next_item":
-        results = evaluate_task(rec.model, rec.data, parts, task, split, rec.inputs)
-        _record(rec, f"{split}/{task}", results)
+    task = TASKS[cfg.train.task]
+    if not task.ranks_catalog:
+        results = task.evaluate(rec.model, rec.data, parts, split, rec.inputs)
+        _record(rec, f"{split}/{task.name}", results)
         return results
     cases = getattr(parts, split)
     kwargs = protocol_options(cfg, protocol)

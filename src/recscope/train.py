@@ -24,7 +24,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import NoReturn
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -34,10 +33,9 @@ from recscope import distributed, versions
 from recscope.config import Config, TrainConfig, validate
 from recscope.config import load as load_config
 from recscope.cpu import use_threads
-from recscope.data import Dataset, column_map, load_dataset, pad_left, split_of, training_windows
+from recscope.data import Dataset, column_map, load_dataset, split_of
 from recscope.distributed import SINGLE, BatchLoss, Distributed, PeerError
 from recscope.errors import RecscopeError, RunError
-from recscope.evaluate import evaluate, model_scorer
 from recscope.features.text import catalog_vectors
 from recscope.lock import RunLock
 from recscope.model import SeqRec
@@ -56,7 +54,7 @@ from recscope.run import (
     save_weights,
 )
 from recscope.sampling import describe_loss, make_optimizer, negative_sampler
-from recscope.tasks import SELECT_ON, EventInputs, check_task, click_cases, evaluate_task, event_inputs, head_bias
+from recscope.tasks import TASKS, EventInputs, Task, event_inputs
 from recscope.views import exit_on_error, print_load_report, terminal_width
 
 
@@ -76,9 +74,8 @@ def with_data_sizes(config: Config, data: Dataset, text_dim: int = 0) -> Config:
     return dataclasses.replace(config, model=model)
 
 
-def inputs_note(data: Dataset, config: Config, inputs: EventInputs | None) -> str:
+def inputs_note(data: Dataset, config: Config, task: Task, inputs: EventInputs | None) -> str:
     """What of the data the model reads, and what it does not (nothing is dropped silently)."""
-    task = config.train.task
     if inputs is not None:
         shown = ", ".join(inputs.labels[1:6]) + (", ..." if len(inputs.labels) > 6 else "")
         events = f"event labels read as inputs: {len(inputs.labels) - 1} ({shown})"
@@ -88,17 +85,21 @@ def inputs_note(data: Dataset, config: Config, inputs: EventInputs | None) -> st
         events = f"event type {data.event_types[1]!r} not used: a single type tells the model nothing"
     else:
         events = "no event types in the data"
-    if task == "rating":
-        values = "values: the rating task predicts them"
+    if task.reads_values:
+        values = f"values: the {task.name} task predicts them"
     elif data.has_values:
-        values = f"values not used: task {task} does not read them (train.task=rating does)"
+        values = f"values not used: task {task.name} does not read them (train.task=rating does)"
     else:
         values = "no values in the data"
     impressions = ""
     if data.impressions is not None:
-        use = "the click task learns from them" if task == "click" else f"not used by task {task} (train.task=click)"
+        use = (
+            f"the {task.name} task learns from them"
+            if task.learns_from_impressions
+            else f"not used by task {task.name} (train.task=click)"
+        )
         impressions = f"; {len(data.impressions):,} impressions: {use}"
-    return f"task {task}; {events}; {values}{impressions}"
+    return f"task {task.name}; {events}; {values}{impressions}"
 
 
 def fit(
@@ -126,7 +127,8 @@ def fit(
             text = catalog_vectors(data, config.model.use_text, config.features)
         if text is not None:
             console.print(text.describe(), highlight=False)
-        check_task(data, config.train.task, data_spec)
+        task = TASKS[config.train.task]
+        task.check(data, data_spec)
         config = with_data_sizes(config, data, text_dim=0 if text is None else text.vectors.shape[1])
         split = split_of(data, config)
         # model selection on a seeded sample of the valid cases when asked (eval.valid_users; big data)
@@ -140,17 +142,19 @@ def fit(
 
             dist.on_main(lock)
             vectors = None if text is None else torch.from_numpy(text.vectors)
-            return _fit(data, config, out, split, data_spec, catalog, resume, console, origin, threads, vectors, dist)
+            return _fit(
+                data, config, task, out, split, data_spec, catalog, resume, console, origin, threads, vectors, dist
+            )
 
 
-def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, threads, text, dist) -> RunInfo:
+def _fit(data, config, task, out, split, data_spec, catalog, resume, console, origin, threads, text, dist) -> RunInfo:
     torch.manual_seed(config.train.seed)  # the same initial weights on every rank
     model = SeqRec(config.model)
     model.set_item_fields({f.name: torch.from_numpy(f.values) for f in data.fields}, text=text)
     unseen = _hold_out(model, split.cold)
-    task = config.train.task
-    if model.head is not None:
-        model.head.bias.data.fill_(head_bias(data, split, task))
+    bias = task.head_bias(data, split)
+    if bias is not None:
+        model.head.bias.data.fill_(bias)
     model.to(dist.device)  # before the optimizer is built, so its state lives where the weights do
     unseen = None if unseen is None else unseen.to(dist.device)
     optimizer = make_optimizer(model, config)  # sampled softmax: sparse updates of the item table
@@ -183,7 +187,7 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
     info.state["data"] = data.describe()
 
     inputs = event_inputs(data, config)
-    info.state["inputs"] = inputs_note(data, config, inputs)
+    info.state["inputs"] = inputs_note(data, config, task, inputs)
     batches = TrainingData.build(data, split, config, inputs).to(dist.device)
     batch_loss = dist.wrap(BatchLoss(model, batches.loss))
     t = config.train
@@ -194,7 +198,7 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
         highlight=False,
     )
     start_epoch = info.state["epoch"]
-    select_on, sign = SELECT_ON[task]
+    select_on = task.select_on
     best = info.state["best_valid"][select_on] if info.state["best_valid"] else None
     started = time.perf_counter()
     with TrainingProgress(console, t.epochs, start_epoch) as progress:
@@ -217,10 +221,10 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
                 tic = time.perf_counter()
                 # Rank 0 evaluates, every rank gets its metrics: the same selection and stopping everywhere.
-                metrics = dist.on_main(lambda: _validate(_on_cpu(scored), data, split, config, inputs))
+                metrics = dist.on_main(lambda: task.validate(_on_cpu(scored), data, split, config, inputs))
                 record["valid"] = metrics
                 record["eval_seconds"] = round(time.perf_counter() - tic, 2)
-                if best is None or sign * metrics[select_on] > sign * best:
+                if task.improves(metrics[select_on], best):
                     best = metrics[select_on]
                     info.state.update(best_epoch=epoch + 1, best_valid=metrics, bad_evals=0)
                     if dist.is_main:
@@ -228,8 +232,7 @@ def _fit(data, config, out, split, data_spec, catalog, resume, console, origin, 
                 else:
                     info.state["bad_evals"] += 1
                 progress.end_epoch(f"best valid {select_on} {best:.4f}")
-                shown = ("HR@10", "NDCG@10") if task == "next_item" else tuple(k for k in metrics if k != "cases")
-                valid = "  valid " + " ".join(f"{k} {metrics[k]:.4f}" for k in shown)
+                valid = "  valid " + " ".join(f"{k} {metrics[k]:.4f}" for k in task.shown(metrics))
             else:
                 progress.end_epoch()
                 valid = ""
@@ -332,60 +335,30 @@ def _clock(seconds: float) -> str:
     return f"{minutes}:{seconds:02d}"
 
 
-def _validate(model: SeqRec, data: Dataset, split, config: Config, inputs: EventInputs | None) -> dict:
-    """The task's metrics on the valid split (the model selection reads them)."""
-    task = config.train.task
-    if task != "next_item":
-        return evaluate_task(model, data, split, task, "valid", inputs, baselines=False)["recscope"]
-    return evaluate(
-        model_scorer(model),
-        data,
-        split.valid,
-        config.model.max_len,
-        config.eval.ks,
-        exclude_history=config.eval.exclude_history,
-        batch_size=config.eval.batch_size,
-        chunk_size=config.eval.chunk_size,
-        events=None if inputs is None else inputs.codes,
-    )
-
-
 @dataclasses.dataclass
 class TrainingData:
-    """What one epoch goes over. Next item and rating: ``windows`` (W, max_len + 1) of items with
-    their aligned event labels (``events``) and ratings (``ratings``, NaN = none) when the run
-    reads them. Click: ``windows`` (W, max_len) the history each impression was shown after,
-    with ``shown`` (W,) the item and ``clicked`` (W,) 1.0 / 0.0."""
+    """What one epoch goes over, as its task builds it (:meth:`recscope.tasks.Task.training_tensors`).
+    Next item and rating: ``windows`` (W, max_len + 1) of items with their aligned event labels
+    (``events``) and ratings (``ratings``, NaN = none) when the run reads them. Click: ``windows``
+    (W, max_len) the history each impression was shown after, with ``shown`` (W,) the item and
+    ``clicked`` (W,) 1.0 / 0.0. ``task`` may be given by name (``TrainingData("next_item", windows)``)."""
 
-    task: str
+    task: Task
     windows: torch.Tensor
     events: torch.Tensor | None = None
     ratings: torch.Tensor | None = None
     shown: torch.Tensor | None = None
     clicked: torch.Tensor | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.task, str):
+            self.task = TASKS[self.task]
+
     @classmethod
     def build(cls, data: Dataset, split, config: Config, inputs: EventInputs | None) -> TrainingData:
-        task, L = config.train.task, config.model.max_len
+        task = TASKS[config.train.task]
         codes = None if inputs is None else inputs.codes
-        if task == "click":
-            cases = click_cases(data, split, "train")
-            windows = pad_left(data, cases.users, cases.hist_len, L)
-            events = None if codes is None else pad_left(data, cases.users, cases.hist_len, L, codes)
-            return cls(
-                task,
-                torch.from_numpy(windows),
-                None if events is None else torch.from_numpy(events),
-                shown=torch.from_numpy(cases.items),
-                clicked=torch.from_numpy(cases.labels),
-            )
-        windows = torch.from_numpy(training_windows(data, split.train, L))
-        events = None if codes is None else torch.from_numpy(training_windows(data, split.train, L, codes))
-        ratings = None
-        if task == "rating":
-            values = training_windows(data, split.train, L, data.values)
-            ratings = torch.from_numpy(np.where(windows.numpy() > 0, values, np.nan))
-        return cls(task, windows, events, ratings)
+        return cls(task, **task.training_tensors(data, split, config.model.max_len, codes))
 
     def to(self, device: torch.device) -> TrainingData:
         """The same windows on ``device`` (where the model trains)."""
@@ -394,19 +367,11 @@ class TrainingData:
         return TrainingData(**moved)
 
     def describe(self) -> str:
-        if self.task == "click":
-            return f"{len(self.windows):,} training impressions ({int(self.clicked.sum()):,} clicked)"
-        return f"{len(self.windows):,} training windows"
+        return self.task.describe_training(self)
 
     def targets(self) -> float:
         """How many predictions an epoch makes (each batch's loss is a sum, divided by the mean per batch)."""
-        if self.task == "click":
-            return float(len(self.windows))
-        w = self.windows
-        mask = (w[:, :-1] > 0) & (w[:, 1:] > 0)
-        if self.ratings is not None:
-            mask &= torch.isfinite(self.ratings[:, 1:])
-        return float(mask.sum())
+        return self.task.count_targets(self)
 
     def loss(
         self,
@@ -422,13 +387,7 @@ class TrainingData:
         width = max(int((batch > 0).sum(-1).max()), 1)
         batch = batch[..., -width:]  # drop columns that are padding in every row: same result, less work
         events = None if self.events is None else self.events[index][..., -width:]
-        if self.task == "click":
-            return model.click_loss(batch, self.shown[index], self.clicked[index], events, reduction="sum")
-        inputs_events = None if events is None else events[..., :-1]
-        if self.task == "rating":
-            ratings = self.ratings[index][:, -width:]
-            return model.rating_loss(batch[:, :-1], batch[:, 1:], ratings[:, 1:], inputs_events, reduction="sum")
-        return model.loss(batch[..., :-1], batch[..., 1:], negatives, "sum", unseen, id_dropped, inputs_events)
+        return self.task.loss(model, self, index, batch, events, negatives, unseen, id_dropped)
 
 
 def train_epoch(
