@@ -23,7 +23,7 @@ from recscope.errors import RunError
 from recscope.evaluate import evaluate_run
 from recscope.model import SeqRec
 from recscope.recommend import Recommender
-from recscope.run import save_weights
+from recscope.run import load_info, record_evaluation, save_info, save_weights
 from recscope.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,7 +218,7 @@ def test_resume_from_a_broken_run_is_one_error_naming_the_file(case, run):
 def test_a_pickle_left_in_optimizer_pt_is_never_read(run):
     pickled(run / "optimizer.pt")
     info = train(run, SPEC, "train.epochs=3", resume=True)
-    assert info.state["epoch"] == 3
+    assert info.state.epoch == 3
     assert not (run.parent / "pwned").exists()
 
 
@@ -230,7 +230,7 @@ def test_optimizer_state_round_trips_without_pickle(run):
         groups = json.loads(f.metadata()["param_groups"])
     assert any(k.endswith(".exp_avg") for k in keys) and groups[0]["lr"] == pytest.approx(0.005)
     info = train(run, SPEC, "train.epochs=3", resume=True)
-    assert [r["epoch"] for r in info.state["history"]] == [1, 2, 3]
+    assert [r["epoch"] for r in info.state.history] == [1, 2, 3]
 
 
 def test_resume_on_other_data_is_refused(run):
@@ -251,7 +251,35 @@ def test_resume_with_another_model_or_split_says_which_keys_differ(run):
 
 def test_resume_may_change_training_keys(run):
     info = train(run, SPEC, "train.epochs=3", "train.lr=0.001", "train.patience=5", resume=True)
-    assert info.state["epoch"] == 3 and info.config.train.lr == 0.001
+    assert info.state.epoch == 3 and info.config.train.lr == 0.001
+
+
+def test_run_json_state_of_another_version_reads_and_writes_back_as_it_was(run):
+    """A state key of another recscope version is kept; one an older run lacks takes its default;
+    read and written back, the state is the JSON it was, and the old way of reading it still works."""
+    path = run / "run.json"
+    raw = json.loads(path.read_text())
+    raw["state"]["from_a_newer_version"] = {"kept": [1, 2]}
+    del raw["state"]["inputs"]  # a run trained before the state said what the model reads
+    path.write_text(json.dumps(raw))
+    info = load_info(run)
+    assert (info.state.epoch, info.state.best_epoch, info.state.inputs) == (2, raw["state"]["best_epoch"], None)
+    assert info.state.history == raw["state"]["history"] and info.state.best_valid == raw["state"]["best_valid"]
+    assert info.state["epoch"] == 2 and info.state.get("from_a_newer_version") == {"kept": [1, 2]}
+    save_info(run, info)
+    assert json.loads(path.read_text())["state"] == raw["state"]
+
+
+def test_evaluations_are_recorded_beside_the_training_state(run):
+    before = json.loads((run / "run.json").read_text())["state"]
+    record_evaluation(run, "test/full", {"recscope": {"NDCG@10": 0.25}})
+    info = record_evaluation(run, "valid/full", {"recscope": {"NDCG@10": 0.5}})
+    assert info.state.evaluations == {
+        "test/full": {"recscope": {"NDCG@10": 0.25}},
+        "valid/full": {"recscope": {"NDCG@10": 0.5}},
+    }
+    after = json.loads((run / "run.json").read_text())["state"]
+    assert after == before | {"evaluations": info.state.evaluations}
 
 
 def test_a_failed_train_leaves_no_directory_behind(tmp_path):

@@ -432,7 +432,7 @@ def explain_eval(
     from recscope.explain.faithfulness import evaluate_faithfulness, evaluate_word_faithfulness
     from recscope.lock import RunLock
     from recscope.recommend import Recommender
-    from recscope.run import load_info, update_state
+    from recscope.run import load_info, record_explain_eval
 
     load_info(run)  # a missing or damaged run fails here, before the lock
     with RunLock(run, "explain-eval", console, create=False):  # one writer: refused while the run trains
@@ -441,7 +441,7 @@ def explain_eval(
         words = evaluate_word_faithfulness(rec, users=word_users) if word_users else None
         if words is not None:
             result["words"] = words
-        update_state(run, lambda state: state.update(explain_eval=result), "explain-eval")
+        record_explain_eval(run, result, "explain-eval")
     if as_json:
         out.print_json(json.dumps(result))
         return

@@ -29,7 +29,7 @@ from recscope.explain.faithfulness import evaluate_faithfulness
 from recscope.lock import LOCK_NAME, RunLock
 from recscope.progress import track
 from recscope.recommend import Recommender
-from recscope.run import RUN_FILES, update_state
+from recscope.run import RUN_FILES, record_explain_eval
 from recscope.train import fit
 from recscope.views import attention_figure, faithfulness_table, metrics_table, why_figure
 from recscope.viz.report import Case, build_report
@@ -70,7 +70,7 @@ def _demo(run: Path, out_dir: Path, data, cfg, spec: str, console: Console, out:
     with steps(f"measuring how faithful each explanation method is on {explain_users} test users"):
         faithfulness = evaluate_faithfulness(rec, users=explain_users)
         # The measured best becomes the run's default method.
-        rec.info = update_state(run, lambda state: state.update(explain_eval=faithfulness), "demo")
+        rec.info = record_explain_eval(run, faithfulness, "demo")
     out.print(faithfulness_table(faithfulness))
 
     with steps("finding a shopper to showcase"):

@@ -362,12 +362,10 @@ def evaluate_run(rec: Recommender, split: str = "test", protocol: str = "full", 
 
 def _record(rec: Recommender, key: str, results: dict) -> None:
     """Keep ``results`` in run.json's evaluations under ``key`` (when the run has a folder)."""
-    from recscope.run import update_state
+    from recscope.run import record_evaluation
 
     if rec.path is not None:
-        rec.info = update_state(
-            rec.path, lambda state: state.setdefault("evaluations", {}).update({key: results}), "evaluate"
-        )
+        rec.info = record_evaluation(rec.path, key, results)
 
 
 def protocol_options(cfg, protocol: str) -> dict:
@@ -395,7 +393,7 @@ def cold_start(rec: Recommender, parts: Split, cases: EvalCases, protocol: str =
     """
     from recscope.errors import RunError
 
-    recorded = rec.info.state.get("cold_items")
+    recorded = rec.info.state.cold_items
     drawn = [rec.data.item_ids[i] for i in parts.cold]
     if recorded is not None and recorded != drawn:
         raise RunError(

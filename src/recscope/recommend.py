@@ -249,7 +249,7 @@ class Recommender:
         """The method the faithfulness measurements chose for this run (explain-eval), else the fallback."""
         from recscope.explain.api import FALLBACK_DEFAULT
 
-        measured = self.info.state.get("explain_eval", {})
+        measured = self.info.state.explain_eval or {}
         return measured.get("default", FALLBACK_DEFAULT)
 
     def explain(

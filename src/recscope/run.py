@@ -13,6 +13,10 @@
       versions/               immutable model versions and the one served (recscope.versions)
       .lock                   present while a process writes the run (recscope.lock)
 
+run.json's "state" is a :class:`TrainingState`, written by :func:`save_info` alone: training
+calls it every epoch (holding the run's lock), anything else through :func:`update_state`
+(:func:`record_evaluation`, :func:`record_explain_eval`), which takes the lock.
+
 Every file is written to a temporary name and renamed, so a crash never leaves a
 half-written checkpoint. Nothing is unpickled. Every file is checked as it is read: a
 truncated, foreign or mismatched file is a RunError naming it and saying what to do.
@@ -20,10 +24,11 @@ truncated, foreign or mismatched file is a RunError naming it and saying what to
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +65,59 @@ RUN_FILES = (
 
 
 @dataclass
+class TrainingState:
+    """run.json's "state": how far training got, what it selected on valid, and what was measured
+    on the run since. A key of another recscope version is kept in ``other`` and written back."""
+
+    epoch: int = 0  # epochs trained so far
+    best_epoch: int = 0  # the epoch model.safetensors comes from, the best on valid (0: none yet)
+    best_valid: dict[str, float] | None = None  # its valid metrics (the task's)
+    bad_evals: int = 0  # valid evaluations since the best one (early stopping counts them)
+    # per epoch: {"epoch", "loss", "train_seconds"}, and "valid", "eval_seconds" when it was evaluated
+    history: list[dict[str, Any]] = field(default_factory=list)
+    split: str | None = None  # how the data was split (Split.describe)
+    cold_items: list[str] | None = None  # the items held out of training (data.cold_share), when any
+    data: str | None = None  # the data trained on (Dataset.describe)
+    inputs: str | None = None  # what of the data the model reads, and what not (train.inputs_note)
+    train_seconds: float | None = None  # the epochs' time, evaluations aside
+    evaluations: dict[str, dict] = field(default_factory=dict)  # "test/full", "valid/rating"...: {scorer: metrics}
+    explain_eval: dict[str, Any] | None = None  # explain-eval's measurements; "default": the run's default method
+    other: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainingState:
+        """The state run.json holds (a copy: nothing is shared with ``raw``); absent keys take their defaults."""
+        raw = copy.deepcopy(raw)
+        known = {f.name for f in fields(cls)} - {"other"}
+        return cls(
+            **{k: v for k, v in raw.items() if k in known}, other={k: v for k, v in raw.items() if k not in known}
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """run.json's form: the training keys always, the others when they are set."""
+        state = {k: getattr(self, k) for k in ("epoch", "best_epoch", "best_valid", "bad_evals", "history")}
+        for key in ("split", "cold_items", "data", "inputs", "train_seconds", "explain_eval"):
+            if getattr(self, key) is not None:
+                state[key] = getattr(self, key)
+        if self.evaluations:
+            state["evaluations"] = self.evaluations
+        return state | self.other
+
+    # run.json's state was a dict before it had a type: ``state["epoch"]``, ``state.get("cold_items")``
+    # still read it (the benchmarks do); code of this package reads the fields.
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_dict().get(key, default)
+
+
+@dataclass
 class RunInfo:
     config: Config
     data_spec: str
     catalog: str | None = None
-    state: dict[str, Any] = field(default_factory=dict)  # epoch, best_epoch, best_valid, history, ...
+    state: TrainingState = field(default_factory=TrainingState)
     origin: str = "train"  # "train" | "demo": the demo replaces only runs it wrote itself
     data_fingerprint: str | None = None  # fingerprint(data) of the data trained on; None in format 1
     format: int = FORMAT
@@ -80,20 +133,21 @@ class RunInfo:
                 "data_spec": self.data_spec,
                 "catalog": self.catalog,
                 "data_fingerprint": self.data_fingerprint,
-                "state": self.state,
+                "state": self.state.to_dict(),
             },
             indent=2,
         )
 
 
 def save_info(run: Path, info: RunInfo) -> None:
-    """Write run.json. Callers hold the run's lock (fit does; others use ``update_state``)."""
+    """Write run.json: the one function that does. Callers hold the run's lock (fit does; others
+    go through ``update_state``)."""
     run.mkdir(parents=True, exist_ok=True)
     info.format, info.recscope_version = FORMAT, __version__
     atomic_write(run / "run.json", lambda p: p.write_text(info.to_json()))
 
 
-def update_state(run: str | Path, change: Callable[[dict], None], command: str) -> RunInfo:
+def update_state(run: str | Path, change: Callable[[TrainingState], None], command: str) -> RunInfo:
     """Re-read run.json under the run's lock, apply ``change`` to its state, write it back.
 
     The one way for anything but training to write a run (explain-eval, evaluations): a
@@ -105,6 +159,21 @@ def update_state(run: str | Path, change: Callable[[dict], None], command: str) 
         change(info.state)
         save_info(run, info)
     return info
+
+
+def record_evaluation(run: str | Path, key: str, results: dict) -> RunInfo:
+    """Keep ``results`` ({scorer: metrics}) among the run's evaluations under ``key`` ("test/full", ...)."""
+    return update_state(run, lambda state: state.evaluations.update({key: results}), "evaluate")
+
+
+def record_explain_eval(run: str | Path, result: dict, command: str) -> RunInfo:
+    """Keep explain-eval's measurements: the method they favour (``result["default"]``) becomes the
+    run's default. ``command`` names the writer to a concurrent one ("explain-eval", "demo")."""
+
+    def change(state: TrainingState) -> None:
+        state.explain_eval = result
+
+    return update_state(run, change, command)
 
 
 def load_info(run: Path) -> RunInfo:
@@ -145,7 +214,7 @@ def load_info(run: Path) -> RunInfo:
         config,
         raw["data_spec"],
         raw.get("catalog"),
-        raw["state"],
+        TrainingState.from_dict(raw["state"]),
         origin=raw.get("origin", "train"),
         data_fingerprint=raw.get("data_fingerprint"),
         format=fmt,

@@ -43,6 +43,7 @@ from recscope.run import (
     FORMAT,
     RETRAIN,
     RunInfo,
+    TrainingState,
     fingerprint,
     load_data,
     load_info,
@@ -161,8 +162,7 @@ def _fit(data, config, task, out, split, data_spec, catalog, resume, console, or
     averaged = _weight_average(model, config.train.ema)
     data_print = fingerprint(data)
     dist.check_same(data_print, "data")
-    state = {"epoch": 0, "best_epoch": 0, "best_valid": None, "bad_evals": 0, "history": []}
-    info = RunInfo(config, data_spec, catalog, state, origin=origin, data_fingerprint=data_print)
+    info = RunInfo(config, data_spec, catalog, TrainingState(), origin=origin, data_fingerprint=data_print)
 
     def start_or_resume() -> dict:  # rank 0 only: it alone reads and writes the run directory
         nonlocal info
@@ -172,34 +172,35 @@ def _fit(data, config, task, out, split, data_spec, catalog, resume, console, or
             if (out / "run.json").exists():
                 raise RunError(f"{out} already holds a run", fix="pass --resume to continue it, or another --out")
             data.save(out)
-        return info.state
+        return info.state.to_dict()
 
-    info.state = dist.on_main(start_or_resume)
+    info.state = TrainingState.from_dict(dist.on_main(start_or_resume))  # JSON between ranks
     if resume:
         dist.broadcast_training_state(model, optimizer)
     # what is validated, selected and saved: the weights' moving average (train.ema) or the weights
     scored = model if averaged is None else averaged.module
     if dist.active:
         torch.manual_seed(config.train.seed + dist.rank)  # dropout: other masks on other ranks' windows
-    info.state["split"] = split.describe()
+    state = info.state
+    state.split = split.describe()
     if len(split.cold):  # evaluate splits the cases by it (and checks the config still draws the same items)
-        info.state["cold_items"] = [data.item_ids[i] for i in split.cold]
-    info.state["data"] = data.describe()
+        state.cold_items = [data.item_ids[i] for i in split.cold]
+    state.data = data.describe()
 
     inputs = event_inputs(data, config)
-    info.state["inputs"] = inputs_note(data, config, task, inputs)
+    state.inputs = inputs_note(data, config, task, inputs)
     batches = TrainingData.build(data, split, config, inputs).to(dist.device)
     batch_loss = dist.wrap(BatchLoss(model, batches.loss))
     t = config.train
     processes = f" x {dist.world} processes (DistributedDataParallel)" if dist.active else ""
     console.print(
         f"[bold]{data.describe()}[/]\n{split.describe()}; {batches.describe()}; {threads} thread(s){processes}\n"
-        f"{info.state['inputs']}\n{describe_loss(config)}",
+        f"{state.inputs}\n{describe_loss(config)}",
         highlight=False,
     )
-    start_epoch = info.state["epoch"]
+    start_epoch = state.epoch
     select_on = task.select_on
-    best = info.state["best_valid"][select_on] if info.state["best_valid"] else None
+    best = state.best_valid[select_on] if state.best_valid else None
     started = time.perf_counter()
     with TrainingProgress(console, t.epochs, start_epoch) as progress:
         for epoch in range(start_epoch, t.epochs):
@@ -226,11 +227,11 @@ def _fit(data, config, task, out, split, data_spec, catalog, resume, console, or
                 record["eval_seconds"] = round(time.perf_counter() - tic, 2)
                 if task.improves(metrics[select_on], best):
                     best = metrics[select_on]
-                    info.state.update(best_epoch=epoch + 1, best_valid=metrics, bad_evals=0)
+                    state.best_epoch, state.best_valid, state.bad_evals = epoch + 1, metrics, 0
                     if dist.is_main:
                         save_weights(out / "model.safetensors", scored)
                 else:
-                    info.state["bad_evals"] += 1
+                    state.bad_evals += 1
                 progress.end_epoch(f"best valid {select_on} {best:.4f}")
                 valid = "  valid " + " ".join(f"{k} {metrics[k]:.4f}" for k in task.shown(metrics))
             else:
@@ -241,30 +242,28 @@ def _fit(data, config, task, out, split, data_spec, catalog, resume, console, or
                 f"{_clock(time.perf_counter() - started)} in all)",
                 highlight=False,
             )
-            info.state["epoch"] = epoch + 1
-            info.state["history"].append(record)
-            info.state["train_seconds"] = round(sum(r["train_seconds"] for r in info.state["history"]), 2)
+            state.epoch = epoch + 1
+            state.history.append(record)
+            state.train_seconds = round(sum(r["train_seconds"] for r in state.history), 2)
             if dist.is_main:
                 save_weights(out / "last.safetensors", model)
                 save_optimizer(out / "optimizer.safetensors", optimizer)
                 if averaged is not None:
                     save_weights(out / "ema.safetensors", averaged.module)
                 save_info(out, info)
-            if info.state["bad_evals"] >= t.patience:
+            if state.bad_evals >= t.patience:
                 console.print(f"early stop: no better valid {select_on} for {t.patience} evaluations")
                 break
 
     def publish() -> str:  # rank 0; the others wait in the broadcast of its id
         parent = versions.current(out)
-        best_epoch, best_valid = info.state["best_epoch"], info.state["best_valid"]
         return versions.publish(
-            out, out / "model.safetensors", "train", parent, best_epoch=best_epoch, best_valid=best_valid
+            out, out / "model.safetensors", "train", parent, best_epoch=state.best_epoch, best_valid=state.best_valid
         ).id
 
     version = dist.on_main(publish)
     console.print(
-        f"best valid {select_on} {best:.4f} at epoch {info.state['best_epoch']}; run saved in {out} "
-        f"(model version {version})"
+        f"best valid {select_on} {best:.4f} at epoch {state.best_epoch}; run saved in {out} (model version {version})"
     )
     return info
 

@@ -111,7 +111,7 @@ def report_data(
     return {
         **page_header(rec, k, methods),
         "histories": histories,
-        "faithfulness": rec.info.state.get("explain_eval"),
+        "faithfulness": rec.info.state.explain_eval,
         "merchant": merchant,
         "seconds": round(time.perf_counter() - tic, 1),
     }
@@ -240,13 +240,13 @@ def _counterfactual(e) -> dict | None:
 
 def _run_summary(rec) -> dict:
     state = rec.info.state
-    test = (state.get("evaluations") or {}).get("test/full", {}).get("recscope")
+    test = state.evaluations.get("test/full", {}).get("recscope")
     return {
         "data": rec.info.data_spec,
         "users": rec.data.n_users,
         "items": rec.data.n_items,
         "events": rec.data.n_events,
-        "best_epoch": state.get("best_epoch"),
+        "best_epoch": state.best_epoch,
         "test": {m: _r(test[m]) for m in ("HR@10", "NDCG@10", "MRR@10") if m in test} if test else None,
     }
 
