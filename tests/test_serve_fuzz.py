@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
 
 import conftest
 from recscope.recommend import Recommender
-from recscope.serve.app import create_app
+from recscope.serve.app import ECHO_DEPTH, create_app
 from recscope.serve.settings import Settings
 
 SPEC, TINY = conftest.TINY_SPEC, str(conftest.TINY)  # bench/serve_fuzz.py trains the same run from them
@@ -285,3 +285,64 @@ def test_a_request_body_takes_json_types_as_documented(client, field):
     body = f'{{"history": ["P0001"], {field}}}'
     response = client.post("/recommendations", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422 and response.json()["detail"][0]["loc"][1] == field.split('"')[1]
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "loc", "echoed"),
+    [
+        ("POST", "/recommendations", r'{"history": ["\ud800"]}', ["body", "history", 0], "\\ud800"),
+        ("POST", "/recommendations", r'{"history": ["P0001"], "\udfff": 1}', ["body"], "\\udfff"),  # a key
+        ("POST", "/recommendations", r'"\ud800"', ["body"], "\\ud800"),
+        ("PUT", "/items/found-surrogate", r'{"title": "a\ud800b"}', ["body", "title"], "a\\ud800b"),
+        ("POST", "/events", r'{"events": [{"event_id": "s", "user_id": "\udc80", "item_id": "P0001"}]}',
+         ["body", "events", 0, "user_id"], "\\udc80"),
+        ("POST", "/feedback", r'{"request_id": "\ud800", "user_id": "u", "item_id": "i", "action": "click"}',
+         ["body", "request_id"], "\\ud800"),
+        # a pair is one character (U+10FC00), the lone one after it is escaped
+        ("POST", "/what-if", r'{"user_id": "\udbff\udc00\ud800"}', ["body", "user_id"], "\U0010fc00\\ud800"),
+    ],
+)  # fmt: skip
+def test_a_lone_surrogate_is_422_naming_it_not_500(client, method, url, body, loc, echoed):
+    # Python's JSON parser reads "\ud800" (half of a UTF-16 pair) as a str UTF-8 cannot encode;
+    # pydantic's 422 echoed it back and encoding the answer failed: a 500
+    headers = {"X-API-Key": KEY, "content-type": "application/json"}
+    response = client.request(method, url, content=body, headers=headers)
+    assert response.status_code == 422, response.text
+    error = response.json()["detail"][0]
+    assert (error["loc"], error["input"]) == (loc, echoed)
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "loc"),
+    [
+        ("/recommendations", '{"history": %s}', ["body", "history", 0]),
+        ("/recommendations", "%s", ["body"]),
+        ("/events", '{"events": [{"event_id": "d", "user_id": "u", "item_id": "P0001", "value": %s}]}',
+         ["body", "events", 0, "value"]),
+    ],
+)  # fmt: skip
+def test_a_deeply_nested_input_is_echoed_cut_not_500(client, url, body, loc):
+    # walking 500 levels of [[[...]]] to echo them back overflowed the stack in the 422 handler: a 500
+    nested = "[" * 500 + "]" * 500
+    headers = {"X-API-Key": KEY, "content-type": "application/json"}
+    response = client.post(url, content=body % nested, headers=headers)
+    assert response.status_code == 422, response.text
+    error = response.json()["detail"][0]
+    echoed, depth = error["input"], 2  # levels: the detail list 0, its error 1, the input 2
+    while isinstance(echoed, list):
+        echoed, depth = echoed[0], depth + 1
+    assert (error["loc"], echoed, depth) == (loc, "[...]", ECHO_DEPTH)
+
+
+def test_recscopes_own_refusal_quoting_a_lone_surrogate_is_sendable(client):
+    # the message names the methods as sent ("unknown explanation method(s) \ud800"): a 500 too
+    body = r'{"history": ["P0001"], "method": "\ud800"}'
+    response = client.post("/ui/data", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["error"] == "unknown explanation method(s) \\ud800"
+
+
+def test_a_body_of_another_type_that_is_no_utf8_is_echoed_escaped(client):
+    # FastAPI hands a body that is not sent as JSON to pydantic as bytes; its 422 decoded them: a 500
+    headers = {"X-API-Key": KEY, "content-type": "text/plain"}
+    response = client.put("/items/found-bytes", content=b"\x80{", headers=headers)
+    assert response.status_code == 422 and response.json()["detail"][0]["input"] == "\\x80{"

@@ -109,24 +109,44 @@ def _status(error: RecscopeError) -> int:
 async def _recscope_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RecscopeError)
     headers = {"Retry-After": "1"} if isinstance(error, Busy) else None
-    return JSONResponse({"error": error.problem, "fix": error.fix}, status_code=_status(error), headers=headers)
+    body = _json_safe({"error": error.problem, "fix": error.fix})  # a message may quote an id as sent
+    return JSONResponse(body, status_code=_status(error), headers=headers)
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # "nan", "inf": JSON has no such number
+ECHO_DEPTH = 20  # levels of an error body, the input it echoes included: deeper lists and objects are cut
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` as an error body can always send, whatever the request held: echoing what
+    Python's JSON parser reads but UTF-8 or JSON cannot carry back failed as a 500. A lone
+    surrogate ("\\ud800" in a JSON string: half of a UTF-16 pair) becomes the six characters
+    ``\\ud800``, and a byte that is no UTF-8 (in a body not sent as JSON, which stays bytes)
+    ``\\x80``: both still name what was sent. NaN and Infinity become "nan", "inf"; a list or
+    object nested deeper than ``ECHO_DEPTH`` becomes "[...]" or "{...}" (walking 500 levels of
+    ``[[[...]]]`` overflowed the stack). Other objects (an exception in pydantic's ``ctx``) go
+    through FastAPI's ``jsonable_encoder`` first."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, bytes):  # a body that is no JSON, as FastAPI hands it to pydantic
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)  # JSON has no such number
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
+        if depth >= ECHO_DEPTH:
+            return "{...}"
+        return {_json_safe(k, depth): _json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return "[...]" if depth >= ECHO_DEPTH else [_json_safe(v, depth + 1) for v in value]
+    return _json_safe(jsonable_encoder(value), depth)
 
 
 async def _invalid_request(_request: Request, error: Exception) -> JSONResponse:
-    """pydantic's 422 as FastAPI sends it, but with the ``input`` it names made JSON: Python's
-    JSON parser reads NaN and Infinity, and echoing them back failed as a 500."""
+    """pydantic's 422 as FastAPI sends it, with what it echoes (``input``; ``loc``, which names an
+    unknown field as sent) made sendable by ``_json_safe``."""
     assert isinstance(error, RequestValidationError)
-    return JSONResponse({"detail": _json_safe(jsonable_encoder(error.errors()))}, status_code=422)
+    return JSONResponse({"detail": _json_safe(error.errors())}, status_code=422)
 
 
 def _shared_errors(document: dict[str, Any]) -> dict[str, Any]:
