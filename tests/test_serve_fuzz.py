@@ -2,7 +2,9 @@
 document lists, with the body it names (issue 9's fuzz bar; bench/serve_fuzz.py runs it longer).
 
 Each operation is fuzzed in-process (ASGI, the app's lifespan loads a tiny run) with positive
-data (valid by the schema) and negative data (invalid somewhere). Random ids would only ever
+data (valid by the schema) and negative data (invalid somewhere), over a SQLite store and, with
+fewer cases, a PostgreSQL one (tests/pg.py: skipped without its binaries). Raw bodies that are
+no JSON of the document's shape are test_serve_raw_fuzz.py's. Random ids would only ever
 reach "unknown user" (404), so positive cases have their ids swapped, as Hypothesis draws, for
 ones the run and the store know: users and items of the run, a user and an item of the store, a
 served list's request_id. The API key is sent, so the writes are exercised too.
@@ -34,13 +36,16 @@ from schemathesis.specs.openapi.checks import (
 )
 
 import conftest
+from pg import postgres_server  # noqa: F401  (a fixture)
 from recscope.recommend import Recommender
 from recscope.serve.app import ECHO_DEPTH, create_app
 from recscope.serve.settings import Settings
 
 SPEC, TINY = conftest.TINY_SPEC, str(conftest.TINY)  # bench/serve_fuzz.py trains the same run from them
 KEY = "fuzz-key-1"
-EXAMPLES = 50  # per operation and mode here; the bench runs many more
+# Per operation and mode here (the bench runs many more); fewer over PostgreSQL, the store's other
+# backend, where what differs is what the store does with what it is sent.
+EXAMPLES = {"sqlite": 50, "postgresql": 10}
 
 # Not checked, and why:
 # - positive_data_acceptance: schema-valid requests the state refuses are answered as documented
@@ -175,17 +180,21 @@ def operations() -> list[str]:
     return [f"{m.upper()} {path}" for path, ops in document["paths"].items() for m in ops]
 
 
-@pytest.fixture(scope="module")
-def service(tiny_run, tmp_path_factory) -> tuple[FastAPI, Known]:
-    db = f"sqlite:///{tmp_path_factory.mktemp('fuzz-store') / 'store.sqlite'}"
+@pytest.fixture(scope="module", params=list(EXAMPLES))
+def service(request, tiny_run, tmp_path_factory) -> tuple[FastAPI, Known, int]:
+    """The app over the tiny run and a store of each backend, the ids it knows, and how many cases."""
+    if request.param == "sqlite":
+        db = f"sqlite:///{tmp_path_factory.mktemp('fuzz-store') / 'store.sqlite'}"
+    else:
+        db = request.getfixturevalue("postgres_server").new_database()
     app = create_app(Settings(run=tiny_run, db=db, api_key=KEY))
-    return app, Known.seed(app, Recommender.load(tiny_run), {"X-API-Key": KEY})
+    return app, Known.seed(app, Recommender.load(tiny_run), {"X-API-Key": KEY}), EXAMPLES[request.param]
 
 
 @pytest.mark.parametrize("operation", operations())
 def test_no_5xx_and_every_answer_as_documented(service, operation):
-    app, known = service
-    outcome = fuzz(app, known, operation=operation, examples=EXAMPLES)
+    app, known, examples = service
+    outcome = fuzz(app, known, operation=operation, examples=examples)
     assert outcome.examples > 0, outcome
     assert not outcome.failures, "\n\n".join(
         f"{f['title']} ({f['mode']}): {f['message']}\n{f['status']} {f['body']}\n{f['curl']}"
