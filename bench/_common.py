@@ -17,13 +17,19 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def machine() -> dict:
-    cpu = "unknown"
+    """Where a figure was measured: the CPU model (/proc/cpuinfo "model name"), cores, torch's threads."""
+    info = {}
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())  # the first processor's
+    except OSError:
         pass
     return {
-        "cpu": cpu,
+        "cpu": info.get("model name", "unknown"),
+        # a model name can be as vague as "AMD EPYC": family / model / stepping name the generation
+        "cpu_id": "/".join(info.get(k, "?") for k in ("cpu family", "model", "stepping")),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -35,11 +41,28 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def commit() -> str:
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages: other work on a shared machine slows a timing."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     except OSError:
-        return "unknown"
+        return ""
+    return done.stdout.rstrip("\n") if done.returncode == 0 else ""
+
+
+def commit() -> str:
+    return _git("rev-parse", "--short", "HEAD") or "unknown"
+
+
+def uncommitted() -> list[str]:
+    """Tracked files under src/ and bench/ that differ from the commit: a figure measured with
+    others' work in progress says so."""
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", "src", "bench")
+    return [line[3:] for line in status.splitlines()]
 
 
 def write(name: str, payload: dict) -> Path:
@@ -48,6 +71,7 @@ def write(name: str, payload: dict) -> Path:
         "benchmark": name,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "commit": commit(),
+        "uncommitted": uncommitted(),
         "machine": machine(),
         **payload,
     }
