@@ -22,9 +22,10 @@ from recscope.explain.base import RECOMMENDED, Counterfactual, Explainer, Explan
 from recscope.explain.counterfactual import smallest_removal
 from recscope.explain.fields import WHOLE_ITEM, candidate_fields, field_game
 from recscope.explain.gradients import GradInputExplainer, IntegratedGradientsExplainer
-from recscope.explain.occlusion import OcclusionExplainer, without
+from recscope.explain.occlusion import OcclusionExplainer
 from recscope.explain.shapley import ShapleyExplainer
 from recscope.explain.text import cited, confirmed, sentence
+from recscope.explain.variants import variant_hidden
 from recscope.explain.words import Encode, add_words
 
 METHODS: dict[str, type[Explainer]] = {
@@ -148,11 +149,9 @@ def _cited_drops(explainer, read, offset, targets, explanations, margins, events
             masks.append(mask)
     if not rows:
         return
-    masks = torch.stack(masks)
-    variants = torch.cat([read[None, :], without(read, masks)])  # (1 + R, T)
-    labels = None if events is None else torch.cat([events[None, :], without(events, masks)])
+    masks = torch.cat([torch.ones(1, len(read), dtype=torch.bool), torch.stack(masks)])  # variant 0: all
     model = explainer.model
-    hidden = model.last_hidden(variants, explainer.table, events=labels)  # (1 + R, C)
+    hidden = variant_hidden(model, explainer.table, read, masks, events)  # (1 + R, C)
     own = explainer.table[torch.tensor([targets[j] for j in rows])]  # (R, C)
     drops = model.predict_paired(hidden[0].expand(len(own), -1), own) - model.predict_paired(hidden[1:], own)
     for j, drop in zip(rows, drops.tolist(), strict=True):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from recscope.explain.base import NOT_FOUND, OTHERS_ROSE, OWN_SCORE_FELL
-from recscope.explain.occlusion import without
+from recscope.explain.variants import variant_scores
 from recscope.ranking import cutoff, hide, rank, top_k
 
 
@@ -27,9 +27,7 @@ def removal_ranks(
     model, table, history: torch.Tensor, owned: torch.Tensor, masks: torch.Tensor, events: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Scores (V, n_items + 1) of the catalog for each variant (V, T) keep-mask; owned and padding hidden."""
-    labels = None if events is None else without(events, masks)
-    hidden = model.last_hidden(without(history, masks), table, events=labels)  # (V, C)
-    return hide(model.predict_many(hidden, table), owned=owned)
+    return hide(variant_scores(model, table, history, masks, events=events), owned=owned)
 
 
 @dataclass

@@ -18,7 +18,9 @@ item), per method:
   mean and p99.
 
 Removal means the item is taken out of the sequence (later items move up), as a user
-without that purchase would look. The default method is the one with the best mean rank
+without that purchase would look, with its event label (:mod:`recscope.explain.variants`, as
+the served explanations remove it); every score reads the history's event labels, as the served
+list does, when the model reads them. The default method is the one with the best mean rank
 over comprehensiveness, sufficiency, exit rate and (where present) planted hit@1.
 """
 
@@ -34,7 +36,8 @@ from scipy.stats import kendalltau
 
 from recscope.data import split_of
 from recscope.explain.api import METHODS, make_explainer
-from recscope.explain.occlusion import OcclusionExplainer, without
+from recscope.explain.occlusion import OcclusionExplainer
+from recscope.explain.variants import variant_hidden, variant_scores
 from recscope.progress import track
 from recscope.ranking import hide, rank, top_k
 
@@ -56,6 +59,7 @@ class _Case:
     loo: torch.Tensor  # (K, T) leave-one-out weights
     random_orders: torch.Tensor  # (R, T) random permutations of positions (shared by all methods)
     cause: int | None = None  # planted cause position in `read`, for the test item
+    events: torch.Tensor | None = None  # (T,) the event labels of `read` (None: the model reads none)
     test_item: int | None = None
 
 
@@ -65,7 +69,7 @@ def evaluate_faithfulness(
     """Measure every method on the same cases; returns ``{"default": name, "methods": {...}, ...}``."""
     methods = list(methods or METHODS)
     model, data = rec.model, rec.data
-    table = rec._table
+    table = rec.snapshot.table
     split = split_of(data, rec.config)
     rng = np.random.default_rng(seed)
     test = split.test
@@ -79,13 +83,14 @@ def evaluate_faithfulness(
         u, n = int(test.users[c]), int(test.hist_len[c])
         history = data.sequence(u)[:n]
         read = torch.from_numpy(history[-model.cfg.max_len :].astype(np.int64))
+        events = _labels(rec, u, n, len(read))
         owned = torch.from_numpy(np.unique(history))
         with torch.no_grad():
-            scores = hide(model.score(read[None, :], table)[0], owned=owned)
+            scores = hide(model.score(read[None, :], table, None if events is None else events[None])[0], owned=owned)
         targets = top_k(scores, k).indices
         orders = np.stack([rng.permutation(len(read)) for _ in range(RANDOM_DRAWS)])  # (R, T)
-        loo = occlusion.attribute(read, targets)
-        case = _Case(read, owned, targets, scores[targets], loo, torch.from_numpy(orders))
+        loo = occlusion.attribute(read, targets, events)
+        case = _Case(read, owned, targets, scores[targets], loo, torch.from_numpy(orders), events=events)
         if causes is not None:
             cause = int(causes[data.offsets[u] + n])
             offset = n - len(read)
@@ -107,12 +112,21 @@ def evaluate_faithfulness(
     }
 
 
+def _labels(rec: Recommender, user: int, n: int, length: int) -> torch.Tensor | None:
+    """(length,) the event labels of the last ``length`` of the user's first ``n`` events, as the
+    served path reads them (``Recommender.event_codes``); None when the model reads none."""
+    if rec.inputs is None:
+        return None
+    start = int(rec.data.offsets[user])
+    return torch.from_numpy(rec.inputs.codes[start + n - length : start + n].astype(np.int64))
+
+
 def _measure(explainer, model, table, cases: list[_Case], k: int, random: tuple[float, float, float]) -> dict:
     comp, suff, exit_, taus, ms, hits1, hits3 = [], [], [], [], [], [], []
     curves = _Curves()
     for case in track(cases, f"explain-eval: {explainer.name}"):
         tic = time.perf_counter()
-        weights = explainer.attribute(case.read, case.targets)  # (K, T)
+        weights = explainer.attribute(case.read, case.targets, case.events)  # (K, T)
         ms.append((time.perf_counter() - tic) * 1000 / len(case.targets))
         T = len(case.read)
         if T > 1:
@@ -126,7 +140,7 @@ def _measure(explainer, model, table, cases: list[_Case], k: int, random: tuple[
                 if not np.isnan(tau):
                     taus.append(tau)
         if case.cause is not None:
-            w = explainer.attribute(case.read, torch.tensor([case.test_item]))[0]
+            w = explainer.attribute(case.read, torch.tensor([case.test_item]), case.events)[0]
             top = torch.argsort(w, descending=True, stable=True)[:3].tolist()
             hits1.append(top[0] == case.cause)
             hits3.append(case.cause in top)
@@ -208,7 +222,8 @@ def _aopc(model, table, case: _Case, order: torch.Tensor) -> tuple[list[float], 
         keep.append(top)
     masks = torch.cat(remove + keep)  # (2 * S * K, T)
     targets = case.targets.repeat(2 * len(sizes))
-    scores = model.predict_paired(model.query(without(case.read, masks)), table[targets]).view(2, len(sizes), K)
+    hidden = variant_hidden(model, table, case.read, masks, case.events)  # (2 * S * K, C)
+    scores = model.predict_paired(hidden, table[targets]).view(2, len(sizes), K)
     drops = (case.full[None, None, :] - scores).mean(-1)  # (2, S): mean over targets, per size
     return drops[0].tolist(), drops[1].tolist()
 
@@ -217,7 +232,7 @@ def _aopc(model, table, case: _Case, order: torch.Tensor) -> tuple[list[float], 
 def _exit_rate(model, table, case: _Case, removed: torch.Tensor, k: int) -> float:
     K, T = len(case.targets), len(case.read)
     masks = torch.ones(K, T, dtype=torch.bool).scatter(1, removed, False)
-    scores = model.predict_many(model.query(without(case.read, masks)), table)  # (K, N + 1): row j for target j
+    scores = variant_scores(model, table, case.read, masks, events=case.events)  # (K, N + 1): row j for target j
     ranks = rank(scores, case.targets, owned=case.owned)  # (K,)
     return float((ranks >= k).float().mean())
 
@@ -270,7 +285,7 @@ def evaluate_word_faithfulness(rec: Recommender, users: int = 30, k: int = 3, se
     eligible = np.flatnonzero(test.hist_len >= 1)
     chosen = np.sort(rng.choice(eligible, size=min(users, len(eligible)), replace=False))
     encode = run_encoder(rec.config.features)
-    table = rec._table
+    table = rec.snapshot.table
     rows, explained, ms = [], 0, []
     for c in track(chosen, "explain-eval: words"):
         u, n = int(test.users[c]), int(test.hist_len[c])
@@ -284,6 +299,7 @@ def evaluate_word_faithfulness(rec: Recommender, users: int = 30, k: int = 3, se
         explained += len(with_words)
         read = torch.from_numpy(history[-model.cfg.max_len :].astype(np.int64))
         targets = [data.item_index(e.item_id) for e in explanations]
+        # the explanations read an ad-hoc history (no event labels): so does the deletion
         rows += deletion(model, table, data, read, n - len(read), targets, explanations, rng, encode)
     out = {"users": len(chosen), "k": k, "explained": explained, "ms_per_explanation": _mean(ms)}
     for side in ("candidate", "history"):

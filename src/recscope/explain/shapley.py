@@ -33,7 +33,7 @@ import math
 import torch
 
 from recscope.explain.base import Explainer
-from recscope.explain.occlusion import without
+from recscope.explain.variants import variant_scores
 
 BUDGET = 512  # sub-histories one explanation scores at most: exact up to 9 items (2^9 = 512)
 SAMPLES = 32  # random orders for longer histories, at most (even numbers: antithetic pairs) ...
@@ -54,9 +54,7 @@ class ShapleyExplainer(Explainer):
         self, history: torch.Tensor, masks: torch.Tensor, targets: torch.Tensor, events: torch.Tensor | None = None
     ) -> torch.Tensor:
         """(V, T) keep-masks -> (V, K) scores of the targets given each sub-history."""
-        labels = None if events is None else without(events, masks)
-        hidden = self.model.last_hidden(without(history, masks), self.table, events=labels)  # (V, C)
-        return self.model.predict_many(hidden, self.table[targets])
+        return variant_scores(self.model, self.table, history, masks, targets, events)
 
     def exact(self, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return exact_shapley(lambda masks: self.values(history, masks, targets), len(history), len(targets))

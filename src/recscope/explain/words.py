@@ -9,7 +9,8 @@ that word is taken out of one item's text and the text is encoded again::
 For the candidate its row of the item table changes (its own text); for a history item its
 token changes wherever it stands in the history, and the last hidden state is recomputed.
 Every variant of every title is encoded in one batched encoder call, and every variant is
-scored in a few batched model passes (:func:`score_drops`).
+scored in a few batched model passes (:func:`score_drops`, through
+:func:`recscope.explain.variants.variant_hidden`).
 
 Words are the runs of letters and digits of the text (inner apostrophes, hyphens and dots
 kept: "L'Oréal", "anti-frizz", "2.5"), in their own surface form; punctuation stays in the
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from recscope.explain.variants import variant_hidden
 from recscope.model import SeqRec
 
 WORD = re.compile(r"\w+(?:['’.\-]\w+)*")
@@ -40,7 +42,6 @@ MAX_WORDS = 24  # words weighed per text (a title rarely has more; a description
 TEXT_SHARE = 0.25  # text drives an item when it carries this share of a side's positive field weight
 HISTORY_TITLES = 2  # history items whose titles are weighed: the largest positive weights
 TOP_SHARE = 0.25  # a top word carries at least this share of the title's positive word weight
-CHUNK = 256  # history variants per model pass
 
 Encode = Callable[[Sequence[str]], np.ndarray]  # texts -> (n, dim) unit vectors, one batched call
 
@@ -122,18 +123,14 @@ def score_drops(
     vectors = torch.as_tensor(vectors, dtype=model.text_vectors.dtype)
     delta = model.text_proj(vectors) - model.text_proj(model.text_vectors[items])  # (V, C)
     rows = table[targets] + delta * (targets == items)[:, None]  # (V, C) the targets' changed rows
-    tokens = table[read][None]  # (1, T, C)
-    labels = None if events is None else events[None]
-    base_hidden = model(read[None], tokens=tokens, last_only=True, events=labels).hidden[0, -1]  # (C,)
+    whole = torch.ones(1, len(read), dtype=torch.bool)  # keep-mask: every item, each variant its own tokens
+    base_hidden = variant_hidden(model, table, read, whole, events)[0]  # (C,)
     hidden = base_hidden.expand(len(items), -1).clone()  # (V, C)
     inside = read[None, :] == items[:, None]  # (V, T) where each changed item stands in the history
     changed = inside.any(1).nonzero().flatten()
-    for rows_ in changed.split(CHUNK):
-        varied = tokens + inside[rows_, :, None] * delta[rows_, None, :]  # (B, T, C)
-        batch = None if labels is None else labels.expand(len(rows_), -1)
-        hidden[rows_] = model(read[None].expand(len(rows_), -1), tokens=varied, last_only=True, events=batch).hidden[
-            :, -1
-        ]
+    if len(changed):
+        varied = table[read][None] + inside[changed, :, None] * delta[changed, None, :]  # (B, T, C)
+        hidden[changed] = variant_hidden(model, table, read, whole.expand(len(changed), -1), events, varied)
     base = model.predict_paired(base_hidden.expand(len(targets), -1), table[targets])  # (V,)
     return base - model.predict_paired(hidden, rows)
 
