@@ -178,12 +178,22 @@ def _shared_errors(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-class WorkerHeader:
-    """``X-Recscope-Worker: <pid>`` on every response: which worker process answered (with
-    ``--workers N`` the kernel hands each connection to one of them)."""
+class WorkerHeaders:
+    """``X-Recscope-Worker: <pid>`` on every response: which worker process answered.
 
-    def __init__(self, app: ASGIApp):
-        self.app, self.header = app, (b"x-recscope-worker", str(os.getpid()).encode())
+    With several workers, each connection belongs to the worker that accepted it, and a client
+    that keeps its connections (a load balancer, a connection pool) would stay on the workers
+    that happened to accept them: eight connections opened at once were all taken by one
+    worker while the other idled. So with ``workers > 1`` every answer also says
+    ``Connection: close``: the client's next request opens a new connection, which the
+    least busy worker tends to accept first (its event loop is free; a busy worker's core is
+    computing). A new loopback connection costs well under a millisecond."""
+
+    def __init__(self, app: ASGIApp, close: bool = False):
+        self.app = app
+        self.headers = [(b"x-recscope-worker", str(os.getpid()).encode())]
+        if close:
+            self.headers.append((b"connection", b"close"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -192,7 +202,7 @@ class WorkerHeader:
 
         async def tagged(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), self.header]
+                message["headers"] = [*message.get("headers", []), *self.headers]
             await send(message)
 
         await self.app(scope, receive, tagged)
@@ -242,7 +252,7 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=settings.max_body)
-    app.add_middleware(WorkerHeader)
+    app.add_middleware(WorkerHeaders, close=settings.workers > 1)
     app.state.metrics = Metrics()
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts 413s too
     for module in (health, metrics, model, events, feedback, items, users, recommendations, whatif, ui):
