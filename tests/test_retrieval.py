@@ -130,7 +130,7 @@ def test_an_item_added_after_training_is_found_at_its_exact_rank(run):
     for rec in (ann, exact):
         rec.set_item("NEW-1", "A new item", attributes)
     assert ann.data.find("NEW-1") > ann.index.items  # not in the index: searched beside it
-    torch.testing.assert_close(ann._table, exact._table)  # the grown table is the full one
+    torch.testing.assert_close(ann.snapshot.table, exact.snapshot.table)  # the grown table is the full one
     user = ann.data.user_ids[3]
     ranked = [r.item_id for r in exact.recommend(user, k=ann.data.n_items)]
     k = ranked.index("NEW-1") + 1
