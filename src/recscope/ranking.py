@@ -80,9 +80,21 @@ def n_visible(scores: torch.Tensor) -> torch.Tensor:
 
 def _tie_rule(higher: torch.Tensor, tied: torch.Tensor, own: torch.Tensor, rng: np.random.Generator | None):
     """(B,) ranks from the counts of visible rivals scored ``higher`` than and ``tied`` with ``own`` (B,)."""
-    rng = np.random.default_rng(0) if rng is None else rng
+    return tie_ranks(higher, tied, own, tie_draws(len(higher), rng))
+
+
+def tie_draws(n: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """(n,) the uniform draws the tie rule spends on ``n`` ranks, one per rank: ``rng``'s next n
+    (a fresh ``default_rng(0)``'s first n when None, as :func:`rank` and :func:`rank_chunks` draw)."""
+    return (np.random.default_rng(0) if rng is None else rng).random(n)
+
+
+def tie_ranks(higher: torch.Tensor, tied: torch.Tensor, own: torch.Tensor, draws: np.ndarray) -> torch.Tensor:
+    """The tie rule on counts: (B,) 0-based ranks of scores ``own`` (B,) with ``higher`` (B,) visible
+    rivals scored higher and ``tied`` (B,) tied, each taking its row's uniform draw (``draws`` (B,),
+    :func:`tie_draws`) to land among the tied: for callers that count rivals their own way."""
     tied = np.where(torch.isfinite(own).numpy(), tied.numpy(), 0)  # -inf ties only hidden rivals
-    return torch.from_numpy(higher.numpy() + np.floor(rng.random(len(higher)) * (tied + 1)).astype(np.int64))
+    return torch.from_numpy(higher.numpy() + np.floor(draws * (tied + 1)).astype(np.int64))
 
 
 def rank_among(rivals: torch.Tensor, own: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
@@ -169,13 +181,15 @@ def top_k(
     return torch.return_types.topk((scores.gather(-1, indices), indices))
 
 
-def _best(row: torch.Tensor, places: np.ndarray, k: int) -> torch.Tensor:
-    """(k,) the indices of ``row``'s k best items by (score descending, place ascending)."""
+def _best(row: torch.Tensor, places: np.ndarray, k: int, columns: torch.Tensor | None = None) -> torch.Tensor:
+    """(k,) the indices of ``row``'s k best items by (score descending, place ascending); entry j
+    of ``row`` is column ``columns[j]`` of the catalog (None: column j), placed by ``places``."""
     if k == 0:
         return torch.zeros(0, dtype=torch.long)
     threshold = torch.topk(row, k, sorted=False).values.min()  # the k-th best score, finite
     contenders = (row >= threshold).nonzero().flatten()  # k of them, more when the k-th is tied
-    return contenders[_tie_order(row[contenders], places[contenders.numpy()], k)]
+    where = contenders if columns is None else columns[contenders]
+    return contenders[_tie_order(row[contenders], places[where.numpy()], k)]
 
 
 def _tie_order(scores: torch.Tensor, places: np.ndarray, k: int) -> torch.Tensor:
@@ -188,12 +202,13 @@ def top_k_among(scores: torch.Tensor, items: Items, n_columns: int, k: int) -> t
     """:func:`top_k` (default tie order) of a catalog of ``n_columns`` columns of which only
     ``items`` (M,) can be visible, given their ``scores`` (M,): the answer ``top_k`` gives for
     the full row holding those scores at ``items`` and -inf elsewhere, at the cost of M items
-    rather than ``n_columns`` (approximate retrieval scores a candidate pool, recscope.retrieval).
-    Items scored -inf are hidden; ``items`` holds no item twice."""
+    rather than ``n_columns`` (approximate retrieval scores a candidate pool, recscope.retrieval;
+    a counterfactual the items that can reach its item, recscope.explain.variants), and a topk
+    of them rather than a sort. Items scored -inf are hidden; ``items`` holds no item twice."""
     items = _index(items)
     visible = torch.isfinite(scores)
     scores, items = scores[visible], items[visible]
-    order = _tie_order(scores, _shuffle_places(n_columns)[items.numpy()], k)
+    order = _best(scores, _shuffle_places(n_columns), min(k, len(scores)), items)
     return torch.return_types.topk((scores[order], items[order]))
 
 

@@ -312,6 +312,7 @@ class Recommender:
             hidden=hidden,
             events=events,
             encode=run_encoder(self.config.features) if words else None,
+            ranking=ranking,
         )
         return Results(explanations, resolved.unknown)
 

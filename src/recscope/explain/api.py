@@ -25,8 +25,9 @@ from recscope.explain.gradients import GradInputExplainer, IntegratedGradientsEx
 from recscope.explain.occlusion import OcclusionExplainer
 from recscope.explain.shapley import ShapleyExplainer
 from recscope.explain.text import cited, confirmed, sentence
-from recscope.explain.variants import variant_hidden
+from recscope.explain.variants import Rivals, variant_hidden
 from recscope.explain.words import Encode, add_words
+from recscope.ranking import Ranking
 
 METHODS: dict[str, type[Explainer]] = {
     cls.name: cls
@@ -69,6 +70,7 @@ def explain_items(
     hidden: list[int] = (),
     events: np.ndarray | None = None,
     encode: Encode | None = None,
+    ranking: Ranking | None = None,
 ) -> list[Explanation]:
     """Explain ``targets`` (dense item indices) for ``history`` (the whole history).
 
@@ -79,6 +81,8 @@ def explain_items(
     ``events`` are the history's event labels (aligned with it; None: none known).
     ``encode`` (texts -> vectors, the run's text encoder) asks for word attributions
     (:mod:`recscope.explain.words`) of the items text drives, when the model reads text.
+    ``ranking``: the history's ranked list the targets come from (its hidden items the history
+    and ``hidden``), which counterfactuals rank against; None: ranked here when one is asked for.
     """
     tic = time.perf_counter()
     model = explainer.model
@@ -95,6 +99,12 @@ def explain_items(
     owned = torch.from_numpy(
         np.unique(np.concatenate([np.asarray(history, dtype=np.int64), np.asarray(hidden, dtype=np.int64)]))
     )
+    rivals = None
+    if counterfactual and RECOMMENDED in statuses:  # one ranking of the whole history for every item's steps
+        origin = variant_hidden(model, explainer.table, read, torch.ones(1, len(read), dtype=torch.bool), labels)
+        if ranking is None:
+            ranking = Ranking.of(model.predict_many(origin, explainer.table)[0], owned=owned)
+        rivals = Rivals(model, explainer.table, ranking, origin[0], explainer.norms)
     explanations = []
     for j, target in enumerate(targets):
         entries = [
@@ -119,7 +129,9 @@ def explain_items(
             attentions=maps,
         )
         if counterfactual and expl.status == RECOMMENDED:
-            expl.counterfactual = _counterfactual(explainer, read, owned, target, weights[j], k, entries, data, labels)
+            expl.counterfactual = _counterfactual(
+                explainer, read, owned, target, weights[j], k, entries, data, labels, rivals
+            )
         explanations.append(expl)
     margins = [s - cutoff if s is not None and cutoff is not None else 0.0 for s in (e.score for e in explanations)]
     _cited_drops(explainer, read, offset, targets, explanations, margins, labels)
@@ -158,8 +170,10 @@ def _cited_drops(explainer, read, offset, targets, explanations, margins, events
         explanations[j].cited_drop = drop
 
 
-def _counterfactual(explainer, read, owned, target, weights, k, entries, data, events=None) -> Counterfactual:
-    found = smallest_removal(explainer.model, explainer.table, read, owned, target, weights, k, events=events)
+def _counterfactual(explainer, read, owned, target, weights, k, entries, data, events, rivals) -> Counterfactual:
+    found = smallest_removal(
+        explainer.model, explainer.table, read, owned, target, weights, k, events=events, rivals=rivals
+    )
     return Counterfactual(
         removed=[entries[p] for p in found.positions or []],
         new_rank=found.new_rank,

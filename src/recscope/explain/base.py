@@ -19,6 +19,7 @@ import html
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -39,6 +40,11 @@ class Explainer:
         self.model = model.eval()
         with torch.no_grad():
             self.table = model.item_table()  # (n_items + 1, C)
+
+    @cached_property
+    def norms(self) -> torch.Tensor:
+        """(n_items + 1,) the length of each item's row of the table (counterfactuals bound scores with it)."""
+        return self.table.norm(dim=1)
 
     def attribute(
         self, history: torch.Tensor, targets: torch.Tensor, events: torch.Tensor | None = None
