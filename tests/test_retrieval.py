@@ -173,7 +173,7 @@ def test_a_damaged_index_is_rebuilt_with_a_note_naming_it(run, capsys, damage):
     user = again.data.user_ids[0]
     exact = Recommender.load(run, retrieval_config=OFF)
     assert [r.item_id for r in again.recommend(user)] == [r.item_id for r in exact.recommend(user)]
-    assert retrieval.load(where, again._table, again.version, ON).info == again.index.info  # valid again
+    assert retrieval.load(where, again.snapshot.table, again.version, ON).info == again.index.info  # valid again
 
 
 def test_a_rating_run_scores_exactly_and_ann_on_is_refused_for_it():
