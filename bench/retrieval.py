@@ -1,29 +1,35 @@
 """Approximate retrieval against exact scoring, per query, on one item table.
 
     python bench/retrieval.py --items 1000000 --out bench/results/retrieval_1m.json
-    python bench/retrieval.py --run RUN --out bench/results/retrieval_beauty.json
+    python bench/retrieval.py --run RUN --out bench/results/retrieval_run.json
 
-Writes ``{"items", "recall@10", "exact_ms", "ann_ms", ...}``: medians per query over
-``--queries`` queries, one at a time (as the service asks), both sides in the same process,
-interleaved query by query so load on the shared machine hits them alike.
+Builds the index as recscope does (``retrieval.open_index``: the run's ``retrieval`` settings,
+``--set`` to change them), which tunes its search depth to ``retrieval.target_recall`` on
+held-out queries, then measures it on other queries. Writes ``{"items", "recall@10",
+"exact_ms", "ann_ms", "speedup", "tuning", ...}``: medians per query over ``--queries``
+queries, one at a time (as the service asks), both sides in the same process, interleaved
+query by query so load on the shared machine hits them alike.
 
 - ``exact_ms``: the fastest exact top-10: the table times the query (one matrix-vector
   product over every item) and ``torch.topk``.
 - ``exact_path_ms``: what recscope's exact path does per query (scores, hiding, the tie-ruled
   ``ranking.top_k`` over the whole catalog): what the index replaces in ``recommend`` (on the
   first 30 queries).
-- ``ann_ms``: ``retrieval.top_k``: the index's search for ``10 * pool`` candidates, their
-  exact scores and the tie-ruled top-10 among them.
-- ``recall@10``: the share of the exact top-10 that the approximate top-10 holds.
+- ``ann_ms``: ``retrieval.top_k``: the index's search for ``10 * pool`` candidates at the
+  tuned depth, their exact scores and the tie-ruled top-10 among them.
+- ``recall@10``: the share of the exact top-10 that the approximate top-10 holds, on the
+  measured queries (``tuning.recall``: on the tuning queries, at build time).
 
-The table: with ``--run``, the run's item table, and the queries are the last hidden states of
-the run's users' training histories (real queries). Without, a structured random table of
-``--items`` items (not isotropic Gaussian): each item's token is the sum of a category
-embedding (50), a brand embedding (3,000 brands, each in one category), a price band (5) and
-an id part whose scale grows with the log of a Zipf popularity, as the fused tokens of a
-trained run are sums of field embeddings; queries are layer-normed means of three items'
-tokens plus noise, as a hidden state summarises a history. ``--ef`` sweeps ef_search (hnsw)
-or ``--probe`` ivf_probe on the one index built.
+The table: with ``--run``, the run's item table; the depth is tuned on its users' histories
+as recscope tunes it (``retrieval.tuning_users``) and measured on the last hidden states of
+``--queries`` other users' histories. Without, a structured random table of ``--items``
+items (not isotropic Gaussian): each item's token is the sum of a category embedding (50),
+a brand embedding (3,000 brands, each in one category), a price band (5) and an id part
+whose scale grows with the log of a Zipf popularity, as the fused tokens of a trained run
+are sums of field embeddings; queries are layer-normed means of three items' tokens plus
+noise, as a hidden state summarises a history; the depth is tuned on ``tune_queries`` of
+them drawn with another seed than the measured ones. ``--depths`` also measures other
+search depths (ivf_probe or ef_search) on the one index built.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import commit, machine, peak_rss_mib  # noqa: E402
 from recscope import retrieval  # noqa: E402
 from recscope.config import RetrievalConfig  # noqa: E402
+from recscope.config import load as load_config  # noqa: E402
 from recscope.cpu import use_threads  # noqa: E402
 from recscope.ranking import hide, top_k  # noqa: E402
 
@@ -76,14 +83,18 @@ def structured_queries(table: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 
 def run_table(run: Path, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """The run's item table and the last hidden states of ``n`` of its users' histories."""
+    """The run's item table and the last hidden states of ``n`` of its users' histories, none of
+    them a user the depth is tuned on."""
     from recscope.recommend import Recommender
 
     rec = Recommender.load(run, retrieval_config=RetrievalConfig(ann="off"))
-    users = np.random.default_rng(seed).choice(rec.data.n_users, min(n, rec.data.n_users), replace=False)
+    with_events = np.flatnonzero(rec.data.lengths > 0)
+    tuned = with_events[retrieval.tuning_users(len(with_events), rec.config.retrieval.tune_queries)]
+    others = np.setdiff1d(np.arange(rec.data.n_users), tuned)
+    users = np.random.default_rng(seed).choice(others, min(n, len(others)), replace=False)
     with torch.no_grad():
         hidden = torch.cat([rec.query(rec.history(rec.data.user_ids[u])) for u in users])
-    return rec._table, hidden, rec.version
+    return rec.snapshot.table, hidden, rec.version
 
 
 def dot(query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -119,23 +130,29 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a trained run: its item table, its users' hidden states")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--width", type=int, default=64, help="d_model of the random table")
-    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--queries", type=int, default=300, help="queries measured (none of them tuned on)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--index", choices=sorted(retrieval.KINDS), default=RetrievalConfig.index)
-    parser.add_argument("--ef", default="", help="ef_search values to sweep, e.g. 256,512,1024 (hnsw)")
-    parser.add_argument("--probe", default="", help="ivf_probe values to sweep (ivf)")
-    parser.add_argument("--set", action="append", default=[], help="a retrieval key, e.g. hnsw_m=48")
+    parser.add_argument("--index", choices=sorted(retrieval.KINDS), help="retrieval.index (default: the config's)")
+    parser.add_argument(
+        "--depths", default="", help="more search depths to measure, e.g. 64,128 (ivf_probe / ef_search)"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], help="a retrieval key, e.g. hnsw_m=48 or target_recall=0.99"
+    )
     parser.add_argument("--cache", type=Path, help="keep the built index here and reuse it (retrieval's own cache)")
     args = parser.parse_args()
 
     threads = use_threads()
     load_before = Path("/proc/loadavg").read_text().split()[:3]
-    changes = {k: int(v) for k, v in (s.split("=", 1) for s in args.set)}
-    cfg = dataclasses.replace(RetrievalConfig(), ann="on", index=args.index, **changes)
+    overrides = [f"retrieval.{s}" for s in args.set] + ["retrieval.ann=on"]
+    overrides += [f"retrieval.index={args.index}"] if args.index else []
+    cfg = load_config(None, overrides).retrieval
     started = time.perf_counter()
     if args.run:
         table, queries, version = run_table(args.run, args.queries, args.seed)
-        source = f"the item table of run {args.run}; queries: its users' last hidden states"
+        source = f"the item table of run {args.run}; measured on the last hidden states of users not tuned on"
+        tuning_queries = lambda: retrieval.run_queries(args.run, version, cfg.tune_queries)  # noqa: E731
+        tuning_source = retrieval.run_source(cfg)
     else:
         table = structured_table(args.items, args.width, args.seed)
         queries = structured_queries(table, args.queries, args.seed)
@@ -144,34 +161,44 @@ def main() -> None:
             "structured random (category 50 + brand 3000 + price band 5 + Zipf-scaled id part); "
             "queries: layer-normed means of 3 items + noise"
         )
+        tune_seed = args.seed + 1000  # other queries than the measured ones, from the same distribution
+        tuning_queries = lambda: structured_queries(table, cfg.tune_queries, tune_seed).numpy()  # noqa: E731
+        tuning_source = f"{cfg.tune_queries} structured queries (seed {tune_seed}; measured: seed {args.seed})"
     generated = time.perf_counter() - started
     cache = args.cache or Path(tempfile.mkdtemp(prefix="recscope-retrieval-"))
-    index = retrieval.open_index(cache, version, table, cfg)
+    started = time.perf_counter()
+    index = retrieval.open_index(cache, version, table, cfg, tuning_queries, tuning_source)
+    opened = time.perf_counter() - started
     index_file = retrieval.folder(cache, version) / retrieval.INDEX_FILE
+    print(json.dumps({"tuning": dataclasses.asdict(index.info.tuning) if index.info.tuning else None}), flush=True)
 
-    sweep_key, values = ("ef_search", args.ef) if cfg.index == "hnsw" else ("ivf_probe", args.probe)
+    key = index.kind.depth_key
     sweep = []
-    for value in [int(v) for v in values.split(",") if v] or [getattr(cfg, sweep_key)]:
-        index.cfg = dataclasses.replace(cfg, **{sweep_key: value})
-        sweep.append({sweep_key: value, **measure(index, table, queries)})
+    for depth in sorted({index.depth, *(int(v) for v in args.depths.split(",") if v)}):
+        at = retrieval.ItemIndex(index.index, index.info, cfg)
+        at.depth = depth
+        sweep.append({key: depth, "tuned": depth == index.depth, **measure(at, table, queries)})
         print(json.dumps(sweep[-1]), flush=True)
-    default = next((s for s in sweep if s[sweep_key] == getattr(cfg, sweep_key)), sweep[-1])
+    tuned = next(s for s in sweep if s["tuned"])
     result = {
         "items": len(table) - 1,
-        "recall@10": default["recall@10"],
-        "exact_ms": default["exact_ms"],
-        "ann_ms": default["ann_ms"],
-        "exact_path_ms": default["exact_path_ms"],
-        "speedup": default["speedup"],
+        "recall@10": tuned["recall@10"],
+        "exact_ms": tuned["exact_ms"],
+        "ann_ms": tuned["ann_ms"],
+        "exact_path_ms": tuned["exact_path_ms"],
+        "speedup": tuned["speedup"],
         "index": cfg.index,
         "settings": index.info.settings,
-        sweep_key: default[sweep_key],
+        key: index.depth,
+        "tuning": dataclasses.asdict(index.info.tuning) if index.info.tuning else None,
         "pool": cfg.pool,
         "build_seconds": index.info.build_seconds,
+        "open_seconds": round(opened, 1),
         "index_bytes": index_file.stat().st_size,
         "width": table.shape[1],
         "queries": len(queries),
         "table": source,
+        "tuning_queries": tuning_source,
         "table_seconds": round(generated, 1),
         "sweep": sweep,
         "threads": threads,

@@ -1,7 +1,9 @@
-"""Approximate retrieval (recscope.retrieval): recall of the FAISS index on a small clustered
-table, exact re-scoring of its candidates, the recommend path with the index on giving the
-exact path's top-K, hidden items never returned, added items found, the index cached per
-version and reused, and a damaged index rebuilt with a note naming it."""
+"""Approximate retrieval (recscope.retrieval): the index's search depth tuned to a target
+recall on a small clustered table (and that recall holding on other queries), exact re-scoring
+of its candidates, the recommend path with the index on giving the exact path's top-K, hidden
+items never returned, added items found, the index cached per version and reused (re-tuned, not
+rebuilt, for another target), a damaged index rebuilt with a note naming it, and training
+building a tuned index that the version listing shows."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from conftest import TINY_SPEC, _train
 from recscope import config as config_mod
-from recscope import retrieval
+from recscope import retrieval, versions
 from recscope.config import RetrievalConfig
 from recscope.errors import ConfigError
 from recscope.ranking import top_k, top_k_among
@@ -25,9 +27,9 @@ from recscope.recommend import Recommender
 from recscope.serve.app import create_app
 from recscope.serve.settings import Settings
 
-ON = RetrievalConfig(ann="on")  # the default index (ivf)
+ON = RetrievalConfig(ann="on")  # the default index (ivfpq)
 OFF = RetrievalConfig(ann="off")
-KINDS = [RetrievalConfig(ann="on", index="ivf"), RetrievalConfig(ann="on", index="hnsw")]
+KINDS = [RetrievalConfig(ann="on", index=kind) for kind in ("ivfpq", "ivf", "hnsw")]
 
 
 def clustered_table(n: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -53,11 +55,71 @@ def dot(query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return query @ tokens.T
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def recall_at(index: retrieval.ItemIndex, table: torch.Tensor, qs: torch.Tensor) -> float:
+    """recall@10 of ``index`` through ``retrieval.top_k``, one query at a time, as the service asks."""
+    hits = []
+    for q in qs:
+        exact = top_k(dot(q[None], table)[0], 10)
+        found = retrieval.top_k(index, q[None], table, 10, np.array([], dtype=np.int64), dot)
+        hits.append(len(set(found.indices.tolist()) & set(exact.indices.tolist())) / 10)
+    return float(np.mean(hits))
+
+
+@pytest.mark.parametrize("kind", ["ivfpq", "ivf", "hnsw"])
+def test_the_depth_is_tuned_to_the_target_recall_on_a_small_table(kind):
+    table = clustered_table(5000, 32)
+    # hnsw with pool 1: 10 candidates, so its shallowest search (ef_search 10) falls short
+    pool = 1 if kind == "hnsw" else RetrievalConfig.pool
+    cfg = RetrievalConfig(ann="on", index=kind, target_recall=0.95, tune_queries=300, pool=pool)
+    index = retrieval.build(table, "test", cfg, queries(table, 300, seed=11).numpy(), "seed 11")
+    tuning = index.info.tuning
+    assert (tuning.target, tuning.queries, tuning.source) == (0.95, 300, "seed 11")
+    # reached: the recall's one-sided 95% lower bound over the 300 queries is at the target
+    assert tuning.reached and tuning.recall > tuning.lower >= 0.95 and index.depth == tuning.depth
+    # the smallest depth tried that reaches the target, and the bisection closed in on it: the
+    # depth just below (within 1/16) was tried and fell short
+    tried = {int(d): lower for d, _, lower in tuning.tried}
+    assert tuning.depth == min(d for d, lower in tried.items() if lower >= 0.95)
+    below = [d for d, lower in tried.items() if lower < 0.95]
+    assert below and tuning.depth - max(below) <= max(1, tuning.depth // 16)
+    low, deepest = index.kind.depths(index.info.settings, 5000, 10 * pool)
+    assert low < tuning.depth < deepest  # a real search: neither the shallowest nor exhaustive
+    # the recall recorded is what the service gets on those queries, one at a time...
+    assert recall_at(index, table, queries(table, 300, seed=11)) == pytest.approx(tuning.recall, abs=5e-5)
+    # ...and it holds on queries it was not tuned on (300 queries: 3,000 hits, a standard error ~0.004)
+    assert recall_at(index, table, queries(table, 300, seed=12)) >= 0.94
+    # one step shallower, the recall the service gets is the one recorded there, short of the target
+    shallower = retrieval.ItemIndex(index.index, index.info, cfg)
+    shallower.depth = max(below)
+    recorded = {int(d): recall for d, recall, _ in tuning.tried}[max(below)]
+    assert recall_at(shallower, table, queries(table, 300, seed=11)) == pytest.approx(recorded, abs=5e-5)
+
+
+def test_a_target_out_of_reach_searches_deepest_and_says_so(capsys):
+    # ivfpq ranks by 4-bit codes: with pool 1 (no room for the exact re-scoring to recover from)
+    # even a scan of every list misses the target
+    table = clustered_table(5000, 32)
+    cfg = RetrievalConfig(ann="on", index="ivfpq", target_recall=0.95, pool=1)
+    index = retrieval.build(table, "test", cfg, queries(table, 300, seed=11).numpy())
+    lists = index.info.settings["lists"]
+    assert not index.info.tuning.reached and index.depth == lists and index.info.tuning.lower < 0.95
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"at its deepest search (ivf_probe={lists}), short of retrieval.target_recall 0.95" in err
+
+
+def test_without_a_target_the_depth_is_the_configs():
+    table = clustered_table(2000, 16)
+    index = retrieval.build(table, "test", RetrievalConfig(ann="on", target_recall=0, ivf_probe=3), queries(table, 50))
+    assert index.info.tuning is None and index.depth == 3
+    untuned = retrieval.build(table, "test", RetrievalConfig(ann="on", ivf_probe=5))  # no queries to tune on
+    assert untuned.info.tuning is None and untuned.depth == 5
+
+
+@pytest.mark.parametrize("kind", ["ivfpq", "ivf", "hnsw"])
 def test_recall_on_a_clustered_table_and_candidates_scored_exactly(kind):
     table = clustered_table(5000, 32)
-    cfg = RetrievalConfig(ann="on", index=kind, ivf_probe=64)
-    index = retrieval.build(table, "test", cfg)
+    cfg = RetrievalConfig(ann="on", index=kind)
+    index = retrieval.build(table, "test", cfg, queries(table, 1000, seed=11).numpy())
     hits = []
     for q in queries(table, 50):
         exact = top_k(dot(q[None], table)[0], 10)
@@ -143,14 +205,25 @@ def test_the_index_is_cached_per_version_and_reused(run, capsys):
     first = Recommender.load(run, retrieval_config=ON)
     where = retrieval.folder(run, first.version)
     meta = json.loads((where / retrieval.META_FILE).read_text())
-    assert meta["version"] == first.version and meta["items"] == first.data.n_items and meta["kind"] == "ivf"
-    stamps = [(where / f).stat().st_mtime_ns for f in (retrieval.INDEX_FILE, retrieval.META_FILE)]
-    second = Recommender.load(run, retrieval_config=dataclasses.replace(ON, ivf_probe=1, pool=3))  # search-only
-    assert [(where / f).stat().st_mtime_ns for f in (retrieval.INDEX_FILE, retrieval.META_FILE)] == stamps
-    assert second.index.info == first.index.info and "rebuilding" not in capsys.readouterr().err
+    assert meta["version"] == first.version and meta["items"] == first.data.n_items and meta["kind"] == ON.index
+    # tuned on the run's own users' histories (200 users: fewer than tune_queries, so all of them)
+    assert meta["tuning"]["queries"] == first.data.n_users and meta["tuning"]["target"] == ON.target_recall
+    assert meta["tuning"]["lower"] >= ON.target_recall and first.index.depth == meta["tuning"]["depth"]
+    files = (retrieval.INDEX_FILE, retrieval.META_FILE)
+    stamps = [(where / f).stat().st_mtime_ns for f in files]
+    second = Recommender.load(run, retrieval_config=dataclasses.replace(ON, ivf_probe=1))  # an untuned depth: unused
+    assert [(where / f).stat().st_mtime_ns for f in files] == stamps
+    assert second.index.info == first.index.info and second.index.depth == first.index.depth
+    assert "rebuilding" not in capsys.readouterr().err
+    # another target: re-tuned on the same index (its file untouched), and the note says why
+    third = Recommender.load(run, retrieval_config=dataclasses.replace(ON, target_recall=0.5))
+    assert (where / retrieval.INDEX_FILE).stat().st_mtime_ns == stamps[0]
+    assert third.index.info.tuning.target == 0.5 and third.index.depth <= first.index.depth
+    assert "re-tuning the ANN index" in capsys.readouterr().err
+    assert json.loads((where / retrieval.META_FILE).read_text())["tuning"]["target"] == 0.5
     # other build settings: rebuilt, and the note says why
-    third = Recommender.load(run, retrieval_config=dataclasses.replace(ON, ivf_lists=2))
-    assert third.index.info.settings["lists"] == 2 and "other settings" in capsys.readouterr().err
+    fourth = Recommender.load(run, retrieval_config=dataclasses.replace(ON, ivf_lists=1))
+    assert fourth.index.info.settings["lists"] == 1 and "other settings" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "meta"])
@@ -188,6 +261,12 @@ def test_training_builds_the_index_and_the_service_serves_from_it(tmp_path):
     out = _train(tmp_path / "run", TINY_SPEC, "--set", "train.epochs=1", "--set", "retrieval.ann=on")
     rec = Recommender.load(out)
     assert rec.index is not None and (retrieval.folder(out, rec.version) / retrieval.META_FILE).exists()
+    # the version listing shows the index's tuned depth and the recall it reached
+    tuning = rec.index.info.tuning
+    assert tuning is not None and tuning.reached and tuning.queries == rec.data.n_users
+    shown = versions.read(out, rec.version).index
+    assert shown["kind"] == ON.index and (shown["depth"], shown["recall@10"]) == (tuning.depth, tuning.recall)
+    assert "index" not in json.loads((out / versions.VERSIONS / rec.version / "version.json").read_text())
     exact = Recommender.load(out, retrieval_config=OFF)
     user = rec.data.user_ids[1]
     with TestClient(create_app(Settings(run=out, db=f"sqlite:///{tmp_path / 'store.sqlite'}"))) as client:

@@ -136,14 +136,19 @@ class RetrievalConfig:
     # rating or click head always score exactly (their scores are an MLP, not an inner product).
     ann: str = "auto"
     ann_above: int = 100_000  # (int) with ann=auto: catalogs of more items than this use the index
-    # (str) the FAISS index: "ivf" (k-means inverted lists of flat vectors) or "hnsw" (graph); both inner product
-    index: str = "ivf"
+    # (str) the FAISS index, inner product: "ivfpq" (k-means inverted lists of 4-bit codes, fast scan),
+    # "ivf" (inverted lists of flat vectors) or "hnsw" (graph)
+    index: str = "ivfpq"
     hnsw_m: int = 32  # (int) hnsw: graph neighbours per item (more: better recall, bigger index, slower build)
     ef_construction: int = 80  # (int) hnsw: candidates kept while building the graph
-    ef_search: int = 256  # (int) hnsw: candidates kept while searching (more: better recall, slower)
-    ivf_lists: int = 0  # (int) ivf: inverted lists, 0 = 4 * sqrt(items)
-    ivf_probe: int = 64  # (int) ivf: lists searched per query (more: better recall, slower)
-    pool: int = 5  # (int) candidates retrieved per item asked for (k * pool), then scored exactly by the model
+    ef_search: int = 256  # (int) hnsw, untuned (target_recall 0): candidates kept while searching
+    ivf_lists: int = 0  # (int) ivf, ivfpq: inverted lists, 0 = 4 * sqrt(items) (ivf), sqrt(items) / 4 (ivfpq)
+    ivf_probe: int = 64  # (int) ivf, ivfpq, untuned (target_recall 0): lists searched per query
+    pool: int = 10  # (int) candidates retrieved per item asked for (k * pool), then scored exactly by the model
+    # (float) the search depth (ivf_probe, ef_search) is tuned when the index is built: the smallest depth
+    # whose top-10 holds this share of the exact top-10 on held-out queries (recall@10); 0 = no tuning
+    target_recall: float = 0.98
+    tune_queries: int = 1000  # (int) held-out queries to tune on: last hidden states of as many users' histories
 
 
 @dataclass(frozen=True)
@@ -391,13 +396,15 @@ RULES: dict[str, Rule] = {
     "eval.valid_users": _range(0, 2**31 - 1),
     "retrieval.ann": _one_of("auto", "on", "off"),
     "retrieval.ann_above": _range(0, 10**12),
-    "retrieval.index": _one_of("hnsw", "ivf"),
+    "retrieval.index": _one_of("hnsw", "ivf", "ivfpq"),
     "retrieval.hnsw_m": _range(4, 256),
     "retrieval.ef_construction": _range(8, 4096),
     "retrieval.ef_search": _range(8, 65_536),
     "retrieval.ivf_lists": _range(0, 1_048_576),
     "retrieval.ivf_probe": _range(1, 1_048_576),
     "retrieval.pool": _range(1, 1000),
+    "retrieval.target_recall": _range(0, 1),
+    "retrieval.tune_queries": _range(1, 1_000_000),
 }
 
 

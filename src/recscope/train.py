@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from recscope import distributed, versions
+from recscope import distributed, retrieval, versions
 from recscope.config import Config, TrainConfig, validate
 from recscope.config import load as load_config
 from recscope.cpu import use_threads
@@ -257,9 +257,11 @@ def _fit(data, config, task, out, split, data_spec, catalog, resume, console, or
 
     def publish() -> str:  # rank 0; the others wait in the broadcast of its id
         parent = versions.current(out)
-        return versions.publish(
+        version = versions.publish(
             out, out / "model.safetensors", "train", parent, best_epoch=state.best_epoch, best_valid=state.best_valid
         ).id
+        retrieval.prepare(out, version)  # the version's ANN index, when its catalog calls for one
+        return version
 
     version = dist.on_main(publish)
     console.print(

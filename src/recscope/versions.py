@@ -9,13 +9,16 @@ again; ``publish`` of weights already published is a no-op. Training publishes i
 at the end; the service serves ``current`` and names it in every answer. Runs written before
 versions existed have none: their ``model.safetensors`` is served, named by its digest.
 
-A run whose catalog calls for approximate retrieval gets its version's index built as the
-version is published (``recscope.retrieval``: ``RUN/indexes/<id>/``, beside the versions, as a
-version's own directory is never written again).
+A run whose catalog calls for approximate retrieval has an index per version
+(``recscope.retrieval``), built by whoever publishes (training, after ``publish``) or on first
+load, in ``RUN/indexes/<id>/`` beside the versions (a version's own directory is never written
+again). A version read here carries a summary of that index, when there is one: its kind, the
+search depth tuned and the recall@10 it reached.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,6 +35,8 @@ VERSIONS = "versions"
 CURRENT = "current"
 WEIGHTS = "model.safetensors"
 UNVERSIONED = "unversioned"
+INDEXES = "indexes"  # RUN/indexes/<id>/: the approximate-retrieval index of version <id>
+INDEX_META = "index.json"
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,9 @@ class Version:
     source: str  # "train" (the run's best model), later "fine-tune"
     parent: str | None = None  # the version it was made from
     details: dict[str, Any] = field(default_factory=dict)  # e.g. best_epoch, best_valid
+    # its ANN index, when built: kind, items, the search depth chosen and the recall@10 it reached
+    # on held-out queries against the target (read from RUN/indexes/<id>/, not stored with the version)
+    index: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,15 +73,13 @@ def publish(run: Path, weights: Path, source: str, parent: str | None = None, **
         tmp.mkdir(parents=True)
         shutil.copyfile(weights, tmp / WEIGHTS)
         version = Version(version_id, time.time(), source, parent, details)
-        (tmp / "version.json").write_text(json.dumps(version.to_dict(), indent=1))
+        record = {k: v for k, v in version.to_dict().items() if k != "index"}  # the index is not the version's
+        (tmp / "version.json").write_text(json.dumps(record, indent=1))
         for path in (tmp / WEIGHTS, tmp / "version.json"):
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
         tmp.rename(final)
     promote(run, version_id)
-    from recscope import retrieval  # imported here: retrieval loads models, which read versions
-
-    retrieval.prepare(run, version_id)
     return read(run, version_id)
 
 
@@ -89,9 +95,34 @@ def read(run: Path, version_id: str) -> Version:
         known = ", ".join(v.id for v in listing(run)) or "none"
         raise RunError(f"{run} has no model version {version_id!r}", fix=f"use one of its versions ({known})")
     try:
-        return Version(**json.loads(path.read_text()))
+        version = Version(**json.loads(path.read_text()))
     except (ValueError, TypeError) as e:
         raise RunError(f"{path} is damaged ({e})", fix="promote another version, or train the run again") from None
+    return dataclasses.replace(version, index=index_summary(run, version_id))
+
+
+def index_folder(run: Path, version_id: str) -> Path:
+    return Path(run) / INDEXES / version_id
+
+
+def index_summary(run: Path, version_id: str) -> dict[str, Any] | None:
+    """What the version's ANN index is and the recall it was tuned to, from its index.json
+    (None: no index, or one this cannot read: ``recscope.retrieval`` rebuilds those on load)."""
+    try:
+        meta = json.loads((index_folder(run, version_id) / INDEX_META).read_text())
+        tuning = meta.get("tuning") or {}
+        return {
+            "kind": meta["kind"],
+            "items": meta["items"],
+            "settings": meta["settings"],
+            "depth": tuning.get("depth"),  # ivf_probe (ivf, ivfpq) or ef_search (hnsw); None: not tuned
+            "recall@10": tuning.get("recall"),  # on tuning.queries held-out queries
+            "recall@10_lower": tuning.get("lower"),  # its one-sided 95% lower bound: what reaches the target
+            "target_recall": tuning.get("target"),
+            "tuning_queries": tuning.get("queries"),
+        }
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
 
 
 def listing(run: Path) -> list[Version]:
