@@ -201,10 +201,11 @@ class IVFPQ(IVF):
         lists, width = settings["lists"], table.shape[1]
         recipe = f"IVF{lists},PQ{width}x{settings['bits']}fs_{settings['block']}"
         index = faiss.index_factory(width, recipe, faiss.METRIC_INNER_PRODUCT)
-        # k-means and the 16 levels of each dimension learnt on a seeded sample (64 items a list,
-        # and at least 16,384 for the levels)
+        # k-means and the 16 levels of each dimension learnt on a seeded sample of 256 items a list
+        # (FAISS's own cap): its few long lists are worth it (at 1M items, recall@10 +0.002 at the
+        # same depth than from 64 a list, for ~7 s more of building)
         rng = np.random.default_rng(0)
-        sample = table[np.sort(rng.choice(len(table), min(len(table), max(64 * lists, 16_384)), replace=False))]
+        sample = table[np.sort(rng.choice(len(table), min(len(table), 256 * lists), replace=False))]
         ivf = faiss.downcast_index(index)
         ivf.cp.seed = 0
         ivf.pq.cp.min_points_per_centroid = 1  # a small table's 16 levels: no warning per dimension
