@@ -29,7 +29,9 @@ whose scale grows with the log of a Zipf popularity, as the fused tokens of a tr
 are sums of field embeddings; queries are layer-normed means of three items' tokens plus
 noise, as a hidden state summarises a history; the depth is tuned on ``tune_queries`` of
 them drawn with another seed than the measured ones. ``--depths`` also measures other
-search depths (ivf_probe or ef_search) on the one index built.
+search depths (ivf_probe or ef_search) on the one index built; ``--hide 50`` has every query
+hide 50 random items from all three paths, as the service hides a user's history (the index
+steps around them with FAISS's id selector).
 """
 
 from __future__ import annotations
@@ -101,21 +103,25 @@ def dot(query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return query @ tokens.T
 
 
-def measure(index: retrieval.ItemIndex, table: torch.Tensor, queries: torch.Tensor) -> dict:
-    """Per-query medians of the three paths and the ANN's recall@10, queries interleaved."""
-    none = np.array([], dtype=np.int64)
+def measure(index: retrieval.ItemIndex, table: torch.Tensor, queries: torch.Tensor, hidden: int = 0) -> dict:
+    """Per-query medians of the three paths and the ANN's recall@10, queries interleaved; each
+    query hides ``hidden`` random items (seeded) from all three, as the service hides a history."""
+    rng = np.random.default_rng(0)
     times: dict[str, list[float]] = {"exact": [], "exact_path": [], "ann": []}
     recalls = []
     for i, q in enumerate(queries[:, None, :]):  # (1, C) each
+        hide_now = np.unique(rng.integers(1, len(table), hidden))
         started = time.perf_counter()
-        exact = torch.topk(dot(q, table[1:])[0], K).indices + 1
+        scores = dot(q, table[1:])[0]
+        scores[hide_now - 1] = float("-inf")
+        exact = torch.topk(scores, K).indices + 1
         times["exact"].append(time.perf_counter() - started)
         if i < PATH_QUERIES:  # the slow one: a sample is enough
             started = time.perf_counter()
-            top_k(hide(dot(q, table)[0]), K)
+            top_k(hide(dot(q, table)[0], exclude=hide_now), K)
             times["exact_path"].append(time.perf_counter() - started)
         started = time.perf_counter()
-        found = retrieval.top_k(index, q, table, K, none, dot)
+        found = retrieval.top_k(index, q, table, K, hide_now, dot)
         times["ann"].append(time.perf_counter() - started)
         recalls.append(len(set(found.indices.tolist()) & set(exact.tolist())) / K)
     out = {f"{name}_ms": round(statistics.median(t) * 1e3, 3) for name, t in times.items()}
@@ -140,6 +146,7 @@ def main() -> None:
         "--set", action="append", default=[], help="a retrieval key, e.g. hnsw_m=48 or target_recall=0.99"
     )
     parser.add_argument("--cache", type=Path, help="keep the built index here and reuse it (retrieval's own cache)")
+    parser.add_argument("--hide", type=int, default=0, help="random items each query hides (a history's worth: 50)")
     args = parser.parse_args()
 
     threads = use_threads()
@@ -177,7 +184,7 @@ def main() -> None:
     for depth in sorted({index.depth, *(int(v) for v in args.depths.split(",") if v)}):
         at = retrieval.ItemIndex(index.index, index.info, cfg)
         at.depth = depth
-        sweep.append({key: depth, "tuned": depth == index.depth, **measure(at, table, queries)})
+        sweep.append({key: depth, "tuned": depth == index.depth, **measure(at, table, queries, args.hide)})
         print(json.dumps(sweep[-1]), flush=True)
     tuned = next(s for s in sweep if s["tuned"])
     result = {
@@ -197,6 +204,7 @@ def main() -> None:
         "index_bytes": index_file.stat().st_size,
         "width": table.shape[1],
         "queries": len(queries),
+        "hidden_per_query": args.hide,
         "table": source,
         "tuning_queries": tuning_source,
         "table_seconds": round(generated, 1),
