@@ -16,7 +16,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from types import UnionType
+from typing import Any, get_args, get_type_hints
 
 import yaml
 
@@ -44,6 +45,9 @@ class DataConfig:
     separator: str = ","  # (str) field separator of csv files (interactions and catalog), e.g. ";" or "\t"
     # (tuple[str]) catalog columns read as item text (encoded by features.text_encoder), not as attributes
     text_columns: tuple[str, ...] = ("title", "name", "description")
+    # (tuple[str] | None) catalog columns read as attributes (token fields), by their exact names; None = every
+    # column other than item_id and the text columns; () = none. A column named here but absent is an error
+    attribute_columns: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -264,6 +268,10 @@ def _apply_section(section: Any, values: dict[str, Any], source: str, section_na
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
+    options = get_args(hint) if isinstance(hint, UnionType) else ()
+    if type(None) in options:  # an optional key: null, or a value of its other type
+        (other,) = (a for a in options if a is not type(None))
+        return None if value is None else _coerce(value, other, where)
     origin = getattr(hint, "__origin__", None)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -337,6 +345,10 @@ def _cutoffs(value: tuple[int, ...]) -> bool:
     return 10 in value and all(1 <= k <= 100_000 for k in value)
 
 
+def _attribute_columns(value: tuple[str, ...] | None) -> bool:
+    return value is None or (all(v.strip() and v != "item_id" for v in value) and len(set(value)) == len(value))
+
+
 def _fields(value: tuple[tuple[str, int, int], ...]) -> bool:
     return all(vocab >= 1 and width >= 1 for _, vocab, width in value)
 
@@ -356,6 +368,9 @@ RULES: dict[str, Rule] = {
         lambda value: len(value) == 1 and value not in '"\r\n', "one character other than a quote or a line end"
     ),
     "data.text_columns": Rule(lambda value: all(v.strip() for v in value), "a list of catalog column names"),
+    "data.attribute_columns": Rule(
+        _attribute_columns, "null (every column) or a list of distinct catalog column names other than item_id"
+    ),
     "features.text_encoder": Rule(lambda value: bool(value.strip()), '"minilm" or the path of a local model folder'),
     "features.text_batch_size": _range(1, 65_536),
     "model.max_len": _range(1, 10_000),
@@ -434,6 +449,13 @@ def validate(config: Config, source: str = "config") -> None:
         for key in fields(values):
             check_key(f"{section.name}.{key.name}", getattr(values, key.name), source)
     d, m = config.data, config.model
+    both = [c for c in d.attribute_columns or () if c.lower() in {t.lower() for t in d.text_columns}]
+    if both:
+        raise ConfigError(
+            f"{source}: data.attribute_columns and data.text_columns both name {both[0]!r}: "
+            "a column is read either as text or as an attribute",
+            fix=f"remove {both[0]!r} from one of the two lists",
+        )
     if m.d_model % m.n_heads:
         raise ConfigError(
             f"{source}: model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}",

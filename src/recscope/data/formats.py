@@ -13,7 +13,9 @@ Every loader validates what it reads and raises :class:`DataError` naming the fi
 line or row, the column and how to fix it. With ``skip_bad_rows`` bad interaction rows are
 skipped, counted and listed in the dataset's :class:`LoadReport` instead (up to
 ``max_skip_share`` of them); exact duplicates follow ``data.duplicates``. Catalogs and item
-metadata are read strictly. How rows become checked rows is in :mod:`recscope.data.rows`.
+metadata are read strictly. Which catalog columns become attributes is ``data.attribute_columns``
+(every one by default; :func:`recscope.data.rows.catalog_columns`), for every source that has a
+catalog. How rows become checked rows is in :mod:`recscope.data.rows`.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from recscope.data.dataset import Dataset, LoadReport, SkippedRow, from_frames
 from recscope.data.rows import (
     SKIP_FIX,
     Table,
+    catalog_columns,
     check_interactions,
     check_options,
     check_skip_share,
+    choose_columns,
     read_bytes,
     read_lines,
     read_parquet,
@@ -50,6 +54,7 @@ class Source(NamedTuple):
     interactions: pl.DataFrame  # user_id, item_id, timestamp (in file order)
     catalog: pl.DataFrame | None
     time_scale: float = 1.0  # seconds per timestamp unit
+    catalog_file: str = ""  # the file the catalog came from, for messages
 
 
 def column_map(entries: list[str] | None) -> dict[str, str]:
@@ -100,9 +105,19 @@ def load_dataset(
     check_options(config)
     report = LoadReport()
     source = LOADERS[kind](path, config, columns or {}, report)
-    cat = source.catalog
     if catalog is not None:
         cat = _read_catalog(Path(catalog), columns or {}, config)
+    elif source.catalog is not None:
+        cat = choose_columns(source.catalog, config, source.catalog_file)
+    elif config.attribute_columns:
+        raise DataError(
+            f"data.attribute_columns names {', '.join(map(repr, config.attribute_columns))}, but the data has "
+            "no catalog to read them from",
+            file=str(path),
+            fix="pass the catalog with --catalog FILE, or leave data.attribute_columns out",
+        )
+    else:
+        cat = None
     return from_frames(
         source.name,
         source.interactions,
@@ -188,7 +203,11 @@ def _load_s3rec(path: Path, config: DataConfig, columns: dict[str, str], report:
     report.notes.append(f"timestamps in {file}: none; each line's order is the time order")
     interactions = pl.DataFrame({"user_id": users, "item_id": items, "timestamp": times})
     name = path.stem if path.is_file() else path.name
-    return Source(name, interactions, _read_s3rec_catalog(text_file))
+    stem = text_file.stem
+    metadata = text_file.with_name(f"{stem}_item2attributes.json")
+    if not metadata.exists():
+        metadata = text_file.with_name(f"{stem}_item2title.json")
+    return Source(name, interactions, _read_s3rec_catalog(text_file), catalog_file=str(metadata))
 
 
 def _s3rec_problem(number: int, line: str, tokens: list[str], bad_bytes: set[int]) -> tuple[str | None, str | None]:
@@ -310,7 +329,8 @@ def _load_movielens(path: Path, config: DataConfig, columns: dict[str, str], rep
             fix="point movielens: at the unpacked ml-100k or ml-1m folder",
         )
     interactions, scale = check_interactions(ratings, {}, config, report)
-    return Source(path.name, interactions, catalog, scale)
+    item_file = path / ("u.item" if (path / "u.data").exists() else "movies.dat")
+    return Source(path.name, interactions, catalog, scale, str(item_file))
 
 
 def _ml100k_catalog(path: Path) -> pl.DataFrame:
@@ -396,7 +416,9 @@ def _read_catalog(path: Path, columns: dict[str, str], config: DataConfig) -> pl
             fix="name the item column item_id (or map it with --map item_id=YOUR_COLUMN)",
         )
     item = scalar_column(table, theirs, table.column(theirs), "id").alias("item_id")
-    frame = table.frame.select(item, *(_catalog_column(table, name) for name in table.names if name != theirs))
+    # Only the columns read become expressions: a column left out (an image_url, a nested one) is not read.
+    names = catalog_columns([n for n in table.names if n != theirs], config, table.file, theirs)
+    frame = table.frame.select(item, *(_catalog_column(table, name) for name in names))
     numbers = table.frame["_number"]  # kept apart: a catalog column may be called anything
     ids = frame["item_id"]
     blank = ids.is_null() | (ids.str.strip_chars() == "")

@@ -250,6 +250,35 @@ def require_clean(table: Table, what: str = "the catalog") -> None:
         )
 
 
+def catalog_columns(names: list[str], config: DataConfig, file: str, id_column: str = "item_id") -> list[str]:
+    """The catalog columns a load reads besides the item id, in the file's order: the text columns
+    (``data.text_columns``) and the attributes ``data.attribute_columns`` names, every column when it
+    is None. ``names`` are the catalog's columns but ``id_column``; an attribute named there that the
+    catalog lacks is a DataError naming the file, the column and the columns the catalog has."""
+    chosen = config.attribute_columns
+    if chosen is None:
+        return list(names)
+    missing = [c for c in chosen if c not in names]
+    if missing:
+        near = [n for n in names if n.lower() == missing[0].lower()]
+        raise DataError(
+            f"data.attribute_columns names {missing[0]!r}, which the catalog does not have "
+            f"(its columns: {', '.join([id_column, *names])})",
+            file=file,
+            column=missing[0],
+            fix=f"write it as {near[0]!r}: column names are exact"
+            if near
+            else "name only columns of the catalog in data.attribute_columns, or add the column to the catalog",
+        )
+    text = {c.lower() for c in config.text_columns}
+    return [n for n in names if n in chosen or n.lower() in text]
+
+
+def choose_columns(catalog: pl.DataFrame, config: DataConfig, file: str) -> pl.DataFrame:
+    """A catalog frame (``item_id`` first) with only the columns a load reads (:func:`catalog_columns`)."""
+    return catalog.select("item_id", *catalog_columns([c for c in catalog.columns if c != "item_id"], config, file))
+
+
 def scalar_column(table: Table, name: str, column: str, what: str) -> pl.Expr:
     """``column`` as text; a parquet column of lists, structs or bytes is an error naming its type."""
     dtype = table.frame.schema[column]

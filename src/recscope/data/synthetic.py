@@ -36,6 +36,7 @@ import polars as pl
 
 from recscope.config import DataConfig
 from recscope.data.dataset import Dataset, Impressions, LoadReport, from_frames
+from recscope.data.rows import choose_columns
 from recscope.errors import DataError
 
 MECHANISMS = ["category_interest", "accessory_after_device", "brand_loyalty", "popularity"]
@@ -163,11 +164,12 @@ def load_synthetic(rest: str, config: DataConfig) -> Dataset:
     data = from_frames(
         name,
         interactions,
-        catalog,
+        choose_columns(catalog, config, f"the catalog of synthetic:{rest}"),
         price_bands=config.price_bands,
         list_separator=config.list_separator,
         report=generated,
         extra_labels={"mechanism": MECHANISMS},
+        text_columns=config.text_columns,
     )
     if shown is not None:
         users, hist_len, items, clicked = shown
