@@ -134,7 +134,7 @@ def test_bad_input_is_422_naming_the_field_and_unknowns_are_404(client, rec):
     extra = _event("x", USER, "P1", colour="red")
     assert "colour" in _field(client.post("/events", json={"events": [extra]}))
     assert "k" in _field(client.post("/recommendations", json={"history": ["P1"], "k": 0}))
-    missing = client.get("/users/nobody-at-all/recommendations")
+    missing = client.get("/users/nobody-at-all/recommendations", params={"fallback": False})  # else: fallback
     assert missing.status_code == 404 and "nobody-at-all" in missing.json()["error"]
     assert client.get("/users/nobody-at-all/history").status_code == 404
     item = client.get(f"/users/{USER}/recommendations/NO-SUCH-ITEM/explanation")
@@ -246,7 +246,7 @@ def test_feedback_dismiss_hides_the_item_and_bad_feedback_is_refused(client):
     top = first["items"][0]["item_id"]
     body = {"request_id": first["request_id"], "user_id": user, "item_id": top, "action": "dismiss"}
     posted = client.post("/feedback", json=body)
-    assert posted.status_code == 201 and posted.json() == body
+    assert posted.status_code == 201 and posted.json() == {**body, "feedback_id": None, "duplicate": False}
     after = _ids(client.get(f"/users/{user}/recommendations", params={"k": 5}))
     assert top not in after and after[:4] == [r["item_id"] for r in first["items"][1:]]
     helpful = {**body, "item_id": first["items"][1]["item_id"], "action": "explanation_helpful"}
@@ -311,6 +311,8 @@ def test_items_of_the_run_and_of_the_store(client, rec):
         "source": "store",
         "recommendable": True,
         "unused": unused,
+        "hidden": False,
+        "deleted": False,
     }
     assert client.get("/items/NEW-ITEM/1").json() == created.json()
     updated = client.put("/items/NEW-ITEM/1", json={"title": "Nova Lamp 3"})
@@ -352,7 +354,7 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(client, rec):
 
 def test_metrics_count_requests_by_route_template_and_status(client):
     client.get(f"/users/{USER}/recommendations", params={"k": 2})
-    client.get("/users/nobody-at-all/recommendations")
+    client.get("/users/nobody-at-all/recommendations", params={"fallback": False})
     client.get("/no/such/path")
     page = client.get("/metrics")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/plain")

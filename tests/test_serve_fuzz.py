@@ -7,7 +7,9 @@ fewer cases, a PostgreSQL one (tests/pg.py: skipped without its binaries). Raw b
 no JSON of the document's shape are test_serve_raw_fuzz.py's. Random ids would only ever
 reach "unknown user" (404), so positive cases have their ids swapped, as Hypothesis draws, for
 ones the run and the store know: users and items of the run, a user and an item of the store, a
-served list's request_id. The API key is sent, so the writes are exercised too.
+served list's request_id. The API key (the service's write key and read key) is sent, so the
+writes and the reads of personal data are exercised too, but with a negative case that leaves
+it out: that one must be refused (401).
 
 ``fuzz()`` is the property and the loop: the bench imports it.
 """
@@ -86,7 +88,7 @@ class Known:
             assert client.post("/events", json={"events": [event]}, headers=headers).status_code == 200
             assert client.put("/items/fuzz-store-item", json={"title": "T"}, headers=headers).status_code in (200, 201)
             for user in users:
-                served = client.get(f"/users/{user}/recommendations", params={"k": 3})
+                served = client.get(f"/users/{user}/recommendations", params={"k": 3}, headers=headers)
                 assert served.status_code == 200, served.text
                 known.request_ids.append(served.json()["request_id"])
         return known
@@ -152,11 +154,15 @@ def _fuzz_mode(
         # path parameters come percent-encoded
         if mode is GenerationMode.POSITIVE:
             known.swap(case, data.draw)
-        response = case.call(headers=headers)
+        # The key goes with every case but a negative one whose headers leave it out on purpose (the
+        # document lists it as required where a route has security): that one must be refused.
+        dropped = mode is GenerationMode.NEGATIVE and "X-API-Key" not in (case.headers or {})
+        sent = {} if dropped else headers
+        response = case.call(headers=sent)
         outcome.examples += 1
         outcome.statuses[response.status_code] = outcome.statuses.get(response.status_code, 0) + 1
         try:
-            case.validate_response(response, checks=CHECKS, headers=headers)
+            case.validate_response(response, checks=CHECKS, headers=sent)
         except FailureGroup as group:
             for failure in group.exceptions:
                 outcome.failures.append(
@@ -187,7 +193,9 @@ def service(request, tiny_run, tmp_path_factory) -> tuple[FastAPI, Known, int]:
         db = f"sqlite:///{tmp_path_factory.mktemp('fuzz-store') / 'store.sqlite'}"
     else:
         db = request.getfixturevalue("postgres_server").new_database()
-    app = create_app(Settings(run=tiny_run, db=db, api_key=KEY))
+    # A read key too: the document lists X-API-Key as required by reads of personal data, which is
+    # true only when the service has one (without, GET /users answers anyone).
+    app = create_app(Settings(run=tiny_run, db=db, api_key=KEY, read_key=KEY))
     return app, Known.seed(app, Recommender.load(tiny_run), {"X-API-Key": KEY}), EXAMPLES[request.param]
 
 
@@ -227,7 +235,10 @@ def test_the_document_lists_each_refusal_with_its_body():
     assert _schema(document, events["413"]) == ["DetailOut", "ErrorOut"]
     assert _schema(document, events["422"]) == ["ErrorOut", "ValidationErrorOut"]
     users = document["paths"]["/users/{user_id}/history"]["get"]["responses"]
-    assert sorted(users) == ["200", "404", "422"] and _schema(document, users["404"]) == ["ErrorOut"]
+    assert sorted(users) == ["200", "401", "404", "422"] and _schema(document, users["404"]) == ["ErrorOut"]
+    assert _schema(document, users["401"]) == ["ErrorOut"]  # personal data: with a read key (--read-key-env)
+    busy = document["paths"]["/users/{user_id}/recommendations"]["get"]["responses"]["503"]
+    assert _schema(document, busy) == ["UnavailableOut"]
     assert "404" in document["paths"]["/feedback"]["post"]["responses"]
     assert "401" in document["paths"]["/users/{user_id}"]["delete"]["responses"]
     assert "401" not in document["paths"]["/recommendations"]["post"]["responses"], "reads are open"

@@ -135,7 +135,13 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="print recscope's own version and exit (recscope serve RUN --version ID picks a model version)",
+        ),
     ] = False,
 ) -> None:
     """An explainable product recommender."""
@@ -224,7 +230,7 @@ def data_prepare(
     set_: SetOpt = None,
     map_: MapOpt = None,
 ) -> None:
-    """Read, check and map ids once; `recscope train --data prepared:DIR` reuses the result
+    """Read, check and map ids once; recscope train --data prepared:DIR reuses the result
     (with the same data.* settings) without reading the raw files again."""
     from recscope.data import column_map
     from recscope.data.prepare import prepare
@@ -491,6 +497,20 @@ def report(
     )
 
 
+def _key_from_env(option: str, variable: str | None) -> str | None:
+    """The key the environment variable ``variable`` holds (None: no ``option`` given); unset or
+    empty is an error naming it, never an open service the user meant to close."""
+    if variable is None:
+        return None
+    key = os.environ.get(variable, "")
+    if not key:
+        raise RecscopeError(
+            f"{option} {variable}: that environment variable is unset or empty",
+            fix=f"export {variable}=<a long random key>, or leave out {option}",
+        )
+    return key
+
+
 @_command()
 def serve(
     run: RunArg,
@@ -523,22 +543,43 @@ def serve(
         ),
     ] = None,
     threads: Annotated[int, typer.Option("--threads", metavar="T", min=1, help="torch threads per worker")] = 1,
+    read_key_env: Annotated[
+        str | None,
+        typer.Option(
+            "--read-key-env",
+            metavar="VAR",
+            help="environment variable holding the X-API-Key that reads of personal data require "
+            "(a user's history, lists, explanations; the write key works too)",
+        ),
+    ] = None,
+    busy_after: Annotated[
+        float | None,
+        typer.Option(
+            "--busy-after",
+            metavar="SECONDS",
+            min=0.001,
+            help="a request that waits longer than this for the model is refused: 503, reason busy, Retry-After "
+            "(default 10)",
+        ),
+    ] = None,
+    ui_writes: Annotated[
+        bool,
+        typer.Option(
+            "--ui-writes",
+            help="the web view's buttons write events and feedback as the shopper shown (default: read-only)",
+        ),
+    ] = False,
 ) -> None:
-    """The live service: recommendations, explanations and events over HTTP (docs at /docs)."""
+    """The live service: recommendations, explanations and events over HTTP (docs at /docs).
+    --version picks the model version to serve (recscope --version prints recscope's own)."""
     import uvicorn
 
     from recscope.serve.app import create_app, load_service
     from recscope.serve.settings import LOOPBACK, Settings
     from recscope.serve.workers import run_workers
 
-    api_key = None
-    if api_key_env is not None:
-        api_key = os.environ.get(api_key_env, "")
-        if not api_key:
-            raise RecscopeError(
-                f"--api-key-env {api_key_env}: that environment variable is unset or empty",
-                fix=f"export {api_key_env}=<a long random key>, or leave out --api-key-env",
-            )
+    api_key = _key_from_env("--api-key-env", api_key_env)
+    read_key = _key_from_env("--read-key-env", read_key_env)
     if host not in LOOPBACK and api_key is None:
         raise RecscopeError(
             f"--host {host!r} is not a loopback address: serving beyond this machine needs an API key",
@@ -546,10 +587,21 @@ def serve(
         )
     workers = workers or len(os.sched_getaffinity(0))
     settings = Settings(
-        run=run, version=version, db=db, host=host, port=port, api_key=api_key, workers=workers, threads=threads
+        run=run,
+        version=version,
+        db=db,
+        host=host,
+        port=port,
+        api_key=api_key,
+        read_key=read_key,
+        ui_writes=ui_writes,
+        **({} if busy_after is None else {"busy_after": busy_after}),
+        workers=workers,
+        threads=threads,
     )
     base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     keyed = "; writes need the X-API-Key header" if api_key else ""
+    keyed += "; reads of personal data need X-API-Key" if read_key else ""
     where = f"the web view at {base}/ui, the API docs at {base}/docs{keyed}"
     if workers > 1:  # uvicorn's process manager starts them, and replaces one that dies
         run_workers(
@@ -576,7 +628,7 @@ def versions_cmd(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
-    """The run's model versions, oldest first; the one served is marked (``--promote`` changes it)."""
+    """The run's model versions, oldest first; the one served is marked with * (--promote ID changes it)."""
     from recscope import versions
     from recscope.lock import RunLock
     from recscope.run import load_info

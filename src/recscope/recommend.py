@@ -3,10 +3,16 @@
 rec = Recommender.load("runs/beauty")
 rec.recommend(user="42", k=10)                 # a known user's next items
 rec.recommend(history=["B001", "B002"], k=10)  # anyone, from item ids
+rec.similar("B001", k=10)                      # item to item: what the model scores after B001
+rec.popular(k=10)                              # the run's most frequent items (no history needed)
 
 A history of item ids may hold ids the run does not know (items added after training, typos):
 they are skipped and named in the result's ``unknown`` (``unknown="error"`` refuses instead);
-a history with no known item at all is an error.
+a history with no known item at all is an error (``EmptyHistory``).
+
+Items hidden in the snapshot (``set_hidden``; the service hides out-of-stock items so) are in
+no list: not recommended, not similar, not popular, not in a what-if; an explanation asked
+about one says status ``hidden``.
 
 Above a catalog size (``retrieval`` in the config) ``recommend`` and ``what_if`` take their
 top-K from an approximate index and score its candidates exactly (recscope.retrieval);
@@ -30,9 +36,9 @@ from recscope.data import Dataset, split_of
 from recscope.errors import RunError
 from recscope.features.text import encode_texts, encoder
 from recscope.histories import History, HistorySource, RunHistories, adhoc, resolve
-from recscope.ranking import Ranking, hide
+from recscope.ranking import HIDDEN, Ranking, hide
 from recscope.run import RunInfo
-from recscope.snapshot import AddedItem, NewItem, Snapshot
+from recscope.snapshot import NO_ITEMS, AddedItem, NewItem, Snapshot
 
 
 @dataclass
@@ -56,6 +62,15 @@ class Results(list):
 
 
 UNKNOWN_POLICIES = ("skip", "error")
+
+
+class EmptyHistory(RunError):
+    """A history the model cannot read: no items at all, or none the catalog knows (``unknown``
+    names those skipped). The service answers it with a fallback list, not the model's."""
+
+    def __init__(self, problem: str, *, unknown: list[str] = (), fix: str | None = None):
+        super().__init__(problem, fix=fix)
+        self.unknown = list(unknown)
 
 
 def _at_least_one(name: str, value: int) -> None:
@@ -162,7 +177,7 @@ class Recommender:
         if unknown not in UNKNOWN_POLICIES:
             raise RunError(f"unknown={unknown!r} is not a policy", fix=f"use one of {', '.join(UNKNOWN_POLICIES)}")
         if not item_ids:
-            raise RunError("the history is empty", fix="pass at least one item id")
+            raise EmptyHistory("the history is empty", fix="pass at least one item id")
         if isinstance(item_ids, str):
             raise RunError("history must be a list of item ids, not one string", fix=f"pass history=[{item_ids!r}]")
         history = adhoc(self.data, item_ids)
@@ -175,8 +190,11 @@ class Recommender:
         if len(history.indices) == 0:
             skipped = history.unknown
             shown = ", ".join(repr(i) for i in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-            raise RunError(
-                f"none of the {len(skipped)} history items is known to this run ({shown})",
+            raise EmptyHistory(
+                f"none of the {len(skipped)} history items is known to this run ({shown})"
+                if skipped
+                else f"the history of {history.user_id!r} holds no items",
+                unknown=skipped,
                 fix=f"use item ids from the catalog the run was trained on (e.g. {', '.join(self.data.item_ids[1:4])})",
             )
         return history
@@ -193,9 +211,30 @@ class Recommender:
             return self._known(found)
         return self._adhoc(history, unknown)
 
-    def _hidden(self, exclude: Iterable[str]) -> list[int]:
-        """Dense indices of the ``exclude`` ids the catalog knows (the others are never recommended anyway)."""
-        return [i for i in map(self.data.find, exclude) if i is not None]
+    def _hidden(self, exclude: Iterable[str] = (), allowed: np.ndarray | None = None) -> np.ndarray:
+        """(H,) sorted dense indices no list may hold: the snapshot's hidden items, the ``exclude``
+        ids the catalog knows (the others are never recommended anyway) and, with ``allowed``
+        ((n_items + 1,) bool: the items a filter lets in), every item it leaves out."""
+        excluded = np.array([i for i in map(self.data.find, exclude) if i is not None], dtype=np.int64)
+        parts = [self.snapshot.hidden, excluded]
+        if allowed is not None:
+            if allowed.shape != (len(self.data.item_ids),):
+                raise RunError(
+                    f"allowed has shape {tuple(allowed.shape)}, not ({len(self.data.item_ids)},)",
+                    fix="pass one bool per dense item index, padding included (len(rec.data.item_ids))",
+                )
+            parts.append(np.flatnonzero(~allowed[1:]) + 1)  # padding is hidden anyway
+        return np.unique(np.concatenate(parts))
+
+    def set_hidden(self, item_ids: Iterable[str]) -> None:
+        """Keep exactly ``item_ids`` out of every list from now on (ids the catalog does not hold
+        are ignored); ``[]`` shows every item again. A new snapshot, swapped in one assignment."""
+        self.snapshot = self.snapshot.with_hidden(item_ids)
+
+    @property
+    def hidden(self) -> list[str]:
+        """The ids of the items no list holds (:meth:`set_hidden`)."""
+        return [self.data.item_ids[i] for i in self.snapshot.hidden.tolist()]
 
     def tensor(self, history: np.ndarray) -> torch.Tensor:
         """(1, T) the last max_len items of a history (or of its event labels), as the model reads them."""
@@ -235,14 +274,42 @@ class Recommender:
         exclude_history: bool = True,
         exclude: list[str] = (),
         unknown: str = "skip",
+        allowed: np.ndarray | None = None,
     ) -> Results:
         """The top-``k`` (a list of :class:`Recommendation`); ``.unknown`` names the history ids
         that were skipped (``unknown="error"`` refuses them instead). Items in ``exclude`` (e.g. the
-        user dismissed them) are never recommended; ids the run does not know there are ignored."""
+        user dismissed them) are never recommended; ids the run does not know there are ignored.
+        ``allowed`` ((n_items + 1,) bool, e.g. the items of one category): only those may be in it."""
         _at_least_one("k", k)
         hist = self.resolve(user, history, unknown)
-        top = self._top(hist.indices, k, exclude_history, self._hidden(exclude), self.event_codes(hist))
+        top = self._top(hist.indices, k, exclude_history, self._hidden(exclude, allowed), self.event_codes(hist))
         return Results(top, hist.unknown)
+
+    def similar(self, item: str, k: int = 10, exclude: Iterable[str] = ()) -> Results:
+        """Item to item ("bought after this", a product page): the top-``k`` the model scores for
+        a history of ``item`` alone, without ``item`` itself, hidden items or ``exclude``.
+
+        The model's own next-item scores rather than the cosine of item tokens: the model never
+        compares two tokens, it scores every item against the hidden state its Transformer reads
+        from the history (SeqRec.score), so this is what it would recommend to a visitor who has
+        seen ``item`` and nothing else, in the same units as every other list. A DataError names
+        an item the catalog does not hold."""
+        self.data.item_index(item)
+        return self.recommend(history=[item], k=k, exclude=list(exclude), unknown="error")
+
+    def popular(self, k: int = 10, exclude: Iterable[str] = (), allowed: np.ndarray | None = None) -> Results:
+        """The ``k`` items with the most events in the run's data (``Snapshot.popularity``), best
+        first, scored by that count; hidden items, ``exclude`` and items ``allowed`` leaves out are
+        not in it. Needs no history: the list for a visitor the model knows nothing about. Equal
+        counts follow the tie rule (recscope.ranking); items added since training count 0."""
+        _at_least_one("k", k)
+        counts = torch.from_numpy(self.snapshot.popularity.astype(np.float32))
+        hidden = self._hidden(exclude, allowed)
+        top = Ranking.of(counts, exclude=hidden if len(hidden) else None).top(k)
+        return Results(
+            Recommendation(r + 1, self.data.item_ids[i], self.data.title(i), float(s))
+            for r, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True))
+        )
 
     # ------------------------------------------------------------------ explain
     def default_method(self) -> str:
@@ -266,30 +333,31 @@ class Recommender:
         unknown: str = "skip",
         exclude: Iterable[str] = (),
         words: bool = False,
+        allowed: np.ndarray | None = None,
     ) -> Results:
         """Explanations (:class:`~recscope.explain.base.Explanation`) for one item (``item=``) or
         the whole top-``top``; ``k`` is the top-K their status and counterfactuals refer to.
 
         Any ``item`` is explained: one outside the top-K has status ``outside_top_k`` and its
         rank ("ranked 37 of 1,200"); one already in the history has status ``owned`` and no
-        score or rank (owned items are never recommended); one in ``exclude`` (the user dismissed
-        it) has status ``dismissed``, and excluded items are no rivals in any rank.
+        score or rank (owned items are never recommended); one hidden in the catalog
+        (:meth:`set_hidden`) has status ``hidden``; one in ``exclude`` (the user dismissed it) or
+        that ``allowed`` leaves out has status ``dismissed``. None of these is a rival in any rank.
         ``.unknown`` names skipped history ids. ``words``: word attributions of the items text
         drives (:mod:`recscope.explain.words`; about 5 ms per word on 2 cores), when the model reads text.
         """
         from recscope.explain.api import explain_items, make_explainer
-        from recscope.explain.base import STATUSES
         from recscope.explain.words import run_encoder
 
         _at_least_one("top", top)
         _at_least_one("k", k)
         resolved = self.resolve(user, history, unknown)
-        hist, hidden, events = resolved.indices, self._hidden(exclude), self.event_codes(resolved)
+        hist, hidden, events = resolved.indices, self._hidden(exclude, allowed), self.event_codes(resolved)
         # One ranked list: the explained ranks are the places the list gives, ties or not.
-        ranking = Ranking.of(self.scores(hist, False, events), owned=hist, exclude=hidden or None)
+        ranking = Ranking.of(self.scores(hist, False, events), owned=hist, exclude=hidden if len(hidden) else None)
         targets = [self.data.item_index(item)] if item is not None else ranking.top(top).indices.tolist()
-        ranks = [ranking.rank_of(t) for t in targets]  # None: owned or dismissed, never ranked
-        statuses = [STATUSES[ranking.status(t, k)] for t in targets]  # owned first, then dismissed
+        ranks = [ranking.rank_of(t) for t in targets]  # None: owned, hidden or dismissed, never ranked
+        statuses = [self._status(ranking, t, k) for t in targets]
         explainers = self.snapshot.explainers
         explainer = explainers.get(method or self.default_method())
         if explainer is None:
@@ -309,12 +377,22 @@ class Recommender:
             cutoff=ranking.cutoff(k),
             statuses=statuses,
             candidates=ranking.n_visible,
-            hidden=hidden,
+            hidden=hidden.tolist(),
             events=events,
             encode=run_encoder(self.config.features) if words else None,
             ranking=ranking,
         )
         return Results(explanations, resolved.unknown)
+
+    def _status(self, ranking: Ranking, item: int, k: int) -> str:
+        """What ``item`` is to the ranked list, as an Explanation says it: owned first, then hidden
+        in the catalog, then dismissed (any other item the list hides), else by its rank."""
+        from recscope.explain.base import STATUSES
+
+        status = ranking.status(item, k)
+        if status == HIDDEN and self.snapshot.is_hidden(item):
+            return HIDDEN
+        return STATUSES[status]
 
     def what_if(
         self,
@@ -368,19 +446,21 @@ class Recommender:
         hist: np.ndarray,
         k: int,
         exclude_history: bool = True,
-        exclude: list[int] = (),
+        exclude: np.ndarray = NO_ITEMS,
         events: np.ndarray | None = None,
     ) -> list[Recommendation]:
+        """The top-``k`` for ``hist`` with ``exclude`` (both dense indices) hidden."""
         top = None
         if self.index is not None:
-            hidden = np.concatenate([hist if exclude_history else [], list(exclude)]).astype(np.int64)
+            hidden = np.concatenate([hist if exclude_history else [], exclude]).astype(np.int64)
             with torch.no_grad():
                 top = retrieval.top_k(
                     self.index, self.query(hist, events), self.snapshot.table, k, hidden, self.model.predict_many
                 )
         if top is None:  # exact: no index, or one that cannot vouch for this query
             owned = hist if exclude_history else None
-            top = Ranking.of(self.scores(hist, False, events), owned=owned, exclude=list(exclude) or None).top(k)
+            hidden = exclude if len(exclude) else None
+            top = Ranking.of(self.scores(hist, False, events), owned=owned, exclude=hidden).top(k)
         return [
             Recommendation(r + 1, self.data.item_ids[i], self.data.title(i), float(s))
             for r, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True))

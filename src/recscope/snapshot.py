@@ -9,15 +9,21 @@ of another (DESIGN.md, "Live").
 Growing the catalog copies the per-item rows (id embeddings, field values, text vectors, the
 scoring table) and shares everything else with the snapshot it came from: O(catalog) memory
 and time per change, once, whatever the number of readers. Add many items in one call.
+
+Hidden items (out of stock, recalled: the service's ``PUT /items {"hidden": true}``) are part
+of the snapshot too (``hidden``): every list the Recommender draws from it leaves them out,
+so a worker that swaps in the snapshot of a hide hides the item in every list at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from recscope import retrieval, versions
@@ -29,6 +35,8 @@ from recscope.run import RunInfo, load_data, load_model
 from recscope.tasks import EventInputs, event_inputs
 
 NewItem = tuple[str, str, Mapping[str, object]]  # (item_id, title, attributes)
+NO_ITEMS = np.zeros(0, dtype=np.int64)  # no dense indices (read only: shared)
+NO_ITEMS.flags.writeable = False
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,8 @@ class Snapshot:
     trained_items: int  # dense indices 1..trained_items are the trained catalog, later ones added since
     # Explainers built over this snapshot's model and table (a cache: filled on first use).
     explainers: dict = field(default_factory=dict, compare=False, repr=False)
+    # (H,) sorted dense indices of the items no list may hold (hidden in the catalog; none offline)
+    hidden: np.ndarray = field(default_factory=lambda: NO_ITEMS, compare=False, repr=False)
 
     @property
     def config(self) -> Config:
@@ -92,6 +102,26 @@ class Snapshot:
         """True for an item of the trained catalog (its entry is the trained data, never changed)."""
         index = self.data.find(item_id)
         return index is not None and index <= self.trained_items
+
+    def with_hidden(self, item_ids: Iterable[str]) -> Snapshot:
+        """This snapshot with exactly ``item_ids`` hidden (ids the catalog does not hold are
+        ignored: an item removed since, or one of a version that does not have it); the model,
+        the catalog and the caches are shared, so it costs O(hidden items)."""
+        found = [self.data.find(i) for i in item_ids]
+        hidden = np.unique(np.array([i for i in found if i is not None], dtype=np.int64))
+        hidden.flags.writeable = False  # shared by every snapshot grown from this one
+        return dataclasses.replace(self, hidden=hidden)
+
+    def is_hidden(self, index: int) -> bool:
+        """True when the item at dense ``index`` is hidden."""
+        at = int(np.searchsorted(self.hidden, index))
+        return at < len(self.hidden) and int(self.hidden[at]) == index
+
+    @cached_property
+    def popularity(self) -> np.ndarray:
+        """(n_items + 1,) how many of the run's events each item has (the training data, every
+        split: what the run knows of the shop); 0 for padding and for items added since."""
+        return np.bincount(self.data.items, minlength=len(self.data.item_ids)).astype(np.int64)
 
     def with_items(
         self, items: list[NewItem], text: Callable[[Dataset, list[int]], torch.Tensor | None]

@@ -86,7 +86,8 @@ NOT_FOUND = "not_found"  # no greedy prefix of the history drops it out
 # What an explained item is to the history (Explanation.status): its status in the history's
 # Ranking (RECOMMENDED in the top-K, OUTSIDE_TOP_K ranked below it, OWNED already in the history:
 # never recommended, no score or rank), where an item the ranking hides otherwise is one the
-# user dismissed ("not interested": never recommended to them again, no rank).
+# user dismissed ("not interested": never recommended to them again, no rank). HIDDEN (ranking's
+# own word) is kept for an item hidden in the catalog (Recommender.set_hidden: in no list, no rank).
 DISMISSED = "dismissed"
 STATUSES = {RECOMMENDED: RECOMMENDED, OUTSIDE_TOP_K: OUTSIDE_TOP_K, OWNED: OWNED, HIDDEN: DISMISSED}
 
@@ -127,7 +128,7 @@ class Explanation:
     attributes_history: dict[str, float] = field(default_factory=dict)
     attributes_candidate: dict[str, float] = field(default_factory=dict)  # the item's own fields (exact split)
     attributes_method: str = ""
-    status: str = RECOMMENDED  # RECOMMENDED, OUTSIDE_TOP_K, OWNED or DISMISSED
+    status: str = RECOMMENDED  # RECOMMENDED, OUTSIDE_TOP_K, OWNED, DISMISSED or HIDDEN
     k: int = 10  # the top-K the status and the counterfactual refer to
     candidates: int | None = None  # how many items were ranked (the catalog minus owned items)
     # the item's own score drop when the history items the sentence may name are taken out together

@@ -20,7 +20,7 @@ title, it says so: "its title shares 'Smart 3' with “Voltra Phone Smart 3”"
 
 from __future__ import annotations
 
-from recscope.explain.base import DISMISSED, OUTSIDE_TOP_K, OWNED, Explanation
+from recscope.explain.base import DISMISSED, HIDDEN, OUTSIDE_TOP_K, OWNED, Explanation
 from recscope.explain.words import shared_phrase
 
 SHARE = 0.25  # a cited item carries at least this share of all positive weight (and of the lead)
@@ -64,6 +64,8 @@ def sentence(
         return "Already in your history: not recommended (owned items are never recommended)."
     if expl.status == DISMISSED:
         return "You said you are not interested in it: it is not recommended to you again."
+    if expl.status == HIDDEN:
+        return "Hidden in the catalog (out of stock or removed): it is in no list, for anyone."
     if expl.status == OUTSIDE_TOP_K:
         text = f"Ranked {expl.rank:,} of {expl.candidates:,}, outside your top {expl.k}: not recommended."
         items = cited(expl)

@@ -35,7 +35,7 @@ from recscope.histories import RunHistories
 from recscope.recommend import Recommender
 from recscope.run import load_info
 from recscope.serve import metrics
-from recscope.serve.deps import Busy, Conflict, NotFound, NotReady, Service, Unauthorized
+from recscope.serve.deps import Conflict, NotFound, Service, Unauthorized, Unavailable
 from recscope.serve.follow import Follower
 from recscope.serve.limits import BodyLimit
 from recscope.serve.live import StoreHistories, add_stored_items
@@ -97,7 +97,7 @@ def load_service(settings: Settings, *, version: str | None = None, store: Store
 def _status(error: RecscopeError) -> int:
     if isinstance(error, NotFound):
         return 404
-    if isinstance(error, NotReady | Busy):
+    if isinstance(error, Unavailable):
         return 503
     if isinstance(error, Unauthorized):
         return 401
@@ -108,8 +108,11 @@ def _status(error: RecscopeError) -> int:
 
 async def _recscope_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RecscopeError)
-    headers = {"Retry-After": "1"} if isinstance(error, Busy) else None
     body = _json_safe({"error": error.problem, "fix": error.fix})  # a message may quote an id as sent
+    headers = None
+    if isinstance(error, Unavailable):  # which case, so a client knows whether to wait or to send less
+        body["reason"] = error.reason
+        headers = {"Retry-After": str(error.retry_after)}
     return JSONResponse(body, status_code=_status(error), headers=headers)
 
 

@@ -13,6 +13,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
+from pydantic import SecretStr
 
 from recscope.errors import RecscopeError
 from recscope.recommend import Recommender
@@ -32,13 +33,32 @@ class Unauthorized(RecscopeError):
     """A write or admin request without the configured API key: answered with 401."""
 
 
-class NotReady(RecscopeError):
-    """The model or store is not loaded (yet): answered with 503."""
+class Unavailable(RecscopeError):
+    """Answered with 503, Retry-After and a ``reason`` a client can act on (``REASONS``)."""
+
+    reason = ""
+    retry_after = 1  # seconds
 
 
-class Busy(RecscopeError):
-    """The request waited ``Settings.busy_after`` seconds for the model: 503 with Retry-After, so a
-    burst beyond what the machine can compute is refused at once instead of queueing without end."""
+class NotReady(Unavailable):
+    """The model or store is not loaded (yet): the worker is starting or switching."""
+
+    reason = "loading"
+    retry_after = 5
+
+
+class Busy(Unavailable):
+    """The request waited ``Settings.busy_after`` seconds for the model (``recscope serve
+    --busy-after``): refused at once rather than queueing without end behind a burst beyond what
+    the machine can compute."""
+
+    reason = "busy"
+
+
+REASONS = {
+    NotReady.reason: "the model or the store is not loaded yet (the worker is starting): retry after Retry-After",
+    Busy.reason: "every model computation of this worker was taken for busy_after seconds: retry after Retry-After",
+}
 
 
 @dataclass(frozen=True)
@@ -86,22 +106,43 @@ RecommenderDep = Annotated[Recommender, Depends(recommender)]
 StoreDep = Annotated[Store, Depends(store)]
 
 
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="required by write and admin routes")
+_api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="the write key (recscope serve --api-key-env) for write and admin routes; for reads of personal "
+    "data, the read key (--read-key-env) or the write key, when the service has one",
+)
+
+
+def _matches(given: str | None, key: SecretStr | None) -> bool:
+    if key is None or given is None:
+        return False
+    return hmac.compare_digest(given.encode(), key.get_secret_value().encode())
 
 
 def require_key(request: Request, given: Annotated[str | None, Depends(_api_key_header)]) -> None:
     """Write and admin routes: when the settings hold an API key, X-API-Key must match it."""
     key = request.app.state.settings.api_key
-    if key is None:
-        return
-    if given is None or not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
+    if key is not None and not _matches(given, key):
         raise Unauthorized(
             "missing or wrong X-API-Key: this route changes the store",
             fix="send the service's API key in the X-API-Key header",
         )
 
 
+def require_read_key(request: Request, given: Annotated[str | None, Depends(_api_key_header)]) -> None:
+    """Reads of personal data (a user's history, lists and explanations, who the users are): when
+    the settings hold a read key, X-API-Key must be it or the write key (which may do anything)."""
+    settings = request.app.state.settings
+    if settings.read_key is not None and not (_matches(given, settings.read_key) or _matches(given, settings.api_key)):
+        raise Unauthorized(
+            "missing or wrong X-API-Key: this route reads a user's personal data",
+            fix="send the service's read key (or its write key) in the X-API-Key header",
+        )
+
+
 WriteAccess = [Depends(require_key)]
+ReadAccess = [Depends(require_read_key)]  # personal data: a user's history, lists, explanations
 
 
 def follower(request: Request) -> Follower:

@@ -1,11 +1,18 @@
-"""A worker follows the store: items added anywhere and the model version every worker serves.
+"""A worker follows the store: items added, removed or hidden anywhere, and the model version
+every worker serves.
 
 The store is the source of truth that several worker processes (and hosts) share; a worker
 holds nothing another needs. Each worker reads the store's change sequence (``changes``: an
-item added or updated, the version to serve) every ``Settings.follow_every`` seconds and
-applies what is new as a new Service, swapped into the app in one assignment: a request reads
-the app's service once, so it computes on one model version over one catalog, whole, and names
-that version in its answer.
+item added, updated or removed, an item hidden or shown again, the version to serve) every
+``Settings.follow_every`` seconds and applies what is new as a new Service, swapped into the
+app in one assignment: a request reads the app's service once, so it computes on one model
+version over one catalog, whole, and names that version in its answer.
+
+How each change is applied: items added or updated grow the snapshot (``with_items``); a hide
+replaces its hidden set with the store's (``with_hidden``: the whole set, so a worker can never
+drift from the store); a removed item, or a new version, loads the snapshot afresh from the run
+and the store (``load``), as a worker starting now would build it, since a snapshot only grows:
+every worker then holds the same catalog, the removed item in none of them.
 
 Applying is serialised (one lock): the follower thread, and a route that has just written a
 change and wants its own answer to show it (``catch_up``), never build two services at once.
@@ -56,17 +63,25 @@ class Follower:
 
     def _apply(self, svc: Service, changes: list[StoredChange]) -> Service:
         models = [c.subject for c in changes if c.kind == "model"]
-        items = [c.subject for c in changes if c.kind == "item"]
-        if models and models[-1] != svc.model_version:
-            # A new version: loaded over the whole stored catalog, so the items above are in it.
-            loaded = self._load(models[-1])
+        items = list(dict.fromkeys(c.subject for c in changes if c.kind == "item"))
+        hides = any(c.kind == "hidden" for c in changes)
+        rec = svc.recommender
+        stored = [i for i in svc.store.items(items) if not rec.trained(i.item_id)] if items else []
+        held = {i.item_id for i in stored}
+        removed = [i for i in items if i not in held and rec.data.find(i) is not None and not rec.trained(i)]
+        version = models[-1] if models else svc.model_version
+        if version != svc.model_version or removed:
+            # A new version, or an added item removed: loaded over the whole stored catalog (the
+            # items above and the hidden set included), as a worker starting now builds it.
+            loaded = self._load(version)
             svc = dataclasses.replace(svc, recommender=loaded, model_version=loaded.version)
-        elif items:
-            rec = svc.recommender
-            stored = [i for i in svc.store.items(items) if not rec.trained(i.item_id)]
+        elif stored or hides:
+            snapshot = rec.snapshot
             if stored:
                 snapshot, _ = rec.with_items([(i.item_id, i.title, i.attributes) for i in stored])
-                svc = dataclasses.replace(svc, recommender=rec.with_snapshot(snapshot))
+            if hides:
+                snapshot = snapshot.with_hidden(svc.store.hidden())
+            svc = dataclasses.replace(svc, recommender=rec.with_snapshot(snapshot))
         else:
             return svc
         self._put(svc)

@@ -3,18 +3,33 @@
 A user's live history is the run's training history (if the run knows the user) followed by
 the events stored since, oldest first; a user only the store knows is a new user whose history
 is their stored events. Stored item ids the catalog does not know are skipped and named
-(``unknown``). Items the user dismissed are never recommended to them.
+(``unknown``). Items the user dismissed are never recommended to them; items hidden in the
+catalog (the store's hidden set, in every worker's snapshot) to nobody, in no list.
+
+A visitor the model cannot read (unknown, or no known item in the history) gets the fallback
+list, labelled ``source: "fallback"`` (:func:`serve_list`). Item to item is
+:func:`serve_similar`.
 """
 
 from __future__ import annotations
 
 import uuid
 
+import numpy as np
+
 from recscope.errors import DataError
+from recscope.explain.base import Explanation
 from recscope.histories import Event, History, RunHistories, adhoc, resolve
-from recscope.recommend import Recommender
+from recscope.recommend import EmptyHistory, Recommender
 from recscope.serve.deps import NotFound, Service
-from recscope.serve.schemas import RecommendationsOut, RecommendedItem
+from recscope.serve.schemas import (
+    FallbackOut,
+    RecommendationsOut,
+    RecommendedItem,
+    SimilarItem,
+    SimilarOut,
+    SimilarReason,
+)
 from recscope.serve.store import Store
 
 
@@ -39,8 +54,10 @@ class StoreHistories:
 
 def add_stored_items(rec: Recommender, store: Store) -> None:
     """Put the items added since training (the store keeps them) into the catalog, in the order
-    they were added; an item the run has since been trained on keeps its trained entry."""
+    they were added (an item the run has since been trained on keeps its trained entry), then
+    hide the items the store says are hidden: the catalog as every worker holds it."""
     rec.set_items([(i.item_id, i.title, i.attributes) for i in store.items_added() if not rec.trained(i.item_id)])
+    rec.set_hidden(store.hidden())
 
 
 def user_history(svc: Service, user_id: str) -> History:
@@ -68,21 +85,58 @@ def dismissed(svc: Service, user_id: str | None) -> list[str]:
     return sorted(svc.store.dismissed(user_id)) if user_id is not None else []
 
 
-def attribute_filters(rec: Recommender, filters: list[str]) -> list[str]:
-    """The ids of the items an exclusion filter ``field=value`` (e.g. ``brand=Voltra``) names; a
-    filter without ``=``, or naming a field or value the catalog lacks, is 422 naming it."""
-    ids: list[str] = []
-    for text in filters:
-        field_name, sep, label = text.partition("=")
-        if not sep:
-            raise DataError(f"exclude_attribute {text!r} is not field=value", fix="write it as e.g. brand=Voltra")
-        ids += [rec.data.item_ids[i] for i in rec.data.items_with(field_name, label)]
-    return ids
+def _field_value(text: str, name: str) -> tuple[str, str]:
+    field_name, sep, label = text.partition("=")
+    if not sep:
+        raise DataError(f"{name} {text!r} is not field=value", fix="write it as e.g. brand=Voltra or category=Phones")
+    return field_name, label
+
+
+def _items_with(rec: Recommender, text: str, name: str) -> list[int]:
+    """Dense indices of the items the filter ``text`` (``field=value``) names; 422 naming the
+    parameter and what it lacks (the field or the value) when the catalog has no such thing."""
+    field_name, label = _field_value(text, name)
+    try:
+        return rec.data.items_with(field_name, label)
+    except DataError as e:
+        raise DataError(f"{name} {text!r}: {e.problem}", fix=e.fix) from None
+
+
+def allowed_items(
+    rec: Recommender,
+    include: list[str] = (),
+    exclude: list[str] = (),
+    names: tuple[str, str] = ("include_attribute", "exclude_attribute"),
+) -> np.ndarray | None:
+    """(n_items + 1,) bool: the items the attribute filters (``field=value``) let into a list;
+    None when there are none (every item may be in it).
+
+    ``include``: filters on one field are ORed (``category=Phones`` and ``category=Cameras``: an
+    item of either), filters on different fields ANDed (``category=Phones`` and ``brand=Voltra``:
+    Voltra's phones); an item matches a multi-valued field (a category path) when any of its
+    values is the one named. ``exclude``: an item matching any of them is out, whatever
+    ``include`` says. An added item matches by the attributes it was PUT with that the catalog's
+    fields hold (a value no trained item has matches no filter: ``unused`` in GET /items/{id}).
+    ``names``: the parameters as the request names them, for the 422 that names a bad one."""
+    if not include and not exclude:
+        return None
+    n = len(rec.data.item_ids)
+    allowed = np.ones(n, dtype=bool)
+    by_field: dict[str, np.ndarray] = {}
+    for text in include:
+        field_name, _ = _field_value(text, names[0])
+        by_field.setdefault(field_name, np.zeros(n, dtype=bool))[_items_with(rec, text, names[0])] = True
+    for matches in by_field.values():
+        allowed &= matches
+    for text in exclude:
+        allowed[_items_with(rec, text, names[1])] = False
+    allowed[0] = False  # padding
+    return allowed
 
 
 def explain_item(svc: Service, user_id: str, item_id: str, k: int = 10, method: str | None = None, words: bool = False):
     """The Explanation of one item for the user's live history (any item of the catalog: one
-    outside the top-K, owned or dismissed says so); ``words``: with word attributions."""
+    outside the top-K, owned, dismissed or hidden says so); ``words``: with word attributions."""
     rec = svc.recommender
     require_item(rec, item_id)
     exclude = dismissed(svc, user_id)
@@ -101,35 +155,195 @@ def serve_list(
     counterfactual: bool = False,
     exclude: list[str] = (),
     exclude_attributes: list[str] = (),
+    include_attributes: list[str] = (),
+    filter_names: tuple[str, str] = ("include_attribute", "exclude_attribute"),
+    fallback: bool = True,
 ) -> RecommendationsOut:
-    """The top-``k`` for a user's live history or an anonymous one: owned and dismissed items
-    hidden, and those ``exclude`` names or an ``exclude_attributes`` filter (``field=value``)
-    matches; with ``explain`` every item's explanation (one batched call); logged as served."""
+    """The top-``k`` for a user's live history or an anonymous one: owned, dismissed and hidden
+    items left out, and those ``exclude`` names or the attribute filters leave out (see
+    :func:`allowed_items`); with ``explain`` every item's explanation (one batched call); logged
+    as served, ``source`` "model".
+
+    A history the model cannot read (a user neither the run nor the store knows, an empty
+    history, or one of items the catalog does not know) gets the fallback list instead
+    (:func:`fallback_list`, ``source`` "fallback", ``fallback`` saying which list and why),
+    under the same filters, logged as served too; ``fallback=False`` refuses it as before: 404
+    for an unknown user, 422 for a history without a known item."""
     rec = svc.recommender
-    exclude = [*dismissed(svc, user_id), *exclude, *attribute_filters(rec, list(exclude_attributes))]
-    with svc.model():
-        if explain:
-            explained = rec.explain(
-                user=user_id, history=history, top=k, k=k, method=method, exclude=exclude, counterfactual=counterfactual
-            )
-            unknown = explained.unknown
-            items = [
-                RecommendedItem(
-                    rank=e.rank,
-                    item_id=e.item_id,
-                    title=e.title,
-                    score=e.score,
-                    sentence=e.sentence,
-                    explanation=e.to_dict(),
+    allowed = allowed_items(rec, list(include_attributes), list(exclude_attributes), filter_names)
+    exclude = [*dismissed(svc, user_id), *exclude]
+    try:
+        with svc.model():
+            if explain:
+                explained = rec.explain(
+                    user=user_id,
+                    history=history,
+                    top=k,
+                    k=k,
+                    method=method,
+                    exclude=exclude,
+                    counterfactual=counterfactual,
+                    allowed=allowed,
                 )
-                for e in explained
-            ]
+                unknown = explained.unknown
+                items = [
+                    RecommendedItem(
+                        rank=e.rank,
+                        item_id=e.item_id,
+                        title=e.title,
+                        score=e.score,
+                        sentence=e.sentence,
+                        explanation=e.to_dict(),
+                    )
+                    for e in explained
+                ]
+            else:
+                top = rec.recommend(user=user_id, history=history, k=k, exclude=exclude, allowed=allowed)
+                unknown = top.unknown
+                items = [RecommendedItem(**r.to_dict()) for r in top]
+    except (NotFound, EmptyHistory) as e:
+        if not fallback:
+            raise
+        if isinstance(e, NotFound):
+            reason, unknown = "unknown_user", []
         else:
-            top = rec.recommend(user=user_id, history=history, k=k, exclude=exclude)
-            unknown = top.unknown
-            items = [RecommendedItem(**r.to_dict()) for r in top]
+            reason, unknown = ("no_known_items" if e.unknown else "empty_history"), e.unknown
+        items = fallback_list(rec, k, exclude, allowed, explain)
+        return _served(svc, user_id, items, unknown, FallbackOut(kind=POPULAR, reason=reason))
+    return _served(svc, user_id, items, unknown, None)
+
+
+POPULAR = "popular"  # the fallback list (FallbackOut.kind): the run's most frequent items
+
+
+def fallback_list(
+    rec: Recommender, k: int, exclude: list[str], allowed: np.ndarray | None, explain: bool
+) -> list[RecommendedItem]:
+    """The list for a visitor the model cannot read: the items with the most events in the run's
+    data (``Recommender.popular``), scored by that count.
+
+    Popular over the run rather than trending over the store's recent events: it is the same in
+    every worker and costs nothing per request (counted once per snapshot), while a trend needs
+    an aggregate over the events table per request or a cache each worker would age differently.
+    With ``explain`` each item's ``sentence`` says what its place rests on (its count); there is
+    no model explanation, as no history was read."""
+    top = rec.popular(k, exclude=exclude, allowed=allowed)
+    total = int(rec.snapshot.popularity.sum())
+    return [
+        RecommendedItem(
+            rank=r.rank,
+            item_id=r.item_id,
+            title=r.title,
+            score=r.score,
+            sentence=f"Popular: {int(r.score):,} of the run's {total:,} events are of this item "
+            "(no history to read, so no model explanation)."
+            if explain
+            else None,
+        )
+        for r in top
+    ]
+
+
+def _served(
+    svc: Service, user_id: str | None, items: list[RecommendedItem], unknown: list[str], fallback: FallbackOut | None
+) -> RecommendationsOut:
+    """Log the list as served (its request id) and answer it."""
     request_id = uuid.uuid4().hex
     svc.store.log_served(request_id, user_id, svc.model_version, [(r.item_id, r.score) for r in items])
     return RecommendationsOut(
-        request_id=request_id, model_version=svc.model_version, items=items, unknown_items=unknown
+        request_id=request_id,
+        model_version=svc.model_version,
+        items=items,
+        unknown_items=unknown,
+        source="model" if fallback is None else "fallback",
+        fallback=fallback,
+    )
+
+
+# -- item to item -----------------------------------------------------------------------------
+
+
+def serve_similar(
+    svc: Service, item_id: str, *, k: int = 10, explain: bool = False, method: str | None = None
+) -> SimilarOut:
+    """The items the model scores highest after ``item_id`` alone (``Recommender.similar``): never
+    the item itself or a hidden item. With ``explain`` each carries its reason (:func:`reason`),
+    from one batched explanation of the one-item history. Logged as served (anonymous), so
+    feedback on it joins to what was shown. NotFound for an item the catalog does not hold."""
+    rec = svc.recommender
+    index = _require_similar_item(rec, item_id)
+    with svc.model():
+        if explain:
+            explained = rec.explain(history=[item_id], top=k, k=k, method=method, counterfactual=False)
+            items = [
+                SimilarItem(rank=e.rank, item_id=e.item_id, title=e.title, score=e.score, reason=reason(rec, index, e))
+                for e in explained
+            ]
+        else:
+            items = [SimilarItem(**r.to_dict()) for r in rec.similar(item_id, k=k)]
+    request_id = uuid.uuid4().hex
+    svc.store.log_served(request_id, None, svc.model_version, [(r.item_id, r.score) for r in items])
+    return SimilarOut(request_id=request_id, model_version=svc.model_version, item_id=item_id, items=items)
+
+
+def _require_similar_item(rec: Recommender, item_id: str) -> int:
+    """:func:`require_item` for GET /items/{id}/similar, whose path also reads as GET /items/{id}
+    of an item whose own id ends in "/similar": the 404 says where that item is."""
+    index = rec.data.find(item_id)
+    if index is None and rec.data.find(f"{item_id}/similar") is not None:
+        raise NotFound(
+            f"unknown item {item_id!r} (this path asks for its similar items; the catalog has an item"
+            f" {item_id + '/similar'!r}, whose own page this path cannot be)",
+            fix=f"for that item's similar items ask /items/{item_id}/similar/similar; it is listed in GET /items",
+        )
+    return require_item(rec, item_id)
+
+
+def _part(rec: Recommender, index: int, part: str) -> str:
+    """A part of an item's token in words: its id embedding, its text, or a field with its values."""
+    if part == "id":
+        return "its id embedding"
+    if part == "text":
+        return "its text"
+    values = next((f.labels(index) for f in rec.data.fields if f.name == part), [])
+    return f"its {part} ({', '.join(values)})" if values else f"its {part}"
+
+
+def shared_attributes(rec: Recommender, a: int, b: int) -> dict[str, list[str]]:
+    """Field -> the values items ``a`` and ``b`` (dense indices) both have, from the catalog."""
+    shared = {}
+    for f in rec.data.fields:
+        common = sorted(set(f.labels(a)) & set(f.labels(b)))
+        if common:
+            shared[f.name] = common
+    return shared
+
+
+def reason(rec: Recommender, asked: int, explained: Explanation) -> SimilarReason:
+    """Why the model scores ``explained``'s item after the ``asked`` item (dense index), from
+    numbers computed for this pair: the attribute values both have (the catalog), how much each
+    part of the asked item's token (id, text, each field) pushed this item's score (the
+    explanation's ``attributes_history``, by its method) and this item's own fields' shares of
+    its score (``attributes_candidate``). The sentence says those numbers in words."""
+    item = rec.data.find(explained.item_id)
+    shared = shared_attributes(rec, asked, item)
+    reads = explained.attributes_history
+    pushes = [(p, w) for p, w in reads.items() if w > 0][:2]  # largest first (by |weight|)
+    asked_title = rec.data.title(asked)
+    text = f"Scored {explained.score:.3f} after “{asked_title}” alone (rank {explained.rank})."
+    if pushes:
+        named = " and ".join(f"{_part(rec, asked, p)} ({w:+.2f})" for p, w in pushes)
+        text += f" What of “{asked_title}” pushes it up most ({explained.attributes_method}): {named}."
+    else:
+        text += f" No part of “{asked_title}” pushes it up on its own ({explained.attributes_method})."
+    if shared:
+        text += " Both have " + "; ".join(f"{name} {', '.join(values)}" for name, values in shared.items()) + "."
+    else:
+        text += " They share no attribute value."
+    return SimilarReason(
+        shared=shared,
+        reads=reads,
+        own=explained.attributes_candidate,
+        method=explained.attributes_method,
+        sentence=text,
     )

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 KEY_LENGTH = 64  # hex SHA-256
 REQUEST_ID_MAX = 128
+FEEDBACK_ID_MAX = 128  # a client's feedback_id: kept whole in a unique index (at most 512 bytes of UTF-8)
 
 
 def key(text: str) -> str:
@@ -83,10 +84,14 @@ class ServedItem(Base):
 
 
 class Feedback(Base):
-    """A user's action on an item of a served list."""
+    """A user's action on an item of a served list; ``feedback_id`` (the client's, optional) is
+    unique: the database itself refuses a second row with it, whichever worker writes it."""
 
     __tablename__ = "feedback"
-    __table_args__ = (Index("ix_feedback_user_action", "user_key", "action"),)
+    __table_args__ = (
+        Index("ix_feedback_user_action", "user_key", "action"),
+        Index("ix_feedback_feedback_id", "feedback_id", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(
@@ -97,11 +102,25 @@ class Feedback(Base):
     item_id: Mapped[str] = mapped_column(Text)
     action: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[float] = mapped_column(Float)
+    feedback_id: Mapped[str | None] = mapped_column(String(FEEDBACK_ID_MAX))  # NULL: the client gave none
+
+
+class HiddenItem(Base):
+    """An item kept out of every list: one of the run's or one added since. ``for_good``: it was
+    deleted (DELETE /items of a trained item), so it can never be shown again."""
+
+    __tablename__ = "hidden_items"
+
+    item_key: Mapped[str] = mapped_column(String(KEY_LENGTH), primary_key=True)
+    item_id: Mapped[str] = mapped_column(Text)
+    for_good: Mapped[bool] = mapped_column(Boolean)
+    hidden_at: Mapped[float] = mapped_column(Float)
 
 
 class Change(Base):
-    """One change every worker must follow, in commit order (``seq``): an item added or updated
-    (``kind`` "item", ``subject`` its id) or the model version to serve ("model", the version id)."""
+    """One change every worker must follow, in commit order (``seq``): an item added, updated or
+    removed (``kind`` "item", ``subject`` its id), an item hidden or shown again ("hidden", its id)
+    or the model version to serve ("model", the version id)."""
 
     __tablename__ = "changes"
 

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from recscope.serve.explanation import Explanation
+from recscope.serve.models import FEEDBACK_ID_MAX
 from recscope.serve.store import DEFAULT_EVENT, MAX_BATCH
 
 
@@ -72,7 +74,9 @@ class ForgetOut(Strict):
 
 
 class RecommendIn(Request):
-    history: list[Id] = Field(min_length=1, description="item ids, oldest first")
+    history: list[Id] = Field(
+        description="item ids, oldest first; empty (a first visit) or with no id the catalog knows: the fallback list"
+    )
     k: int = Field(10, ge=1, le=1000)
     explain: bool = False
     method: str | None = None
@@ -80,6 +84,14 @@ class RecommendIn(Request):
     exclude: list[Id] = Field(default_factory=list, description="item ids never to recommend in this answer")
     exclude_attributes: list[str] = Field(
         default_factory=list, description='filters "field=value": items with that value are not recommended'
+    )
+    include_attributes: list[str] = Field(
+        default_factory=list,
+        description='filters "field=value" (e.g. category=Phones): only items with that value are recommended; '
+        "filters on one field are ORed, on different fields ANDed",
+    )
+    fallback: bool = Field(
+        True, description="false: a history with no item the catalog knows is 422 rather than the fallback list"
     )
 
 
@@ -89,7 +101,19 @@ class RecommendedItem(Strict):
     title: str
     score: float
     sentence: str | None = None
-    explanation: dict[str, Any] | None = None
+    explanation: Explanation | None = None  # with explain=true
+
+
+class FallbackOut(Strict):
+    """Which list a visitor the model cannot read gets, and why they get it."""
+
+    kind: Literal["popular"] = Field(
+        description="popular: the items with the most events in the run's data, scored by that count"
+    )
+    reason: Literal["unknown_user", "empty_history", "no_known_items"] = Field(
+        description="unknown_user: neither the run nor the store knows the user; empty_history: no items given; "
+        "no_known_items: none of the history's items is in the catalog (named in unknown_items)"
+    )
 
 
 class RecommendationsOut(Strict):
@@ -97,6 +121,10 @@ class RecommendationsOut(Strict):
     model_version: str
     items: list[RecommendedItem]
     unknown_items: list[str] = Field(default_factory=list, description="history ids the run does not know: skipped")
+    source: Literal["model", "fallback"] = Field(
+        "model", description="model: the model's list for the history; fallback: the list named in fallback"
+    )
+    fallback: FallbackOut | None = Field(None, description="with source fallback: which list and why")
 
 
 class Liveness(Strict):
@@ -122,11 +150,19 @@ class Readiness(Strict):
 Action = Literal["click", "purchase", "dismiss", "explanation_helpful", "explanation_unhelpful"]
 
 
+FeedbackId = Annotated[str, Field(min_length=1, max_length=FEEDBACK_ID_MAX, pattern=r"^[^\x00]+$")]
+
+
 class FeedbackIn(Request):
     request_id: Id = Field(description="the request_id of the served list")
     user_id: Id
     item_id: Id = Field(description="an item of that list")
     action: Action
+    feedback_id: FeedbackId | None = Field(
+        None,
+        description="the client's id for this feedback: re-sending it stores nothing (200, duplicate true); "
+        "the same id with other content is 409",
+    )
 
 
 class FeedbackOut(Strict):
@@ -134,6 +170,8 @@ class FeedbackOut(Strict):
     user_id: str
     item_id: str
     action: Action
+    feedback_id: str | None = None
+    duplicate: bool = Field(False, description="true: feedback with this feedback_id was stored before; nothing stored")
 
 
 class WhatIfIn(Request):
@@ -143,9 +181,18 @@ class WhatIfIn(Request):
     k: int = Field(10, ge=1, le=1000)
 
 
+class Ranked(Strict):
+    """One item of a top-K (``Recommendation``)."""
+
+    rank: int = Field(ge=1)
+    item_id: str
+    title: str
+    score: float
+
+
 class WhatIfOut(Strict):
-    before: list[dict[str, Any]]  # Recommendation.to_dict() rows, rank order
-    after: list[dict[str, Any]]
+    before: list[Ranked]  # rank order
+    after: list[Ranked]
     entered: list[str]
     left: list[str]
     unknown: list[str]  # stored history ids the run does not know: skipped
@@ -165,8 +212,16 @@ class ModelOut(Strict):
 
 
 class ItemIn(Request):
-    title: str = Field(min_length=1)
+    title: str | None = Field(
+        None,
+        min_length=1,
+        description="required to add an item or replace an added one's title and attributes; "
+        "a body of hidden alone changes only that (the run's items take nothing else)",
+    )
     attributes: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict, description="field: value or [values]")
+    hidden: bool | None = Field(
+        None, description="true: in no list (recommendations, similar, fallback, what-if) until set false"
+    )
 
 
 class ItemOut(Strict):
@@ -179,6 +234,60 @@ class ItemOut(Strict):
         default_factory=list,
         description='"field=value" pairs the model has no embedding for (a value or field no trained item has)',
     )
+    hidden: bool = Field(False, description="in no list (PUT hidden true, or deleted)")
+    deleted: bool = Field(
+        False, description="a trained item deleted (DELETE /items/{id}): hidden for good, it cannot be shown again"
+    )
+
+
+class ItemsPage(Strict):
+    items: list[ItemOut] = Field(description="as GET /items/{id} shows each: the run's items, then those added since")
+    total: int = Field(ge=0, description="items in the catalog")
+
+
+class ItemDeletedOut(Strict):
+    item_id: str
+    source: Literal["run", "store"]
+    removed: bool = Field(
+        description="true: an added item, gone from the store and from every worker's catalog (GET is 404 now); "
+        "false: an item of the run, which the model keeps reading in histories: hidden for good instead"
+    )
+    hidden: Literal[True] = Field(True, description="in no list, either way")
+
+
+class UserOut(Strict):
+    user_id: str
+    source: Literal["run", "store"] = Field(description="run: the run was trained on them; store: new, events only")
+    run_events: int = Field(ge=0, description="events of theirs in the run's training data")
+    stored_events: int = Field(ge=0, description="events of theirs the store holds (posted since training)")
+
+
+class UsersPage(Strict):
+    users: list[UserOut] = Field(description="the run's users (training order), then those only the store knows")
+    total: int = Field(ge=0, description="users the run or the store knows")
+
+
+class SimilarReason(Strict):
+    """Why the model scores an item after the asked one: computed for this pair, never a template."""
+
+    shared: dict[str, list[str]] = Field(description="field -> the values both items have (the catalog)")
+    reads: dict[str, float | None] = Field(
+        description='the asked item\'s token parts ("id", "text", each field) -> how much each pushed this score'
+    )
+    own: dict[str, float | None] = Field(description="this item's own fields -> their share of its score")
+    method: str = Field(description="the attribution method of reads")
+    sentence: str = Field(description="the numbers above in words")
+
+
+class SimilarItem(Ranked):
+    reason: SimilarReason | None = Field(None, description="with explain=true")
+
+
+class SimilarOut(Strict):
+    request_id: str = Field(description="the list as logged (anonymous): send it with feedback on its items")
+    model_version: str
+    item_id: str = Field(description="the item asked about (never in items)")
+    items: list[SimilarItem]
 
 
 # -- error bodies ---------------------------------------------------------------------------
@@ -189,6 +298,17 @@ class ErrorOut(Strict):
 
     error: str
     fix: str | None = None
+
+
+class UnavailableOut(Strict):
+    """503: the service cannot answer now; ``reason`` says why, the Retry-After header when to retry."""
+
+    error: str
+    fix: str | None = None
+    reason: Literal["loading", "busy"] = Field(
+        description="loading: the model or store is not loaded yet (starting); busy: the request waited "
+        "busy_after seconds (recscope serve --busy-after) for the model"
+    )
 
 
 class DetailOut(Strict):
@@ -220,7 +340,7 @@ ERRORS: dict[int, tuple[tuple[type[BaseModel], ...], str]] = {
     409: ((ErrorOut,), "a write the stored state refuses"),
     413: ((ErrorOut, DetailOut), "the body is over the size limit (by Content-Length: error; chunked: detail)"),
     422: ((ErrorOut, ValidationErrorOut), "bad input: fields the schema refuses (detail), or a value recscope refuses"),
-    503: ((ErrorOut,), "the model is busy: the request waited Settings.busy_after seconds; retry after Retry-After"),
+    503: ((UnavailableOut,), "not loaded yet, or busy (waited --busy-after s): see reason, retry after Retry-After"),
 }
 
 

@@ -24,10 +24,12 @@ class Settings(BaseSettings):
     db: str | None = None  # (SQLAlchemy URL) the event store; None: store.sqlite in the run
     host: str = "127.0.0.1"  # (str) address to bind; beyond loopback only with an api_key
     api_key: SecretStr | None = None  # (secret) X-API-Key that write and admin routes require; None: open
+    read_key: SecretStr | None = None  # (secret) X-API-Key (or api_key) that reads of personal data need; None: open
     port: int = 8000  # (int) TCP port
     max_body: int = MAX_BODY  # (bytes) larger request bodies are refused with 413
-    busy_after: float = 10.0  # (seconds) a request that waits this long for the model is refused with 503
+    busy_after: float = 10.0  # (seconds) a request that waits this long for the model is refused: 503, reason busy
     follow_every: float = 0.2  # (seconds) how often a worker reads the store's changes (items, version switches)
     ready_lag: float = 5.0  # (seconds) /health/ready answers 503 while a change older than this is not applied
     workers: int = 1  # (int) worker processes (recscope serve --workers); each holds the model
     threads: int = 1  # (int) torch threads per worker (recscope serve --threads)
+    ui_writes: bool = False  # (bool) web view buttons write real events/feedback as the shopper; False: read-only

@@ -2,10 +2,12 @@
 
 It keeps what the live service needs beyond the trained run (DESIGN.md, "Live"): events
 posted by clients (idempotent by their ``event_id``), items added or updated after
-training, every served list (request id, items, scores, model version) and the feedback
-on it, so feedback joins to what was shown. A write that returns has been committed and
-synced: on SQLite the journal is a WAL with ``synchronous=FULL`` (every commit fsyncs the
-log), on PostgreSQL the server's defaults (``fsync``, ``synchronous_commit``) do it.
+training, the items kept out of every list (hidden: the run's items too), every served list
+(request id, items, scores, model version) and the feedback on it (idempotent by the
+client's ``feedback_id`` when it gives one), so feedback joins to what was shown. A write
+that returns has been committed and synced: on SQLite the journal is a WAL with
+``synchronous=FULL`` (every commit fsyncs the log), on PostgreSQL the server's defaults
+(``fsync``, ``synchronous_commit``) do it.
 
 The schema is versioned with Alembic; ``Store.open`` upgrades any database to head.
 Input a client can get wrong raises ``StoreError`` naming the field or id.
@@ -24,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, create_engine, delete, event, or_, select, text
+from sqlalchemy import Engine, and_, create_engine, delete, event, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
@@ -32,7 +34,18 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from recscope.errors import StoreError
-from recscope.serve.models import REQUEST_ID_MAX, Change, Event, Feedback, Item, Served, ServedItem, key
+from recscope.serve.models import (
+    FEEDBACK_ID_MAX,
+    REQUEST_ID_MAX,
+    Change,
+    Event,
+    Feedback,
+    HiddenItem,
+    Item,
+    Served,
+    ServedItem,
+    key,
+)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 STORE_FILE = "store.sqlite"
@@ -45,6 +58,8 @@ _PG_MIGRATION_LOCK = 0x72656373  # pg_advisory_xact_lock key while migrating
 _PG_CHANGE_LOCK = 0x72656374  # ... while writing a change: changes commit in the order of their seq
 _SQLITE_BUSY_SECONDS = 10  # a writer waits this long for another's lock
 _RETRIES = 3  # put_item: another writer added the same item between our read and our insert
+HIDDEN = "hidden"  # an item's state (Store.hide): kept out of every list until shown again
+DELETED = "deleted"  # ... kept out of every list for good (DELETE /items of a trained item)
 
 
 @dataclass(frozen=True)
@@ -70,8 +85,20 @@ class StoredItem:
 @dataclass(frozen=True)
 class StoredChange:
     seq: int  # commit order: a follower that has seen seq n has seen every change up to n
-    kind: str  # "item" (subject: the item id) or "model" (subject: the version to serve)
+    # "item" (added, updated or removed; subject: the item id), "hidden" (hidden or shown again;
+    # the item id) or "model" (subject: the version to serve)
+    kind: str
     subject: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class StoredFeedback:
+    request_id: str
+    user_id: str
+    item_id: str
+    action: str
+    feedback_id: str | None
     created_at: float
 
 
@@ -417,6 +444,29 @@ class Store:
                 for r in rows
             ]
 
+    def users(self) -> list[tuple[str, int]]:
+        """Every user with stored events, with how many, in the order of their first stored event."""
+        first = func.min(Event.id)
+        with self._read() as session:
+            rows = session.execute(
+                select(Event.user_id, func.count(), first).group_by(Event.user_key, Event.user_id).order_by(first)
+            )
+            return [(user_id, int(n)) for user_id, n, _ in rows]
+
+    def event_counts(self, user_ids: Iterable[str]) -> dict[str, int]:
+        """How many events the store holds for each of ``user_ids`` (a user without any is left out)."""
+        wanted = set(user_ids)
+        counts: dict[str, int] = {}
+        with self._read() as session:
+            for chunk in _chunks(sorted({key(u) for u in wanted})):
+                rows = session.execute(
+                    select(Event.user_id, func.count())
+                    .where(Event.user_key.in_(chunk))
+                    .group_by(Event.user_key, Event.user_id)
+                )
+                counts.update((u, int(n)) for u, n in rows if u in wanted)
+        return counts
+
     def forget(self, user_id: str) -> dict[str, int]:
         """Delete a user's events, served lists (with their items) and feedback; returns the counts."""
         user_id = _text(user_id, "user_id")
@@ -438,8 +488,12 @@ class Store:
 
     # -- items added after training ---------------------------------------------------------
 
-    def put_item(self, item_id: str, title: str, attributes: Mapping[str, Any] | None = None) -> bool:
-        """Add or replace an item's title and attributes; True when it is new to the store."""
+    def put_item(
+        self, item_id: str, title: str, attributes: Mapping[str, Any] | None = None, *, hidden: bool | None = None
+    ) -> bool:
+        """Add or replace an item's title and attributes; True when it is new to the store.
+        ``hidden`` (None: as it was) hides it or shows it again in the same transaction, so the
+        item is never seen in a list between the two (see :meth:`hide`)."""
         item_id = _text(item_id, "item_id")
         where = f"item {_show(item_id)}"
         title = _text(title, "title", where)
@@ -464,6 +518,8 @@ class Store:
                     else:
                         row.title, row.attributes, row.updated_at = title, attrs, now
                     self._change(session, "item", item_id)
+                    if hidden is not None:
+                        self._hide(session, item_id, hidden, for_good=False)
                     return row is None
             except IntegrityError:
                 if attempt == _RETRIES - 1:
@@ -492,13 +548,81 @@ class Store:
         with self._read() as session:
             return [_item(r) for r in session.scalars(select(Item).order_by(Item.added_at, Item.item_key))]
 
+    def remove_item(self, item_id: str) -> bool:
+        """Remove an added item from the store (and its hidden flag): every worker drops it from
+        its catalog (a change they follow); its events stay, naming an item no longer known.
+        True when the store held it (nothing changes otherwise)."""
+        item_id = _text(item_id, "item_id")
+        item_key = key(item_id)
+        with self._write() as session:
+            removed = session.execute(delete(Item).where(Item.item_key == item_key)).rowcount
+            if removed:
+                session.execute(delete(HiddenItem).where(HiddenItem.item_key == item_key))
+                self._change(session, "item", item_id)
+            return bool(removed)
+
+    # -- hidden items (the run's too) ------------------------------------------------------
+
+    def hide(self, item_id: str, hidden: bool = True, *, for_good: bool = False) -> str | None:
+        """Keep an item out of every list, in every worker (a change they follow), or let it back
+        in (``hidden`` False). ``for_good``: it can never be shown again (a deleted trained item).
+
+        Returns the item's state after: ``HIDDEN``, ``DELETED`` (hidden for good) or None (shown).
+        Showing an item hidden for good changes nothing and returns ``DELETED``: the caller names
+        the refusal. The store does not know the trained catalog: the caller checks the item."""
+        item_id = _text(item_id, "item_id")
+        with self._write() as session:
+            return self._hide(session, item_id, hidden, for_good=for_good)
+
+    def _hide(self, session: Session, item_id: str, hidden: bool, *, for_good: bool) -> str | None:
+        """:meth:`hide` in the writer's transaction; a change is recorded only when the state changes.
+        Read after taking the writers' turn: two workers hiding one item at once neither insert it
+        twice nor record two changes."""
+        self._serialise_changes(session)
+        row = session.get(HiddenItem, key(item_id))
+        if row is not None and row.for_good:
+            return DELETED
+        if not hidden:
+            if row is not None:
+                session.delete(row)
+                self._change(session, "hidden", item_id)
+            return None
+        if row is None:
+            session.add(HiddenItem(item_key=key(item_id), item_id=item_id, for_good=for_good, hidden_at=time.time()))
+        elif for_good:
+            row.for_good, row.hidden_at = True, time.time()
+        else:
+            return HIDDEN
+        self._change(session, "hidden", item_id)
+        return DELETED if for_good else HIDDEN
+
+    def hidden(self, item_ids: Iterable[str] | None = None) -> dict[str, str]:
+        """The hidden items (among ``item_ids``; None: all of them): item id -> ``HIDDEN`` or ``DELETED``."""
+        with self._read() as session:
+            if item_ids is None:
+                rows = list(session.scalars(select(HiddenItem)))
+            else:
+                keys = sorted({key(i) for i in item_ids})
+                rows = [
+                    r
+                    for chunk in _chunks(keys)
+                    for r in session.scalars(select(HiddenItem).where(HiddenItem.item_key.in_(chunk)))
+                ]
+        return {r.item_id: DELETED if r.for_good else HIDDEN for r in rows}
+
     # -- the change sequence workers follow -------------------------------------------------
 
     def _change(self, session: Session, kind: str, subject: str) -> None:
         """Record a change in the writer's transaction (it commits with the write it describes)."""
-        if self.dialect == "postgresql":  # seq values are drawn before commit: serialise the writers
-            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_CHANGE_LOCK})
+        self._serialise_changes(session)  # seq values are drawn before commit
         session.add(Change(kind=kind, subject=subject, created_at=time.time()))
+
+    def _serialise_changes(self, session: Session) -> None:
+        """Writers of changes take turns until their commit: on PostgreSQL an advisory lock held to
+        the transaction's end (taken again in the same transaction, it is already held); SQLite's
+        writers take turns anyway (``BEGIN IMMEDIATE``)."""
+        if self.dialect == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_CHANGE_LOCK})
 
     def set_serving(self, version: str) -> int:
         """Make ``version`` the model every worker serves; returns the change's seq."""
@@ -604,15 +728,29 @@ class Store:
                 feedback=[(u, i, a) for u, i, a in feedback],
             )
 
-    def add_feedback(self, request_id: str, user_id: str, item_id: str, action: str) -> None:
-        """Record a user's action on an item of a served list; the list must exist and show the item."""
+    def add_feedback(
+        self, request_id: str, user_id: str, item_id: str, action: str, feedback_id: str | None = None
+    ) -> StoredFeedback | None:
+        """Record a user's action on an item of a served list; the list must exist and show the item.
+
+        ``feedback_id`` (the client's; optional) makes the write idempotent: when feedback with that
+        id is stored already, nothing is written and that earlier feedback is returned, for the
+        caller to tell a re-sent copy (same content) from a different one reusing the id. The
+        database enforces it (a unique index): of two writers racing with one id, the second
+        inserts nothing and reads the first's row. None: this feedback was stored now."""
         request_id = _text(request_id, "request_id")
         where = f"feedback on request {_show(request_id)}"
         user_id = _text(user_id, "user_id", where)
         item_id = _text(item_id, "item_id", where)
+        if feedback_id is not None:
+            feedback_id = _text(feedback_id, "feedback_id", where, max_length=FEEDBACK_ID_MAX)
         if action not in ACTIONS:
             raise StoreError(f"{where}: field 'action' is {str(action)[:60]!r}", fix=f"use one of {', '.join(ACTIONS)}")
         with self._write() as session:
+            if feedback_id is not None:
+                earlier = self._feedback_with_id(session, feedback_id)
+                if earlier is not None:
+                    return earlier
             served = session.get(Served, request_id) if len(request_id) <= REQUEST_ID_MAX else None
             if served is None:
                 raise StoreError(
@@ -628,16 +766,42 @@ class Store:
             )
             if shown is None:
                 raise StoreError(f"{where}: field 'item_id' {_show(item_id)} was not in that list")
-            session.add(
-                Feedback(
-                    request_id=request_id,
-                    user_key=key(user_id),
-                    user_id=user_id,
-                    item_id=item_id,
-                    action=action,
-                    created_at=time.time(),
-                )
+            row = {
+                "request_id": request_id,
+                "user_key": key(user_id),
+                "user_id": user_id,
+                "item_id": item_id,
+                "action": action,
+                "created_at": time.time(),
+                "feedback_id": feedback_id,
+            }
+            if feedback_id is None:
+                session.add(Feedback(**row))
+                return None
+            insert = (pg_insert if self.dialect == "postgresql" else sqlite_insert)(Feedback).values(**row)
+            stored = session.scalar(
+                insert.on_conflict_do_nothing(index_elements=[Feedback.feedback_id]).returning(Feedback.id)
             )
+            if stored is None:  # another writer stored this id since our read (it waited for its commit)
+                earlier = self._feedback_with_id(session, feedback_id)
+                assert earlier is not None, "a conflict on feedback_id leaves the other writer's row"
+                return earlier
+            return None
+
+    def feedback(self, feedback_id: str) -> StoredFeedback | None:
+        """The feedback stored with the client's ``feedback_id``, if any."""
+        feedback_id = _text(feedback_id, "feedback_id")
+        if len(feedback_id) > FEEDBACK_ID_MAX:
+            return None
+        with self._read() as session:
+            return self._feedback_with_id(session, feedback_id)
+
+    @staticmethod
+    def _feedback_with_id(session: Session, feedback_id: str) -> StoredFeedback | None:
+        row = session.scalar(select(Feedback).where(Feedback.feedback_id == feedback_id))
+        if row is None:
+            return None
+        return StoredFeedback(row.request_id, row.user_id, row.item_id, row.action, row.feedback_id, row.created_at)
 
     def dismissed(self, user_id: str) -> set[str]:
         """Items this user dismissed: never to be recommended to them again."""

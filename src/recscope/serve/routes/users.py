@@ -1,4 +1,6 @@
-"""A user: their live history, their recommendations and why, and forgetting them."""
+"""Users: who they are (paged), a user's live history, their recommendations and why, and
+forgetting them. A user neither the run nor the store knows (a first visit), or one whose
+history holds no item the catalog knows, gets the fallback list (``source: "fallback"``)."""
 
 from __future__ import annotations
 
@@ -6,11 +8,19 @@ from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.responses import Response
 
-from recscope.serve.deps import ServiceDep, StoreDep, WriteAccess
+from recscope.serve.deps import ReadAccess, ServiceDep, StoreDep, WriteAccess
+from recscope.serve.explanation import Explanation
 from recscope.serve.live import explain_item, serve_list, user_history
-from recscope.serve.schemas import ForgetOut, HistoryItem, HistoryOut, RecommendationsOut, errors
+from recscope.serve.schemas import (
+    ForgetOut,
+    HistoryItem,
+    HistoryOut,
+    RecommendationsOut,
+    UserOut,
+    UsersPage,
+    errors,
+)
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -20,6 +30,22 @@ Exclude = Annotated[list[str], Query(description="an item id never to recommend 
 ExcludeAttribute = Annotated[
     list[str], Query(description='a filter "field=value" (e.g. brand=Voltra): items with it are not recommended')
 ]
+IncludeAttribute = Annotated[
+    list[str],
+    Query(
+        description='a filter "field=value" (e.g. category=Phones, repeatable): only items with it are recommended; '
+        "filters on one field are ORed, on different fields ANDed"
+    ),
+]
+Fallback = Annotated[
+    bool,
+    Query(
+        description="false: an unknown user is 404 and a history without a known item 422, rather than the "
+        "fallback list"
+    ),
+]
+Limit = Annotated[int, Query(ge=1, le=1000, description="users in this page")]
+Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="users before this page")]
 Words = Annotated[
     bool, Query(description="also which words of the titles drive the item, when text drives it (slower: re-encodes)")
 ]
@@ -28,7 +54,32 @@ Counterfactual = Annotated[
 ]
 
 
-@router.get("/{user_id:path}/history", responses=errors(404))
+@router.get("", dependencies=ReadAccess)
+def list_users(svc: ServiceDep, limit: Limit = 100, offset: Offset = 0) -> UsersPage:
+    """Every user the service knows, in pages: the run's users (the order of its training data),
+    then the users only the store knows (posted events, none in the run), in the order of their
+    first event; each with how many events the run and the store hold of theirs. ``total``
+    counts both. A forgotten user (DELETE /users/{id}) of the run is still listed (the run is
+    unchanged) with no stored events; one only the store knew is gone."""
+    rec = svc.recommender
+    run_users, lengths = rec.data.user_ids, rec.data.lengths
+    # Every user the store holds events for, to leave out the run's: O(store users) per page.
+    store_only = [(u, n) for u, n in svc.store.users() if rec.data.find_user(u) is None]
+    first = run_users[offset : offset + limit]
+    counts = svc.store.event_counts(first)
+    page = [
+        UserOut(user_id=u, source="run", run_events=int(lengths[offset + j]), stored_events=counts.get(u, 0))
+        for j, u in enumerate(first)
+    ]
+    start = max(offset - len(run_users), 0)
+    page += [
+        UserOut(user_id=u, source="store", run_events=0, stored_events=n)
+        for u, n in store_only[start : start + limit - len(page)]
+    ]
+    return UsersPage(users=page, total=len(run_users) + len(store_only))
+
+
+@router.get("/{user_id:path}/history", responses=errors(404), dependencies=ReadAccess)
 def history(user_id: str, svc: ServiceDep) -> HistoryOut:
     """Oldest first: the run's training history, then the events stored since."""
     items = [HistoryItem(**asdict(e)) for e in user_history(svc, user_id).items]
@@ -41,7 +92,7 @@ def forget(user_id: str, store: StoreDep) -> ForgetOut:
     return ForgetOut(user_id=user_id, deleted=store.forget(user_id))
 
 
-@router.get("/{user_id:path}/recommendations", responses=errors(404, 503))
+@router.get("/{user_id:path}/recommendations", responses=errors(404, 503), dependencies=ReadAccess)
 def recommendations(
     user_id: str,
     svc: ServiceDep,
@@ -51,9 +102,14 @@ def recommendations(
     counterfactual: Counterfactual = False,
     exclude: Exclude = (),
     exclude_attribute: ExcludeAttribute = (),
+    include_attribute: IncludeAttribute = (),
+    fallback: Fallback = True,
 ) -> RecommendationsOut:
-    """The user's top-``k`` from their live history: owned and dismissed items hidden, and those
-    the exclusion filters name."""
+    """The user's top-``k`` from their live history (``source: "model"``): owned, dismissed and
+    hidden items left out, and those the filters leave out (an unknown field or value is 422
+    naming it). A user neither the run nor the store knows, or whose history holds no item the
+    catalog knows, gets the fallback list under the same filters (``source: "fallback"``,
+    ``fallback``: which list and why) unless ``fallback=false``."""
     return serve_list(
         svc,
         user_id=user_id,
@@ -63,14 +119,18 @@ def recommendations(
         counterfactual=counterfactual,
         exclude=list(exclude),
         exclude_attributes=list(exclude_attribute),
+        include_attributes=list(include_attribute),
+        fallback=fallback,
     )
 
 
-@router.get("/{user_id:path}/recommendations/{item_id:path}/explanation", responses=errors(404, 503))
+@router.get(
+    "/{user_id:path}/recommendations/{item_id:path}/explanation", responses=errors(404, 503), dependencies=ReadAccess
+)
 def explanation(
     user_id: str, item_id: str, svc: ServiceDep, k: K = 10, method: Method = None, words: Words = False
-) -> Response:
-    """The item's ``Explanation.to_json()`` for the user's live history (any item of the catalog);
-    ``words=true`` adds its word attributions (``words``, null when text does not drive it)."""
-    explained = explain_item(svc, user_id, item_id, k=k, method=method, words=words)
-    return Response(explained.to_json(), media_type="application/json")
+) -> Explanation:
+    """The item's explanation for the user's live history (any item of the catalog: its
+    ``status`` says whether it is recommended); ``words=true`` adds its word attributions
+    (``words``, null when text does not drive it)."""
+    return Explanation.of(explain_item(svc, user_id, item_id, k=k, method=method, words=words))

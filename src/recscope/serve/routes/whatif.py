@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from recscope.serve.deps import NotFound, ServiceDep
+from recscope.serve.deps import NotFound, ReadAccess, ServiceDep
 from recscope.serve.live import dismissed
 from recscope.serve.schemas import WhatIfIn, WhatIfOut, errors
 
 router = APIRouter(prefix="/what-if", tags=["what-if"])
 
 
-@router.post("", responses=errors(404, 503))
+@router.post("", responses=errors(404, 503), dependencies=ReadAccess)
 def what_if(body: WhatIfIn, svc: ServiceDep) -> WhatIfOut:
     """``Recommender.what_if`` on the live history (training history + stored events), dismissed
     items hidden before and after; removing an item the history does not hold is 422 naming it,
