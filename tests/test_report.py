@@ -13,6 +13,7 @@ from conftest import HOSTILE_BRAND, HOSTILE_TITLE, HOSTILE_USER, LONG_USER
 from recscope.cli import app
 from recscope.explain.api import METHODS
 from recscope.recommend import Recommender
+from recscope.viz.plain import in_ten
 from recscope.viz.report import payload
 
 runner = CliRunner()
@@ -122,6 +123,16 @@ def test_faithfulness_and_merchant_view_are_in_the_page(report_run):
     assert 0 < view["coverage"]["share"] <= 1
     fields = {d["field"] for d in view["drivers"]}
     assert {"id", "brand", "category"} <= fields
+    # weighed by the method explain-eval chose for the run, and saying so; shares of the push
+    assert view["method"] == view["fields_method"] == view["default_method"] == data["default_method"]
+    assert view["method"] == faith["default"]
+    shares = [d["share"] for d in view["drivers"]]
+    assert 0.5 < sum(shares) <= 1 + 1e-9 and shares == sorted(shares, reverse=True)
+    # the measurements in words, for every method measured
+    words = data["trust"]
+    assert set(words["methods"]) == set(METHODS) and words["measured_on"].startswith("the top 10 of 30 test shoppers")
+    exit_rate = faith["methods"][faith["default"]]["topk_exit_rate"]
+    assert f"in {in_ten(exit_rate)} cases" in words["methods"][faith["default"]]["lead"]
 
 
 def test_figures_are_written_beside_the_page(report_run):

@@ -4,6 +4,7 @@ to clicks and to the method, layer and head controls, and runs nothing that came
 import pytest
 
 from conftest import HOSTILE_TITLE, HOSTILE_USER, LONG_USER, TINY, playwright_or_skip
+from recscope.viz.plain import in_ten
 
 playwright_or_skip()
 
@@ -79,9 +80,42 @@ def test_the_attribute_bars_follow_the_method_and_say_where_they_come_from(page)
     note = page.text_content("#attributes-note")
     assert "by shapley" in note and "attention has no notion of fields" in note
     assert bars() == shapley
-    assert "own score goes from" in page.text_content("#counterfactual") or "never dropped" in page.text_content(
-        "#counterfactual"
-    )
+    said = page.text_content("#counterfactual")
+    assert any(words in said for words in ("what keeps it there", "not because", "never dropped")), said
+    assert page.errors == []
+
+
+def test_figures_read_as_words_with_the_numbers_one_step_away(page):
+    """How faithful: sentences from the run's measurements first, the table in a closed details;
+    the merchant view says which method weighed it; weights read as shares, the units in tooltips."""
+    data = page.evaluate("JSON.parse(document.getElementById('data').textContent)")
+    default = data["default_method"]
+    exit_rate = data["faithfulness"]["methods"][default]["topk_exit_rate"]
+    page.click("nav button[data-tab=faithfulness]")
+    words = page.locator("#faith-words li")
+    assert words.count() == len(data["faithfulness"]["methods"]) and words.first.get_attribute("data-method") == default
+    lead = words.first.text_content()
+    assert f"Take away the 3 past items {default} weighs most and the recommended item drops out of the top 10" in lead
+    assert f"in {in_ten(exit_rate)} cases" in lead and "default" in lead
+    assert page.is_hidden("#faith-table") and page.locator("#faith-table tbody tr").count() == 6
+    page.click("#faith-details summary")
+    assert page.is_visible("#faith-table") and page.is_visible("#deletion svg")
+    page.screenshot(path="/tmp/ui-report-faithfulness.png", full_page=True)
+    page.click("nav button[data-tab=merchant]")
+    note = page.text_content("#merchant-note")
+    assert data["merchant"]["method"] == default
+    assert f"Weighed by {default}, the run's default method (the most faithful in its measurements)." in note
+    assert page.text_content("#merchant-method") == f"Weighed by {default}"
+    values = page.eval_on_selector_all("#drivers svg text.muted", "ts => ts.map(t => t.textContent)")
+    assert values and all(v.split()[0].endswith("%") and "of recs" in v for v in values), values
+    page.screenshot(path="/tmp/ui-report-merchant.png", full_page=True)
+    page.click("nav button[data-tab=why]")
+    cells = page.eval_on_selector_all("#heatmap svg text[text-anchor=middle]", "ts => ts.map(t => t.textContent)")
+    assert cells and all(c.endswith("%") for c in cells)
+    trust = page.text_content("#trust-lead")
+    assert trust.startswith(data["trust"]["methods"][default]["lead"])
+    assert "score units" not in page.text_content("#tab-why").replace("in the model's score units)", "")
+    page.screenshot(path="/tmp/ui-report-why.png", full_page=True)
     assert page.errors == []
 
 

@@ -1,11 +1,15 @@
 """The live web view's routes (GET /ui and its data and search routes) over a tiny run whose
-catalog holds hostile titles and ids; the page in a real browser is tests/test_ui_browser.py."""
+catalog holds hostile titles and ids: read-only by default (what-if answers, nothing stored, not
+even the list shown), writing only with ``ui_writes``; the page in a real browser is
+tests/test_ui_browser.py."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import re
+import sqlite3
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -24,10 +28,29 @@ def rec(hostile_run) -> Recommender:
 
 
 @pytest.fixture(scope="module")
-def client(hostile_run, tmp_path_factory):
-    db = f"sqlite:///{tmp_path_factory.mktemp('ui-store') / 'store.sqlite'}"
-    with TestClient(create_app(Settings(run=hostile_run, db=db))) as c:
+def store_file(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ui-store") / "store.sqlite"
+
+
+@pytest.fixture(scope="module")
+def client(hostile_run, store_file):
+    """The service as `recscope serve` starts it: the page read-only."""
+    with TestClient(create_app(Settings(run=hostile_run, db=f"sqlite:///{store_file}"))) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def writer(hostile_run, tmp_path_factory):
+    """The service started with --ui-writes: the page acts as the shopper."""
+    db = f"sqlite:///{tmp_path_factory.mktemp('ui-writes') / 'store.sqlite'}"
+    with TestClient(create_app(Settings(run=hostile_run, db=db, ui_writes=True))) as c:
+        yield c
+
+
+def rows(store_file: Path) -> dict[str, int]:
+    """How many rows each table of the store holds that a page's click could add."""
+    with sqlite3.connect(store_file) as db:
+        return {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("events", "served", "feedback")}
 
 
 def _data(response) -> dict:
@@ -56,12 +79,15 @@ def test_the_page_carries_its_code_inline_under_a_strict_policy(client):
     assert not re.search(r"<(script|link|img|iframe)[^>]*(src|href)=(?!\"data:)", html), "nothing fetched by markup"
     assert not re.search(r"https?://", html.replace("http://www.w3.org/2000/svg", "")), "no external URL"
     assert page.headers["x-content-type-options"] == "nosniff" and page.headers["cache-control"] == "no-store"
+    # read-only unless started with --ui-writes, and it says so before any script runs
+    assert '<body class="live" data-writes="off">' in html and "Read-only: nothing you do here is stored." in html
+    assert "Acting as the shopper" not in html
     # the shared "why" markup report.js draws into, with the live page's own parts around it
     for element in ("heatmap", "attention", "bars-history", "counterfactual", "method", "layer", "head", "changes"):
         assert f'id="{element}"' in html
 
 
-def test_shopper_data_is_the_report_contract_for_the_served_list(client, rec):
+def test_shopper_data_is_the_report_contract_for_the_served_list(client, writer, rec):
     data = _data(client.get("/ui/data", params={"user": USER, "k": 5}))
     case = data["histories"][0]
     method = rec.default_method()
@@ -74,12 +100,56 @@ def test_shopper_data_is_the_report_contract_for_the_served_list(client, rec):
     assert case["length"] == len(rec.history(USER)) and data["live"]["events"] == case["length"]
     assert {"layers", "heads", "methods", "default_method"} <= set(data) and data["title"].startswith("recscope live: ")
     assert len(case["attention"]) == data["layers"] and len(case["attention"][0]) == data["heads"]
-    # the list is served like any other: feedback names it by its request id
+    assert data["live"]["request_id"] is None, "a read-only page logs no served list"
+    # with writes on, the list is served like any other: feedback names it by its request id
+    data = _data(writer.get("/ui/data", params={"user": USER, "k": 5}))
     feedback = {"request_id": data["live"]["request_id"], "user_id": USER, "item_id": _recs(data)[1]}
-    assert client.post("/feedback", json={**feedback, "action": "click"}).status_code == 201
+    assert writer.post("/feedback", json={**feedback, "action": "click"}).status_code == 201
 
 
-def test_a_purchase_and_a_dismissal_change_the_next_data(client):
+def test_with_writes_on_the_page_says_it_acts_as_the_shopper(writer):
+    html = writer.get("/ui").text
+    assert '<body class="live" data-writes="on">' in html and "Acting as the shopper." in html
+    words = " ".join(html.split())
+    assert "write real events and feedback for the shopper shown" in words and "Read-only:" not in html
+
+
+def test_what_if_is_answered_and_nothing_is_stored(client, store_file, rec):
+    """Read-only, the page's buttons ask GET /ui/data with add= and hide=: the answer is what
+    POST /what-if says the list would become, and the store gains no row, not even a served list."""
+    user = "U00021"
+    before = rows(store_file)
+    real = _data(client.get("/ui/data", params={"user": user}))
+    bought = _recs(real)[0]
+    what_if = _data(client.get("/ui/data", params={"user": user, "add": [bought]}))
+    expected = client.post("/what-if", json={"user_id": user, "add": [bought]}).json()
+    assert _recs(what_if) == [r["item_id"] for r in expected["after"]] and _recs(real) == [
+        r["item_id"] for r in expected["before"]
+    ]
+    case = what_if["histories"][0]
+    assert case["history"][-1]["id"] == bought and case["length"] == real["histories"][0]["length"] + 1
+    assert what_if["live"]["recent"][0] == {
+        "id": bought,
+        "title": rec.data.title(rec.data.item_index(bought)),
+        "event": "purchase",
+        "source": "request",
+    }
+    assert what_if["live"]["simulated"] == {"add": [bought], "hide": []} and what_if["live"]["request_id"] is None
+    # a simulated dismissal hides the item; the rest move up by one
+    hidden = _data(client.get("/ui/data", params={"user": user, "hide": _recs(real)[1]}))
+    assert _recs(hidden)[:9] == _recs(real)[:1] + _recs(real)[2:10]
+    assert hidden["live"]["dismissed"] == [] and hidden["live"]["simulated"]["hide"] == [_recs(real)[1]]
+    # an anonymous session rides along the same way: add= is its history
+    history = [rec.data.item_ids[i] for i in rec.history(USER)[:4]]
+    session = _data(client.get("/ui/data", params={"add": history, "hide": ["P0005"], "k": 6}))
+    posted = _data(client.post("/ui/data", json={"history": history, "exclude": ["P0005"], "k": 6}))
+    assert _recs(session) == _recs(posted) and session["live"]["user"] is None and "P0005" not in _recs(session)
+    assert rows(store_file) == before, "a read-only page stored something"
+    assert client.get("/ui/data", params={"user": user}).json()["histories"][0]["recs"] == real["histories"][0]["recs"]
+
+
+def test_a_purchase_and_a_dismissal_change_the_next_data(writer):
+    client = writer
     user = "U00011"
     before = _recs(_data(client.get("/ui/data", params={"user": user})))
     event = {"event_id": "ui-buy-1", "user_id": user, "item_id": before[0], "event": "purchase"}
@@ -137,7 +207,13 @@ def test_bad_input_is_refused_with_what_to_do(client):
     assert bogus.status_code == 422 and "bogus" in bogus.json()["error"] and "shapley" in bogus.json()["fix"]
     unknown = client.post("/ui/data", json={"history": ["NOPE-1", "NOPE-2"]})
     assert unknown.status_code == 422 and "NOPE-1" in unknown.json()["error"] and unknown.json()["fix"]
-    for params, field in (({}, "user"), ({"user": ""}, "user"), ({"user": USER, "k": 0}, "k")):
+    nothing = client.get("/ui/data")
+    assert nothing.status_code == 422 and "neither user nor add" in nothing.json()["error"]
+    assert "add=ITEM" in nothing.json()["fix"]
+    unknown = client.get("/ui/data", params={"user": USER, "add": ["NOPE-1"]})
+    assert unknown.status_code == 404 and "NOPE-1" in unknown.json()["error"] and "P00" in unknown.json()["fix"]
+    many = {"user": USER, "add": ["P0005"] * 101}
+    for params, field in (({"user": ""}, "user"), ({"user": USER, "k": 0}, "k"), (many, "add")):
         refused = client.get("/ui/data", params=params)
         assert refused.status_code == 422 and field in [e["loc"][-1] for e in refused.json()["detail"]]
     for body, field in (({"history": []}, "history"), ({"history": ["P0005"], "colour": 1}, "colour")):
@@ -178,3 +254,14 @@ def test_with_an_api_key_the_page_and_its_data_stay_open(hostile_run, tmp_path):
         event = {"events": [{"event_id": "ui-k", "user_id": USER, "item_id": "P0005", "event": "view"}]}
         assert keyed.post("/events", json=event).status_code == 401, "what the page posts needs the key"
         assert keyed.post("/events", json=event, headers={"X-API-Key": "ui-key-5"}).status_code == 200
+
+
+def test_with_a_read_key_shoppers_data_needs_it(hostile_run, tmp_path):
+    """Who the shoppers are and what they did is personal data: behind the read key when the service
+    has one (the page asks for it and sends it on every request); the page and the catalog stay open."""
+    settings = Settings(run=hostile_run, db=f"sqlite:///{tmp_path / 'read.sqlite'}", read_key="ui-read-7")
+    with TestClient(create_app(settings)) as keyed:
+        assert keyed.get("/ui").status_code == 200 and keyed.get("/ui/items", params={"q": "P00"}).status_code == 200
+        for path, params in (("/ui/data", {"user": USER}), ("/ui/shoppers", {})):
+            assert keyed.get(path, params=params).status_code == 401
+            assert keyed.get(path, params=params, headers={"X-API-Key": "ui-read-7"}).status_code == 200

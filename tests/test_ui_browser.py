@@ -1,14 +1,19 @@
-"""The live web view in a real browser (Debian's chromium driven by Playwright) against a real
-`recscope serve` process on 127.0.0.1: a purchase changes the top-K and the page says why, the
-buttons and the catalog search post what they should, nothing leaves the host, no console error,
-and hostile titles and ids run nothing and show as text."""
+"""The live web view in a real browser (Debian's chromium driven by Playwright) against real
+`recscope serve` processes on 127.0.0.1. As started by default the page is read-only: every button
+clicked, no write request leaves it and the store gains nothing, while its "what if" buttons show
+what a purchase or a dismissal would change. Started with --ui-writes it says it acts as the
+shopper, a purchase is stored, changes the top-K and the page says why. Nothing leaves the host,
+no console error, and hostile titles and ids run nothing and show as text."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
+import httpx2 as httpx
 import pytest
 
 from conftest import HOSTILE_ID, HOSTILE_TITLE, HOSTILE_USER, LONG_TITLE, RTL_TITLE, playwright_or_skip
@@ -21,28 +26,65 @@ expect = playwright_or_skip().expect
 
 
 @pytest.fixture(scope="module")
-def base(hostile_run, tmp_path_factory) -> str:
-    """A `recscope serve` process over the hostile run, on a free loopback port."""
+def measured_run(hostile_run, tmp_path_factory) -> Path:
+    """The hostile run with its faithfulness measured (recscope explain-eval), so the pages have
+    something to say about how far to trust each method."""
+    from typer.testing import CliRunner
+
+    from recscope.cli import app
+
+    run = tmp_path_factory.mktemp("ui-measured") / "run"
+    shutil.copytree(hostile_run, run)
+    result = CliRunner().invoke(app, ["explain-eval", str(run), "--users", "20", "--word-users", "0"])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture(scope="module")
+def served(measured_run, tmp_path_factory) -> tuple[str, Path]:
+    """A `recscope serve` process over the hostile run, as started by default (read-only page), on a
+    free loopback port; and its store's file."""
     root = tmp_path_factory.mktemp("ui-browser")
-    with Server(hostile_run, "--db", f"sqlite:///{root / 'store.sqlite'}", log=root / "serve.log") as server:
-        yield server.base
+    store = root / "store.sqlite"
+    with Server(measured_run, "--db", f"sqlite:///{store}", log=root / "serve.log") as server:
+        yield server.base, store
+
+
+@pytest.fixture(scope="module")
+def base(served) -> str:
+    return served[0]
+
+
+@pytest.fixture(scope="module")
+def writes(measured_run, tmp_path_factory) -> tuple[str, Path]:
+    """The same, started with --ui-writes: the page acts as the shopper."""
+    root = tmp_path_factory.mktemp("ui-browser-writes")
+    store = root / "store.sqlite"
+    with Server(measured_run, "--db", f"sqlite:///{store}", "--ui-writes", log=root / "serve.log") as server:
+        yield server.base, store
+
+
+def rows(store: Path) -> dict[str, int]:
+    """What a click could add to the store: events, served lists and feedback."""
+    with sqlite3.connect(store) as db:
+        return {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("events", "served", "feedback")}
 
 
 @pytest.fixture
-def page(browser, base):
+def page(browser):
     """A fresh tab (its own sessionStorage) recording every console error and request."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
-    page.errors, page.requests = [], []
+    page.errors, page.requests, page.methods = [], [], []
     page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: page.errors.append(str(e)))
-    page.on("request", lambda r: page.requests.append(r.url))
+    page.on("request", lambda r: (page.requests.append(r.url), page.methods.append((r.method, r.url))))
     yield page
     context.close()
 
 
 def listed(page) -> list[str]:
-    return page.eval_on_selector_all("#recs li button[data-action=view]", "bs => bs.map(b => b.dataset.item)")
+    return page.eval_on_selector_all("#recs li button[data-action=purchase]", "bs => bs.map(b => b.dataset.item)")
 
 
 def open_shopper(page, base: str, user: str) -> list[str]:
@@ -68,7 +110,96 @@ def stayed_home(page, base: str) -> None:
     assert page.requests and all(url.startswith(base + "/") for url in page.requests), "a request left the host"
 
 
-def test_buying_an_item_changes_the_top_k_and_the_page_says_why(page, base):
+def writes_sent(page) -> list[tuple[str, str]]:
+    return [(method, url) for method, url in page.methods if method not in ("GET", "HEAD", "OPTIONS")]
+
+
+def test_read_only_every_button_sends_no_write_and_stores_nothing(page, served):
+    """The default page, every button clicked: only GET requests, the store unchanged, the real
+    shopper's history unchanged, and the what-if answers shown as simulations."""
+    base, store = served
+    before = rows(store)
+    history = httpx.get(f"{base}/users/{USER}/history").json()["items"]
+    page.goto(f"{base}/ui")
+    expect(page.locator("#mode")).to_contain_text("Read-only: nothing you do here is stored.")
+    page.locator("#suggested button").first.click()  # a suggested shopper
+    page.wait_for_selector("#recs li button[data-action=purchase]")
+    first = page.text_content("#shopper-title")
+    page.screenshot(path=str(SHOTS / "ui-readonly-open.png"), full_page=True)
+    open_shopper(page, base, USER)
+    for label in ("What if they buy it?", "What if not interested?"):
+        assert page.locator("#recs li").first.get_by_role("button", name=label, exact=True).count() == 1
+    for label in ("View", "Buy", "Not interested"):
+        assert page.locator("#recs li").first.get_by_role("button", name=label, exact=True).count() == 0
+    real = listed(page)
+    bought = page.text_content("#recs li:nth-child(1) .title")
+    act(page, "#recs li:nth-child(1) button[data-action=purchase]")
+    lead = page.text_content("#changes-lead")
+    assert lead.startswith(f"What if shopper {USER} bought “\u2068{bought}\u2069”?") and "nothing was stored" in lead
+    assert real[0] not in listed(page) and page.is_visible("#simulation")
+    assert page.locator("#recent li").first.locator(".tag").text_content() == "what if: bought"
+    page.screenshot(path=str(SHOTS / "ui-readonly-whatif.png"), full_page=True)
+    # every what-if button of every item, as the list stands after each click
+    for n in range(1, 11):
+        for action in ("purchase", "dismiss"):
+            button = f"#recs li:nth-child({n}) button[data-action={action}]"
+            if page.locator(button).count():
+                act(page, button)
+    assert "Simulating 11 purchases and 10 dismissals" in page.text_content("#simulation-note")
+    page.fill("#search", "p0010")
+    wait_for_result(page, "P0010")
+    act(page, "#results li button")
+    # how far to trust the weights, in words from the run's measurements; the numbers one click away
+    words = httpx.get(f"{base}/ui/data", params={"user": USER}).json()["trust"]
+    default = words["default"]
+    assert page.text_content("#trust-lead").startswith(words["methods"][default]["lead"])
+    assert f"Take away the 3 past items {default} weighs most and the recommended item drops out of the top 10 in" in (
+        page.text_content("#trust-lead")
+    )
+    assert page.is_hidden("#trust-table")
+    page.click("#trust summary")
+    assert page.is_visible("#trust-table") and "Kendall tau" in page.text_content("#trust-table")
+    page.screenshot(path=str(SHOTS / "ui-readonly-trust.png"), full_page=True)
+    page.select_option("#method", value="occlusion")
+    page.wait_for_selector("body:not([aria-busy])")
+    act(page, "#reset-simulation")
+    assert listed(page) == real and page.is_hidden("#simulation"), "back to the real history"
+    act(page, "#open")
+    page.click("#anonymous")
+    page.fill("#search", "p0011")
+    wait_for_result(page, "P0011")
+    act(page, "#results li button")
+    for action in ("purchase", "dismiss"):
+        act(page, f"#recs li:nth-child(1) button[data-action={action}]")
+    assert "Kept in this tab only." in page.text_content("#changes-lead")
+    clicked = page.evaluate("document.querySelectorAll('button').length")
+    assert clicked >= 25 and first
+    assert writes_sent(page) == [], "a read-only page sent a write request"
+    assert rows(store) == before, "a read-only page stored something"
+    assert httpx.get(f"{base}/users/{USER}/history").json()["items"] == history
+    stayed_home(page, base)
+
+
+def test_with_writes_on_the_banner_says_so_and_a_click_is_stored(page, writes):
+    base, store = writes
+    before = rows(store)
+    open_shopper(page, base, "U00031")
+    expect(page.locator("#mode")).to_contain_text("Acting as the shopper.")
+    assert page.locator("#mode").is_visible() and "--ui-writes" in page.text_content("#mode")
+    page.screenshot(path=str(SHOTS / "ui-writes-open.png"), full_page=False)
+    item = listed(page)[0]
+    act(page, "#recs li:nth-child(1) button[data-action=purchase]")
+    assert [m for m, _ in writes_sent(page)] == ["POST", "POST"]  # the event, then feedback on the list
+    after = rows(store)
+    assert after["events"] == before["events"] + 1 and after["feedback"] == before["feedback"] + 1
+    assert after["served"] == before["served"] + 2, "the list shown before and after the purchase"
+    stored = httpx.get(f"{base}/users/U00031/history").json()["items"]
+    assert (stored[-1]["item_id"], stored[-1]["event"], stored[-1]["source"]) == (item, "purchase", "store")
+    stayed_home(page, base)
+
+
+def test_buying_an_item_changes_the_top_k_and_the_page_says_why(page, writes):
+    base = writes[0]
     before = open_shopper(page, base, USER)
     page.screenshot(path=str(SHOTS / "recscope_ui_open.png"), full_page=True)
     assert len(before) == 10 and page.text_content("#shopper-title") == f"Shopper {USER}"
@@ -95,7 +226,8 @@ def test_buying_an_item_changes_the_top_k_and_the_page_says_why(page, base):
     stayed_home(page, base)
 
 
-def test_not_interested_and_view_post_and_redraw(page, base):
+def test_not_interested_and_view_post_and_redraw(page, writes):
+    base = writes[0]
     user = "U00013"
     before = open_shopper(page, base, user)
     act(page, "#recs li:nth-child(2) button[data-action=dismiss]")
@@ -108,7 +240,7 @@ def test_not_interested_and_view_post_and_redraw(page, base):
     # a method switch asks the service again and redraws the heatmap with that method
     cells = page.eval_on_selector_all("#heatmap svg text", "ts => ts.map(t => t.textContent)")
     page.select_option("#method", value="occlusion")
-    expect(page.locator("#heatmap-note")).to_contain_text("occlusion attribution")
+    expect(page.locator("#heatmap-note")).to_contain_text("moved the recommendation, by occlusion;")
     assert page.eval_on_selector_all("#heatmap svg text", "ts => ts.map(t => t.textContent)") != cells
     page.select_option("#layer", value="0")
     page.select_option("#head", value="1")
@@ -123,7 +255,8 @@ def test_an_anonymous_shopper_builds_a_history_from_the_catalog_search(page, bas
     page.fill("#search", "p0010")
     wait_for_result(page, "P0010")
     act(page, "#results li button")
-    assert "added" in page.text_content("#changes-lead") and "P0010" not in listed(page)
+    lead = page.text_content("#changes-lead")
+    assert lead.startswith("What if this anonymous shopper bought") and "P0010" not in listed(page)
     before = listed(page)
     act(page, "#recs li:nth-child(1) button[data-action=purchase]")
     assert listed(page) != before and "kept in this tab only" in page.text_content("#shopper-note")

@@ -585,11 +585,17 @@ def drivers_chart(view: dict, path: str | Path, top: int = 15, title: str | None
     """Which attribute values drive recommendations: one bar per value, coloured by field.
 
     ``view["drivers"]``: ``[{"label", "field", "weight" (mean contribution per
-    recommendation), "count"}]``; the ``top`` largest weights are shown, largest at top.
+    recommendation), "share" (optional: its part of all the push), "count"}]``; the ``top``
+    largest weights are shown, largest at top. With shares, a bar is the value's share of all the
+    push behind the recommendations (negative: it pushed them down), as the report's page shows it.
     """
     drivers = sorted(view.get("drivers") or [], key=lambda d: -float(d.get("weight", 0.0)))
     shown = drivers[:top]
-    values = [float(d.get("weight", 0.0)) for d in shown]
+    shares = bool(shown) and all(d.get("share") is not None for d in shown)
+    values = [
+        math.copysign(float(d["share"]), float(d.get("weight", 0.0))) if shares else float(d.get("weight", 0.0))
+        for d in shown
+    ]
     fields = [str(d.get("field", "other")) for d in shown]
     colours = _colours(fields, FIELD_ORDER)
 
@@ -600,7 +606,7 @@ def drivers_chart(view: dict, path: str | Path, top: int = 15, title: str | None
     ax.invert_yaxis()
     ax.axvline(0, color="#333333", linewidth=0.9)
     counts = [d.get("count") for d in shown]
-    _value_labels(ax, positions, values, horizontal=True)
+    _value_labels(ax, positions, values, horizontal=True, fmt=_percent if shares else _fmt)
     _pad_limits(ax, values, horizontal=True, room=0.3)
     for p, v, c in zip(positions, values, counts, strict=True):
         if c is not None and math.isfinite(v):
@@ -615,7 +621,11 @@ def drivers_chart(view: dict, path: str | Path, top: int = 15, title: str | None
                 fontsize=7,
                 color=BASELINE,
             )
-    ax.set_xlabel("mean contribution per recommendation (model score)")
+    if shares:
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.set_xlabel("share of all that pushed the recommendations (negative: pushed them down)")
+    else:
+        ax.set_xlabel("mean contribution per recommendation (model score)")
     ax.tick_params(axis="y", length=0)
     ax.spines["left"].set_visible(False)
     if not shown:

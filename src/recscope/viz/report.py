@@ -41,6 +41,7 @@ from recscope.explain.attention import attention_maps
 from recscope.files import atomic_write
 from recscope.insights import WHOLE_ITEM_FIELDS, global_view
 from recscope.progress import track
+from recscope.viz.plain import trust
 
 ASSETS = resources.files("recscope.viz") / "assets"
 TOP_DRIVERS = 60
@@ -65,20 +66,22 @@ def build_report(
     k: int = 10,
     methods: list[str] | None = None,
     merchant_users: list[str] | None = None,
+    merchant_method: str | None = None,
     figures: bool = True,
     console=None,
 ) -> Path:
     """Write ``out_dir/index.html`` (and ``out_dir/figures/``); returns the page's path.
 
     ``users`` (own ids) are explained from their whole histories; ``cases`` adds any
-    history. ``merchant_users`` (default: the same users) feed the merchant view.
+    history. ``merchant_users`` (default: the same users) feed the merchant view, whose attribute
+    values are weighed by ``merchant_method`` (default: the run's default method).
     """
     cases = [Case(f"user {u}", user=u) for u in users or []] + list(cases or [])
     if not cases:
         raise RunError("the report needs at least one user", fix="pass --users ID,ID or --sample N")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = report_data(rec, cases, k=k, methods=methods, merchant_users=merchant_users)
+    data = report_data(rec, cases, k=k, methods=methods, merchant_users=merchant_users, merchant_method=merchant_method)
     if figures:
         data["figures"] = write_figures(data, out_dir / "figures")
     page = out_dir / "index.html"
@@ -91,7 +94,13 @@ def build_report(
 
 # ------------------------------------------------------------------------------ data
 def report_data(
-    rec, cases: list[Case], *, k: int = 10, methods: list[str] | None = None, merchant_users: list[str] | None = None
+    rec,
+    cases: list[Case],
+    *,
+    k: int = 10,
+    methods: list[str] | None = None,
+    merchant_users: list[str] | None = None,
+    merchant_method: str | None = None,
 ) -> dict:
     methods = page_methods(rec, methods)
     default = rec.default_method()
@@ -105,7 +114,7 @@ def report_data(
         explained = {m: rec.explain(history=ids, top=k, k=k, method=m, words=m == default) for m in methods}
         histories.append(history_data(rec, hist, explained, default, label=case.label, user=case.user, note=case.note))
     merchant_users = merchant_users or [c.user for c in cases if c.user is not None]
-    merchant = global_view(rec, merchant_users, k=k) if merchant_users else None
+    merchant = global_view(rec, merchant_users, k=k, method=merchant_method) if merchant_users else None
     if merchant is not None:
         merchant["drivers"] = merchant["drivers"][:TOP_DRIVERS]  # the page shows 15; the rest is weight
     return {
@@ -128,7 +137,9 @@ def page_methods(rec, methods: list[str] | None = None) -> list[str]:
 
 
 def page_header(rec, k: int, methods: list[str], page: str = "report") -> dict:
-    """What the page says about the run and offers as controls (the methods, layers and heads)."""
+    """What the page says about the run and offers as controls (the methods, layers and heads),
+    and how far each method's weights can be trusted, in words (``trust``, from the run's
+    faithfulness measurements; None before ``recscope explain-eval``)."""
     return {
         "title": f"recscope {page}: {rec.data.name}" + (f" ({rec.path.name})" if rec.path else ""),
         "run": _run_summary(rec),
@@ -141,6 +152,7 @@ def page_header(rec, k: int, methods: list[str], page: str = "report") -> dict:
         "layers": rec.config.model.n_layers,
         "heads": rec.config.model.n_heads * rec.config.model.towers,  # every tower's heads, tower by tower
         "towers": rec.config.model.towers,
+        "trust": trust(rec.info.state.explain_eval),
     }
 
 
@@ -306,16 +318,22 @@ def write_figures(data: dict, directory: Path) -> list[str]:
         # as on the page: attribute values in the chart, the item's own id / text in the title
         whole = [d for d in view["drivers"] if d["field"] in WHOLE_ITEM_FIELDS]
         values = dict(view, drivers=[d for d in view["drivers"] if d["field"] not in WHOLE_ITEM_FIELDS])
-        title = f"What drives recommendations ({view['users']:,} users, top-{view['k']}, {view['method']})"
+        title = f"What drives recommendations ({view['users']:,} users, top-{view['k']}, {_weighed_by(view)})"
         if whole:
-            title += "\nbeside these, per recommendation: " + ", ".join(
-                f"item {d['label']} {d['weight']:+.2f}" for d in whole
+            title += "\nbeside these, of all the push: " + ", ".join(
+                f"the items' own {d['label']} {100 * d['share']:.0f}%" for d in whole
             )
         written.append(F.drivers_chart(values, directory / "drivers.png", title=title))
         for field in view["recommended"]:
             written.append(F.recommended_mix(view, directory / f"mix_{_slug(field)}.png", field=field))
         written.append(F.popularity_chart(view, directory / "popularity.png"))
     return [str(p.relative_to(directory.parent)) for p in written]
+
+
+def _weighed_by(view: dict) -> str:
+    """Which method weighed a merchant view's values, e.g. "by shapley" or "by attention (its values by shapley)"."""
+    fields = view.get("fields_method") or view["method"]
+    return f"by {view['method']}" + (f" (its values by {fields})" if fields != view["method"] else "")
 
 
 def _slug(text: str) -> str:

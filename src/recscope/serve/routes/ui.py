@@ -1,12 +1,21 @@
 """The live web view: ``GET /ui`` (``/ui?user=ID`` opens that shopper) is one page that draws a
-shopper's live top-K with the report's renderer (``viz/assets/report.js``) and posts what the
-shopper does (``POST /events``, ``POST /feedback``) before drawing again.
+shopper's live top-K with the report's renderer (``viz/assets/report.js``).
 
-``GET /ui/data?user=ID`` (a shopper's live history) and ``POST /ui/data`` (an anonymous
-session's history, kept by the page) answer the report's data contract for that one case, with
-``live`` beside it: the served list's ``request_id`` (for feedback), the model version, the
-latest events and what was skipped. ``GET /ui/items?q=`` and ``GET /ui/shoppers?q=`` feed the
-page's search boxes. The page asks for nothing beyond this origin: its scripts and styles are
+Read-only unless the service was started with ``recscope serve --ui-writes``
+(``Settings.ui_writes``): a merchant exploring real shoppers must not change what they are
+recommended. Read-only, the page sends GET requests only; its buttons ask "what if they bought
+this" or "what if they were not interested in it" of ``GET /ui/data?user=ID&add=...&hide=...``,
+which explains the shopper's live history with those actions appended (or hidden) and stores
+nothing, not even the list it showed. With writes on, the page says so in a banner and its View,
+Buy and Not interested buttons post real events and feedback (``POST /events``, ``POST
+/feedback``) for the shopper shown.
+
+``GET /ui/data`` answers the report's data contract for that one case, with ``live`` beside it:
+the model version, the served list's ``request_id`` (for feedback; only a real shopper's list on a
+page that writes is logged, else null), the latest events, what was skipped and what is
+simulated. Without ``user``, ``add`` is an anonymous session's history (kept by the page, in its
+tab); ``POST /ui/data`` takes one as a body. ``GET /ui/items?q=`` and ``GET /ui/shoppers?q=`` feed
+the page's search boxes. The page asks for nothing beyond this origin: its scripts and styles are
 inline and allowed by hash in a Content-Security-Policy header, and it fetches only ``connect-src
 'self'``.
 """
@@ -14,21 +23,24 @@ inline and allowed by hash in a Content-Security-Policy header, and it fetches o
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
 from typing import Annotated
 
 import jinja2
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from markupsafe import Markup
 from pydantic import Field
 
 from recscope.data import Dataset
-from recscope.histories import Event
+from recscope.errors import DataError
+from recscope.histories import Event, History, resolve
 from recscope.recommend import Recommender
-from recscope.serve.deps import Service, ServiceDep
+from recscope.serve.deps import NotFound, ReadAccess, Service, ServiceDep
 from recscope.serve.live import adhoc_history, dismissed, user_history
 from recscope.serve.schemas import Strict, errors
 from recscope.viz.report import asset, history_data, page_header, page_methods, source_hash, templates
@@ -38,11 +50,28 @@ router = APIRouter(prefix="/ui", tags=["ui"])
 PAGE_ASSETS = resources.files("recscope.serve") / "ui"
 RECENT = 8  # latest history events the page lists
 NO_STORE = {"Cache-Control": "no-store"}
+# items a GET may simulate or carry as a session: ~10 URL bytes each for ids like P0001, well
+# within a request line the server reads (16 kB); the page sends a longer session's newest ones
+MAX_ITEMS = 100
+SIMULATED = "purchase"  # the kind of event a "what if they bought it" appends
 
 K = Annotated[int, Query(ge=1, le=100, description="how many items")]
 Method = Annotated[str | None, Query(description="explanation method (default: the run's measured best)")]
 Search = Annotated[str, Query(max_length=200, description="part of an id or title, any case")]
 Limit = Annotated[int, Query(ge=1, le=50)]
+User = Annotated[str | None, Query(min_length=1, description="the shopper; none: add= is an anonymous history")]
+Add = Annotated[
+    list[str],
+    Query(
+        max_length=MAX_ITEMS,
+        default_factory=list,
+        description="item ids appended to the history as purchases, in simulation only (nothing is stored)",
+    ),
+]
+Hide = Annotated[
+    list[str],
+    Query(max_length=MAX_ITEMS, default_factory=list, description="item ids dismissed in simulation only"),
+]
 
 
 class SessionIn(Strict):
@@ -58,14 +87,14 @@ class ItemHit(Strict):
 
 
 # ------------------------------------------------------------------------------ the page
-@lru_cache(maxsize=1)
-def _page() -> tuple[str, str]:
-    """(html, Content-Security-Policy): the same for every request, so built once."""
+@lru_cache(maxsize=2)
+def _page(writes: bool) -> tuple[str, str]:
+    """(html, Content-Security-Policy): the same for every request of a service, so built once."""
     scripts = [asset("report.js"), (PAGE_ASSETS / "live.js").read_text(encoding="utf-8")]
     style = asset("report.css") + (PAGE_ASSETS / "ui.css").read_text(encoding="utf-8")
     env = templates(jinja2.PackageLoader("recscope.serve", "ui"))
     html = env.get_template("ui.html.j2").render(
-        title="recscope live", scripts=[Markup(s) for s in scripts], style=Markup(style)
+        title="recscope live", scripts=[Markup(s) for s in scripts], style=Markup(style), writes=writes
     )
     policy = "; ".join(
         [
@@ -82,10 +111,14 @@ def _page() -> tuple[str, str]:
     return html, policy
 
 
+def _writes(request: Request) -> bool:
+    return bool(request.app.state.settings.ui_writes)
+
+
 @router.get("", response_class=HTMLResponse, include_in_schema=False)
-def page() -> HTMLResponse:
+def page(request: Request) -> HTMLResponse:
     """The live view; ``?user=ID`` opens that shopper (read by the page's script)."""
-    html, policy = _page()
+    html, policy = _page(_writes(request))
     headers = {
         "Content-Security-Policy": policy,
         "X-Content-Type-Options": "nosniff",
@@ -96,35 +129,73 @@ def page() -> HTMLResponse:
 
 
 # ------------------------------------------------------------------------------ its data
-@router.get("/data", responses=errors(404, 503))
-def shopper_data(user: Annotated[str, Query(min_length=1)], svc: ServiceDep, k: K = 10, method: Method = None):
-    """The report's data contract for the shopper's live history (training data + stored events)."""
-    return _json(live_case(svc, user, None, k, method, hidden=dismissed(svc, user)))
+@router.get("/data", responses=errors(404, 503), dependencies=ReadAccess)
+def shopper_data(
+    request: Request,
+    svc: ServiceDep,
+    add: Add,
+    hide: Hide,
+    user: User = None,
+    k: K = 10,
+    method: Method = None,
+):
+    """The report's data contract for the shopper's live history (training data + stored events),
+    with ``add`` bought and ``hide`` dismissed in simulation (stored nowhere); without ``user``,
+    for the anonymous history ``add`` with ``hide`` dismissed."""
+    if user is None:
+        if not add:
+            raise DataError(
+                "no history to explain: neither user nor add was given",
+                fix="give user=ID (a shopper's live history) or add=ITEM, one per item (an anonymous history)",
+            )
+        return _json(live_case(svc, None, k, method, items=add, hide=hide))
+    return _json(live_case(svc, user, k, method, add=add, hide=hide, log=_writes(request) and not (add or hide)))
 
 
 @router.post("/data", responses=errors(503))
 def session_data(body: SessionIn, svc: ServiceDep):
     """The same for an anonymous session's history; ``exclude`` are the items it dismissed."""
-    return _json(live_case(svc, None, body.history, body.k, body.method, hidden=sorted(set(body.exclude))))
+    return _json(live_case(svc, None, body.k, body.method, items=body.history, hide=body.exclude))
 
 
 def live_case(
-    svc: Service, user: str | None, items: list[str] | None, k: int, method: str | None, hidden: list[str]
+    svc: Service,
+    user: str | None,
+    k: int,
+    method: str | None,
+    *,
+    items: list[str] | None = None,
+    add: Sequence[str] = (),
+    hide: Sequence[str] = (),
+    log: bool = False,
 ) -> dict:
-    """One live case (a shopper's live history, or ``items`` of an anonymous one) in the report's
-    data contract, explained by ``method`` only (the page asks again when the method changes).
-    The list shown is served like any other: logged, with a request id for feedback."""
+    """One live case in the report's data contract, explained by ``method`` only (the page asks
+    again when the method changes): the shopper's live history (``user``, its stored dismissals
+    hidden) or the anonymous history ``items``; ``add`` appended as purchases and ``hide`` hidden,
+    in simulation only. ``log``: the list is served like any other (logged, with a request id for
+    feedback), for a page that acts as the shopper; otherwise nothing is written."""
     rec = svc.recommender
     method = method or rec.default_method()
     page_methods(rec, [method])  # an unknown method is a 422 that lists the known ones
+    unknown = [i for i in add if rec.data.find(i) is None]
+    if unknown:
+        raise NotFound(
+            f"cannot simulate buying {', '.join(repr(i) for i in unknown[:5])}: not an item of the catalog",
+            fix=f"add item ids of the catalog (e.g. {', '.join(rec.data.item_ids[1:4])})",
+        )
+    stored = dismissed(svc, user)
+    hidden = sorted(set(stored) | set(hide))
     with svc.model():  # the model and the catalog, one request at a time
         history = user_history(svc, user) if user is not None else adhoc_history(rec, items or [])
+        history = _simulate(rec, history, add)
         ids = [e.item_id for e in history.items]  # those the catalog does not know are skipped, and named
         explained = rec.explain(history=ids, top=k, k=k, method=method, exclude=hidden)
         label = "anonymous shopper" if user is None else f"shopper {user}"
         case = history_data(rec, history.indices, {method: explained}, method, label=label, user=user)
-    request_id = uuid.uuid4().hex
-    svc.store.log_served(request_id, user, svc.model_version, [(e.item_id, e.score) for e in explained])
+    request_id = None
+    if log:
+        request_id = uuid.uuid4().hex
+        svc.store.log_served(request_id, user, svc.model_version, [(e.item_id, e.score) for e in explained])
     return {
         **page_header(rec, k, page_methods(rec), page="live"),
         "histories": [case],
@@ -139,9 +210,19 @@ def live_case(
             "events": len(history.items),
             "recent": [_recent(rec, e) for e in history.items[-RECENT:][::-1]],
             "unknown": history.unknown,
-            "dismissed": list(hidden),
+            "dismissed": stored if user is not None else hidden,
+            "simulated": {"add": list(add), "hide": sorted(set(hide))} if user is not None else None,
         },
     }
+
+
+def _simulate(rec: Recommender, history: History, add: Sequence[str]) -> History:
+    """``history`` with ``add`` appended as purchases made now, given in this request (stored nowhere)."""
+    if not add:
+        return history
+    now = time.time()
+    events = [*history.items, *(Event(item_id, SIMULATED, now, "request") for item_id in add)]
+    return resolve(rec.data, history.user_id, events, history.in_run)
 
 
 def _recent(rec: Recommender, event: Event) -> dict:
@@ -193,7 +274,7 @@ def search_items(q: Search, svc: ServiceDep, limit: Limit = 10) -> list[ItemHit]
     return [hit for tier in tiers for hit in tier][:limit]
 
 
-@router.get("/shoppers")
+@router.get("/shoppers", dependencies=ReadAccess)
 def search_shoppers(svc: ServiceDep, q: Search = "", limit: Limit = 10) -> list[str]:
     """Shoppers of the run whose id holds ``q`` (ids that start with it first); empty: the first few."""
     needle = q.strip().casefold()

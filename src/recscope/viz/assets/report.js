@@ -62,6 +62,15 @@ function fmt(x, digits) {
 }
 function plain(x, digits) { return x === null || x === undefined || !isFinite(x) ? "–" : x.toFixed(digits === undefined ? 3 : digits); }
 function pct(x) { return x === null || x === undefined || !isFinite(x) ? "–" : (100 * x).toFixed(1) + "%"; }
+// a weight as its share of ``total`` (the sum of |weights| it is one of), signed: "+34%", "−5%";
+// "<1%" (its colour or bar says which way) or "0%"
+function share(w, total) {
+  if (w === null || w === undefined || !isFinite(w) || !(total > 0)) return "–";
+  const p = (100 * Math.abs(w)) / total;
+  if (p < 0.5) return p > 0 ? "<1%" : "0%";
+  return (w < 0 ? "−" : "+") + `${Math.round(p)}%`;
+}
+function absSum(values) { return values.reduce((s, v) => s + (v === null || !isFinite(v) ? 0 : Math.abs(v)), 0); }
 function withTitle(node, text) { svgEl("title", {}, node, text); return node; }
 function diverging(v, limit) {
   const t = Math.max(-1, Math.min(1, limit > 0 ? v / limit : 0));
@@ -109,7 +118,7 @@ function drawUsers() {
 function drawControls() {
   const method = document.getElementById("method");
   for (const m of DATA.methods) {
-    const label = m.name + (m.name === DATA.default_method ? " (default, most faithful)" : "");
+    const label = m.name + (m.name !== DATA.default_method ? "" : DATA.trust ? " (default: most faithful here)" : " (default)");
     el("option", { value: m.name }, method, label);
   }
   method.value = state.method;
@@ -130,6 +139,7 @@ function drawWhy() {
   const info = methodInfo(state.method);
   const note = document.getElementById("method-note");
   note.textContent = info.description + (info.target_dependent ? "" : " — the same for every recommended item");
+  drawTrust();
   document.getElementById("recs-title").textContent = `Top ${h.recs.length} for ${h.label}`;
   const caseNote = document.getElementById("case-note");
   caseNote.textContent = h.note || "";
@@ -141,7 +151,8 @@ function drawWhy() {
     const head = el("div", { class: "head" }, li);
     el("span", { class: "rank" }, head, `#${r.rank}`);
     el("span", { class: "title", title: itemTooltip(r) }, head, r.title);
-    el("span", { class: "score", title: "model score" }, head, plain(r.score, 2));
+    el("span", { class: "score", title: "the model's score, in its own units: only the order matters" }, head,
+      plain(r.score, 2));
     el("div", { class: "why" }, li, explained().sentences[j]);
     const pick = () => { state.rec = j; drawWhy(); };
     li.addEventListener("click", pick);
@@ -169,6 +180,10 @@ function drawDetail() {
   sentence.textContent = e.sentences[state.rec];
   cfNode.textContent = counterfactualText(cf, h);
   cfNode.hidden = !cf;
+  if (cf && cf.found) {
+    cfNode.setAttribute("title", `its score ${plain(cf.score_before, 2)} → ${plain(cf.score_after, 2)} without them, ` +
+      `against a cut-off of ${plain(cf.cutoff, 2)} (the model's score units)`);
+  } else cfNode.removeAttribute("title");
   // the history bars come from the method the sentence was built with (attention and rollout: Shapley)
   const by = e.attributes_method;
   document.getElementById("attributes-note").textContent = `Each history token split into its fields (id, ` +
@@ -208,20 +223,46 @@ function counterfactualText(cf, h) {
   }
   const names = cf.removed.map((i) => `“${shorten(h.history[i].title, 50)}”`);
   const shown = names.length > 3 ? `${names.slice(0, 3).join(", ")} and ${names.length - 3} more` : names.join(" and ");
-  const scores = `its own score goes from ${plain(cf.score_before, 2)} to ${plain(cf.score_after, 2)}, ` +
-    `against a cut-off of ${plain(cf.cutoff, 2)}`;
   if (cf.kind === "others_rose") {
     return `Removing ${shown} drops it to #${cf.new_rank}, but not because ${names.length > 1 ? "they" : "it"} ` +
-      `carried it: ${scores}; other items rose past it. Checked by re-ranking.`;
+      "carried it: its own score stays above the cut-off, other items rose past it. Checked by re-ranking.";
   }
-  return `Without ${shown}, it would drop out of the top ${cf.k} (to #${cf.new_rank}): ${scores}. Checked by re-ranking.`;
+  return `Without ${shown}, it would drop out of the top ${cf.k} (to #${cf.new_rank}), so ` +
+    `${names.length > 1 ? "they are" : "it is"} what keeps it there. Checked by re-ranking.`;
 }
 
-// one horizontal bar per [label, weight]: blue pushes up, red down
+// how far the method's weights can be trusted: the run's faithfulness measurements in words, the
+// numbers themselves one click away (DATA.trust, from recscope/viz/plain.py)
+function drawTrust() {
+  const t = DATA.trust;
+  const m = t ? t.methods[state.method] : null;
+  const lead = document.getElementById("trust-lead");
+  const numbers = document.getElementById("trust-numbers");
+  if (!lead) return;
+  numbers.hidden = !m;
+  if (!m) {
+    lead.textContent = t ? `${state.method} was not measured for this run.` :
+      "Not measured for this run yet: `recscope explain-eval RUN` measures every method.";
+    return;
+  }
+  lead.textContent = [m.lead, m.planted].filter(Boolean).join(" ");
+  const table = clear(document.getElementById("trust-table"));
+  for (const [label, value] of m.numbers) {
+    const tr = el("tr", {}, table);
+    el("th", {}, tr, label);
+    el("td", {}, tr, value);
+  }
+  document.getElementById("trust-where").textContent = `Measured by recscope explain-eval over ${t.measured_on}.`;
+}
+
+// one horizontal bar per [label, weight]: blue pushes up, red down; the number beside a bar is
+// its share of all the bars' push (the weight itself is in its tooltip)
 function drawBars(container, pairs, top) {
   clear(container);
-  const rows = (pairs || []).filter((p) => p[1] !== null).slice(0, top);
+  const all = (pairs || []).filter((p) => p[1] !== null);
+  const rows = all.slice(0, top);
   if (!rows.length) { el("p", { class: "empty" }, container, "no attributes"); return; }
+  const total = absSum(all.map((p) => p[1]));
   const labelW = 230, barW = 260, rowH = 20, pad = 52;
   const limit = Math.max(...rows.map((p) => Math.abs(p[1]))) || 1;
   const width = labelW + barW + 2 * pad, height = rows.length * rowH + 8;
@@ -233,10 +274,10 @@ function drawBars(container, pairs, top) {
     const len = (Math.abs(w) / limit) * (barW / 2);
     const bar = svgEl("rect", { x: w >= 0 ? zero : zero - len, y: y + 3, width: Math.max(len, 0.5), height: rowH - 7,
       fill: w >= 0 ? "rgb(43,108,176)" : "rgb(197,48,48)" }, svg);
-    withTitle(bar, `${label}: ${fmt(w, 3)}`);
+    withTitle(bar, `${label}: ${share(w, total)} of the push (${fmt(w, 3)} in the model's score units)`);
     withTitle(svgEl("text", { x: labelW - 4, y: y + rowH / 2 + 4, "text-anchor": "end" }, svg, shorten(label, 34)), label);
     svgEl("text", { x: w >= 0 ? zero + len + 4 : zero - len - 4, y: y + rowH / 2 + 4,
-      "text-anchor": w >= 0 ? "start" : "end", class: "muted" }, svg, fmt(w));
+      "text-anchor": w >= 0 ? "start" : "end", class: "muted" }, svg, share(w, total));
   });
 }
 
@@ -269,12 +310,12 @@ function drawGrid(container, opts) {
       const colour = diverge ? diverging(v, limit) : sequential(v, limit);
       const cell = svgEl("rect", { x: labelW + j * cellW, y, width: cellW - 1, height: cellH - 1, fill: colour.fill,
         "data-row": String(i), "data-col": String(j), cursor: onSelect ? "pointer" : "default" }, svg);
-      withTitle(cell, `${r.label}\n→ ${c.label}\n${diverge ? fmt(v, 3) : plain(v, 3)}`);
+      withTitle(cell, `${r.label}\n→ ${c.label}\n${opts.tooltip ? opts.tooltip(i, j, v) : diverge ? fmt(v, 3) : plain(v, 3)}`);
       if (onSelect) cell.addEventListener("click", () => onSelect(j));
       if (cellW >= 36) {
         svgEl("text", { x: labelW + j * cellW + cellW / 2, y: y + cellH / 2 + 4, "text-anchor": "middle",
           fill: colour.ink, "font-size": cellH < 20 ? "9.5" : "10.5", "pointer-events": "none" },
-        svg, diverge ? fmt(v) : plain(v, limit < 0.1 ? 3 : 2));
+        svg, opts.text ? opts.text(i, j, v) : diverge ? fmt(v) : plain(v, limit < 0.1 ? 3 : 2));
       }
     });
   });
@@ -306,13 +347,17 @@ function drawHeatmap() {
   const hidden = h.length - h.history.length;
   document.getElementById("heatmap-note").textContent =
     `Rows: the shopper's past items, oldest first${hidden ? ` (the model reads the last ${h.history.length}; ` +
-    `${hidden} older items are not shown)` : ""}. Columns: the top ${h.recs.length}. Colour: ${state.method} ` +
-    `attribution, blue pushes the item up, red down (model score units). Click a column to explain it; ✂ marks ` +
-    `the counterfactual's items.` + (info.target_dependent ? "" : " This method gives every column the same values.");
+    `${hidden} older items are not shown)` : ""}. Columns: the top ${h.recs.length}. Each cell: that past item's ` +
+    `share of all that moved the recommendation, by ${state.method}; blue pushed it up, red down (hover for the ` +
+    `weight in the model's score units). Click a column to explain it; ✂ marks the counterfactual's items.` +
+    (info.target_dependent ? "" : " This method gives every column the same values.");
+  const totals = e.weights.map(absSum);  // per recommended item: all its past items' push
   drawGrid(document.getElementById("heatmap"), {
     rows: historyRows(h),
     cols: h.recs.map((r) => ({ label: `#${r.rank} ${r.title}`, tooltip: itemTooltip(r) })),
     value: (i, j) => e.weights[j][i],
+    text: (i, j, v) => share(v, totals[j]),
+    tooltip: (i, j, v) => `${share(v, totals[j])} of what moved it (${fmt(v, 3)} in the model's score units)`,
     selected: state.rec,
     onSelect: (j) => { state.rec = j; drawWhy(); },
     diverge: true,
@@ -371,15 +416,30 @@ const FAITH_COLUMNS = [
 
 function drawFaithfulness() {
   const f = DATA.faithfulness;
+  const t = DATA.trust;
   const note = document.getElementById("faith-note");
+  const words = clear(document.getElementById("faith-words"));
   const table = clear(document.getElementById("faith-table"));
-  if (!f) {
+  document.getElementById("faith-details").hidden = !f;
+  if (!f || !t) {
     note.textContent = "Not measured for this run yet: run `recscope explain-eval RUN` and write the report again.";
     return;
   }
-  note.textContent = `Measured by recscope explain-eval over the top-${f.k} of ${f.users} test users` +
-    ` (${f.data}); grey numbers are the same measure for random choices of history items.` +
-    ` The default method is chosen by these numbers.`;
+  note.textContent = `This run's own measurements (recscope explain-eval, over ${t.measured_on}): take away the ` +
+    `past items a method weighs most and see whether the recommendation falls out of the top ${t.k}. Where ` +
+    `a method's weights are right, it falls far more often than when as many random past items are taken ` +
+    `away. The default method, ${f.default}, is the one these measurements favour.`;
+  for (const name of [f.default, ...Object.keys(t.methods).filter((n) => n !== f.default)]) {
+    const m = t.methods[name];
+    if (!m) continue;
+    const li = el("li", { "data-method": name }, words);
+    el("b", {}, li, name);
+    if (name === f.default) el("span", { class: "badge" }, li, "default");
+    el("span", {}, li, " " + [m.lead, m.planted].filter(Boolean).join(" "));
+  }
+  document.getElementById("faith-numbers-note").textContent = `Measured by recscope explain-eval over the ` +
+    `top-${f.k} of ${f.users} test users (${f.data}); grey numbers are the same measure for random choices of ` +
+    "history items. Score drops are in the model's score units.";
   const cols = FAITH_COLUMNS.filter(([key]) => Object.values(f.methods).some((m) => m[key] !== undefined));
   const head = el("tr", {}, el("thead", {}, table));
   el("th", {}, head, "method");
@@ -438,15 +498,30 @@ function drawDeletion(f) {
 }
 
 // ------------------------------------------------------------------ merchant tab
+// which method weighed a merchant view, in words
+function weighedBy(v) {
+  let text = v.method === v.default_method
+    ? `${v.method}, the run's default method${DATA.trust ? " (the most faithful in its measurements)" : ""}`
+    : `${v.method} (chosen; the run's default is ${v.default_method})`;
+  if (v.fields_method && v.fields_method !== v.method) {
+    text += `; ${v.method} has no notion of attribute values, so they are weighed by ${v.fields_method}`;
+  }
+  return text;
+}
+
 function drawMerchant() {
   const v = DATA.merchant;
   const note = document.getElementById("merchant-note");
   if (!v) { note.textContent = "No merchant view: the report was built from histories without users."; return; }
   const whole = v.drivers.filter((d) => d.field === "id" || d.field === "text");
-  note.textContent = `Over the top-${v.k} of ${v.users.toLocaleString()} shoppers. A bar is the mean push per ` +
-    `recommendation of an attribute value, in the shopper's history and on the recommended item (${v.method}).` +
-    whole.map((d) => ` Beside these, the item's ${d.field === "id" ? "own identity (id, learned from behaviour)" :
-      "title text"} pushes ${fmt(d.weight)} per recommendation.`).join("");
+  const recs = v.users * v.k;
+  note.textContent = `Over the top ${v.k} of ${v.users.toLocaleString()} shoppers: which attribute values pushed ` +
+    "the recommendations, in the shoppers' histories and on the recommended items. A bar is the value's share of " +
+    "all that pushed them (below zero: it pushed them down); beside it, the share of the recommendations it " +
+    `took part in. Weighed by ${weighedBy(v)}.` + (whole.length ? " Beside these, of all the push, " +
+    whole.map((d) => `${pct(d.share)} comes from the items' ${d.field === "id" ? "own identity (learned from " +
+      "behaviour)" : "title text"}`).join(" and ") + "." : "");
+  document.getElementById("merchant-method").textContent = `Weighed by ${v.method}`;
   const drivers = v.drivers.filter((d) => d.field !== "id" && d.field !== "text").slice(0, 15);
   const container = clear(document.getElementById("drivers"));
   if (!Object.keys(v.recommended).length) {
@@ -458,9 +533,12 @@ function drawMerchant() {
   }
   const fields = [...new Set(drivers.map((d) => d.field))];
   const colour = (field) => FIELD_COLOURS[field] || PALETTE[(fields.indexOf(field) + 5) % PALETTE.length];
-  if (drivers.length) drawBarRows(container, drivers.map((d) => ({ label: d.label, values: [d.weight], colours: [colour(d.field)],
-    tooltip: `${d.label}\nmean push ${fmt(d.weight, 3)}, pushed ${d.count.toLocaleString()} recommendations`,
-    note: `in ${d.count.toLocaleString()} recs` })), { format: (x) => fmt(x), legend: fields.map((f) => [f, colour(f)]) });
+  if (drivers.length) drawBarRows(container, drivers.map((d) => ({ label: d.label,
+    values: [d.weight < 0 ? -d.share : d.share], colours: [colour(d.field)],
+    tooltip: `${d.label}\n${pct(d.share)} of all the push, in ${d.count.toLocaleString()} of ${recs.toLocaleString()} ` +
+      `recommendations\nmean push ${fmt(d.weight, 3)} per recommendation (the model's score units)`,
+    note: `· in ${Math.round((100 * d.count) / recs)}% of recs` })),
+    { format: pct, legend: fields.map((f) => [f, colour(f)]) });
 
   const select = clear(document.getElementById("mix-field"));
   for (const field of Object.keys(v.recommended)) el("option", { value: field }, select, field);
@@ -506,7 +584,7 @@ function drawBarRows(container, rows, opts) {
   const legendH = opts.legend ? 24 : 0;
   const all = rows.flatMap((r) => r.values);
   const lo = Math.min(0, ...all), hi = Math.max(0, ...all) || 1;
-  const width = labelW + barW + 110, height = legendH + rows.length * rowH + 6;
+  const width = labelW + barW + (rows.some((r) => r.note) ? 190 : 110), height = legendH + rows.length * rowH + 6;
   const svg = svgEl("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img" }, container);
   const x = (v) => labelW + ((v - lo) / (hi - lo || 1)) * barW;
   let lx = labelW;
