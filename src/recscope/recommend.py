@@ -361,7 +361,7 @@ class Recommender:
         explainers = self.snapshot.explainers
         explainer = explainers.get(method or self.default_method())
         if explainer is None:
-            explainer = make_explainer(self.model, method or self.default_method())
+            explainer = make_explainer(self.model, method or self.default_method(), self.snapshot.table)
             explainers[explainer.name] = explainer
         explanations = explain_items(
             explainer,

@@ -46,10 +46,11 @@ FALLBACK_DEFAULT = "shapley"
 VERBS = {"rating": "rated"}
 
 
-def make_explainer(model, method: str) -> Explainer:
+def make_explainer(model, method: str, table: torch.Tensor | None = None) -> Explainer:
+    """The explainer of ``method`` over ``model``; ``table``: its item table, when held already."""
     if method not in METHODS:
         raise RunError(f"unknown explanation method {method!r}", fix=f"use one of {', '.join(METHODS)}")
-    return METHODS[method](model)
+    return METHODS[method](model, table)
 
 
 def explain_items(

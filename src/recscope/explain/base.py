@@ -36,10 +36,14 @@ class Explainer:
     description: str = ""
     fields_method: str = ""  # the method that explains attribute values when it is not this one
 
-    def __init__(self, model: SeqRec):
+    def __init__(self, model: SeqRec, table: torch.Tensor | None = None):
+        """``table``: the model's item table (``model.item_table()``) when the caller holds it
+        (a served snapshot does): fusing every item's fields again costs a pass over the catalog."""
         self.model = model.eval()
-        with torch.no_grad():
-            self.table = model.item_table()  # (n_items + 1, C)
+        if table is None:
+            with torch.no_grad():
+                table = model.item_table()
+        self.table = table  # (n_items + 1, C)
 
     @cached_property
     def norms(self) -> torch.Tensor:

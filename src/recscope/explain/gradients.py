@@ -55,8 +55,8 @@ class IntegratedGradientsExplainer(_TokenExplainer):
     name = "integrated_gradients"
     description = "integrated gradients from an empty-token baseline (Captum IntegratedGradients)"
 
-    def __init__(self, model, n_steps: int = 24):
-        super().__init__(model)
+    def __init__(self, model, table: torch.Tensor | None = None, n_steps: int = 24):
+        super().__init__(model, table)
         self.n_steps = n_steps
 
     def attribute(
