@@ -112,6 +112,10 @@ MapOpt = Annotated[
     list[str] | None,
     typer.Option("--map", metavar="OURS=YOURS", help="column mapping ours=yours, e.g. user_id=customer (repeatable)"),
 ]
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--db", metavar="URL", help="store URL (default: $RECSCOPE_DB, else store.sqlite in the run)"),
+]
 MethodsOpt = Annotated[
     str | None, typer.Option("--methods", metavar="M,M", help="comma-separated methods (default: all)")
 ]
@@ -514,9 +518,7 @@ def _key_from_env(option: str, variable: str | None) -> str | None:
 @_command()
 def serve(
     run: RunArg,
-    db: Annotated[
-        str | None, typer.Option("--db", metavar="URL", help="store URL (default: store.sqlite in the run)")
-    ] = None,
+    db: DbOpt = None,
     host: Annotated[
         str, typer.Option("--host", metavar="ADDR", help="address to bind (beyond loopback only with --api-key-env)")
     ] = "127.0.0.1",
@@ -578,6 +580,7 @@ def serve(
     from recscope.serve.settings import LOOPBACK, Settings
     from recscope.serve.workers import run_workers
 
+    db = db or os.environ.get("RECSCOPE_DB") or None
     api_key = _key_from_env("--api-key-env", api_key_env)
     read_key = _key_from_env("--read-key-env", read_key_env)
     if host not in LOOPBACK and api_key is None:
@@ -617,6 +620,46 @@ def serve(
     service = load_service(settings)
     console.print(f"serving {run} (model version {service.model_version}): {where}", highlight=False)
     uvicorn.run(create_app(settings, service=service), host=host, port=port)
+
+
+@_command()
+def finetune(
+    run: RunArg,
+    db: DbOpt = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="VERSION|TIME",
+            help="learn from events received after this version was made, or this time (epoch seconds or ISO); "
+            "default: after the serving version was made",
+        ),
+    ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option("--budget", metavar="SECONDS", min=0.001, help="stop training after this many seconds"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    progress: Annotated[
+        Path | None,
+        typer.Option("--progress", metavar="FILE", help="keep FILE rewritten with the stage and share done (JSON)"),
+    ] = None,
+) -> None:
+    """Fine-tune the serving version on the store's new events and feedback; promote it if not worse."""
+    from recscope.finetune import finetune as run_finetune
+    from recscope.run import load_info
+    from recscope.serve.store import Store
+
+    load_info(run)  # a missing or damaged run is named before a store is opened in it
+    db = db or os.environ.get("RECSCOPE_DB") or None  # the service's jobs pass it so (not in ps)
+    with Store.open(db) if db else Store.for_run(run) as store:
+        result = run_finetune(run, store, since=since, budget=budget, progress=progress, console=console)
+    if as_json:
+        print(json.dumps(result.to_dict()), flush=True)
+        return
+    out.print(f"{result.verdict}: {result.reason}", highlight=False)
+    if result.version is not None:
+        out.print(f"version {result.version} (parent {result.parent}) in {result.seconds:.1f} s", highlight=False)
 
 
 @_command("versions")

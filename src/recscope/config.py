@@ -156,6 +156,29 @@ class RetrievalConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    # (float) replayed windows of the run's older training histories per window of new events,
+    # so fine-tuning does not forget what it learned (0 = new events only)
+    replay: float = 1.0
+    epochs: int = 3  # (int) passes over the new and replayed windows (--budget may stop earlier)
+    lr: float = 0.001  # (float) AdamW learning rate of fine-tuning (below train.lr: it starts from trained weights)
+    # (float) weight of the explicit negatives' term (dismissals, ignored impressions) against the
+    # next-item loss: each negative adds weight x -log(1 - p), p the item's softmax share as next item
+    negative_weight: float = 0.5
+    # (float) seconds after it was served that an impression without a click, purchase or event on the
+    # item counts as ignored (a negative); impressions younger than this are not read at all
+    ignore_window: float = 3600.0
+    # (float) promote when the candidate's NDCG@10 on the held-out newest events is at least the
+    # serving version's minus this
+    tolerance: float = 0.01
+    # (int) fewest held-out cases (users with new events) to measure promotion on; with fewer, the
+    # fine-tune trains on every new event and keeps its version unpromoted (nothing was measured)
+    min_cases: int = 20
+    max_negatives: int = 100_000  # (int) at most this many explicit negatives are read (the newest first)
+    seed: int = 0  # (int) seeds the replay sample and the batches
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -163,6 +186,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -420,6 +444,15 @@ RULES: dict[str, Rule] = {
     "retrieval.pool": _range(1, 1000),
     "retrieval.target_recall": _range(0, 1),
     "retrieval.tune_queries": _range(1, 1_000_000),
+    "finetune.replay": _range(0, 1000),
+    "finetune.epochs": _range(1, 1_000_000),
+    "finetune.lr": _range(0, 10, open_low=True),
+    "finetune.negative_weight": _range(0, 1000),
+    "finetune.ignore_window": _range(0),
+    "finetune.tolerance": _range(0, 1),
+    "finetune.min_cases": _range(1, 2**31 - 1),
+    "finetune.max_negatives": _range(0, 2**31 - 1),
+    "finetune.seed": _range(0, 2**31 - 1),
 }
 
 

@@ -25,6 +25,7 @@ truncated, foreign or mismatched file is a RunError naming it and saying what to
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -284,15 +285,21 @@ def build_model(config: Config) -> SeqRec:
     return SeqRec(config.model)
 
 
-def load_model(run: Path, which: str = "model", weights: Path | None = None) -> tuple[SeqRec, RunInfo]:
+def load_model(
+    run: Path, which: str = "model", weights: Path | None = None, n_items: int | None = None
+) -> tuple[SeqRec, RunInfo]:
     """The run's model with the ``which`` weights of the run directory, or the ``weights`` file
-    given (a version's, see ``recscope.versions``)."""
+    given (a version's, see ``recscope.versions``). ``n_items``: the catalog the weights hold
+    rows for, when a fine-tune grew it past the trained one (the version's items.json)."""
     from recscope.cpu import use_threads
 
     run = Path(run)
     info = load_info(run)
     use_threads()
-    model = build_model(info.config)
+    config = info.config
+    if n_items is not None and n_items != config.model.n_items:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, n_items=n_items))
+    model = build_model(config)
     load_weights(weights or run / f"{which}.safetensors", model)
     model.eval()
     return model, info

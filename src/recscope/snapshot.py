@@ -93,10 +93,17 @@ class Snapshot:
     @classmethod
     def load(cls, run: str | Path, version: str | None = None, retrieval_config: RetrievalConfig | None = None):
         """The run's model ``version`` (default: the current one; a run from before versions: its
-        model.safetensors, named by its digest) over the run's trained catalog."""
+        model.safetensors, named by its digest) over the run's trained catalog, and the items a
+        fine-tune grew into that version (its items.json): those count as trained for it."""
         path, version_id = versions.weights(Path(run), version)
-        model, info = load_model(Path(run), weights=path)
-        return cls.build(model, load_data(Path(run)), info, Path(run), version_id, retrieval_config)
+        data = load_data(Path(run))
+        grown = versions.added_items(Path(run), version_id) if version_id != versions.UNVERSIONED else []
+        if grown:
+            data = data.with_catalog_copy()
+            for item_id, title, attributes in grown:
+                data.set_item(item_id, title, attributes)
+        model, info = load_model(Path(run), weights=path, n_items=data.n_items)
+        return cls.build(model, data, info, Path(run), version_id, retrieval_config)
 
     def trained(self, item_id: str) -> bool:
         """True for an item of the trained catalog (its entry is the trained data, never changed)."""

@@ -2,6 +2,8 @@
 
     RUN/versions/<id>/model.safetensors   the weights; <id> = the first 16 hex digits of their sha256
     RUN/versions/<id>/version.json        when and how they were made (source, parent, epoch, valid)
+    RUN/versions/<id>/items.json          a fine-tuned version's catalog extension (when it grew one):
+                                          the items added after training it holds rows for, in order
     RUN/versions/current                  the id served: rewritten by one rename (promote, rollback)
 
 A version's directory is written under a temporary name and renamed whole, and never written
@@ -37,15 +39,17 @@ WEIGHTS = "model.safetensors"
 UNVERSIONED = "unversioned"
 INDEXES = "indexes"  # RUN/indexes/<id>/: the approximate-retrieval index of version <id>
 INDEX_META = "index.json"
+ITEMS = "items.json"  # a version's catalog extension (added_items)
 
 
 @dataclass(frozen=True)
 class Version:
     id: str
     created: float  # epoch seconds
-    source: str  # "train" (the run's best model), later "fine-tune"
+    source: str  # "train" (the run's best model) or "finetune" (recscope.finetune)
     parent: str | None = None  # the version it was made from
-    details: dict[str, Any] = field(default_factory=dict)  # e.g. best_epoch, best_valid
+    # e.g. best_epoch, best_valid; a fine-tune's: lineage, verdict, reason, metrics (recscope.finetune)
+    details: dict[str, Any] = field(default_factory=dict)
     # its ANN index, when built: kind, items, the search depth chosen and the recall@10 it reached
     # on held-out queries against the target (read from RUN/indexes/<id>/, not stored with the version)
     index: dict[str, Any] | None = None
@@ -62,8 +66,20 @@ def digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def publish(run: Path, weights: Path, source: str, parent: str | None = None, **details: Any) -> Version:
-    """Make ``weights`` a version of ``run`` and make it current. The caller holds the run's lock."""
+def publish(
+    run: Path,
+    weights: Path,
+    source: str,
+    parent: str | None = None,
+    *,
+    added_items: list[dict[str, Any]] | None = None,
+    make_current: bool = True,
+    **details: Any,
+) -> Version:
+    """Make ``weights`` a version of ``run`` and (``make_current``) make it current. The caller
+    holds the run's lock. ``added_items``: the catalog extension the weights have rows for
+    (``{"item_id", "title", "attributes"}`` each, in the order of their rows after the trained
+    catalog), written as the version's items.json (see :func:`added_items`)."""
     run = Path(run)
     version_id = digest(weights)
     final = run / VERSIONS / version_id
@@ -75,12 +91,35 @@ def publish(run: Path, weights: Path, source: str, parent: str | None = None, **
         version = Version(version_id, time.time(), source, parent, details)
         record = {k: v for k, v in version.to_dict().items() if k != "index"}  # the index is not the version's
         (tmp / "version.json").write_text(json.dumps(record, indent=1))
-        for path in (tmp / WEIGHTS, tmp / "version.json"):
+        written = [tmp / WEIGHTS, tmp / "version.json"]
+        if added_items:
+            (tmp / ITEMS).write_text(json.dumps({"items": added_items}, indent=1))
+            written.append(tmp / ITEMS)
+        for path in written:
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
         tmp.rename(final)
-    promote(run, version_id)
+    if make_current:
+        promote(run, version_id)
     return read(run, version_id)
+
+
+def added_items(run: Path, version_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """The items ``version_id`` holds beyond the run's trained catalog, as (item_id, title,
+    attributes) in the order of their rows (a fine-tune grew them into its item table); [] for
+    a version that holds the trained catalog only."""
+    path = Path(run) / VERSIONS / version_id / ITEMS
+    if not path.exists():
+        return []
+    fix = "promote another version (recscope versions RUN --promote ID), or fine-tune again"
+    try:
+        raw = json.loads(path.read_text())["items"]
+        items = [(str(i["item_id"]), str(i.get("title") or ""), dict(i.get("attributes") or {})) for i in raw]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise RunError(f"{path} is damaged ({type(e).__name__}: {e})", fix=fix) from None
+    if len({i for i, _, _ in items}) != len(items):
+        raise RunError(f"{path} names an item twice: it is damaged", fix=fix)
+    return items
 
 
 def promote(run: Path, version_id: str) -> None:

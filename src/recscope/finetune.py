@@ -1,0 +1,528 @@
+"""Fine-tuning from the store: warm-start a run's serving version on what users did since, and
+publish the result as a new version, promoted only when measured not worse (DESIGN.md, "Live").
+
+    finetune(run, store=Store.for_run(run), budget=60.0).to_dict()
+
+**What it learns from.** The parent is the version the store says every worker serves, else the
+run's current one. The new events are the store's events *received* after the parent was
+created (or after ``since``: a version id, meaning its creation time, or a time): received, not
+stamped, so a replayed stream whose events carry old timestamps still counts. A user's sequence
+is what the service reads: their training sequence in the run (none for a user only the store
+knows) followed by every stored event of theirs in (timestamp, arrival) order. Windows of
+``model.max_len + 1`` items are cut from its end backwards, as training cuts them, and those
+holding at least one new event as a target are trained on. To this, ``finetune.replay`` x as
+many windows of the run's own training split are added (a seeded sample), so the model does not
+forget the older shoppers. Events on items the version does not know (not in the catalog, not
+added to the store) are skipped and counted.
+
+**Growing the item table.** Items the store added (``Store.items_added``) that the parent does
+not hold a row for get one, built exactly as the service scores them today
+(``Snapshot.with_items``: attribute and text fields, zero id embedding), so a new item starts
+at its cold-start score; its id embedding then trains on the events that name it. The run's
+data files hold the trained catalog only, so a grown version carries its extension: the
+items beyond the trained catalog (its parent's extension, then the new ones; id, title,
+attributes in row order) in its ``items.json`` (``versions.added_items``), which
+``Snapshot.load`` applies; an item the version holds a row for counts as trained for it.
+
+**The loss.** The next-item cross-entropy (full softmax over the grown catalog) at every target
+position of the batch's windows, averaged over targets, plus the explicit negatives' term:
+for a negative (user u, item j, time t), h = the history u had at t (training sequence plus
+the stored events received by t, its last ``max_len`` items) and p_j = softmax(scores(h))_j
+the model's probability that j is u's next item,
+
+    loss = mean_targets CE  +  finetune.negative_weight x mean_negatives [ -log(1 - p_j) ]
+
+(the unlikelihood term: zero when p_j is zero, its gradient pushes j's score down against
+every other item, so it falls in rank for that history). A negative is a dismissal (feedback
+"dismiss" given since) or an ignored impression: an item of a list served to a known user since,
+at least ``finetune.ignore_window`` seconds ago, with no click, purchase or dismissal on it in
+that list and no event of that user on that item in the window after it was served (younger
+impressions are not read: they may still be acted on). At most ``finetune.max_negatives``, the
+newest. ``--budget SECONDS`` bounds the training loop's wall time: it stops after the step
+that reaches it (one step at least).
+
+**Promotion.** Held out: each store user's last new event, when it is the last of their
+sequence and follows at least one item; those events are not trained on. Parent (over the
+grown catalog, the new items at their cold-start rows: what the service scores now) and
+candidate rank it over the whole catalog after the user's history before it (history items
+excluded when ``eval.exclude_history``), with the ranking and metric code of evaluation
+(``ranking.rank_chunks``, ``metrics.all_metrics``). The candidate is promoted when its NDCG@10
+>= the parent's - ``finetune.tolerance``; else it is published unpromoted, verdict "kept", with
+both numbers in its reason. With fewer than ``finetune.min_cases`` such cases nothing can be
+measured: the fine-tune trains on every new event, reports the in-sample numbers, and keeps its
+version unpromoted (promote it by hand: ``recscope versions RUN --promote ID``). A fine-tune with
+no new window and no negative publishes nothing (verdict "nothing_to_learn").
+
+**Kill safety.** The run's lock (``RunLock(run, "finetune")``) keeps two fine-tunes (or a
+fine-tune and training) apart; a SIGKILLed one leaves a stale lock the next takes over. Until
+the very end the store is only read and the run only gets a temporary weights file; the version
+is written under a temporary name and renamed whole (``versions.publish``), then promoted
+(``versions.promote``: one rename) and, with a store, named to every worker
+(``Store.set_serving``). Killed anywhere before, the serving version, ``versions/current`` and
+the store are as they were.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from recscope import versions
+from recscope.config import Config, RetrievalConfig
+from recscope.data import Dataset, split_of
+from recscope.data.split import training_windows
+from recscope.errors import RecscopeError, RunError
+from recscope.files import atomic_write
+from recscope.lock import RunLock
+from recscope.metrics import all_metrics
+from recscope.model import SeqRec
+from recscope.ranking import rank_chunks
+from recscope.run import save_weights
+from recscope.snapshot import Snapshot
+from recscope.train import TrainingData
+
+STAGES = ("loading", "training", "evaluating", "publishing", "done")
+VERDICTS = ("promoted", "kept", "nothing_to_learn")
+SOURCE = "finetune"
+ACTED = ("click", "purchase", "dismiss")  # feedback that makes an impression not ignored
+_TMP_WEIGHTS = ".finetune.{pid}.safetensors"  # the candidate's weights before publishing, in the run
+
+
+@dataclass
+class FinetuneResult:
+    """What ``recscope finetune --json`` prints."""
+
+    version: str | None  # the new version; None when there was nothing to learn
+    parent: str
+    promoted: bool
+    verdict: str  # one of VERDICTS
+    reason: str
+    metrics: dict[str, Any]  # {"candidate": {...}, "parent": {...}, "tolerance": x, "cases": n}
+    lineage: dict[str, Any]  # parent, since, until, events, feedback, negatives, new_items, replay_users
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ProgressFile:
+    """``--progress FILE``: ``{"stage", "done" (0..1), "message", "pid"}`` rewritten atomically."""
+
+    def __init__(self, path: Path | None, console: Console | None = None):
+        self.path, self.console, self._shown = path, console, 0.0
+
+    def __call__(self, stage: str, done: float, message: str, *, force: bool = True) -> None:
+        now = time.monotonic()
+        if not force and now - self._shown < 0.2:
+            return
+        self._shown = now
+        if self.console is not None and force:
+            self.console.print(f"finetune: {stage}: {message}", highlight=False)
+        if self.path is None:
+            return
+        state = {"stage": stage, "done": round(min(max(done, 0.0), 1.0), 4), "message": message, "pid": os.getpid()}
+        atomic_write(self.path, lambda p: p.write_text(json.dumps(state)), per_process=True)
+
+
+def since_time(run: Path, since: str | float | None, parent: versions.Version) -> float:
+    """The epoch seconds ``--since`` names: a version id (its creation time), epoch seconds or an
+    ISO time (UTC unless it says otherwise); None: the parent's creation time."""
+    if since is None or since == "":
+        return parent.created
+    if isinstance(since, int | float):
+        return float(since)
+    text = str(since).strip()
+    if (Path(run) / versions.VERSIONS / text / "version.json").exists():
+        return versions.read(run, text).created
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        known = ", ".join(v.id for v in versions.listing(run)) or "none"
+        raise RunError(
+            f"--since {text[:60]!r} is neither a version of {run} nor a time",
+            fix=f"give a version id ({known}), epoch seconds, or an ISO time such as 2024-05-01T12:00:00Z",
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+# ---------------------------------------------------------------------- what the store says
+@dataclass
+class StoreReading:
+    """The store, read once: every stored event per user (in history order) and the negatives."""
+
+    events: dict[str, list[tuple[str, float, float]]]  # user -> [(item_id, timestamp, received_at)]
+    negatives: list[tuple[str, str, float, str]]  # (user_id, item_id, when, "dismiss" | "ignored")
+    feedback: int  # feedback rows given since
+
+
+def read_store(store, since: float, now: float, window: float, limit: int) -> StoreReading:
+    from recscope.serve.models import Event, Feedback, Served, ServedItem
+
+    events: dict[str, list[tuple[str, float, float]]] = defaultdict(list)
+    with Session(store.engine) as session:
+        for user, item, stamp, received in session.execute(
+            select(Event.user_id, Event.item_id, Event.timestamp, Event.received_at).order_by(Event.timestamp, Event.id)
+        ):
+            events[user].append((item, float(stamp), float(received)))
+        feedback = session.execute(
+            select(Feedback.request_id, Feedback.user_id, Feedback.item_id, Feedback.action, Feedback.created_at)
+            .where(Feedback.created_at >= since)
+            .order_by(Feedback.created_at.desc())
+        ).all()
+        shown = session.execute(
+            select(Served.request_id, Served.user_id, Served.created_at, ServedItem.item_id)
+            .join(ServedItem, ServedItem.request_id == Served.request_id)
+            .where(Served.user_id.is_not(None), Served.created_at >= since, Served.created_at <= now - window)
+            .order_by(Served.created_at.desc(), ServedItem.rank)
+        ).all()
+    negatives = [(user, item, float(at), "dismiss") for _, user, item, action, at in feedback if action == "dismiss"]
+    acted = {(request, item) for request, _, item, action, _ in feedback if action in ACTED}
+    for request, user, at, item in shown:
+        if (request, item) in acted:
+            continue
+        if any(i == item and (at <= s <= at + window or at <= r <= at + window) for i, s, r in events.get(user, ())):
+            continue
+        negatives.append((user, item, float(at), "ignored"))
+    negatives.sort(key=lambda n: -n[2])
+    return StoreReading(dict(events), negatives[:limit], len(feedback))
+
+
+# ---------------------------------------------------------------------- the data of one fine-tune
+@dataclass
+class Plan:
+    """What one fine-tune trains and measures on (dense indices of the grown catalog)."""
+
+    windows: torch.Tensor  # (W, max_len + 1) new windows, then the replayed ones
+    new_windows: int
+    replay_users: int
+    neg_histories: torch.Tensor  # (N, max_len) left-padded
+    neg_items: torch.Tensor  # (N,)
+    cases: list[tuple[np.ndarray, int]]  # held-out (history before it, target)
+    held_out: bool  # the cases were kept out of training (enough of them)
+    events: int  # new events trained on or held out
+    skipped: int  # new events on items the version does not know
+    neg_kinds: dict[str, int] = field(default_factory=dict)
+
+
+def _pad(seq: np.ndarray, width: int) -> np.ndarray:
+    out = np.zeros(width, dtype=np.int64)
+    seq = seq[-width:]
+    if len(seq):
+        out[-len(seq) :] = seq
+    return out
+
+
+def _tail_windows(seq: np.ndarray, new: np.ndarray, max_len: int) -> list[np.ndarray]:
+    """Windows of ``max_len + 1`` cut from the end of ``seq`` backwards (as training cuts them),
+    those with at least one target marked ``new``."""
+    out = []
+    end = len(seq)
+    while end >= 2:
+        start = max(0, end - max_len - 1)
+        if new[start + 1 : end].any():
+            out.append(_pad(seq[start:end], max_len + 1))
+        end -= max_len
+    return out
+
+
+def plan(data: Dataset, trained: Dataset, reading: StoreReading, since: float, config: Config) -> Plan:
+    """The windows, negatives and held-out cases of a fine-tune over ``data`` (the grown catalog;
+    ``trained``: the parent's, whose training split is replayed)."""
+    ft, max_len = config.finetune, config.model.max_len
+    sequences: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # user -> (items, new, received)
+    events = skipped = 0
+    for user, stored in reading.events.items():
+        u = data.find_user(user)
+        base = data.sequence(u) if u is not None else np.zeros(0, dtype=np.int64)
+        items, new, received = list(base), [False] * len(base), [float("-inf")] * len(base)
+        for item_id, _, got in stored:
+            index = data.find(item_id)
+            if index is None:
+                skipped += got >= since
+                continue
+            items.append(index)
+            new.append(got >= since)
+            received.append(got)
+            events += got >= since
+        sequences[user] = (np.array(items, dtype=np.int64), np.array(new, dtype=bool), np.array(received))
+    cases = []
+    for items, new, _ in sequences.values():
+        if len(items) >= 2 and new[-1]:
+            cases.append((items[:-1], int(items[-1])))
+    held_out = len(cases) >= ft.min_cases
+    windows = []
+    for items, new, _ in sequences.values():
+        if held_out and len(items) >= 2 and new[-1]:
+            items, new = items[:-1], new[:-1]
+        windows.extend(_tail_windows(items, new, max_len))
+    new_windows = len(windows)
+    replay_users = 0
+    if new_windows and ft.replay > 0:
+        split = split_of(trained, config)
+        old = training_windows(trained, split.train, max_len)
+        n = min(len(old), round(ft.replay * new_windows))
+        if n:
+            picked = np.random.default_rng(ft.seed).choice(len(old), n, replace=False)
+            windows.extend(old[picked])
+            replay_users = n  # windows of distinct users mostly; counted as windows replayed
+    neg_histories, neg_items, kinds = [], [], {"dismiss": 0, "ignored": 0}
+    for user, item_id, at, kind in reading.negatives:
+        index = data.find(item_id)
+        if index is None or user not in sequences and data.find_user(user) is None:
+            continue
+        if user in sequences:
+            items, _, received = sequences[user]
+            history = items[received <= at]
+        else:
+            history = data.sequence(data.find_user(user))
+        if not len(history):
+            continue
+        neg_histories.append(_pad(history, max_len))
+        neg_items.append(index)
+        kinds[kind] += 1
+    width = max_len + 1
+    return Plan(
+        windows=torch.from_numpy(np.stack(windows)) if windows else torch.zeros(0, width, dtype=torch.long),
+        new_windows=new_windows,
+        replay_users=replay_users,
+        neg_histories=torch.from_numpy(np.stack(neg_histories))
+        if neg_histories
+        else torch.zeros(0, max_len, dtype=torch.long),
+        neg_items=torch.tensor(neg_items, dtype=torch.long),
+        cases=cases,
+        held_out=held_out,
+        events=events,
+        skipped=skipped,
+        neg_kinds=kinds,
+    )
+
+
+# ---------------------------------------------------------------------- training and measuring
+def negative_term(model: SeqRec, histories: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """(N,) -log(1 - p_j): p_j the softmax share of item ``items`` (N,) as the next item after
+    ``histories`` (N, T) over the whole catalog (padding excluded)."""
+    hidden = model(histories, last_only=True).hidden[:, -1]  # (N, C)
+    logits = model.predict_many(hidden, model.item_table())  # (N, n_items + 1)
+    logits[:, 0] = float("-inf")
+    log_p = F.log_softmax(logits, dim=-1).gather(1, items[:, None])[:, 0]
+    return -torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))
+
+
+def train(
+    model: SeqRec, work: Plan, config: Config, budget: float | None, report: Callable[[float, str], None]
+) -> dict[str, Any]:
+    """Fine-tune ``model`` in place on ``work``; returns {"steps", "epochs", "stopped", "loss"}."""
+    ft, batch_size = config.finetune, config.train.batch_size
+    generator = torch.Generator().manual_seed(ft.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=ft.lr, weight_decay=config.train.weight_decay)
+    training = TrainingData("next_item", work.windows)
+    per_epoch = max(-(-len(work.windows) // batch_size), -(-len(work.neg_items) // batch_size), 1)
+    total = per_epoch * ft.epochs
+    model.train()
+    started = time.perf_counter()
+    steps, stopped, last = 0, "epochs", 0.0
+    for epoch in range(ft.epochs):
+        order = torch.randperm(len(work.windows), generator=generator)
+        negatives = torch.randperm(len(work.neg_items), generator=generator)
+        for i in range(per_epoch):
+            if steps and budget is not None and time.perf_counter() - started >= budget:
+                stopped = "budget"
+                break
+            loss = torch.zeros(())
+            index = order[i * batch_size : (i + 1) * batch_size]
+            if len(index):
+                w = work.windows[index]
+                targets = float(((w[:, :-1] > 0) & (w[:, 1:] > 0)).sum())
+                loss = loss + training.loss(model, index, None) / max(targets, 1.0)
+            chosen = negatives[i * batch_size : (i + 1) * batch_size]
+            if len(chosen) and ft.negative_weight > 0:
+                term = negative_term(model, work.neg_histories[chosen], work.neg_items[chosen])
+                loss = loss + ft.negative_weight * term.mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps, last = steps + 1, float(loss.item())
+            report(steps / total, f"epoch {epoch + 1}/{ft.epochs}, step {steps}/{total}, loss {last:.4f}")
+        if stopped == "budget":
+            break
+    model.eval()
+    return {"steps": steps, "stopped": stopped, "loss": round(last, 6), "train_seconds": time.perf_counter() - started}
+
+
+@torch.no_grad()
+def measure(model: SeqRec, cases: list[tuple[np.ndarray, int]], config: Config) -> dict[str, float]:
+    """NDCG@10 and HR@10 of ``cases`` (history, target), full ranking over the model's catalog."""
+    if not cases:
+        return {"NDCG@10": 0.0, "HR@10": 0.0}
+    max_len = config.model.max_len
+    table = model.item_table()
+    ranks = []
+    rng = np.random.default_rng(config.finetune.seed)
+    for start in range(0, len(cases), config.eval.batch_size):
+        part = cases[start : start + config.eval.batch_size]
+        histories = torch.from_numpy(np.stack([_pad(h, max_len) for h, _ in part]))
+        longest = max(len(h) for h, _ in part)
+        owned = torch.from_numpy(np.stack([_pad(h, longest) for h, _ in part])) if config.eval.exclude_history else None
+        targets = torch.tensor([t for _, t in part], dtype=torch.long)
+        scores = model.score(histories, table).float()
+        own = scores.gather(1, targets[:, None])[:, 0]
+        ranks.append(rank_chunks([(0, scores)], targets, own, owned=owned, rng=rng).numpy())
+    metrics = all_metrics(np.concatenate(ranks), (10,))
+    return {"NDCG@10": metrics["NDCG@10"], "HR@10": metrics["HR@10"]}
+
+
+def _text_vectors(config: Config) -> Callable[[Dataset, list[int]], torch.Tensor | None]:
+    """The text vectors of new items, by the run's own encoder (as the service computes them)."""
+
+    def vectors(data: Dataset, rows: list[int]) -> torch.Tensor | None:
+        if not config.model.text_dim:
+            return None
+        from recscope.features.text import encode_texts
+
+        f = config.features
+        return torch.from_numpy(
+            encode_texts(data.item_texts(rows), f.text_encoder, f.text_cache, f.text_batch_size).vectors
+        )
+
+    return vectors
+
+
+# ---------------------------------------------------------------------- the whole fine-tune
+def finetune(
+    run: str | Path,
+    store,
+    *,
+    since: str | float | None = None,
+    budget: float | None = None,
+    progress: Path | None = None,
+    console: Console | None = None,
+    config: Config | None = None,
+) -> FinetuneResult:
+    """Fine-tune ``run``'s serving version on ``store`` (a :class:`recscope.serve.store.Store`)
+    and publish the result (see the module's docstring). ``config``: the run's config with other
+    ``finetune`` settings (default: the run's own)."""
+    run = Path(run)
+    tic = time.perf_counter()
+    report = ProgressFile(progress, console)
+    if budget is not None and not budget > 0:
+        raise RecscopeError(f"--budget {budget} must be a positive number of seconds", fix="e.g. --budget 60")
+    report("loading", 0.0, f"reading {run} and its store")
+    with RunLock(run, "finetune", console, create=False):
+        for leftover in run.glob(_TMP_WEIGHTS.format(pid="*")):
+            leftover.unlink(missing_ok=True)  # a killed fine-tune's (we hold the lock: none is running)
+        parent_id = store.serving() or versions.current(run)
+        if parent_id is None:
+            raise RunError(
+                f"{run} has no model version to fine-tune (trained before versions existed)",
+                fix="train the run again with this recscope (recscope train --out <new dir>)",
+            )
+        parent = versions.read(run, parent_id)
+        start = since_time(run, since, parent)
+        snapshot = Snapshot.load(run, parent_id, RetrievalConfig(ann="off"))
+        config = dataclasses.replace(snapshot.config, finetune=(config or snapshot.config).finetune)
+        if config.train.task != "next_item":
+            raise RunError(
+                f"{run} is a {config.train.task} run: fine-tuning learns next-item runs only",
+                fix="fine-tune a run trained with train.task=next_item",
+            )
+        ft = config.finetune
+        now = time.time()
+        reading = read_store(store, start, now, ft.ignore_window, ft.max_negatives)
+        new_items = [i for i in store.items_added() if not snapshot.trained(i.item_id)]
+        grown, _ = snapshot.with_items([(i.item_id, i.title, i.attributes) for i in new_items], _text_vectors(config))
+        work = plan(grown.data, snapshot.data, reading, start, config)
+        lineage = {
+            "parent": parent_id,
+            "since": start,
+            "until": now,
+            "events": work.events,
+            "feedback": reading.feedback,
+            "negatives": len(work.neg_items),
+            "new_items": len(new_items),
+            "replay_users": work.replay_users,
+        }
+        if work.new_windows == 0 and len(work.neg_items) == 0:
+            reason = f"no new event and no negative since {_when(start)}: nothing to learn"
+            report("done", 1.0, reason)
+            metrics = {"candidate": {}, "parent": {}, "tolerance": ft.tolerance, "cases": 0}
+            return FinetuneResult(None, parent_id, False, "nothing_to_learn", reason, metrics, lineage, _since(tic))
+        report(
+            "training",
+            0.0,
+            f"{work.events} new events ({work.new_windows} windows, {work.replay_users} replayed), "
+            f"{len(work.neg_items)} negatives, {len(new_items)} new items",
+        )
+        model = copy.deepcopy(grown.model)
+        fitted = train(model, work, config, budget, lambda done, msg: report("training", done, msg, force=False))
+        report("evaluating", 0.0, f"{len(work.cases)} held-out cases")
+        before, after = measure(grown.model, work.cases, config), measure(model, work.cases, config)
+        metrics = {"candidate": after, "parent": before, "tolerance": ft.tolerance, "cases": len(work.cases)}
+        numbers = f"NDCG@10 {after['NDCG@10']:.4f} against the parent's {before['NDCG@10']:.4f}"
+        if not work.held_out:
+            promoted = False
+            reason = (
+                f"only {len(work.cases)} held-out cases (finetune.min_cases={ft.min_cases}): trained on every new "
+                f"event, so nothing was measured (in-sample {numbers}); kept unpromoted, promote it by hand"
+            )
+        else:
+            promoted = after["NDCG@10"] >= before["NDCG@10"] - ft.tolerance
+            relation = "within" if promoted else "worse than"
+            reason = f"{numbers} on {len(work.cases)} held-out newest events: {relation} the tolerance {ft.tolerance}"
+        verdict = "promoted" if promoted else "kept"
+        report("publishing", 0.0, verdict)
+        extension = [
+            {"item_id": i, "title": t, "attributes": a} for i, t, a in versions.added_items(run, parent_id)
+        ] + [{"item_id": i.item_id, "title": i.title, "attributes": i.attributes} for i in new_items]
+        weights = run / _TMP_WEIGHTS.format(pid=os.getpid())
+        try:
+            save_weights(weights, model)
+            version = versions.publish(
+                run,
+                weights,
+                SOURCE,
+                parent_id,
+                added_items=extension,
+                make_current=False,
+                lineage=lineage,
+                verdict=verdict,
+                reason=reason,
+                metrics=metrics,
+                training=fitted | {"negatives": work.neg_kinds, "skipped_events": work.skipped},
+            )
+        finally:
+            weights.unlink(missing_ok=True)
+        if promoted:
+            versions.promote(run, version.id)
+            store.set_serving(version.id)
+        report("done", 1.0, f"version {version.id}: {verdict}")
+        return FinetuneResult(version.id, parent_id, promoted, verdict, reason, metrics, lineage, _since(tic))
+
+
+def _since(tic: float) -> float:
+    return round(time.perf_counter() - tic, 3)
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))

@@ -1,0 +1,289 @@
+"""recscope finetune: learning from the store (events, new items, dismissals), the promotion
+rule with its lineage in version.json, the run lock, and a SIGKILL half-way."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tests.servers import recscope
+from typer.testing import CliRunner
+
+from recscope import versions
+from recscope.cli import app
+from recscope.data import split_of
+from recscope.finetune import _pad, finetune, measure
+from recscope.recommend import Recommender
+from recscope.run import load_info, save_info
+from recscope.serve.store import Store
+from recscope.snapshot import Snapshot
+
+
+def _copy(tiny_run: Path, tmp_path: Path, **settings) -> Path:
+    """A copy of the tiny run with ``finetune`` settings written into its config (run.json)."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    if settings:
+        info = load_info(run)
+        info.config = dataclasses.replace(info.config, finetune=dataclasses.replace(info.config.finetune, **settings))
+        save_info(run, info)
+    return run
+
+
+def _ranks(snapshot: Snapshot, histories: list[list[int]], items: list[int]) -> np.ndarray:
+    """0-based rank of ``items[i]`` after ``histories[i]`` (dense indices) in ``snapshot``'s model."""
+    max_len = snapshot.config.model.max_len
+    padded = torch.from_numpy(np.stack([_pad(np.array(h), max_len) for h in histories]))
+    scores = snapshot.model.score(padded, snapshot.table)
+    own = scores.gather(1, torch.tensor(items)[:, None])
+    return (scores > own).sum(1).numpy()
+
+
+def test_learns_a_posted_pattern_and_records_lineage(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path, epochs=20, lr=0.005)
+    parent = Snapshot.load(run)
+    data = parent.data
+    a, b = 7, 11  # after item a, shoppers now buy item b
+    users = data.user_ids[:80]
+    with Store.for_run(run) as store:
+        store.add_events(
+            [
+                {"event_id": f"{u}-{k}", "user_id": u, "item_id": data.item_ids[(a, b)[k % 2]]}
+                for u in users
+                for k in range(4)
+            ]
+        )
+        result = finetune(run, store)
+        serving = store.serving()
+    histories = [list(data.sequence(data.find_user(u))) + [a] for u in data.user_ids[100:160]]  # users not posted
+    before = _ranks(parent, histories, [b] * len(histories))
+    child = Snapshot.load(run, result.version)
+    after = _ranks(child, histories, [b] * len(histories))
+    assert np.median(after) < 3 <= np.median(before) - 5, (np.median(before), np.median(after))
+
+    assert result.verdict == "promoted" and result.promoted
+    assert versions.current(run) == result.version == serving  # promoted: current, and every worker told
+    assert result.metrics["cases"] == 80  # each user's last event (b) held out
+    assert result.metrics["candidate"]["NDCG@10"] >= result.metrics["parent"]["NDCG@10"] - 0.01
+    lineage = result.lineage
+    assert (lineage["parent"], lineage["events"], lineage["new_items"]) == (parent.version, 320, 0)
+    assert lineage["replay_users"] == 80  # finetune.replay=1: as many old windows as new ones (one per user)
+    listed = CliRunner().invoke(app, ["versions", str(run), "--json"])
+    assert listed.exit_code == 0, listed.output
+    record = {v["id"]: v for v in json.loads(listed.output)["versions"]}[result.version]
+    assert record["source"] == "finetune" and record["parent"] == parent.version
+    assert record["details"]["verdict"] == "promoted" and record["details"]["lineage"] == lineage
+    assert record["details"]["metrics"] == result.metrics
+
+
+def test_replay_keeps_old_accuracy(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path, epochs=20, lr=0.005)
+    parent = Snapshot.load(run)
+    data = parent.data
+    split = split_of(data, parent.config)
+    test = split.test
+    cases = [(data.sequence(u)[:h], int(t)) for u, h, t in zip(test.users, test.hist_len, test.targets, strict=True)]
+    with Store.for_run(run) as store:  # a narrow new taste: 80 shoppers buy items 7 and 11 over and over
+        store.add_events(
+            [
+                {"event_id": f"{u}-{k}", "user_id": u, "item_id": data.item_ids[(7, 11)[k % 2]]}
+                for u in data.user_ids[:80]
+                for k in range(4)
+            ]
+        )
+        result = finetune(run, store)
+    old = measure(parent.model, cases, parent.config)["NDCG@10"]
+    new = measure(Snapshot.load(run, result.version).model, cases, parent.config)["NDCG@10"]
+    assert new >= old - 0.03, (old, new)
+
+
+def test_new_item_grows_and_starts_at_its_cold_start_score(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path, epochs=1, lr=1e-12, min_cases=1000)  # lr ~0: the grown rows as initialised
+    parent = Snapshot.load(run)
+    data = parent.data
+    with Store.for_run(run) as store:
+        store.put_item("NEW-1", "Voltra charger", {"brand": "Voltra", "category": "Phones accessories"})
+        store.add_events([{"event_id": "e1", "user_id": data.user_ids[0], "item_id": data.item_ids[3]}])
+        served = Recommender(parent, None)  # what the service scores now: the parent over the store's items
+        served.set_items([("NEW-1", "Voltra charger", {"brand": "Voltra", "category": "Phones accessories"})])
+        result = finetune(run, store)
+    assert result.verdict == "kept" and "min_cases=1000" in result.reason  # too few cases: not measured
+    assert versions.current(run) == parent.version  # kept: not served
+    grown = Snapshot.load(run, result.version)
+    assert grown.data.n_items == data.n_items + 1 and grown.trained("NEW-1") and not parent.trained("NEW-1")
+    assert grown.data.title(grown.data.find("NEW-1")) == "Voltra charger"
+    histories = [list(data.sequence(u)) for u in range(20)]
+    new = grown.data.find("NEW-1")
+    cold = served.snapshot
+    for h in histories[:5]:
+        padded = torch.from_numpy(_pad(np.array(h), parent.config.model.max_len))[None]
+        torch.testing.assert_close(
+            grown.model.score(padded, grown.table)[0, new], cold.model.score(padded, cold.table)[0, new]
+        )
+    assert result.lineage["new_items"] == 1
+    # the grown version serves (recommend loads it through Snapshot.load) and a parent without items.json still loads
+    assert Snapshot.load(run, parent.version).data.n_items == data.n_items
+
+
+def test_dismissed_items_fall_in_rank(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path, epochs=10, lr=0.005, negative_weight=2.0)
+    parent = Snapshot.load(run)
+    data = parent.data
+    users = list(range(120))
+    histories = [list(data.sequence(u)) for u in users]
+    max_len = parent.config.model.max_len
+    padded = torch.from_numpy(np.stack([_pad(np.array(h), max_len) for h in histories]))
+    scores = parent.model.score(padded, parent.table)
+    top = scores.argmax(1).tolist()  # each shopper's top item: dismissed
+    with Store.for_run(run) as store:
+        for u, item in zip(users, top, strict=True):
+            user = data.user_ids[u]
+            store.log_served(f"r{u}", user, parent.version, [(data.item_ids[item], 1.0)])
+            store.add_feedback(f"r{u}", user, data.item_ids[item], "dismiss")
+        result = finetune(run, store)
+    assert result.lineage["negatives"] == 120 and result.lineage["feedback"] == 120
+    before = _ranks(parent, histories, top)
+    after = _ranks(Snapshot.load(run, result.version), histories, top)
+    assert before.max() == 0 and np.median(after) >= 10, np.median(after)
+
+
+def test_a_worse_candidate_is_kept_with_its_reason(tiny_run, tmp_path, monkeypatch):
+    import recscope.finetune as ft
+
+    run = _copy(tiny_run, tmp_path, min_cases=20)
+
+    def shuffled(model, work, config, budget, report):  # a deliberately broken candidate
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.flatten()[torch.randperm(p.numel(), generator=generator)].view_as(p))
+        return {"steps": 0}
+
+    monkeypatch.setattr(ft, "train", shuffled)
+    parent = Snapshot.load(run)
+    data = parent.data
+    with Store.for_run(run) as store:
+        store.set_serving(parent.version)
+        # each user buys item 5, then the item the parent ranks first after that: the parent scores well
+        histories = [[*data.sequence(u), 5] for u in range(60)]
+        padded = torch.from_numpy(np.stack([_pad(np.array(h), parent.config.model.max_len) for h in histories]))
+        scores = parent.model.score(padded, parent.table)
+        scores.scatter_(1, padded, float("-inf"))  # not an item of the history
+        top = scores.argmax(1).tolist()
+        store.add_events(
+            [
+                {"event_id": f"{u}-{k}", "user_id": data.user_ids[u], "item_id": data.item_ids[(5, top[u])[k]]}
+                for u in range(60)
+                for k in range(2)
+            ]
+        )
+        result = ft.finetune(run, store)
+        assert store.serving() == parent.version  # not switched
+    m = result.metrics
+    assert result.verdict == "kept" and not result.promoted and m["cases"] == 60
+    assert m["candidate"]["NDCG@10"] < m["parent"]["NDCG@10"] - 0.01
+    assert f"{m['candidate']['NDCG@10']:.4f}" in result.reason and f"{m['parent']['NDCG@10']:.4f}" in result.reason
+    assert versions.current(run) == parent.version
+    details = versions.read(run, result.version).details
+    assert (details["verdict"], details["reason"]) == ("kept", result.reason)
+
+
+def _hold_lock(run: Path) -> subprocess.Popen:
+    code = (
+        "import sys, time; from recscope.lock import RunLock\n"
+        "with RunLock(sys.argv[1], 'finetune'):\n    print('held', flush=True); time.sleep(60)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_two_finetunes_of_one_run_never_run_at_once(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path)
+    holder = _hold_lock(run)
+    try:
+        done = subprocess.run([recscope(), "finetune", str(run), "--json"], capture_output=True, text=True, timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode != 0 and done.stdout == ""
+    assert f"pid {holder.pid}" in done.stderr and "finetune" in done.stderr
+
+
+def test_sigkill_half_way_leaves_the_serving_version_and_store_untouched(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path, epochs=100_000)
+    data = Snapshot.load(run).data
+    with Store.for_run(run) as store:
+        store.add_events(
+            [
+                {"event_id": f"{u}-{k}", "user_id": u, "item_id": data.item_ids[k + 1]}
+                for u in data.user_ids[:50]
+                for k in range(3)
+            ]
+        )
+        store.set_serving(versions.current(run))
+        seq, serving = store.last_change(), store.serving()
+    current, listed = versions.current(run), [v.id for v in versions.listing(run)]
+    progress = tmp_path / "progress.json"
+    child = subprocess.Popen(
+        [recscope(), "finetune", str(run), "--progress", str(progress)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            state = json.loads(progress.read_text()) if progress.exists() else {}
+            if state.get("stage") == "training" and state.get("done", 0) > 0:
+                break
+            time.sleep(0.05)
+        assert state.get("stage") == "training" and state["pid"] == child.pid, state
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert versions.current(run) == current and [v.id for v in versions.listing(run)] == listed
+    with Store.for_run(run) as store:
+        assert (store.last_change(), store.serving()) == (seq, serving)
+    assert (run / ".lock").exists()  # stale: the next fine-tune takes it over
+    info = load_info(run)
+    info.config = dataclasses.replace(info.config, finetune=dataclasses.replace(info.config.finetune, epochs=1))
+    save_info(run, info)
+    done = subprocess.run([recscope(), "finetune", str(run), "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["lineage"]["events"] == 150 and result["version"] in [v.id for v in versions.listing(run)]
+    assert not list(run.glob(".finetune.*"))
+
+
+def test_budget_and_since(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path, epochs=100_000)
+    data = Snapshot.load(run).data
+    with Store.for_run(run) as store:
+        store.add_events(
+            [
+                {"event_id": f"{u}-{k}", "user_id": u, "item_id": data.item_ids[3 + k]}
+                for u in data.user_ids[:30]
+                for k in (0, 1)
+            ]
+        )
+        tic = time.perf_counter()
+        result = finetune(run, store, budget=1.0)
+        assert time.perf_counter() - tic < 30
+        training = versions.read(run, result.version).details["training"]
+        assert training["stopped"] == "budget" and training["steps"] >= 1 and training["train_seconds"] < 3
+        # --since the new version: nothing received since; --since 0: every stored event again
+        assert finetune(run, store, since=result.version).verdict == "nothing_to_learn"
+    wrong = subprocess.run(
+        [recscope(), "finetune", str(run), "--since", "last tuesday"], capture_output=True, text=True
+    )
+    assert wrong.returncode != 0 and "--since 'last tuesday'" in wrong.stderr and result.version in wrong.stderr
