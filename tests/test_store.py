@@ -220,7 +220,7 @@ def test_migrated_schema_matches_the_models(store_url):
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-            assert context.get_current_revision() == "0003"
+            assert context.get_current_revision() == "0004"
     finally:
         engine.dispose()
 

@@ -128,3 +128,29 @@ class Change(Base):
     kind: Mapped[str] = mapped_column(String(16))
     subject: Mapped[str] = mapped_column(Text)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class Job(Base):
+    """A background job of the service (``kind`` "finetune": ``recscope finetune`` run as a
+    process, ``serve.jobs``), kept in the store so that every worker answers for it.
+
+    ``status`` is "running", "succeeded" or "failed"; a job is finished (``finished_at``) by the
+    worker that started it when its process exits, or by any worker that finds its process gone
+    (``pid`` on ``host``) without a result. ``request`` holds what the client asked, ``progress``
+    the last progress read at the end, ``result`` the command's JSON, ``error`` why it failed."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_kind_status", "kind", "status"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    pid: Mapped[int | None] = mapped_column(Integer)  # None: not started yet
+    host: Mapped[str] = mapped_column(Text)
+    folder: Mapped[str] = mapped_column(Text)  # its progress, output and error files
+    started_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)

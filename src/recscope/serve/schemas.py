@@ -205,10 +205,95 @@ class ModelIn(Request):
     version: str | None = Field(None, description="a version of the run; default: the run's current one")
 
 
+class VersionOut(Strict):
+    """A version of the run: ``recscope.versions.Version`` (id, created, source, parent, details,
+    index) and what its ``details`` say of it, with whether it is served."""
+
+    id: str
+    created: float  # epoch seconds
+    source: str  # "train", or how it was made from ``parent`` (a fine-tune)
+    parent: str | None  # the version it was made from
+    details: dict[str, Any]  # its version.json details, whole
+    index: dict[str, Any] | None  # its ANN index, when built
+    promoted: bool = Field(
+        description="made current when it was published: a trained version always, a fine-tuned one "
+        "when it measured not worse than its parent (verdict promoted)"
+    )
+    verdict: str | None = Field(description='a fine-tune\'s verdict: "promoted" or "kept" (None: not measured)')
+    reason: str | None = Field(description="why it was promoted or kept")
+    metrics: dict[str, Any] | None = Field(
+        description="a fine-tune's measurement: candidate and parent NDCG@10 and HR@10 on the newest events, "
+        "the tolerance, the cases"
+    )
+    lineage: dict[str, Any] | None = Field(
+        description="what a fine-tune learned from: parent, since, until, events, feedback, negatives, "
+        "new_items, replay_users"
+    )
+    serving: bool = Field(description="this worker serves it now")
+    current: bool = Field(description="the run's current version")
+
+
 class ModelOut(Strict):
     version: str  # served now
     current: str | None  # the run's current version (None: the run predates versions)
-    versions: list[dict[str, Any]]  # every version of the run, oldest first (recscope.versions.Version)
+    versions: list[VersionOut]  # every version of the run, oldest first (recscope.versions.Version)
+
+
+class FinetuneIn(Request):
+    since: str | None = Field(
+        None,
+        description="learn from the store's events since this version id or time (ISO-8601 or epoch "
+        "seconds); default: since the serving version was made",
+    )
+    budget: Number | None = Field(None, gt=0, description="seconds the fine-tune may train; default: the config's")
+
+
+class Open(BaseModel):
+    """A body another program writes (``recscope finetune``): the keys named here, and any it adds."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class JobProgress(Open):
+    stage: str = Field(description="starting, loading, training, evaluating, publishing or done")
+    done: float = Field(description="the share done, 0 … 1")
+    message: str
+    pid: int | None = Field(description="the job's process")
+
+
+class FinetuneMetrics(Open):
+    candidate: dict[str, float]  # {"NDCG@10": x, "HR@10": x} of the new version on the held-out newest events
+    parent: dict[str, float]  # ... of the version it was made from
+    tolerance: float  # how much worse (NDCG@10) the candidate may be and still be promoted
+    cases: int  # held-out events measured
+
+
+class FinetuneResult(Open):
+    """What ``recscope finetune --json`` prints."""
+
+    version: str | None = Field(description="the new version (None: nothing to learn)")
+    parent: str | None
+    promoted: bool
+    verdict: Literal["promoted", "kept", "nothing_to_learn"]
+    reason: str
+    metrics: FinetuneMetrics | dict[str, Any]
+    lineage: dict[str, Any] | None = None
+    seconds: float
+
+
+class JobOut(Strict):
+    job_id: str
+    job: str  # the same id (the name issue 23 gives it)
+    kind: Literal["finetune"]
+    status: Literal["running", "succeeded", "failed"]
+    request: dict[str, Any]  # what was asked: since, budget
+    started: float  # epoch seconds
+    finished: float | None
+    seconds: float  # running for, or ran for
+    pid: int | None  # its process (None: not started yet)
+    progress: JobProgress
+    result: FinetuneResult | None = Field(description="succeeded: what recscope finetune printed")
+    error: str | None = Field(description="failed: why")
 
 
 class ItemIn(Request):
@@ -336,8 +421,8 @@ class ValidationErrorOut(Strict):
 ERRORS: dict[int, tuple[tuple[type[BaseModel], ...], str]] = {
     400: ((DetailOut,), "the body is not UTF-8 text"),
     401: ((ErrorOut,), "missing or wrong X-API-Key (when the service has one)"),
-    404: ((ErrorOut,), "an unknown user, item or served list"),
-    409: ((ErrorOut,), "a write the stored state refuses"),
+    404: ((ErrorOut,), "an unknown user, item, served list, model version or job"),
+    409: ((ErrorOut,), "a write the stored state refuses (or a job already running)"),
     413: ((ErrorOut, DetailOut), "the body is over the size limit (by Content-Length: error; chunked: detail)"),
     422: ((ErrorOut, ValidationErrorOut), "bad input: fields the schema refuses (detail), or a value recscope refuses"),
     503: ((UnavailableOut,), "not loaded yet, or busy (waited --busy-after s): see reason, retry after Retry-After"),

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, create_engine, delete, event, func, or_, select, text
+from sqlalchemy import Engine, and_, create_engine, delete, event, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
@@ -42,6 +42,7 @@ from recscope.serve.models import (
     Feedback,
     HiddenItem,
     Item,
+    Job,
     Served,
     ServedItem,
     key,
@@ -56,6 +57,7 @@ MAX_BATCH = 10_000
 _CHUNK = 500  # ids per IN (...) list: under SQLite's bound-parameter limit
 _PG_MIGRATION_LOCK = 0x72656373  # pg_advisory_xact_lock key while migrating
 _PG_CHANGE_LOCK = 0x72656374  # ... while writing a change: changes commit in the order of their seq
+_PG_JOB_LOCK = 0x72656375  # ... while starting a job: of two workers starting one at once, one sees the other's
 _SQLITE_BUSY_SECONDS = 10  # a writer waits this long for another's lock
 _RETRIES = 3  # put_item: another writer added the same item between our read and our insert
 HIDDEN = "hidden"  # an item's state (Store.hide): kept out of every list until shown again
@@ -112,6 +114,39 @@ class ServedList:
     created_at: float
     items: list[tuple[str, float]]  # (item_id, score)
     feedback: list[tuple[str, str, str]] = field(default_factory=list)  # (user_id, item_id, action)
+
+
+JOB_RUNNING, JOB_SUCCEEDED, JOB_FAILED = "running", "succeeded", "failed"
+
+
+@dataclass(frozen=True)
+class StoredJob:
+    """A background job of the service (``serve.jobs``): see ``models.Job``."""
+
+    id: str
+    kind: str  # "finetune"
+    status: str  # JOB_RUNNING, JOB_SUCCEEDED or JOB_FAILED
+    request: dict[str, Any]
+    pid: int | None  # None: its process is not started yet
+    host: str  # where its process runs (a pid means something there only)
+    folder: str  # its files: progress, output, errors
+    started_at: float
+    finished_at: float | None
+    progress: dict[str, Any] | None  # the last progress, kept when it finished
+    result: dict[str, Any] | None  # the command's JSON (succeeded)
+    error: str | None  # why it failed
+
+
+class JobRunning(StoreError):
+    """A job of the kind is running already: ``running`` is it."""
+
+    def __init__(self, running: StoredJob):
+        since = datetime.fromtimestamp(running.started_at, UTC)
+        super().__init__(
+            f"{running.kind} job {running.id} is running (since {since:%Y-%m-%d %H:%M:%S} UTC)",
+            fix=f"wait for it to finish: GET /model/jobs/{running.id}",
+        )
+        self.running = running
 
 
 def _show(value: str, limit: int = 60) -> str:
@@ -803,6 +838,80 @@ class Store:
             return None
         return StoredFeedback(row.request_id, row.user_id, row.item_id, row.action, row.feedback_id, row.created_at)
 
+    # -- background jobs (serve.jobs) --------------------------------------------------------
+
+    def start_job(self, job_id: str, kind: str, request: Mapping[str, Any], host: str, folder: str) -> StoredJob:
+        """Record a new running job of ``kind``; ``JobRunning`` when one of that kind is running
+        already. Writers take turns (``BEGIN IMMEDIATE``; an advisory lock on PostgreSQL), so of two
+        workers starting a job at the same moment, the second sees the first's."""
+        with self._write() as session:
+            if self.dialect == "postgresql":
+                session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_JOB_LOCK})
+            running = session.scalar(select(Job).where(Job.kind == kind, Job.status == JOB_RUNNING).limit(1))
+            if running is not None:
+                raise JobRunning(_job(running))
+            row = Job(
+                id=job_id,
+                kind=kind,
+                status=JOB_RUNNING,
+                request=dict(request),
+                pid=None,
+                host=host,
+                folder=folder,
+                started_at=time.time(),
+                finished_at=None,
+                progress=None,
+                result=None,
+                error=None,
+            )
+            session.add(row)
+            session.flush()
+            return _job(row)
+
+    def job_started(self, job_id: str, pid: int) -> None:
+        """The job's process is running as ``pid`` (on the job's host)."""
+        with self._write() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(pid=pid))
+
+    def finish_job(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        progress: Mapping[str, Any] | None = None,
+        result: Mapping[str, Any] | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """End a running job (``status`` succeeded or failed); False when it had ended already:
+        the first of two workers finishing it at once wins, the other changes nothing."""
+        if status not in (JOB_SUCCEEDED, JOB_FAILED):
+            raise StoreError(f"field 'status' is {status!r}", fix=f"use {JOB_SUCCEEDED!r} or {JOB_FAILED!r}")
+        values = {
+            "status": status,
+            "finished_at": time.time(),
+            "progress": None if progress is None else dict(progress),
+            "result": None if result is None else dict(result),
+            "error": error,
+        }
+        with self._write() as session:
+            done = session.execute(update(Job).where(Job.id == job_id, Job.status == JOB_RUNNING).values(**values))
+            return bool(done.rowcount)
+
+    def job(self, job_id: str) -> StoredJob | None:
+        with self._read() as session:
+            row = session.get(Job, job_id) if 0 < len(job_id) <= 32 else None
+            return None if row is None else _job(row)
+
+    def jobs(self, kind: str | None = None, status: str | None = None, limit: int = 100) -> list[StoredJob]:
+        """The jobs (of ``kind``, with ``status``), newest first."""
+        query = select(Job).order_by(Job.started_at.desc()).limit(limit)
+        if kind is not None:
+            query = query.where(Job.kind == kind)
+        if status is not None:
+            query = query.where(Job.status == status)
+        with self._read() as session:
+            return [_job(r) for r in session.scalars(query)]
+
     def dismissed(self, user_id: str) -> set[str]:
         """Items this user dismissed: never to be recommended to them again."""
         user_id = _text(user_id, "user_id")
@@ -814,6 +923,23 @@ class Store:
                     )
                 )
             )
+
+
+def _job(row: Job) -> StoredJob:
+    return StoredJob(
+        row.id,
+        row.kind,
+        row.status,
+        dict(row.request),
+        row.pid,
+        row.host,
+        row.folder,
+        row.started_at,
+        row.finished_at,
+        None if row.progress is None else dict(row.progress),
+        None if row.result is None else dict(row.result),
+        row.error,
+    )
 
 
 def _item(row: Item) -> StoredItem:

@@ -5,25 +5,73 @@
 request already computing finishes on the model it started with, the next one gets the new one.
 The switch is written to the store, so every worker over it (and every host) follows within
 ``Settings.follow_every`` seconds, and a worker that starts later serves it too.
+
+``POST /model/finetune`` starts ``recscope finetune`` as a background job (``serve.jobs``) and
+answers 202 at once; ``GET /model/jobs/{id}`` reports its progress, then its result. A promoted
+version reaches every worker the same way as ``PUT /model``: the command writes the switch to
+the store. ``PUT /model`` serves any version, a fine-tune's that was kept unserved included.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import time
+from pathlib import Path
+
+from fastapi import APIRouter, Request, Response
 
 from recscope import versions
-from recscope.serve.deps import FollowerDep, NotFound, ServiceDep, WriteAccess
-from recscope.serve.schemas import ModelIn, ModelOut, errors
+from recscope.errors import RunError
+from recscope.serve import jobs
+from recscope.serve.deps import Conflict, FollowerDep, NotFound, ServiceDep, StoreDep, WriteAccess
+from recscope.serve.schemas import FinetuneIn, JobOut, ModelIn, ModelOut, VersionOut, errors
+from recscope.serve.store import JobRunning, Store
 
 router = APIRouter(prefix="/model", tags=["model"])
 
 
+def _version(version: versions.Version, serving: str, current: str | None) -> VersionOut:
+    details = version.details
+    verdict = details.get("verdict")
+    return VersionOut(
+        **version.to_dict(),
+        promoted=verdict in (None, "promoted"),  # a version without a verdict was made current when published
+        verdict=verdict,
+        reason=details.get("reason"),
+        metrics=details.get("metrics"),
+        lineage=details.get("lineage"),
+        serving=version.id == serving,
+        current=version.id == current,
+    )
+
+
 def _state(request: Request) -> ModelOut:
     svc, run = request.app.state.service, request.app.state.settings.run
+    current = versions.current(run)
     return ModelOut(
         version=svc.model_version,
-        current=versions.current(run),
-        versions=[v.to_dict() for v in versions.listing(run)],
+        current=current,
+        versions=[_version(v, svc.model_version, current) for v in versions.listing(run)],
+    )
+
+
+def _job(state: jobs.JobState, store: Store) -> JobOut:
+    job = state.job
+    error = job.error
+    if error:  # the store's URL (a password included) is on the job's command line, maybe in its errors
+        error = error.replace(jobs.store_url(store), store.engine.url.render_as_string(hide_password=True))
+    return JobOut(
+        job_id=job.id,
+        job=job.id,
+        kind=job.kind,
+        status=job.status,
+        request=job.request,
+        started=job.started_at,
+        finished=job.finished_at,
+        seconds=(job.finished_at or time.time()) - job.started_at,
+        pid=job.pid,
+        progress={"pid": job.pid, **state.progress},
+        result=job.result,
+        error=error,
     )
 
 
@@ -47,3 +95,34 @@ def switch(body: ModelIn, request: Request, svc: ServiceDep, follower: FollowerD
     target = body.version or versions.current(settings.run) or svc.model_version
     follower.switch(target)
     return _state(request)
+
+
+@router.post("/finetune", status_code=202, responses=errors(409), dependencies=WriteAccess)
+def finetune(body: FinetuneIn, request: Request, response: Response, store: StoreDep) -> JobOut:
+    """Start ``recscope finetune`` on the run and the service's store, as a process of its own, and
+    answer at once; ``GET /model/jobs/{id}`` (the Location header) reports its progress and result.
+    409 while a fine-tune job is running (one per run at a time)."""
+    run = request.app.state.settings.run
+    if run is None:
+        raise RunError("no run to fine-tune", fix="serve a run (recscope serve RUN)")
+    try:
+        job = jobs.start_finetune(store, Path(run), since=body.since, budget=body.budget)
+    except JobRunning as e:
+        raise Conflict(e.problem, fix=e.fix) from None
+    response.headers["Location"] = f"/model/jobs/{job.id}"
+    state = jobs.state(store, job.id)
+    assert state is not None, "a job just stored"
+    return _job(state, store)
+
+
+@router.get("/jobs/{job_id}", responses=errors(404))
+def job(job_id: str, store: StoreDep) -> JobOut:
+    """A job's progress while it runs ({stage, done, message}), then its result or why it failed."""
+    state = jobs.state(store, job_id)
+    if state is None:
+        recent = ", ".join(j.id for j in store.jobs(limit=5))
+        raise NotFound(
+            f"the store has no job {job_id!r}",
+            fix=f"use the job id POST /model/finetune answered ({recent or 'no jobs yet'})",
+        )
+    return _job(state, store)
