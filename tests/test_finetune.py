@@ -287,3 +287,43 @@ def test_budget_and_since(tiny_run, tmp_path):
         [recscope(), "finetune", str(run), "--since", "last tuesday"], capture_output=True, text=True
     )
     assert wrong.returncode != 0 and "--since 'last tuesday'" in wrong.stderr and result.version in wrong.stderr
+
+
+def _plan(windows: int, negatives: int, max_len: int, n_items: int):
+    from recscope.finetune import Plan
+
+    g = torch.Generator().manual_seed(0)
+    return Plan(
+        windows=torch.randint(1, n_items + 1, (windows, max_len + 1), generator=g),
+        new_windows=windows,
+        replay_users=0,
+        neg_histories=torch.randint(1, n_items + 1, (negatives, max_len), generator=g),
+        neg_items=torch.randint(1, n_items + 1, (negatives,), generator=g),
+        cases=[],
+        held_out=False,
+        events=windows,
+        skipped=0,
+    )
+
+
+def test_the_window_batches_set_the_steps_and_the_negatives_ride_along(tiny_run):
+    """Many more negatives than windows no longer add steps of the negative term alone (on a
+    replayed stream they made 9 steps in 10 and the model lost its ranking); negatives alone with
+    weight 0 train nothing instead of calling backward on a constant."""
+    from recscope.finetune import train
+
+    rec = Recommender.load(tiny_run)
+    config, m = rec.config, rec.config.model
+    few = dataclasses.replace(config, finetune=dataclasses.replace(config.finetune, epochs=1))
+    windows = config.train.batch_size * 2  # 2 steps
+    done = train(copy_model(rec), _plan(windows, 40 * windows, m.max_len, m.n_items), few, None, lambda *_: None)
+    assert done["steps"] == 2
+    silent = dataclasses.replace(few, finetune=dataclasses.replace(few.finetune, negative_weight=0.0))
+    done = train(copy_model(rec), _plan(0, 100, m.max_len, m.n_items), silent, None, lambda *_: None)
+    assert done["steps"] == 0
+
+
+def copy_model(rec):
+    import copy
+
+    return copy.deepcopy(rec.model)
