@@ -189,6 +189,39 @@ def test_served_lists_join_feedback(store):
         store.add_feedback("req-1", "u2", "i1", "click")
 
 
+def test_helpful_shares_per_version_and_method(store):
+    store.log_served("a1", "u1", "v1", [("i1", 1.0), ("i2", 0.5)], method="occlusion")
+    store.log_served("a2", "u2", "v1", [("i1", 1.0)], method="occlusion")
+    store.log_served("b1", "u1", "v1", [("i1", 1.0), ("i3", 0.2)], method="attention")
+    store.log_served("c1", "u1", "v2", [("i1", 1.0), ("i2", 0.5)], method="occlusion")
+    store.log_served("n1", "u3", "v2", [("i1", 1.0)])  # no explanations shown
+    store.log_served("q1", "u3", "v3", [("i1", 1.0)], method="occlusion")  # served, never voted on
+    for request, user, item, action in [
+        ("a1", "u1", "i1", "explanation_helpful"),
+        ("a1", "u1", "i1", "explanation_helpful"),  # the same item marked the same twice: one vote
+        ("a1", "u1", "i2", "explanation_unhelpful"),
+        ("a2", "u2", "i1", "explanation_helpful"),
+        ("a2", "u2", "i1", "click"),  # not a vote on the explanation
+        ("b1", "u1", "i3", "explanation_unhelpful"),
+        ("c1", "u1", "i1", "explanation_unhelpful"),
+        ("c1", "u1", "i2", "explanation_unhelpful"),
+        ("n1", "u3", "i1", "explanation_helpful"),
+    ]:
+        store.add_feedback(request, user, item, action)
+    got = [(s.version, s.method, s.helpful, s.unhelpful, s.lists, s.share) for s in store.helpful_shares()]
+    assert got == [
+        ("v1", "attention", 0, 1, 1, 0.0),
+        ("v1", "occlusion", 2, 1, 2, 2 / 3),
+        ("v2", None, 1, 0, 1, 1.0),
+        ("v2", "occlusion", 0, 2, 1, 0.0),
+        ("v3", "occlusion", 0, 0, 1, None),
+    ]
+    assert [(s.method, s.votes) for s in store.helpful_shares("v2")] == [(None, 1), ("occlusion", 2)]
+    assert store.served("b1").method == "attention" and store.served("n1").method is None
+    with pytest.raises(StoreError, match="'method'"):
+        store.log_served("x1", "u1", "v1", [("i1", 1.0)], method="")
+
+
 def test_feedback_for_unknown_request_is_refused(store):
     for request_id in ["never-served", "x" * 500]:
         with pytest.raises(StoreError, match="'request_id' names no served list"):
@@ -220,7 +253,7 @@ def test_migrated_schema_matches_the_models(store_url):
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-            assert context.get_current_revision() == "0004"
+            assert context.get_current_revision() == "0005"
     finally:
         engine.dispose()
 

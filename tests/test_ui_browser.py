@@ -18,6 +18,7 @@ import pytest
 
 from conftest import HOSTILE_ID, HOSTILE_TITLE, HOSTILE_USER, LONG_TITLE, RTL_TITLE, playwright_or_skip
 from servers import Server
+from test_versions_view import tuned  # noqa: F401  (a fixture: the tiny run fine-tuned once)
 
 SHOTS = Path(os.environ.get("RECSCOPE_UI_SHOTS", "/tmp"))  # where the screenshots go, to look at
 USER = "U00007"
@@ -292,3 +293,52 @@ def test_hostile_ids_and_titles_run_nothing_and_show_as_text(page, base):
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 1400 + 300, f"a 10 kB title stretched the page to {width}px"
     stayed_home(page, base)
+
+
+def test_the_model_versions_panel_shows_what_the_fine_tune_changed(page, tuned, tmp_path):  # noqa: F811
+    """A run fine-tuned once (promoted): the panel lists both versions with verdict and helpful
+    shares, and the shopper's top movers with rank before → after and both versions' sentences,
+    as GET /ui/versions computes them; all as text, nothing leaves the host, nothing is stored."""
+    from recscope.serve.store import Store
+
+    run, child = tuned["run"], tuned["child"]
+    store = tmp_path / "store.sqlite"
+    with Store.open(f"sqlite:///{store}") as s:  # votes on lists the new version explained
+        s.log_served("r1", "U00130", child, [("P1", 1.0), ("P2", 0.5), ("P3", 0.2)], method="occlusion")
+        for item, action in (
+            ("P1", "explanation_helpful"),
+            ("P2", "explanation_helpful"),
+            ("P3", "explanation_unhelpful"),
+        ):
+            s.add_feedback("r1", "U00130", item, action)
+    before = rows(store)
+    with Server(run, "--db", f"sqlite:///{store}", log=tmp_path / "serve.log") as server:
+        base = server.base
+        user = httpx.get(f"{base}/ui/shoppers", params={"limit": 50}).json()[30]
+        page.goto(f"{base}/ui?user={quote(user, safe='')}")
+        page.wait_for_selector("#versions-view:not([hidden]) #versions-table tbody tr")
+        page.wait_for_selector("body:not([aria-busy])")
+        panel = httpx.get(f"{base}/ui/versions", params={"user": user, "k": 10}).json()
+        page.locator("#versions-view").scroll_into_view_if_needed()
+        page.screenshot(path=str(SHOTS / "versions-panel.png"), full_page=True)
+        table = page.locator("#versions-table tbody tr")
+        expect(table).to_have_count(2)
+        expect(table.first).to_have_attribute("data-version", child)  # newest first
+        expect(table.first.locator(".badge")).to_have_text("serving")
+        expect(table.first.locator("td.shares")).to_have_text("occlusion: 66.7% helpful of 3 votes")
+        expect(table.first).to_contain_text("promoted")
+        expect(table.nth(1)).to_contain_text("no lists served")
+        movers = panel["movers"][0]
+        assert movers, panel
+        items = page.locator("#movers > li")
+        expect(items).to_have_count(len(movers))
+        for n, m in enumerate(movers):
+            li = items.nth(n)
+            expect(li).to_have_attribute("data-item", m["id"])
+            rank = lambda r: "not ranked" if r is None else f"#{r}"  # noqa: E731
+            expect(li.locator(".mover-rank")).to_contain_text(f"{rank(m['before'])} → {rank(m['after'])}")
+            expect(li.locator("dd.before")).to_have_text(m["sentence_before"] or "not ranked by this version")
+            expect(li.locator("dd.after")).to_have_text(m["sentence_after"] or "not ranked by this version")
+        stayed_home(page, base)
+        assert writes_sent(page) == []
+    assert rows(store) == before  # the panel stores nothing

@@ -474,9 +474,19 @@ def report(
     merchant_users: Annotated[int, _count(("--merchant-users",), "random users aggregated in the merchant view")] = 500,
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="seed of the random samples")] = 0,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="also write PNG figures")] = True,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            metavar="URL",
+            help="store whose feedback gives each version's explanation-helpful shares"
+            " (default: $RECSCOPE_DB, else the run's store.sqlite when it has one)",
+        ),
+    ] = None,
 ) -> None:
     """A self-contained HTML report (one file, works offline) plus PNG figures."""
     from recscope.recommend import Recommender
+    from recscope.serve.store import STORE_FILE, Store
     from recscope.viz.report import build_report
 
     rec = Recommender.load(run)
@@ -489,6 +499,11 @@ def report(
     else:
         chosen = [ids[i] for i in sorted(rng.choice(len(ids), min(sample, len(ids)), replace=False))]
     crowd = sorted(set(chosen) | {ids[i] for i in rng.choice(len(ids), min(merchant_users, len(ids)), replace=False)})
+    db = db or os.environ.get("RECSCOPE_DB") or None
+    shares = None  # no store: the report says there is no feedback to read
+    if db or (Path(run) / STORE_FILE).exists():
+        with Store.open(db) if db else Store.for_run(run) as store:
+            shares = store.helpful_shares()
     build_report(
         rec,
         chosen,
@@ -498,6 +513,7 @@ def report(
         merchant_users=crowd,
         figures=figures,
         console=out,
+        shares=shares,
     )
 
 

@@ -172,6 +172,7 @@ def serve_list(
     rec = svc.recommender
     allowed = allowed_items(rec, list(include_attributes), list(exclude_attributes), filter_names)
     exclude = [*dismissed(svc, user_id), *exclude]
+    explained_by = None  # the explanation method of the list, logged with it (helpful shares)
     try:
         with svc.model():
             if explain:
@@ -186,6 +187,7 @@ def serve_list(
                     allowed=allowed,
                 )
                 unknown = explained.unknown
+                explained_by = explained[0].method if explained else method or rec.default_method()
                 items = [
                     RecommendedItem(
                         rank=e.rank,
@@ -208,9 +210,9 @@ def serve_list(
             reason, unknown = "unknown_user", []
         else:
             reason, unknown = ("no_known_items" if e.unknown else "empty_history"), e.unknown
-        items = fallback_list(rec, k, exclude, allowed, explain)
+        items = fallback_list(rec, k, exclude, allowed, explain)  # no model explanation: no method
         return _served(svc, user_id, items, unknown, FallbackOut(kind=POPULAR, reason=reason))
-    return _served(svc, user_id, items, unknown, None)
+    return _served(svc, user_id, items, unknown, None, method=explained_by)
 
 
 POPULAR = "popular"  # the fallback list (FallbackOut.kind): the run's most frequent items
@@ -245,11 +247,17 @@ def fallback_list(
 
 
 def _served(
-    svc: Service, user_id: str | None, items: list[RecommendedItem], unknown: list[str], fallback: FallbackOut | None
+    svc: Service,
+    user_id: str | None,
+    items: list[RecommendedItem],
+    unknown: list[str],
+    fallback: FallbackOut | None,
+    method: str | None = None,
 ) -> RecommendationsOut:
-    """Log the list as served (its request id) and answer it."""
+    """Log the list as served (its request id; ``method``: its explanations' method, None when
+    it has none) and answer it."""
     request_id = uuid.uuid4().hex
-    svc.store.log_served(request_id, user_id, svc.model_version, [(r.item_id, r.score) for r in items])
+    svc.store.log_served(request_id, user_id, svc.model_version, [(r.item_id, r.score) for r in items], method)
     return RecommendationsOut(
         request_id=request_id,
         model_version=svc.model_version,
@@ -282,7 +290,8 @@ def serve_similar(
         else:
             items = [SimilarItem(**r.to_dict()) for r in rec.similar(item_id, k=k)]
     request_id = uuid.uuid4().hex
-    svc.store.log_served(request_id, None, svc.model_version, [(r.item_id, r.score) for r in items])
+    explained_by = (explained[0].method if explained else method or rec.default_method()) if explain else None
+    svc.store.log_served(request_id, None, svc.model_version, [(r.item_id, r.score) for r in items], explained_by)
     return SimilarOut(request_id=request_id, model_version=svc.model_version, item_id=item_id, items=items)
 
 

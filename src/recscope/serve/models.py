@@ -15,6 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 KEY_LENGTH = 64  # hex SHA-256
 REQUEST_ID_MAX = 128
+METHOD_MAX = 64  # an explanation method's name
 FEEDBACK_ID_MAX = 128  # a client's feedback_id: kept whole in a unique index (at most 512 bytes of UTF-8)
 
 
@@ -59,7 +60,8 @@ class Item(Base):
 
 
 class Served(Base):
-    """One answered request: who asked (None: anonymous) and which model version answered."""
+    """One answered request: who asked (None: anonymous), which model version answered and, for a
+    list served with explanations, by which explanation method (None: no explanations)."""
 
     __tablename__ = "served"
 
@@ -68,6 +70,7 @@ class Served(Base):
     user_id: Mapped[str | None] = mapped_column(Text)
     model_version: Mapped[str] = mapped_column(Text)
     created_at: Mapped[float] = mapped_column(Float)
+    method: Mapped[str | None] = mapped_column(String(METHOD_MAX))  # explanation method; None: none shown
 
 
 class ServedItem(Base):

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from recscope.errors import StoreError
 from recscope.serve.models import (
     FEEDBACK_ID_MAX,
+    METHOD_MAX,
     REQUEST_ID_MAX,
     Change,
     Event,
@@ -50,7 +51,7 @@ from recscope.serve.models import (
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 STORE_FILE = "store.sqlite"
-ACTIONS = ("click", "purchase", "dismiss", "explanation_helpful", "explanation_unhelpful")
+ACTIONS = ("click", "purchase", "dismiss", "explanation_helpful", "explanation_unhelpful")  # HELPFUL, UNHELPFUL
 EVENT_FIELDS = ("event_id", "user_id", "item_id", "event", "timestamp", "value")
 DEFAULT_EVENT = "purchase"
 MAX_BATCH = 10_000
@@ -114,6 +115,35 @@ class ServedList:
     created_at: float
     items: list[tuple[str, float]]  # (item_id, score)
     feedback: list[tuple[str, str, str]] = field(default_factory=list)  # (user_id, item_id, action)
+    method: str | None = None  # the explanation method its explanations came from; None: none shown
+
+
+HELPFUL, UNHELPFUL = "explanation_helpful", "explanation_unhelpful"
+
+
+@dataclass(frozen=True)
+class HelpfulShare:
+    """What shoppers said of the explanations one model version showed by one method
+    (``method`` None: lists served without explanations, where such feedback names no method).
+
+    ``helpful`` and ``unhelpful`` count the items of served lists marked so (an item of a list
+    marked the same twice counts once); ``lists`` is how many lists that version served by that
+    method, feedback or not."""
+
+    version: str
+    method: str | None
+    helpful: int
+    unhelpful: int
+    lists: int
+
+    @property
+    def votes(self) -> int:
+        return self.helpful + self.unhelpful
+
+    @property
+    def share(self) -> float | None:
+        """helpful / (helpful + unhelpful); None before any vote."""
+        return self.helpful / self.votes if self.votes else None
 
 
 JOB_RUNNING, JOB_SUCCEEDED, JOB_FAILED = "running", "succeeded", "failed"
@@ -702,13 +732,18 @@ class Store:
         user_id: str | None,
         model_version: str,
         items: Sequence[tuple[str, float]],
+        method: str | None = None,
     ) -> None:
-        """Record a served list: ``items`` as (item_id, score) in rank order; user None if anonymous."""
+        """Record a served list: ``items`` as (item_id, score) in rank order; user None if
+        anonymous; ``method``: the explanation method of the explanations shown with it (None:
+        none were), for :meth:`helpful_shares`."""
         request_id = _text(request_id, "request_id", max_length=REQUEST_ID_MAX)
         where = f"request {_show(request_id)}"
         if user_id is not None:
             user_id = _text(user_id, "user_id", where)
         model_version = _text(model_version, "model_version", where)
+        if method is not None:
+            method = _text(method, "method", where, max_length=METHOD_MAX)
         shown = []
         for rank, pair in enumerate(items):
             try:
@@ -727,6 +762,7 @@ class Store:
                         user_id=user_id,
                         model_version=model_version,
                         created_at=time.time(),
+                        method=method,
                     )
                 )
                 session.flush()
@@ -761,7 +797,44 @@ class Store:
                 created_at=row.created_at,
                 items=[(i, s) for i, s in items],
                 feedback=[(u, i, a) for u, i, a in feedback],
+                method=row.method,
             )
+
+    def helpful_shares(self, version: str | None = None) -> list[HelpfulShare]:
+        """The "explanation helpful" share per model version and explanation method (of
+        ``version`` only, when given), from the feedback joined to the lists it was given on;
+        every (version, method) that served a list is there, votes or not. Sorted by version,
+        then method (None, no explanations, first)."""
+        votes = (
+            select(Served.model_version, Served.method, Feedback.request_id, Feedback.item_id, Feedback.action)
+            .join(Served, Served.request_id == Feedback.request_id)
+            .where(Feedback.action.in_((HELPFUL, UNHELPFUL)))
+            .distinct()  # an item of a list marked the same twice counts once
+            .subquery()
+        )
+        counted = select(votes.c.model_version, votes.c.method, votes.c.action, func.count()).group_by(
+            votes.c.model_version, votes.c.method, votes.c.action
+        )
+        lists = select(Served.model_version, Served.method, func.count()).group_by(Served.model_version, Served.method)
+        if version is not None:
+            counted = counted.where(votes.c.model_version == version)
+            lists = lists.where(Served.model_version == version)
+        with self._read() as session:
+            served = {(v, m): int(n) for v, m, n in session.execute(lists)}
+            tally: dict[tuple[str, str | None], dict[str, int]] = {}
+            for v, m, action, n in session.execute(counted):
+                tally.setdefault((v, m), {})[action] = int(n)
+        keys = sorted(served.keys() | tally.keys(), key=lambda vm: (vm[0], vm[1] is not None, vm[1] or ""))
+        return [
+            HelpfulShare(
+                v,
+                m,
+                tally.get((v, m), {}).get(HELPFUL, 0),
+                tally.get((v, m), {}).get(UNHELPFUL, 0),
+                served.get((v, m), 0),
+            )
+            for v, m in keys
+        ]
 
     def add_feedback(
         self, request_id: str, user_id: str, item_id: str, action: str, feedback_id: str | None = None

@@ -35,6 +35,7 @@ import jinja2
 import numpy as np
 from markupsafe import Markup
 
+from recscope import versions
 from recscope.errors import RunError
 from recscope.explain.api import METHODS
 from recscope.explain.attention import attention_maps
@@ -42,6 +43,7 @@ from recscope.files import atomic_write
 from recscope.insights import WHOLE_ITEM_FIELDS, global_view
 from recscope.progress import track
 from recscope.viz.plain import trust
+from recscope.viz.versions import report_versions
 
 ASSETS = resources.files("recscope.viz") / "assets"
 TOP_DRIVERS = 60
@@ -69,12 +71,16 @@ def build_report(
     merchant_method: str | None = None,
     figures: bool = True,
     console=None,
+    shares=None,
 ) -> Path:
     """Write ``out_dir/index.html`` (and ``out_dir/figures/``); returns the page's path.
 
     ``users`` (own ids) are explained from their whole histories; ``cases`` adds any
     history. ``merchant_users`` (default: the same users) feed the merchant view, whose attribute
-    values are weighed by ``merchant_method`` (default: the run's default method).
+    values are weighed by ``merchant_method`` (default: the run's default method). A run with
+    model versions gets the "Versions" tab (``recscope.viz.versions``): what its version changed
+    for each case against its parent, and ``shares`` (``Store.helpful_shares()``; None: the run
+    has no store) per version.
     """
     cases = [Case(f"user {u}", user=u) for u in users or []] + list(cases or [])
     if not cases:
@@ -82,6 +88,10 @@ def build_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = report_data(rec, cases, k=k, methods=methods, merchant_users=merchant_users, merchant_method=merchant_method)
+    if rec.path is not None and versions.listing(rec.path):
+        read = [rec.history(c.user) if c.history is None else rec.history_from_ids(c.history) for c in cases]
+        histories = [[rec.data.item_ids[i] for i in hist] for hist in read]
+        data["versions"] = report_versions(rec, histories, k=k, shares=shares)
     if figures:
         data["figures"] = write_figures(data, out_dir / "figures")
     page = out_dir / "index.html"
@@ -374,5 +384,6 @@ def render(data: dict) -> str:
             style=Markup(asset("report.css")),
             data=Markup(payload(data)),
             script_hash=source_hash(script),
+            versions=bool(data.get("versions")),
         )
     )

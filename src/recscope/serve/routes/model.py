@@ -10,23 +10,51 @@ The switch is written to the store, so every worker over it (and every host) fol
 answers 202 at once; ``GET /model/jobs/{id}`` reports its progress, then its result. A promoted
 version reaches every worker the same way as ``PUT /model``: the command writes the switch to
 the store. ``PUT /model`` serves any version, a fine-tune's that was kept unserved included.
+
+``GET /model/feedback`` says, per version and explanation method, how shoppers judged the
+explanations they were shown: the "explanation helpful" / "explanation unhelpful" feedback on the
+lists that version served by that method (``Store.helpful_shares``).
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import Field
 
 from recscope import versions
 from recscope.errors import RunError
 from recscope.serve import jobs
-from recscope.serve.deps import Conflict, FollowerDep, NotFound, ServiceDep, StoreDep, WriteAccess
-from recscope.serve.schemas import FinetuneIn, JobOut, ModelIn, ModelOut, VersionOut, errors
+from recscope.serve.deps import Conflict, FollowerDep, NotFound, ReadAccess, ServiceDep, StoreDep, WriteAccess
+from recscope.serve.schemas import FinetuneIn, JobOut, ModelIn, ModelOut, Strict, VersionOut, errors
 from recscope.serve.store import JobRunning, Store
 
 router = APIRouter(prefix="/model", tags=["model"])
+
+
+class HelpfulOut(Strict):
+    """What shoppers said of the explanations one version showed by one method."""
+
+    method: str | None = Field(description="the explanation method; null: lists served without explanations")
+    helpful: int = Field(description="items of its lists marked explanation_helpful (the same item twice: once)")
+    unhelpful: int = Field(description="... marked explanation_unhelpful")
+    votes: int = Field(description="helpful + unhelpful")
+    share: float | None = Field(description="helpful / votes; null before any vote")
+    lists: int = Field(description="lists the version served by this method, voted on or not")
+
+
+class VersionFeedbackOut(Strict):
+    version: str
+    serving: bool
+    methods: list[HelpfulOut]  # by method, lists without explanations (method null) first
+
+
+class FeedbackOut(Strict):
+    version: str  # served now
+    versions: list[VersionFeedbackOut]  # the run's versions oldest first, then any other the store names
 
 
 def _version(version: versions.Version, serving: str, current: str | None) -> VersionOut:
@@ -79,6 +107,34 @@ def _job(state: jobs.JobState, store: Store) -> JobOut:
 def served(request: Request, svc: ServiceDep) -> ModelOut:
     """The version served, the run's current one (what training or ``--promote`` last set) and all of them."""
     return _state(request)
+
+
+@router.get("/feedback", dependencies=ReadAccess)
+def feedback(
+    request: Request,
+    svc: ServiceDep,
+    store: StoreDep,
+    version: Annotated[str | None, Query(min_length=1, description="one version only")] = None,
+) -> FeedbackOut:
+    """The share of "explanation helpful" per model version and explanation method, from the
+    feedback the store holds on the lists each version served (``Store.helpful_shares``)."""
+    from recscope.viz.versions import share_rows
+
+    shares = store.helpful_shares(version)
+    known = [v.id for v in versions.listing(request.app.state.settings.run)] if request.app.state.settings.run else []
+    order = [v for v in known if version in (None, v)]
+    order += sorted({s.version for s in shares} - set(order))
+    return FeedbackOut(
+        version=svc.model_version,
+        versions=[
+            VersionFeedbackOut(
+                version=v,
+                serving=v == svc.model_version,
+                methods=[HelpfulOut(**row) for row in share_rows([s for s in shares if s.version == v])],
+            )
+            for v in order
+        ],
+    )
 
 
 @router.put("", responses=errors(404), dependencies=WriteAccess)

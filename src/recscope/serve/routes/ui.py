@@ -14,7 +14,10 @@ Buy and Not interested buttons post real events and feedback (``POST /events``, 
 the model version, the served list's ``request_id`` (for feedback; only a real shopper's list on a
 page that writes is logged, else null), the latest events, what was skipped and what is
 simulated. Without ``user``, ``add`` is an anonymous session's history (kept by the page, in its
-tab); ``POST /ui/data`` takes one as a body. ``GET /ui/items?q=`` and ``GET /ui/shoppers?q=`` feed
+tab); ``POST /ui/data`` takes one as a body. ``GET /ui/versions?user=ID`` feeds the page's "Model
+versions" panel: every version with its verdict, parent and helpful shares, and for the shopper
+the items whose rank moved most between the serving version and its parent, with each version's
+explanation sentence (``recscope.viz.versions``; read-only). ``GET /ui/items?q=`` and ``GET /ui/shoppers?q=`` feed
 the page's search boxes. The page asks for nothing beyond this origin: its scripts and styles are
 inline and allowed by hash in a Content-Security-Policy header, and it fetches only ``connect-src
 'self'``.
@@ -41,9 +44,11 @@ from recscope.errors import DataError
 from recscope.histories import Event, History, resolve
 from recscope.recommend import Recommender
 from recscope.serve.deps import NotFound, ReadAccess, Service, ServiceDep
-from recscope.serve.live import adhoc_history, dismissed, user_history
+from recscope.serve.live import add_stored_items, adhoc_history, dismissed, user_history
 from recscope.serve.schemas import Strict, errors
+from recscope.snapshot import Snapshot
 from recscope.viz.report import asset, history_data, page_header, page_methods, source_hash, templates
+from recscope.viz.versions import versions_data
 
 router = APIRouter(prefix="/ui", tags=["ui"])
 
@@ -195,7 +200,7 @@ def live_case(
     request_id = None
     if log:
         request_id = uuid.uuid4().hex
-        svc.store.log_served(request_id, user, svc.model_version, [(e.item_id, e.score) for e in explained])
+        svc.store.log_served(request_id, user, svc.model_version, [(e.item_id, e.score) for e in explained], method)
     return {
         **page_header(rec, k, page_methods(rec), page="live"),
         "histories": [case],
@@ -214,6 +219,49 @@ def live_case(
             "simulated": {"add": list(add), "hide": sorted(set(hide))} if user is not None else None,
         },
     }
+
+
+# the serving version's parent as the service would serve it (the store's items added, its hidden
+# items hidden), built again when the store changes: (run, version) -> (the store's change seq, it)
+_parents: dict[tuple[str, str], tuple[int, Recommender]] = {}
+
+
+def _parent(svc: Service, run, version_id: str) -> Recommender:
+    """The Recommender of ``version_id`` over the store's catalog (called under ``svc.model()``)."""
+    seq, key = svc.store.last_change(), (str(run), version_id)
+    cached = _parents.get(key)
+    if cached is None or cached[0] != seq:
+        rec = Recommender(Snapshot.load(run, version_id))
+        add_stored_items(rec, svc.store)
+        _parents.clear()  # one app serves one run: the last parent asked for only
+        _parents[key] = cached = (seq, rec)
+    return cached[1]
+
+
+@router.get("/versions", responses=errors(404, 503), dependencies=ReadAccess)
+def versions_panel(request: Request, svc: ServiceDep, user: User = None, k: K = 10, method: Method = None):
+    """The run's model versions (verdict, parent, when, helpful shares per explanation method) and,
+    for ``user``, the items whose rank moved most between the serving version and its parent, each
+    with both versions' explanation sentences (``recscope.viz.versions``). Stores nothing."""
+    from recscope import versions
+
+    run = request.app.state.settings.run
+    rec = svc.recommender
+    method = method or rec.default_method()
+    page_methods(rec, [method])  # an unknown method is a 422 that lists the known ones
+    shares = svc.store.helpful_shares()
+    serving = svc.model_version
+    known = {v.id: v for v in versions.listing(run)} if run is not None else {}
+    parent_id = known[serving].parent if serving in known else None
+    cases, parent = [], None
+    with svc.model():
+        if user is not None:
+            history = user_history(svc, user)
+            cases = [(rec, [e.item_id for e in history.items], dismissed(svc, user))]
+        if parent_id in known and user is not None:
+            parent = _parent(svc, run, parent_id)
+        data = versions_data(run, serving, cases, parent=parent, k=k, method=method, shares=shares)
+    return _json({**data, "user": user})
 
 
 def _simulate(rec: Recommender, history: History, add: Sequence[str]) -> History:

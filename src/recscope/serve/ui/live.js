@@ -127,6 +127,21 @@ function show(data) {
   state.rec = Math.min(state.rec, Math.max(recs.length - 1, 0));
   drawShopper();
   drawWhy();
+  loadVersions(live.user).catch(fail);
+}
+
+// the "Model versions" panel: every version with its helpful shares and, for a real shopper, what
+// the serving version changed against its parent (GET /ui/versions; read-only)
+async function loadVersions(user) {
+  const params = new URLSearchParams({ k: String(K) });
+  if (state.method) params.set("method", state.method);
+  if (user !== null) params.set("user", user);
+  const token = live.loads;
+  const v = await api(`/ui/versions?${params}`);
+  if (token !== live.loads || user !== live.user) return;  // the shopper or method changed since
+  drawVersions(v, 0);
+  if (user === null) byId("movers-lead").textContent = "Open a shopper by id to see what the versions changed for them.";
+  byId("versions-view").hidden = false;
 }
 
 function showEmptySession() {

@@ -607,6 +607,57 @@ function drawBarRows(container, rows, opts) {
   });
 }
 
+// ------------------------------------------------------------------ versions (the loop made visible)
+// ``v``: the versions contract (recscope.viz.versions); ``n``: the case whose movers to draw (its
+// index in v.movers). Drawn into #versions-note, #versions-table and #movers, on both pages.
+function when(t) { return t ? new Date(t * 1000).toISOString().slice(0, 16).replace("T", " ") + " UTC" : "–"; }
+function sharesText(rows) {
+  if (rows === null || rows === undefined) return "no store: no feedback to read";
+  const voted = rows.filter((r) => r.votes > 0);
+  if (!voted.length) return rows.length ? "no votes yet" : "no lists served";
+  return voted.map((r) => `${r.method === null ? "no explanation" : r.method}: ${pct(r.share)} helpful of ${r.votes}`
+    + ` vote${r.votes === 1 ? "" : "s"}`).join("; ");
+}
+function rankText(r) { return r === null || r === undefined ? "not ranked" : "#" + r; }
+function drawVersions(v, n) {
+  document.getElementById("versions-note").textContent = v.note;
+  const table = clear(document.getElementById("versions-table"));
+  const head = el("tr", {}, el("thead", {}, table));
+  for (const h of ["Version", "Parent", "Made", "Verdict", "Explanation helpful (per method)"]) el("th", {}, head, h);
+  const body = el("tbody", {}, table);
+  for (const r of v.versions.slice().reverse()) {  // newest first
+    const tr = el("tr", { "data-version": r.id, class: r.serving ? "serving" : "" }, body);
+    const id = el("td", {}, tr);
+    el("code", {}, id, r.id);
+    if (r.serving) el("span", { class: "badge" }, id, "serving");
+    el("td", {}, tr, r.parent === null ? "–" : r.parent);
+    el("td", {}, tr, `${when(r.created)} (${r.source})`);
+    el("td", {}, tr, (r.verdict || (r.source === "train" ? "trained" : "–")) + (r.reason ? `: ${r.reason}` : ""));
+    el("td", { class: "shares" }, tr, sharesText(r.helpful));
+  }
+  const list = clear(document.getElementById("movers"));
+  const found = v.movers[n] || [];
+  const lead = document.getElementById("movers-lead");
+  if (v.parent === null) { lead.textContent = ""; return; }
+  lead.textContent = found.length
+    ? `Items whose rank moved most for this shopper from ${v.parent} to ${v.serving}, and why, in each version's own `
+      + `explanation (${v.method}).`
+    : `No item of either version's top-${DATA ? DATA.k : 10} moved for this shopper between ${v.parent} and ${v.serving}.`;
+  for (const m of found) {
+    const li = el("li", { "data-item": m.id }, list);
+    const top = el("div", { class: "mover-head" }, li);
+    el("span", { class: "mover-title" }, top, m.title);
+    const arrow = m.moved === null ? (m.before === null ? "new" : "gone") : (m.moved > 0 ? `▲ ${m.moved}` : `▼ ${-m.moved}`);
+    el("span", { class: "mover-rank " + (m.moved === null || m.moved > 0 ? "up" : "down") }, top,
+      `${rankText(m.before)} → ${rankText(m.after)} (${arrow})`);
+    const dl = el("dl", { class: "mover-why" }, li);
+    el("dt", {}, dl, `before (${v.parent})`);
+    el("dd", { class: "before" }, dl, m.sentence_before || "not ranked by this version");
+    el("dt", {}, dl, `now (${v.serving})`);
+    el("dd", { class: "after" }, dl, m.sentence_after || "not ranked by this version");
+  }
+}
+
 // ------------------------------------------------------------------ about tab
 function drawAbout() {
   const dl = document.getElementById("methods-about");
@@ -626,4 +677,8 @@ if (embedded) {
   drawFaithfulness();
   drawMerchant();
   drawAbout();
+  if (DATA.versions) {
+    drawVersions(DATA.versions, state.history);
+    document.getElementById("user").addEventListener("change", () => drawVersions(DATA.versions, state.history));
+  }
 }
