@@ -161,7 +161,7 @@ def test_a_worse_candidate_is_kept_with_its_reason(tiny_run, tmp_path, monkeypat
 
     run = _copy(tiny_run, tmp_path, min_cases=20)
 
-    def shuffled(model, work, config, budget, report):  # a deliberately broken candidate
+    def shuffled(model, work, config, budget, report, trained_items=None):  # a deliberately broken candidate
         generator = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for p in model.parameters():
@@ -327,3 +327,21 @@ def copy_model(rec):
     import copy
 
     return copy.deepcopy(rec.model)
+
+
+def test_replayed_windows_do_not_push_down_items_added_after_them(tiny_run):
+    """Replayed windows come from before the items added since existed: those items get no logit
+    there, so replay alone leaves a new item's zero-started id row untouched (counted as
+    negatives, AdamW moved it down at every step and launched items fell out of the lists)."""
+    from recscope.finetune import train
+
+    rec = Recommender.load(tiny_run)
+    config, m = rec.config, rec.config.model
+    few = dataclasses.replace(config, finetune=dataclasses.replace(config.finetune, epochs=1, negative_weight=0.0))
+    grown, _ = rec.snapshot.with_items([("LAUNCH-1", "Voltra Nova Phone", {})], lambda data, rows: None)
+    plan = dataclasses.replace(_plan(config.train.batch_size, 0, m.max_len, m.n_items), new_windows=0)  # replay only
+    for trained_items, moved in ((m.n_items, False), (None, True)):
+        model = copy_model(grown)
+        train(model, plan, few, None, lambda *_: None, trained_items=trained_items)
+        row = model.item_emb.weight[m.n_items + 1]
+        assert bool(row.abs().sum() > 0) == moved, (trained_items, row.abs().sum())

@@ -93,7 +93,7 @@ from recscope.lock import RunLock
 from recscope.metrics import all_metrics
 from recscope.model import SeqRec
 from recscope.ranking import rank_chunks
-from recscope.run import save_weights
+from recscope.run import load_info, save_weights
 from recscope.snapshot import Snapshot
 from recscope.train import TrainingData
 
@@ -331,13 +331,30 @@ def negative_term(model: SeqRec, histories: torch.Tensor, items: torch.Tensor) -
 
 
 def train(
-    model: SeqRec, work: Plan, config: Config, budget: float | None, report: Callable[[float, str], None]
+    model: SeqRec,
+    work: Plan,
+    config: Config,
+    budget: float | None,
+    report: Callable[[float, str], None],
+    trained_items: int | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune ``model`` in place on ``work``; returns {"steps", "epochs", "stopped", "loss"}."""
+    """Fine-tune ``model`` in place on ``work``; returns {"steps", "epochs", "stopped", "loss"}.
+
+    ``trained_items``: the size of the run's trained catalog. The replayed windows come from
+    the run's training data, from before any item added since existed, so those items get no
+    logit there (``SeqRec.loss``'s ``unseen``): counted as negatives of every replayed target,
+    a new item's zero-started id row is pushed down at every step (AdamW moves a row by about
+    the learning rate whatever its gradient's size) and the items launched after training fell
+    out of the lists their buyers get (on the replayed stream, launched items' HR@10 0.033
+    frozen, 0.007 fine-tuned)."""
     ft, batch_size = config.finetune, config.train.batch_size
     generator = torch.Generator().manual_seed(ft.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=ft.lr, weight_decay=config.train.weight_decay)
     training = TrainingData("next_item", work.windows)
+    unseen = None
+    if trained_items is not None and model.cfg.n_items > trained_items:
+        unseen = torch.zeros(model.cfg.n_items + 1, dtype=torch.bool)
+        unseen[trained_items + 1 :] = True
     use_negatives = ft.negative_weight > 0 and len(work.neg_items) > 0
     # The window batches set the steps; the negatives are spread over them (at most a batch a
     # step, a fresh sample each epoch), so each step weighs both sides as the loss says. Steps
@@ -362,7 +379,11 @@ def train(
             if len(index):
                 w = work.windows[index]
                 targets = float(((w[:, :-1] > 0) & (w[:, 1:] > 0)).sum())
-                loss = loss + training.loss(model, index, None) / max(targets, 1.0)
+                new, replayed = index[index < work.new_windows], index[index >= work.new_windows]
+                summed = training.loss(model, new, None) if len(new) else 0.0
+                if len(replayed):
+                    summed = summed + training.loss(model, replayed, None, unseen=unseen)
+                loss = loss + summed / max(targets, 1.0)
             chosen = negatives[i * per_step : (i + 1) * per_step]
             if len(chosen):
                 term = negative_term(model, work.neg_histories[chosen], work.neg_items[chosen])
@@ -484,7 +505,9 @@ def finetune(
             f"{len(work.neg_items)} negatives, {len(new_items)} new items",
         )
         model = copy.deepcopy(grown.model)
-        fitted = train(model, work, config, budget, lambda done, msg: report("training", done, msg, force=False))
+        progress = lambda done, msg: report("training", done, msg, force=False)  # noqa: E731
+        trained_items = load_info(run).config.model.n_items  # the run's catalog: what replay windows knew
+        fitted = train(model, work, config, budget, progress, trained_items=trained_items)
         report("evaluating", 0.0, f"{len(work.cases)} held-out cases")
         before, after = measure(grown.model, work.cases, config), measure(model, work.cases, config)
         metrics = {"candidate": after, "parent": before, "tolerance": ft.tolerance, "cases": len(work.cases)}
