@@ -164,3 +164,42 @@ def test_a_loo_run_reports_no_cold_items(tiny_run):
     rec.path = None  # nothing recorded: the shared run is read only
     assert rec.split().cold.size == 0
     assert set(evaluate_run(rec, "test")) == {"recscope"}
+
+
+def _with_cold_ids(run, tmp_path, **model):
+    """A copy of ``run`` whose config sets model.cold_ids / cold_neighbours (inference settings)."""
+    import dataclasses
+
+    from recscope.run import save_info
+
+    out = shutil.copytree(run, tmp_path / "run")
+    info = load_info(out)
+    cfg = dataclasses.replace(info.config, model=dataclasses.replace(info.config.model, **model))
+    save_info(out, dataclasses.replace(info, config=cfg))
+    return out
+
+
+def test_an_added_item_borrows_the_id_of_the_trained_items_that_look_like_it(tiny_run, tmp_path):
+    """cold_ids=neighbours: an item added live takes the mean id embedding of the 3 trained items
+    whose attribute-and-text tokens are nearest its own (checked by brute force), and is scored
+    with it; with the default (zero) its id embedding stays zero."""
+    rec = Recommender.load(_with_cold_ids(tiny_run, tmp_path, cold_ids="neighbours", cold_neighbours=3))
+    zero = Recommender.load(tiny_run)
+    labels = {f.name: (f.labels(7) if f.kind == "multi" else f.labels(7)[0]) for f in rec.data.fields if f.labels(7)}
+    for r in (rec, zero):
+        r.set_items([("NEW-1", r.data.title(7), labels)])
+    model, row = rec.model, rec.data.item_index("NEW-1")
+    with torch.no_grad():
+        trained = torch.arange(1, zero.snapshot.trained_items + 1)
+        parts = model.field_embeddings(torch.cat([torch.tensor([row]), trained]))
+        content = torch.nn.functional.normalize(sum(v for k, v in parts.items() if k != "id"), dim=-1)
+        nearest = trained[(content[1:] @ content[0]).topk(3).indices]
+        expected = model.item_emb.weight[nearest].mean(0)
+    assert torch.allclose(model.item_emb.weight[row], expected, atol=1e-6)
+    assert zero.model.item_emb.weight[zero.data.item_index("NEW-1")].abs().sum() == 0
+    user = rec.data.user_ids[3]
+    with_id = {x.item_id: x.score for x in rec.recommend(user=user, k=rec.data.n_items)}["NEW-1"]
+    without = {x.item_id: x.score for x in zero.recommend(user=user, k=zero.data.n_items)}["NEW-1"]
+    assert with_id != pytest.approx(without)  # the borrowed id is in its score
+    with pytest.raises(ConfigError, match="cold_ids"):
+        config_mod.load(None, ["model.cold_ids=mean"])

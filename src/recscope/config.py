@@ -67,6 +67,10 @@ class ModelConfig:
     use_events: bool = True  # (bool) add an event-type embedding (view, cart, ...) to tokens when the data has >1 type
     text_norm: bool = False  # (bool) LayerNorm the projected text embedding (then scaled by text_scale)
     text_scale: float = 1.0  # (float) with text_norm: the normalised text embedding's scale relative to unit variance
+    # (str) the id embedding of an item with none (added after training, or held out of it): "zero", or
+    # "neighbours": the mean id embedding of its cold_neighbours nearest trained items by content
+    cold_ids: str = "zero"
+    cold_neighbours: int = 10  # (int) with cold_ids=neighbours: how many trained items an id is borrowed from
     # Filled from the data at training time; never set by hand.
     n_items: int = 0  # (int) catalog size, item index 0 is padding
     fields: tuple[tuple[str, int, int], ...] = ()  # ((name, vocabulary size, values per item), ...) attribute fields
@@ -405,6 +409,8 @@ RULES: dict[str, Rule] = {
     "model.dropout": _range(0, 1, open_high=True),
     "model.attn_dropout": _range(0, 1, open_high=True),
     "model.text_scale": _range(0, 1000, open_low=True),
+    "model.cold_ids": _one_of("zero", "neighbours"),
+    "model.cold_neighbours": _range(1, 100_000),
     "model.n_items": _range(0),
     "model.fields": Rule(_fields, "(name, vocabulary size >= 1, values per item >= 1) per field"),
     "model.text_dim": _range(0, 65_536),

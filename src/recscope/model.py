@@ -286,6 +286,36 @@ class SeqRec(nn.Module):
         if text is not None and self.cfg.text_dim:
             self.text_vectors[rows] = text.to(self.text_vectors.dtype)
 
+    @torch.no_grad()
+    def borrow_ids(self, rows: Tensor, known: Tensor, chunk: int = 65_536) -> None:
+        """Give the items at ``rows``, which have no id embedding (added after training, or held
+        out of it), the mean id embedding of their ``cfg.cold_neighbours`` nearest ``known``
+        items by content: the cosine of their tokens without the id part (attributes and text).
+
+        Why: a trained item's score has an id part its fields do not carry, so an item scored
+        from its fields alone is outranked by every trained item (on Beauty held-out items reached
+        the top 10 in 1 case of 2,325). Borrowing the id of the items that look like it puts it
+        on their scale; its own id embedding replaces the borrowed one once training sees it.
+        ``known`` are scanned ``chunk`` at a time, so a million-item catalog costs no more memory."""
+        k = min(self.cfg.cold_neighbours, len(known))
+        if not len(rows) or k == 0 or not (self.field_names or self.cfg.text_dim):
+            return  # nothing but ids: no content to find neighbours by
+
+        def content(items: Tensor) -> Tensor:
+            parts = self.field_embeddings(items)
+            return F.normalize(torch.stack([v for name, v in parts.items() if name != "id"]).sum(0), dim=-1)
+
+        wanted = content(rows)  # (R, C)
+        best_sim = torch.full((len(rows), k), float("-inf"))
+        best_item = torch.zeros(len(rows), k, dtype=torch.long)
+        for part in known.split(chunk):
+            sim = wanted @ content(part).T  # (R, P)
+            sims = torch.cat([best_sim, sim], dim=1)
+            items = torch.cat([best_item, part[None].expand(len(rows), -1)], dim=1)
+            best_sim, at = sims.topk(k, dim=1)
+            best_item = items.gather(1, at)
+        self.item_emb.weight[rows] = self.item_emb.weight[best_item].mean(1)
+
     # ------------------------------------------------------------------ item tokens
     def field_embeddings(self, items: Tensor) -> dict[str, Tensor]:
         """Each field's contribution to the tokens of ``items`` (any shape S): name -> (*S, C)."""

@@ -78,6 +78,12 @@ class Snapshot:
     ) -> Snapshot:
         """The snapshot of a trained model over its trained catalog; ``retrieval_config`` replaces
         the run's ``retrieval`` settings (e.g. ``ann="off"`` to score exactly)."""
+        cold = info.state.cold_items or []  # held out of training (data.split=cold_items): no id embedding
+        if cold and model.cfg.cold_ids == "neighbours":
+            rows = torch.tensor(sorted(data.item_index(i) for i in cold), dtype=torch.long)
+            known = torch.ones(data.n_items + 1, dtype=torch.bool)
+            known[0], known[rows] = False, False
+            model.borrow_ids(rows, known.nonzero().flatten())
         with torch.no_grad():
             table = model.item_table()
         config = info.config
@@ -157,6 +163,8 @@ class Snapshot:
         rows = sorted({a.index for a in added})
         values = {f.name: torch.from_numpy(f.values[rows]) for f in data.fields}
         model = self.model.with_items(rows, values, text=text(data, rows))
+        if model.cfg.cold_ids == "neighbours":  # on the trained items' scale (SeqRec.borrow_ids)
+            model.borrow_ids(torch.tensor(rows, dtype=torch.long), torch.arange(1, self.trained_items + 1))
         # Only these rows change (a token is its own item's fields): no pass over the whole catalog.
         with torch.no_grad():
             grown = model.cfg.n_items + 1 - len(self.table)
