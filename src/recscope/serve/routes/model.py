@@ -85,7 +85,7 @@ def _state(request: Request) -> ModelOut:
 def _job(state: jobs.JobState, store: Store) -> JobOut:
     job = state.job
     error = job.error
-    if error:  # the store's URL (a password included) is on the job's command line, maybe in its errors
+    if error:  # the job opens the store by its URL (password included, from its environment): an error may quote it
         error = error.replace(jobs.store_url(store), store.engine.url.render_as_string(hide_password=True))
     return JobOut(
         job_id=job.id,
