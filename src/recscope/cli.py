@@ -121,9 +121,16 @@ MethodsOpt = Annotated[
 ]
 
 
+def _at_least_one(value: int | None) -> int | None:
+    # Our words, not the argument parser's: they differ between typer/click releases.
+    if value is not None and value < 1:
+        raise typer.BadParameter(f"{value} is not a whole number greater than or equal to 1")
+    return value
+
+
 def _count(flags: tuple[str, ...], help: str):
     """An option counting something: a whole number of at least 1 (0 or -1 is a usage error)."""
-    return typer.Option(*flags, metavar="N", min=1, help=help)
+    return typer.Option(*flags, metavar="N", callback=_at_least_one, help=help)
 
 
 def _version(value: bool) -> None:
@@ -398,7 +405,9 @@ def _note_unknown(ids: list[str]) -> None:
     if ids:
         shown = ", ".join(repr(i) for i in ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
         console.print(
-            Text(f"note: skipped {len(ids)} history item(s) this run does not know: {shown}"), highlight=False
+            Text(f"note: skipped {len(ids)} history item(s) this run does not know: {shown}"),
+            highlight=False,
+            soft_wrap=True,  # one line a log can be searched for, whatever the width
         )
 
 
@@ -709,6 +718,46 @@ def versions_cmd(
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.created))
         grid.add_row("*" if v.id == served else "", v.id, when, v.source, "" if valid is None else f"{valid:.4f}")
     out.print(titled(f"model versions of {run}", grid, "* the version served; valid: NDCG@10 on the valid split"))
+
+
+@_command()
+def federated(
+    data: DataOpt,
+    clients: Annotated[int, _count(("--clients",), "clients the users are dealt to (by a hash of their id)")],
+    rounds: Annotated[int, _count(("--rounds",), "FedAvg rounds")],
+    out_dir: Annotated[Path, typer.Option("--out", metavar="RUN", help="run directory to write")],
+    catalog: CatalogOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    map_: MapOpt = None,
+    local_epochs: Annotated[int, _count(("--local-epochs",), "epochs each client trains per round")] = 1,
+    fraction: Annotated[
+        float,
+        typer.Option("--fraction", metavar="SHARE", min=0.0, max=1.0, help="share of the clients sampled each round"),
+    ] = 1.0,
+    dp_noise: Annotated[
+        float,
+        typer.Option("--dp-noise", metavar="SIGMA", min=0.0, help="DP on the aggregate: noise multiplier (0: off)"),
+    ] = 0.0,
+    dp_clip: Annotated[
+        float,
+        typer.Option("--dp-clip", metavar="NORM", min=0.0, help="DP on the aggregate: L2 clip of each client's update"),
+    ] = 0.0,
+    cpus: Annotated[
+        int, typer.Option("--cpus", metavar="N", min=0, help="clients trained at once (0: the CPUs available)")
+    ] = 0,
+) -> None:
+    """Federated training with Flower (simulation): each client trains on its own users, the server
+    averages their weights (FedAvg); the result is a run like train's."""
+    from recscope.data import column_map, load_dataset
+
+    cfg = config_mod.load(config, set_ or [])
+    dataset = load_dataset(data, catalog, cfg.data, column_map(map_))
+    print_load_report(console, dataset.report)
+    from recscope.federated import Federation, federate  # torch and Flower load once the data is good
+
+    plan = Federation(clients, rounds, local_epochs, fraction, dp_noise, dp_clip, cpus)
+    federate(dataset, cfg, out_dir, plan, data_spec=data, catalog=str(catalog) if catalog else None, console=console)
 
 
 @_command()
