@@ -89,7 +89,8 @@ def test_a_posted_purchase_changes_the_next_answer(client, rec):
     assert client.post("/events", json={"events": [event]}).json() == {"accepted": 0, "duplicates": 1}
     forgot = client.delete(f"/users/{user}").json()
     assert forgot["deleted"]["events"] == 1 and forgot["deleted"]["served"] == 2
-    assert _ids(client.get(f"/users/{user}/recommendations", params={"k": 10})) == before
+    # forgotten: their training history is hidden too, so they are an unknown visitor (issue 24)
+    assert client.get(f"/users/{user}/recommendations", params={"k": 10}).json()["source"] == "fallback"
 
 
 def test_ad_hoc_history_names_unknown_ids(client, rec):
@@ -221,7 +222,7 @@ def test_with_an_api_key_writes_and_admin_need_it_and_reads_stay_open(run, rec, 
             assert keyed.request(method, url, headers=good, **kwargs).status_code in (200, 201), (method, url)
         assert keyed.put("/items/KEYED-2", json={"title": ""}).status_code == 401, "the key is checked first"
         assert keyed.get("/items/KEYED-1").status_code == 200
-        assert keyed.post("/what-if", json={"user_id": user, "k": 3}).status_code == 200
+        assert keyed.post("/what-if", json={"user_id": "U00022", "k": 3}).status_code == 200  # user: forgotten
         assert keyed.post("/recommendations", json={"history": [item], "k": 3}).status_code == 200
         assert keyed.get("/health/ready").status_code == 200 and keyed.get("/docs").status_code == 200
 
@@ -278,7 +279,6 @@ def test_what_if_on_the_live_history(client, rec):
     assert client.post("/events", json={"events": [_event("wi-1", user, top)]}).status_code == 200
     live = client.post("/what-if", json={"user_id": user, "remove": [top]}).json()
     assert len(live["before"]) == 10 and top in [r["item_id"] for r in live["after"]]
-    client.delete(f"/users/{user}")
     not_held = client.post("/what-if", json={"user_id": user, "remove": ["NOT-HELD-9"]})
     assert not_held.status_code == 422 and "NOT-HELD-9" in not_held.json()["error"]
     not_item = client.post("/what-if", json={"user_id": user, "add": ["NO-SUCH-ITEM"]})
@@ -289,6 +289,7 @@ def test_what_if_on_the_live_history(client, rec):
     assert "user_id" in _field(client.post("/what-if", json={"remove": []}))
     assert "remove" in _field(client.post("/what-if", json={"user_id": user, "remove": "P1"}))
     assert "colour" in _field(client.post("/what-if", json={"user_id": user, "colour": 1}))
+    client.delete(f"/users/{user}")
 
 
 def test_items_of_the_run_and_of_the_store(client, rec):

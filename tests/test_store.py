@@ -253,7 +253,7 @@ def test_migrated_schema_matches_the_models(store_url):
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-            assert context.get_current_revision() == "0005"
+            assert context.get_current_revision() == "0006"
     finally:
         engine.dispose()
 

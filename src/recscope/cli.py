@@ -176,6 +176,11 @@ def train(
     from recscope.data import column_map, load_dataset
 
     cfg = config_mod.load(config, set_ or [])
+    if cfg.train.tower_shards and (nproc > 1 or resume):
+        raise RecscopeError(
+            "train.tower_shards trains its shards one after another in one process, each from scratch",
+            fix="leave out --nproc and --resume, or set train.tower_shards=false",
+        )
     if nproc > 1:  # the same command in N processes (recscope.distributed); a bad config fails here, once
         from recscope.distributed import launch
 
@@ -195,6 +200,11 @@ def train(
         return
     dataset = load_dataset(data, catalog, cfg.data, column_map(map_))
     print_load_report(console, dataset.report)
+    if cfg.train.tower_shards:  # each tower trained alone on its shard of the users (recscope.shards)
+        from recscope.shards import fit_sharded
+
+        fit_sharded(dataset, cfg, out_dir, data_spec=data, catalog=str(catalog) if catalog else None, console=console)
+        return
     from recscope.train import fit  # torch loads only once the data is known to be good
 
     fit(
@@ -483,36 +493,50 @@ def report(
     merchant_users: Annotated[int, _count(("--merchant-users",), "random users aggregated in the merchant view")] = 500,
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="seed of the random samples")] = 0,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="also write PNG figures")] = True,
+    pseudonymise: Annotated[
+        bool,
+        typer.Option(
+            "--pseudonymise",
+            help="show user ids as keyed pseudonyms (key: $RECSCOPE_PSEUDONYM_KEY, else RUN/pseudonym.key)",
+        ),
+    ] = False,
     db: Annotated[
         str | None,
         typer.Option(
             "--db",
             metavar="URL",
-            help="store whose feedback gives each version's explanation-helpful shares"
-            " (default: $RECSCOPE_DB, else the run's store.sqlite when it has one)",
+            help="store whose feedback gives each version's explanation-helpful shares and whose tombstones"
+            " leave forgotten users out (default: $RECSCOPE_DB, else the run's store.sqlite when it has one)",
         ),
     ] = None,
 ) -> None:
     """A self-contained HTML report (one file, works offline) plus PNG figures."""
+    from recscope.pseudonyms import Pseudonyms
     from recscope.recommend import Recommender
     from recscope.serve.store import STORE_FILE, Store
     from recscope.viz.report import build_report
 
     rec = Recommender.load(run)
+    db = db or os.environ.get("RECSCOPE_DB") or None
+    shares = None  # no store: the report says there is no feedback to read
+    forgotten: dict[str, float] = {}  # no store, no tombstones: the run's users as trained (docs/privacy.md)
+    if db or (Path(run) / STORE_FILE).exists():
+        with Store.open(db) if db else Store.for_run(run) as store:
+            shares = store.helpful_shares()
+            forgotten = store.forgotten()
     rng = np.random.default_rng(seed)
-    ids = rec.data.user_ids
+    ids = [u for u in rec.data.user_ids if u not in forgotten] if forgotten else rec.data.user_ids
     chosen = [u.strip() for u in users.split(",") if u.strip()] if users else None
     if chosen:
         for u in chosen:
+            if u in forgotten:
+                raise RecscopeError(
+                    f"--users: user {u!r} has been forgotten (the store's tombstone)", fix="leave it out"
+                )
             rec.data.user_index(u)  # unknown ids fail here, named, before any work
     else:
         chosen = [ids[i] for i in sorted(rng.choice(len(ids), min(sample, len(ids)), replace=False))]
     crowd = sorted(set(chosen) | {ids[i] for i in rng.choice(len(ids), min(merchant_users, len(ids)), replace=False)})
-    db = db or os.environ.get("RECSCOPE_DB") or None
-    shares = None  # no store: the report says there is no feedback to read
-    if db or (Path(run) / STORE_FILE).exists():
-        with Store.open(db) if db else Store.for_run(run) as store:
-            shares = store.helpful_shares()
     build_report(
         rec,
         chosen,
@@ -523,6 +547,7 @@ def report(
         figures=figures,
         console=out,
         shares=shares,
+        pseudonyms=Pseudonyms.for_run(run, ids) if pseudonymise else None,
     )
 
 
@@ -596,6 +621,14 @@ def serve(
             help="the web view's buttons write events and feedback as the shopper shown (default: read-only)",
         ),
     ] = False,
+    pseudonymise: Annotated[
+        bool,
+        typer.Option(
+            "--pseudonymise",
+            help="the web view shows user ids as keyed pseudonyms"
+            " (key: $RECSCOPE_PSEUDONYM_KEY, else RUN/pseudonym.key)",
+        ),
+    ] = False,
 ) -> None:
     """The live service: recommendations, explanations and events over HTTP (docs at /docs).
     --version picks the model version to serve (recscope --version prints recscope's own)."""
@@ -613,6 +646,11 @@ def serve(
             f"--host {host!r} is not a loopback address: serving beyond this machine needs an API key",
             fix="use --host 127.0.0.1, or set a key with --api-key-env VAR",
         )
+    if pseudonymise and ui_writes:
+        raise RecscopeError(
+            "--pseudonymise with --ui-writes: a page that acts as the shopper posts their real id",
+            fix="leave out one of them",
+        )
     workers = workers or len(os.sched_getaffinity(0))
     settings = Settings(
         run=run,
@@ -623,6 +661,7 @@ def serve(
         api_key=api_key,
         read_key=read_key,
         ui_writes=ui_writes,
+        pseudonymise=pseudonymise,
         **({} if busy_after is None else {"busy_after": busy_after}),
         workers=workers,
         threads=threads,
@@ -758,6 +797,64 @@ def federated(
 
     plan = Federation(clients, rounds, local_epochs, fraction, dp_noise, dp_clip, cpus)
     federate(dataset, cfg, out_dir, plan, data_spec=data, catalog=str(catalog) if catalog else None, console=console)
+
+
+def _run_store(run: Path, db: str | None):
+    """The store ``--db`` names ($RECSCOPE_DB), else the run's own; the run is checked first, so a
+    missing or damaged run is named before a store is opened in it."""
+    from recscope.run import load_info
+    from recscope.serve.store import Store
+
+    load_info(run)
+    db = db or os.environ.get("RECSCOPE_DB") or None
+    return Store.open(db) if db else Store.for_run(run)
+
+
+@_command()
+def forget(
+    run: RunArg,
+    user: Annotated[str, typer.Option("--user", metavar="ID", help="the user to forget")],
+    db: DbOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Forget a user: delete their stored rows and write their tombstone (every reader hides their
+    training events); a run with sharded towers trains the shard that held them again."""
+    from recscope.forget import forget as forget_user
+
+    with _run_store(run, db) as store:
+        result = forget_user(run, user, store, console=console)
+    if as_json:
+        print(json.dumps(result), flush=True)
+        return
+    deleted = ", ".join(f"{n} {what}" for what, n in result["deleted"].items())
+    out.print(f"forgot {user}: deleted {deleted}; tombstone written", highlight=False)
+    if result["version"] is not None:
+        shards = ", ".join(map(str, result["shards_retrained"])) or "none"
+        out.print(f"version {result['version']} (shards trained again: {shards}) is served", highlight=False)
+
+
+@_command()
+def retrain(
+    run: RunArg,
+    out_dir: Annotated[Path, typer.Option("--out", metavar="RUN2", help="run directory to write")],
+    db: DbOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Train a new run from scratch on the run's data and the store's events, without every
+    forgotten user; its version records the tombstones it honoured."""
+    from recscope.forget import retrain as retrain_run
+
+    with _run_store(run, db) as store:
+        result = retrain_run(run, store, out_dir, console=console)
+    if as_json:
+        print(json.dumps(result), flush=True)
+        return
+    t = result["tombstones"]
+    out.print(
+        f"{result['run']}: version {result['version']}, trained without {t['count']} forgotten users "
+        f"({result['lineage']['events_left_out']} events left out)",
+        highlight=False,
+    )
 
 
 @_command()

@@ -71,6 +71,9 @@ class ModelConfig:
     # "neighbours": the mean id embedding of its cold_neighbours nearest trained items by content
     cold_ids: str = "zero"
     cold_neighbours: int = 10  # (int) with cold_ids=neighbours: how many trained items an id is borrowed from
+    # (float) with cold_ids=neighbours: the borrowed id embedding times this (1: as borrowed; below 1 a
+    # borrowed item competes less with the trained items it copies)
+    cold_id_scale: float = 1.0
     # Filled from the data at training time; never set by hand.
     n_items: int = 0  # (int) catalog size, item index 0 is padding
     fields: tuple[tuple[str, int, int], ...] = ()  # ((name, vocabulary size, values per item), ...) attribute fields
@@ -121,10 +124,22 @@ class TrainConfig:
     # (str) with model.towers > 1: "shared", every tower reads the same batches; "own", each tower reads
     # the epoch in its own shuffled order, as separately seeded models would (more diverse towers)
     tower_batches: str = "shared"
+    # (bool) with model.towers > 1: train tower k alone on its own disjoint shard of the users (a stable
+    # hash of the user id mod towers), SISA-style, so forgetting a user trains one tower again (recscope.shards)
+    tower_shards: bool = False
     eval_every: int = 1  # (int) evaluate on valid every this many epochs
     patience: int = 8  # (int) stop after this many evaluations without a better valid NDCG@10
     seed: int = 42  # (int) seeds shuffling, initialisation and dropout
     threads: int = 0  # (int) torch CPU threads, 0 = the CPUs this process may use (affinity and cgroup quota)
+    # (str) "none", or "dp": user-level differential privacy, DP-SGD through Opacus (recscope.privacy): each
+    # step samples users (Poisson), one user's whole training history is one example, its gradient is clipped
+    # to dp_max_grad_norm and Gaussian noise calibrated to dp_epsilon at dp_delta over train.epochs is added;
+    # the last epoch's weights are kept (no selection on valid, no early stopping)
+    privacy: str = "none"
+    dp_epsilon: float = 8.0  # (float) privacy dp: the epsilon the noise is calibrated to reach after train.epochs
+    dp_delta: float = 0.0  # (float) privacy dp: delta, in [0, 1); 0 = 1 / the users trained on
+    dp_max_grad_norm: float = 1.0  # (float) privacy dp: each user's gradient is clipped to this L2 norm
+    dp_accountant: str = "rdp"  # (str) privacy dp: Opacus's accountant, "rdp" (Renyi DP) or "prv" (tighter, slower)
 
 
 @dataclass(frozen=True)
@@ -411,6 +426,7 @@ RULES: dict[str, Rule] = {
     "model.text_scale": _range(0, 1000, open_low=True),
     "model.cold_ids": _one_of("zero", "neighbours"),
     "model.cold_neighbours": _range(1, 100_000),
+    "model.cold_id_scale": _range(0, 1, open_low=True),
     "model.n_items": _range(0),
     "model.fields": Rule(_fields, "(name, vocabulary size >= 1, values per item >= 1) per field"),
     "model.text_dim": _range(0, 65_536),
@@ -434,6 +450,11 @@ RULES: dict[str, Rule] = {
     "train.patience": _range(1, 1_000_000),
     "train.seed": _range(0, 2**31 - 1),
     "train.threads": _range(0, 1024),
+    "train.privacy": _one_of("none", "dp"),
+    "train.dp_epsilon": _range(0, 1000, open_low=True),
+    "train.dp_delta": _range(0, 1, open_high=True),
+    "train.dp_max_grad_norm": _range(0, 1e6, open_low=True),
+    "train.dp_accountant": _one_of("prv", "rdp"),
     "eval.ks": Rule(_cutoffs, "a list of cut-offs from 1 to 100000 that includes 10 (model selection uses NDCG@10)"),
     "eval.num_negatives": _range(1, 1_000_000),
     "eval.batch_size": _range(1, 1_048_576),
@@ -511,6 +532,13 @@ def validate(config: Config, source: str = "config") -> None:
             f"{source}: train.tower_batches=own gives each tower its own batches, but model.towers=1",
             fix="use model.towers=2 or more, or train.tower_batches=shared (the default)",
         )
+    if t.tower_shards and (m.towers == 1 or t.task != "next_item" or d.split != "loo"):
+        raise ConfigError(
+            f"{source}: train.tower_shards trains each tower on its own shard of users, which needs "
+            f"model.towers > 1 (got {m.towers}), train.task=next_item (got {t.task}) and data.split=loo "
+            f"(got {d.split}: a shard's split must be its users' part of the whole data's)",
+            fix="e.g. model.towers=4 with the next_item task and data.split=loo, or train.tower_shards=false",
+        )
     if t.loss != "ce" and t.num_negatives == 0 and t.in_batch_negatives == 0:
         raise ConfigError(
             f"{source}: train.loss={t.loss} may use sampled softmax, but train.num_negatives and "
@@ -522,9 +550,39 @@ def validate(config: Config, source: str = "config") -> None:
             f"{source}: data.temporal_valid={d.temporal_valid} must be below data.temporal_test={d.temporal_test}",
             fix="e.g. data.temporal_valid=0.8 and data.temporal_test=0.9",
         )
+    if t.privacy == "dp":
+        _check_private(t, source)
     if config.retrieval.ann == "on" and config.train.task != "next_item":
         raise ConfigError(
             f"{source}: retrieval.ann=on needs train.task=next_item: a {config.train.task} run scores items with "
             "an MLP, which an inner-product index cannot search",
             fix="leave retrieval.ann at auto (such runs score exactly) or set it to off",
+        )
+
+
+def _check_private(t: TrainConfig, source: str) -> None:
+    """What user-level DP-SGD (recscope.privacy) cannot do: each refusal says why."""
+    if t.task != "next_item":
+        raise ConfigError(
+            f"{source}: train.privacy=dp trains the next-item task only; train.task={t.task} has a head "
+            "whose starting bias is read from every user's data, outside the privacy accounting",
+            fix="use train.task=next_item with train.privacy=dp, or train.privacy=none",
+        )
+    if t.loss == "sampled":
+        raise ConfigError(
+            f"{source}: train.privacy=dp needs full softmax: sampled softmax draws its negatives from the batch's "
+            "targets and the items' frequencies, which a user's gradient must not depend on",
+            fix="use train.loss=ce (or auto, below train.sampled_above items) with train.privacy=dp",
+        )
+    if t.tower_batches == "own":
+        raise ConfigError(
+            f"{source}: train.privacy=dp samples users for all towers at once; train.tower_batches=own "
+            "would give each tower its own batches",
+            fix="use train.tower_batches=shared with train.privacy=dp",
+        )
+    if t.tower_shards:
+        raise ConfigError(
+            f"{source}: train.privacy=dp and train.tower_shards together are not supported: the accounting "
+            "covers one model trained on every user, not one tower per shard",
+            fix="use one of train.privacy=dp and train.tower_shards=true",
         )

@@ -6,7 +6,10 @@ publish the result as a new version, promoted only when measured not worse (DESI
 **What it learns from.** The parent is the version the store says every worker serves, else the
 run's current one. The new events are the store's events *received* after the parent was
 created (or after ``since``: a version id, meaning its creation time, or a time): received, not
-stamped, so a replayed stream whose events carry old timestamps still counts. A user's sequence
+stamped, so a replayed stream whose events carry old timestamps still counts. Forgotten users
+(the store's tombstones) are honoured: their training sequences are neither read nor replayed,
+and the lineage records the tombstones honoured (``forget.honoured``); the new version still
+descends from its parent's weights, so it carries the parent's marks (``forget.forgotten_counts``). A user's sequence
 is what the service reads: their training sequence in the run (none for a user only the store
 knows) followed by every stored event of theirs in (timestamp, arrival) order. Windows of
 ``model.max_len + 1`` items are cut from its end backwards, as training cuts them, and those
@@ -89,6 +92,7 @@ from recscope.data import Dataset, split_of
 from recscope.data.split import training_windows
 from recscope.errors import RecscopeError, RunError
 from recscope.files import atomic_write
+from recscope.forget import honoured
 from recscope.lock import RunLock
 from recscope.metrics import all_metrics
 from recscope.model import SeqRec
@@ -247,14 +251,22 @@ def _tail_windows(seq: np.ndarray, new: np.ndarray, max_len: int) -> list[np.nda
     return out
 
 
-def plan(data: Dataset, trained: Dataset, reading: StoreReading, since: float, config: Config) -> Plan:
+def plan(
+    data: Dataset, trained: Dataset, reading: StoreReading, since: float, config: Config, forgotten=frozenset()
+) -> Plan:
     """The windows, negatives and held-out cases of a fine-tune over ``data`` (the grown catalog;
-    ``trained``: the parent's, whose training split is replayed)."""
+    ``trained``: the parent's, whose training split is replayed). The ``forgotten`` users' training
+    sequences are neither replayed nor read: their stored events (posted after their tombstone)
+    are a new history."""
     ft, max_len = config.finetune, config.model.max_len
+
+    def find_user(user: str) -> int | None:
+        return None if user in forgotten else data.find_user(user)
+
     sequences: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # user -> (items, new, received)
     events = skipped = 0
     for user, stored in reading.events.items():
-        u = data.find_user(user)
+        u = find_user(user)
         base = data.sequence(u) if u is not None else np.zeros(0, dtype=np.int64)
         items, new, received = list(base), [False] * len(base), [float("-inf")] * len(base)
         for item_id, _, got in stored:
@@ -281,7 +293,11 @@ def plan(data: Dataset, trained: Dataset, reading: StoreReading, since: float, c
     replay_users = 0
     if new_windows and ft.replay > 0:
         split = split_of(trained, config)
-        old = training_windows(trained, split.train, max_len)
+        gone = [i for i in map(trained.find_user, forgotten) if i is not None]
+        train = split.train.copy()
+        for i in gone:
+            train[trained.offsets[i] : trained.offsets[i + 1]] = False
+        old = training_windows(trained, train, max_len)
         n = min(len(old), round(ft.replay * new_windows))
         if n:
             picked = np.random.default_rng(ft.seed).choice(len(old), n, replace=False)
@@ -290,13 +306,13 @@ def plan(data: Dataset, trained: Dataset, reading: StoreReading, since: float, c
     neg_histories, neg_items, kinds = [], [], {"dismiss": 0, "ignored": 0}
     for user, item_id, at, kind in reading.negatives:
         index = data.find(item_id)
-        if index is None or user not in sequences and data.find_user(user) is None:
+        if index is None or user not in sequences and find_user(user) is None:
             continue
         if user in sequences:
             items, _, received = sequences[user]
             history = items[received <= at]
         else:
-            history = data.sequence(data.find_user(user))
+            history = data.sequence(find_user(user))
         if not len(history):
             continue
         neg_histories.append(_pad(history, max_len))
@@ -482,7 +498,8 @@ def finetune(
         reading = read_store(store, start, now, ft.ignore_window, ft.max_negatives)
         new_items = [i for i in store.items_added() if not snapshot.trained(i.item_id)]
         grown, _ = snapshot.with_items([(i.item_id, i.title, i.attributes) for i in new_items], _text_vectors(config))
-        work = plan(grown.data, snapshot.data, reading, start, config)
+        forgotten = store.forgotten()
+        work = plan(grown.data, snapshot.data, reading, start, config, forgotten)
         lineage = {
             "parent": parent_id,
             "since": start,
@@ -492,6 +509,7 @@ def finetune(
             "negatives": len(work.neg_items),
             "new_items": len(new_items),
             "replay_users": work.replay_users,
+            "tombstones": honoured(forgotten, now),
         }
         if work.new_windows == 0 and len(work.neg_items) == 0:
             reason = f"no new event and no negative since {_when(start)}: nothing to learn"

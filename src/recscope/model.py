@@ -290,7 +290,8 @@ class SeqRec(nn.Module):
     def borrow_ids(self, rows: Tensor, known: Tensor, chunk: int = 65_536) -> None:
         """Give the items at ``rows``, which have no id embedding (added after training, or held
         out of it), the mean id embedding of their ``cfg.cold_neighbours`` nearest ``known``
-        items by content: the cosine of their tokens without the id part (attributes and text).
+        items by content: the cosine of their tokens without the id part (attributes and text),
+        times ``cfg.cold_id_scale``.
 
         Why: a trained item's score has an id part its fields do not carry, so an item scored
         from its fields alone is outranked by every trained item (on Beauty held-out items reached
@@ -314,7 +315,7 @@ class SeqRec(nn.Module):
             items = torch.cat([best_item, part[None].expand(len(rows), -1)], dim=1)
             best_sim, at = sims.topk(k, dim=1)
             best_item = items.gather(1, at)
-        self.item_emb.weight[rows] = self.item_emb.weight[best_item].mean(1)
+        self.item_emb.weight[rows] = self.item_emb.weight[best_item].mean(1) * self.cfg.cold_id_scale
 
     # ------------------------------------------------------------------ item tokens
     def field_embeddings(self, items: Tensor) -> dict[str, Tensor]:

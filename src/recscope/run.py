@@ -66,6 +66,35 @@ RUN_FILES = (
 
 
 @dataclass
+class PrivacySpent:
+    """run.json's ``state.privacy``: what user-level DP-SGD spent (``train.privacy: dp``, see
+    :mod:`recscope.privacy`). The guarantee is (epsilon, delta) for the model's weights, with one
+    user's whole history as the unit that may be added or removed. A key of another recscope
+    version is kept in ``other`` and written back."""
+
+    epsilon: float  # the accountant's epsilon after the steps taken, at delta
+    delta: float
+    accountant: str  # Opacus's accountant: "prv" or "rdp"
+    noise_multiplier: float  # Gaussian noise std per step, in units of max_grad_norm
+    max_grad_norm: float  # each user's gradient clipped to this L2 norm
+    sample_rate: float  # each user's chance to be in a step's batch (Poisson sampling)
+    steps: int  # noisy steps taken
+    target_epsilon: float  # train.dp_epsilon: what the noise was calibrated to reach after train.epochs
+    users: int  # the examples: users with at least one training target, one example each
+    other: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> PrivacySpent:
+        known = {f.name for f in fields(cls)} - {"other"}
+        return cls(
+            **{k: v for k, v in raw.items() if k in known}, other={k: v for k, v in raw.items() if k not in known}
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "other"} | self.other
+
+
+@dataclass
 class TrainingState:
     """run.json's "state": how far training got, what it selected on valid, and what was measured
     on the run since. A key of another recscope version is kept in ``other`` and written back."""
@@ -83,6 +112,7 @@ class TrainingState:
     train_seconds: float | None = None  # the epochs' time, evaluations aside
     evaluations: dict[str, dict] = field(default_factory=dict)  # "test/full", "valid/rating"...: {scorer: metrics}
     explain_eval: dict[str, Any] | None = None  # explain-eval's measurements; "default": the run's default method
+    privacy: PrivacySpent | None = None  # with train.privacy=dp: the privacy spent so far
     other: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -90,9 +120,12 @@ class TrainingState:
         """The state run.json holds (a copy: nothing is shared with ``raw``); absent keys take their defaults."""
         raw = copy.deepcopy(raw)
         known = {f.name for f in fields(cls)} - {"other"}
-        return cls(
+        state = cls(
             **{k: v for k, v in raw.items() if k in known}, other={k: v for k, v in raw.items() if k not in known}
         )
+        if isinstance(state.privacy, dict):
+            state.privacy = PrivacySpent.from_dict(state.privacy)
+        return state
 
     def to_dict(self) -> dict[str, Any]:
         """run.json's form: the training keys always, the others when they are set."""
@@ -102,6 +135,8 @@ class TrainingState:
                 state[key] = getattr(self, key)
         if self.evaluations:
             state["evaluations"] = self.evaluations
+        if self.privacy is not None:
+            state["privacy"] = self.privacy.to_dict()
         return state | self.other
 
     # run.json's state was a dict before it had a type: ``state["epoch"]``, ``state.get("cold_items")``

@@ -121,6 +121,12 @@ def fit(
     """
     out = Path(out)
     validate(config)
+    if resume and config.train.privacy == "dp":
+        raise RunError(
+            "--resume cannot continue a private run: its noise was calibrated to reach train.dp_epsilon after "
+            "train.epochs epochs from the start, and the accountant's steps are not resumed",
+            fix="train it again with another --out",
+        )
     with distributed.start() as dist:
         console = (console or Console(stderr=True)) if dist.is_main else Console(quiet=True)
         threads = use_threads(dist.threads(config.train.threads))
@@ -192,10 +198,21 @@ def _fit(data, config, task, out, split, data_spec, catalog, resume, console, or
     batches = TrainingData.build(data, split, config, inputs).to(dist.device)
     batch_loss = dist.wrap(BatchLoss(model, batches.loss))
     t = config.train
+    private = None
+    if t.privacy == "dp":
+        if dist.active:
+            raise RunError(
+                "train.privacy=dp trains in one process: Opacus's accounting here is for one sampler",
+                fix="train without --nproc (or with --nproc 1), or with train.privacy=none",
+            )
+        from recscope.privacy import PrivateTraining  # Opacus takes seconds to import: only private runs pay
+
+        private = PrivateTraining.build(data, split.train, batches.windows, batches.events, config, optimizer)
+        optimizer = private.optimizer
     processes = f" x {dist.world} processes (DistributedDataParallel)" if dist.active else ""
     console.print(
         f"[bold]{data.describe()}[/]\n{split.describe()}; {batches.describe()}; {threads} thread(s){processes}\n"
-        f"{state.inputs}\n{describe_loss(config)}",
+        f"{state.inputs}\n{describe_loss(config)}" + ("" if private is None else f"\n{private.describe(config)}"),
         highlight=False,
     )
     start_epoch = state.epoch
@@ -205,18 +222,22 @@ def _fit(data, config, task, out, split, data_spec, catalog, resume, console, or
     with TrainingProgress(console, t.epochs, start_epoch) as progress:
         for epoch in range(start_epoch, t.epochs):
             tic = time.perf_counter()
-            loss = train_epoch(
-                model,
-                optimizer,
-                batches,
-                config,
-                epoch,
-                progress,
-                unseen,
-                dist=dist,
-                batch_loss=batch_loss,
-                averaged=averaged,
-            )
+            if private is not None:
+                loss = private.train_epoch(model, config, epoch, progress, unseen, averaged)
+                state.privacy = private.spent(config)
+            else:
+                loss = train_epoch(
+                    model,
+                    optimizer,
+                    batches,
+                    config,
+                    epoch,
+                    progress,
+                    unseen,
+                    dist=dist,
+                    batch_loss=batch_loss,
+                    averaged=averaged,
+                )
             seconds = time.perf_counter() - tic
             record = {"epoch": epoch + 1, "loss": loss, "train_seconds": round(seconds, 2)}
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
@@ -225,7 +246,9 @@ def _fit(data, config, task, out, split, data_spec, catalog, resume, console, or
                 metrics = dist.on_main(lambda: task.validate(_on_cpu(scored), data, split, config, inputs))
                 record["valid"] = metrics
                 record["eval_seconds"] = round(time.perf_counter() - tic, 2)
-                if task.improves(metrics[select_on], best):
+                # A private run keeps its latest weights: choosing on valid would read the users' valid
+                # items outside the privacy accounting (recscope.privacy).
+                if private is not None or task.improves(metrics[select_on], best):
                     best = metrics[select_on]
                     state.best_epoch, state.best_valid, state.bad_evals = epoch + 1, metrics, 0
                     if dist.is_main:
@@ -264,9 +287,18 @@ def _fit(data, config, task, out, split, data_spec, catalog, resume, console, or
         return version
 
     version = dist.on_main(publish)
+    kept = "last" if private is not None else "best"
     console.print(
-        f"best valid {select_on} {best:.4f} at epoch {state.best_epoch}; run saved in {out} (model version {version})"
+        f"{kept} valid {select_on} {best:.4f} at epoch {state.best_epoch}; run saved in {out} (model version {version})"
     )
+    if state.privacy is not None:
+        p = state.privacy
+        console.print(
+            f"privacy: epsilon {p.epsilon:.3f} at delta {p.delta:.3g} per user ({p.accountant} accountant, "
+            f"{p.steps} steps, sample rate {p.sample_rate:.4g}, noise multiplier {p.noise_multiplier:.4g}, "
+            f"clip {p.max_grad_norm:g})",
+            highlight=False,
+        )
     return info
 
 
@@ -534,6 +566,12 @@ def _resume(
     out: Path, config: Config, data_print: str, data_spec: str, model: SeqRec, optimizer, averaged=None
 ) -> RunInfo:
     info = load_info(out)
+    if info.state.privacy is not None:
+        raise RunError(
+            f"{out} was trained with train.privacy=dp: its noise was calibrated to its epochs from the start, "
+            "and the accountant's steps are not resumed",
+            fix="train it again with another --out",
+        )
     if info.format < FORMAT or info.data_fingerprint is None:
         raise RunError(
             f"{out} was written by an older recscope (run format {info.format}), before runs recorded their "

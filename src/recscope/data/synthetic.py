@@ -24,6 +24,19 @@ what popularity-CTR can learn) and, much more, when the shopper's history relate
 the shop's rules: an accessory for a device they own, the brand of an earlier item in the
 same department, a department they buy from. Impressions come from their own random stream
 after the purchases, so the purchases are the same with or without them.
+
+``synthetic:drift=0.5`` is a drifting shop with a planted change: at the time by which half
+(0.5) of the shop's purchases are made, a new brand, ``NEW_BRAND``, launches (its items are in
+the catalog from the start, a few per regular subcategory, and nobody buys one before the
+change) and one regular subcategory, drawn by the seed, becomes fashionable. Every purchase of
+the shop without the change is kept as it is, with its time, mechanism and cause; after the
+change, before each purchase that follows at least one other, the shopper also buys, with
+chance ``p_launch``, an item of the new brand in the department of their latest purchase
+(mechanism ``launch``, cause: that latest purchase), else with chance ``p_fashion`` an item of
+the fashionable subcategory, whatever their taste (``fashion``, no single cause). Both are
+drawn from their own random stream, so the shop up to the change is exactly the shop without
+it; :func:`generate_drifting` also returns the :class:`Change` (its time, the brand and its
+items, the fashionable category).
 """
 
 from __future__ import annotations
@@ -40,6 +53,8 @@ from recscope.data.rows import choose_columns
 from recscope.errors import DataError
 
 MECHANISMS = ["category_interest", "accessory_after_device", "brand_loyalty", "popularity"]
+DRIFT_MECHANISMS = ["launch", "fashion"]  # a drifting shop's purchases that follow its change (codes after MECHANISMS)
+NEW_BRAND = "Orbita"  # the brand a drifting shop launches: in no department's BRANDS
 
 # department -> (subcategory, is_device_category, nouns)
 DEPARTMENTS: dict[str, list[tuple[str, bool, list[str]]]] = {
@@ -96,9 +111,26 @@ class ShopConfig:
     # (int) > 0: exactly this many purchases over exactly ``items`` items, drawn by the vectorised
     # generator of recscope.data.scale (any size); 0 = the small shop of this module
     events: int = 0
+    # (float) 0 = no change; from 0 to 1: the shop changes when this share of its purchases is made
+    # (a brand launches, a category becomes fashionable; see the module's docstring)
+    drift: float = 0.0
+    p_launch: float = 0.3  # (float) with drift: chance a purchase after the change is preceded by one of the new brand
+    p_fashion: float = 0.15  # (float) with drift: else chance it is preceded by one of the fashionable category
 
 
 PROBABILITIES = ("p_accessory", "p_brand", "p_popularity")
+DRIFT_OPTIONS = ("p_launch", "p_fashion")
+EXAMPLES = {"drift": 0.5}  # what an error suggests where the default (no change) would not help
+
+
+@dataclass(frozen=True)
+class Change:
+    """A drifting shop's planted change: what a model should follow after ``time``."""
+
+    time: float  # epoch seconds: the purchases after it may follow the change (mechanism launch or fashion)
+    brand: str  # the launched brand
+    items: tuple[str, ...]  # its item ids, in catalog order (after the shop's own items)
+    category: str  # the fashionable subcategory, as the catalog's category column writes it ("Home|Decor")
 
 
 def parse_spec(rest: str) -> ShopConfig:
@@ -118,7 +150,9 @@ def parse_spec(rest: str) -> ShopConfig:
             values[key] = float(value) if is_float else int(value)
         except ValueError:
             kind = "a number" if is_float else "a whole number"
-            raise DataError(f"synthetic option {key}={value!r} is not {kind}", fix=f"e.g. {key}=3") from None
+            raise DataError(
+                f"synthetic option {key}={value!r} is not {kind}", fix=f"e.g. {key}={EXAMPLES.get(key, 3)}"
+            ) from None
     shop = ShopConfig(**values)
     limits = [
         ("users", shop.users >= 1, "at least 1"),
@@ -128,11 +162,12 @@ def parse_spec(rest: str) -> ShopConfig:
         ("max_len", shop.max_len >= shop.min_len, f"at least min_len ({shop.min_len})"),
         ("impressions", 0 <= shop.impressions <= 100, "from 0 to 100"),
         ("events", shop.events >= 0, "0 (the small shop) or more"),
-        *((p, 0.0 <= getattr(shop, p) <= 1.0, "a probability from 0 to 1") for p in PROBABILITIES),
+        ("drift", 0.0 <= shop.drift < 1.0, "0 (no change) or more, and below 1"),
+        *((p, 0.0 <= getattr(shop, p) <= 1.0, "a probability from 0 to 1") for p in PROBABILITIES + DRIFT_OPTIONS),
     ]
     for key, ok, should in limits:
         if not ok:
-            default = getattr(ShopConfig(), key)
+            default = EXAMPLES.get(key, getattr(ShopConfig(), key))
             raise DataError(
                 f"synthetic option {key}={getattr(shop, key)} must be {should}", fix=f"e.g. {key}={default}"
             )
@@ -147,7 +182,36 @@ def parse_spec(rest: str) -> ShopConfig:
             "synthetic option max_len= does not apply with events= (the events set how much each shopper buys)",
             fix="drop max_len=, or drop events= for the small shop",
         )
+    _check_drift(shop, values)
     return shop
+
+
+def _check_drift(shop: ShopConfig, given: dict[str, object]) -> None:
+    """The drift options make sense together and with the rest of the spec."""
+    if not shop.drift:
+        lonely = [k for k in DRIFT_OPTIONS if k in given]
+        if lonely:
+            raise DataError(
+                f"synthetic option {lonely[0]}= applies only to a drifting shop, and drift= is not given",
+                fix=f"add drift=0.5 (the change at half the purchases), or drop {lonely[0]}=",
+            )
+        return
+    if shop.events:
+        raise DataError(
+            "synthetic option drift= is for the small shop: the vectorised generator of events= plants no change",
+            fix="drop events= (use users= and items= to size the shop), or drop drift=",
+        )
+    if shop.impressions:
+        raise DataError(
+            "synthetic options drift= and impressions= do not go together: impressions are drawn over the "
+            "purchases without the change",
+            fix="drop impressions= (or drift=)",
+        )
+    if shop.p_launch + shop.p_fashion > 1.0:
+        raise DataError(
+            f"synthetic options p_launch + p_fashion add up to {shop.p_launch + shop.p_fashion:g}, more than 1",
+            fix="lower one of them (the rest of the purchases after the change are the shop's own only)",
+        )
 
 
 def load_synthetic(rest: str, config: DataConfig) -> Dataset:
@@ -156,6 +220,9 @@ def load_synthetic(rest: str, config: DataConfig) -> Dataset:
         from recscope.data.scale import frames
 
         interactions, catalog = frames(shop)
+        shown = None
+    elif shop.drift:
+        interactions, catalog, _ = generate_drifting(shop)
         shown = None
     else:
         interactions, catalog, shown = generate_with_impressions(shop)
@@ -168,7 +235,7 @@ def load_synthetic(rest: str, config: DataConfig) -> Dataset:
         price_bands=config.price_bands,
         list_separator=config.list_separator,
         report=generated,
-        extra_labels={"mechanism": MECHANISMS},
+        extra_labels={"mechanism": MECHANISMS + (DRIFT_MECHANISMS if shop.drift else [])},
         text_columns=config.text_columns,
     )
     if shown is not None:
@@ -185,8 +252,113 @@ def load_synthetic(rest: str, config: DataConfig) -> Dataset:
 
 def generate(shop: ShopConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(interactions, catalog). Interactions carry ``mechanism`` (code) and ``cause`` (position or -1)."""
+    if shop.drift:
+        interactions, catalog, _ = generate_drifting(shop)
+        return interactions, catalog
     interactions, catalog, _ = generate_with_impressions(dataclasses.replace(shop, impressions=0))
     return interactions, catalog
+
+
+def generate_drifting(shop: ShopConfig) -> tuple[pl.DataFrame, pl.DataFrame, Change]:
+    """(interactions, catalog, change) of a drifting shop (``shop.drift`` > 0): the shop without
+    the change, its launched brand's items appended to the catalog and the purchases that follow
+    the change inserted (see the module's docstring). Mechanism codes index
+    ``MECHANISMS + DRIFT_MECHANISMS``."""
+    if not shop.drift:
+        raise ValueError("generate_drifting needs a shop with drift > 0")
+    interactions, catalog, _ = generate_with_impressions(dataclasses.replace(shop, impressions=0))
+    rng = np.random.default_rng([shop.seed, 2])  # its own stream: the shop without the change is untouched
+    catalog, launched = _launch_brand(catalog, rng)
+    category = dict(zip(catalog["item_id"], catalog["category"], strict=True))
+    regular = sorted({category[i] for i in launched})  # the new brand is in every regular subcategory
+    fashionable = regular[int(rng.integers(len(regular)))]
+    change = Change(
+        time=float(np.quantile(interactions["timestamp"].to_numpy(), shop.drift)),
+        brand=NEW_BRAND,
+        items=tuple(launched),
+        category=fashionable,
+    )
+    return _insert_followers(shop, interactions, catalog, change, rng), catalog, change
+
+
+def _launch_brand(catalog: pl.DataFrame, rng: np.random.Generator) -> tuple[pl.DataFrame, list[str]]:
+    """The catalog with the new brand's items appended: a quarter as many per regular
+    subcategory as the shop's brands have there together (2 at least), priced as regular items."""
+    categories = catalog["category"].to_list()
+    titles = set(catalog["title"])
+    rows: dict[str, list] = {c: [] for c in catalog.columns}
+    for dept, subcats in DEPARTMENTS.items():
+        for sub, is_device, nouns in subcats:
+            if is_device:
+                continue
+            for k in range(max(2, categories.count(f"{dept}|{sub}") // 4)):
+                title = f"{NEW_BRAND} {ADJECTIVES[rng.integers(len(ADJECTIVES))]} {nouns[k % len(nouns)]}"
+                unique, n = title, 1
+                while unique in titles:
+                    n += 1
+                    unique = f"{title} ({n})"
+                titles.add(unique)
+                rows["item_id"].append(f"P{catalog.height + len(rows['item_id']) + 1:04d}")
+                rows["title"].append(unique)
+                rows["brand"].append(NEW_BRAND)
+                rows["category"].append(f"{dept}|{sub}")
+                rows["price"].append(f"{PRICE_BASE['regular'] * rng.lognormal(0, 0.7):.2f}")
+    return pl.concat([catalog, pl.DataFrame(rows)]), rows["item_id"]
+
+
+def _insert_followers(
+    shop: ShopConfig, interactions: pl.DataFrame, catalog: pl.DataFrame, change: Change, rng: np.random.Generator
+) -> pl.DataFrame:
+    """The purchases that follow the change, each inserted just before a purchase after it
+    (at a time drawn between that purchase and the one before it, or the change); the causes
+    of the shop's own purchases move with the positions they point at."""
+    item_ids = catalog["item_id"].to_list()
+    department = {i: c.split("|")[0] for i, c in zip(item_ids, catalog["category"], strict=True)}
+    # A shop item is picked as often as it sold before (+1); the launched ones, which never sold, alike.
+    popularity = dict.fromkeys(item_ids, 1.0)
+    for item in interactions["item_id"].filter(interactions["timestamp"] <= change.time):
+        popularity[item] += 1.0
+    launched_in: dict[str, list[str]] = {}
+    for item in change.items:
+        launched_in.setdefault(department[item], []).append(item)
+    fashionable = [i for i, c in zip(item_ids, catalog["category"], strict=True) if c == change.category]
+    launch, fashion = len(MECHANISMS), len(MECHANISMS) + 1
+
+    def pick(pool: list[str], owned: set[str]) -> str | None:
+        free = [i for i in pool if i not in owned]
+        if not free:
+            return None
+        weights = np.array([popularity[i] for i in free])
+        return free[int(rng.choice(len(free), p=weights / weights.sum()))]
+
+    columns = {c: interactions[c].to_list() for c in interactions.columns}
+    out: dict[str, list] = {c: [] for c in interactions.columns}
+    users = columns["user_id"]
+    starts = [j for j in range(len(users)) if j == 0 or users[j] != users[j - 1]] + [len(users)]
+    for start, end in zip(starts[:-1], starts[1:], strict=True):
+        owned = set(columns["item_id"][start:end])
+        moved = []  # the new position of each of the shopper's own purchases
+        rows: list[tuple] = []
+        for j in range(start, end):
+            t = columns["timestamp"][j]
+            roll = rng.random() if t > change.time and j > start else 1.0
+            item = mechanism = None
+            if roll < shop.p_launch:
+                item, mechanism = pick(launched_in.get(department[columns["item_id"][j - 1]], []), owned), launch
+            elif roll < shop.p_launch + shop.p_fashion:
+                item, mechanism = pick(fashionable, owned), fashion
+            if item is not None:
+                low = max(change.time, columns["timestamp"][j - 1])
+                cause = len(rows) - 1 if mechanism == launch else -1  # launch: the latest purchase
+                rows.append((users[j], item, low + (t - low) * rng.uniform(0.05, 0.95), mechanism, cause))
+                owned.add(item)
+            moved.append(len(rows))
+            rows.append(tuple(columns[c][j] for c in ("user_id", "item_id", "timestamp", "mechanism", "cause")))
+        for row in rows:
+            cause = row[4] if row[3] >= len(MECHANISMS) or row[4] < 0 else moved[row[4]]
+            for column, value in zip(out, (*row[:4], cause), strict=True):
+                out[column].append(value)
+    return pl.DataFrame(out, schema=interactions.schema)
 
 
 def generate_with_impressions(shop: ShopConfig):

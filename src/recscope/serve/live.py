@@ -1,10 +1,11 @@
 """The live history source and the lists served from it.
 
-A user's live history is the run's training history (if the run knows the user) followed by
-the events stored since, oldest first; a user only the store knows is a new user whose history
-is their stored events. Stored item ids the catalog does not know are skipped and named
-(``unknown``). Items the user dismissed are never recommended to them; items hidden in the
-catalog (the store's hidden set, in every worker's snapshot) to nobody, in no list.
+A user's live history is the run's training history (if the run knows the user and has not
+forgotten them: a tombstone hides it) followed by the events stored since, oldest first; a user
+only the store knows is a new user whose history is their stored events. Stored item ids the
+catalog does not know are skipped and named (``unknown``). Items the user dismissed are never
+recommended to them; items hidden in the catalog (the store's hidden set, in every worker's
+snapshot) to nobody, in no list.
 
 A visitor the model cannot read (unknown, or no known item in the history) gets the fallback
 list, labelled ``source: "fallback"`` (:func:`serve_list`). Item to item is
@@ -40,9 +41,15 @@ class StoreHistories:
         self.run, self.store = run, store
 
     def history(self, user_id: str) -> History:
-        """NotFound when neither the run nor the store knows the user."""
-        trained = self.run.events(user_id)
+        """NotFound when neither the run nor the store knows the user.
+
+        A forgotten user (``Store.forget_user``) has no training history: the store's tombstone,
+        read on every call, hides it, so every worker on every host honours a forget from its
+        commit on. The forget deleted their stored events, so the events stored since are a new
+        history that starts after the tombstone (a new user under the same id, ``in_run`` False);
+        with none, they are unknown (404, or the fallback list) as any first visitor is."""
         stored = self.store.history(user_id)
+        trained = None if self.store.forgotten_at(user_id) is not None else self.run.events(user_id)
         if trained is None and not stored:
             raise NotFound(
                 f"unknown user {user_id!r}: not in the run's training data and no events stored",

@@ -157,3 +157,20 @@ class Job(Base):
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class Tombstone(Base):
+    """A forgotten user (DELETE /users/{id}, ``recscope forget``): written in the transaction that
+    deleted every stored row of theirs, and read by every history source, so the run's training
+    events of the user are hidden from then on. ``deleted`` counts the rows removed per table;
+    ``first_received``: when the earliest of their deleted events had arrived (None: none were
+    stored), for telling which fine-tuned versions read them. A user forgotten twice has two rows."""
+
+    __tablename__ = "tombstones"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_key: Mapped[str] = mapped_column(String(KEY_LENGTH), index=True)
+    user_id: Mapped[str] = mapped_column(Text)
+    forgotten_at: Mapped[float] = mapped_column(Float)
+    deleted: Mapped[dict[str, Any]] = mapped_column(JSON)
+    first_received: Mapped[float | None] = mapped_column(Float)

@@ -65,12 +65,18 @@ class HistoryOut(Strict):
 class Deleted(Strict):
     events: int = Field(ge=0)
     served: int = Field(ge=0)  # served lists (with their items)
+    served_items: int = Field(ge=0, description="items shown in those lists")
     feedback: int = Field(ge=0)
 
 
 class ForgetOut(Strict):
     user_id: str
     deleted: Deleted  # rows removed
+    forgotten_at: float = Field(
+        description="epoch seconds of the tombstone written with the deletion (committed before this answer): "
+        "from then on no route shows the user's training events, and the versions trained on them say so "
+        "(GET /model: forgotten)"
+    )
 
 
 class RecommendIn(Request):
@@ -227,10 +233,16 @@ class VersionOut(Strict):
     )
     lineage: dict[str, Any] | None = Field(
         description="what a fine-tune learned from: parent, since, until, events, feedback, negatives, "
-        "new_items, replay_users"
+        "new_items, replay_users (and the tombstones it honoured); a retrained run's: parent run, data, store_until"
     )
     serving: bool = Field(description="this worker serves it now")
     current: bool = Field(description="the run's current version")
+    forgotten: int = Field(
+        default=0,
+        ge=0,
+        description="users it was trained on who have since been forgotten (DELETE /users/{id}): only a "
+        "version trained without them (recscope retrain, or a sharded run's forget) is free of them",
+    )
 
 
 class ModelOut(Strict):

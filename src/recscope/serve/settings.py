@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from recscope.serve.limits import MAX_BODY
@@ -33,3 +33,15 @@ class Settings(BaseSettings):
     workers: int = 1  # (int) worker processes (recscope serve --workers); each holds the model
     threads: int = 1  # (int) torch threads per worker (recscope serve --threads)
     ui_writes: bool = False  # (bool) web view buttons write real events/feedback as the shopper; False: read-only
+    # (bool) the web view shows every user id as its keyed pseudonym (recscope.pseudonyms) and opens
+    # shoppers by pseudonym only; not with ui_writes (a page acting as the shopper posts their id)
+    pseudonymise: bool = False
+
+    @model_validator(mode="after")
+    def _pseudonyms_read_only(self) -> Settings:
+        if self.pseudonymise and self.ui_writes:
+            raise ValueError(
+                "pseudonymise and ui_writes together: a page that acts as the shopper posts their real id; "
+                "how to fix: leave out one of --pseudonymise and --ui-writes"
+            )
+        return self

@@ -46,6 +46,7 @@ from recscope.serve.models import (
     Job,
     Served,
     ServedItem,
+    Tombstone,
     key,
 )
 
@@ -89,10 +90,22 @@ class StoredItem:
 class StoredChange:
     seq: int  # commit order: a follower that has seen seq n has seen every change up to n
     # "item" (added, updated or removed; subject: the item id), "hidden" (hidden or shown again;
-    # the item id) or "model" (subject: the version to serve)
+    # the item id), "model" (subject: the version to serve) or "forget" (a user forgotten; subject:
+    # the user's key, models.key, so the change log does not repeat their id)
     kind: str
     subject: str
     created_at: float
+
+
+@dataclass(frozen=True)
+class StoredTombstone:
+    """A forgotten user: see ``models.Tombstone``."""
+
+    user_id: str
+    forgotten_at: float
+    deleted: dict[str, int]  # rows removed: events, served, served_items, feedback
+    first_received: float | None  # arrival of the earliest deleted event (None: none were stored)
+    seq: int | None = None  # the change that told every worker (known to the writer only)
 
 
 @dataclass(frozen=True)
@@ -509,6 +522,20 @@ class Store:
                 for r in rows
             ]
 
+    def events_by_user(self) -> dict[str, list[StoredEvent]]:
+        """Every stored event: user id -> their events oldest first (as :meth:`history` orders
+        them), users in the order of their first stored event (for ``recscope retrain``)."""
+        out: dict[str, list[StoredEvent]] = {}
+        with self._read() as session:
+            rows = session.scalars(select(Event).order_by(Event.id))
+            for r in rows:
+                out.setdefault(r.user_id, []).append(
+                    StoredEvent(r.event_id, r.user_id, r.item_id, r.event, r.timestamp, r.value, r.received_at)
+                )
+        for events in out.values():
+            events.sort(key=lambda e: e.timestamp)  # stable: equal timestamps stay in order of arrival
+        return out
+
     def users(self) -> list[tuple[str, int]]:
         """Every user with stored events, with how many, in the order of their first stored event."""
         first = func.min(Event.id)
@@ -533,12 +560,27 @@ class Store:
         return counts
 
     def forget(self, user_id: str) -> dict[str, int]:
-        """Delete a user's events, served lists (with their items) and feedback; returns the counts."""
+        """Delete a user's events, served lists (with their items) and feedback, and write their
+        tombstone; returns the counts of events, served lists and feedback (:meth:`forget_user`
+        has the tombstone, served items counted too)."""
+        deleted = self.forget_user(user_id).deleted
+        return {k: deleted[k] for k in ("events", "served", "feedback")}
+
+    def forget_user(self, user_id: str) -> StoredTombstone:
+        """Forget a user: delete every stored row of theirs (events, served lists with their shown
+        items, feedback they gave or that was given on their lists) and write their tombstone and a
+        "forget" change, all in one transaction: committed (and synced) when this returns, so an
+        acknowledged forget survives a crash, and no reader ever sees the rows gone without the
+        tombstone. Readers check the tombstone per request (:meth:`forgotten_at`), so every worker
+        over this store, on any host, honours it from the commit on. Jobs and items hold nothing
+        of a user. A user may be forgotten again (after posting new events): another tombstone."""
         user_id = _text(user_id, "user_id")
         user_key = key(user_id)
+        mine = and_(Event.user_key == user_key, Event.user_id == user_id)
         with self._write() as session:
+            first = session.scalar(select(func.min(Event.received_at)).where(mine))
             theirs = select(Served.request_id).where(Served.user_key == user_key, Served.user_id == user_id)
-            events = session.execute(delete(Event).where(Event.user_key == user_key, Event.user_id == user_id))
+            events = session.execute(delete(Event).where(mine))
             feedback = session.execute(
                 delete(Feedback).where(
                     or_(
@@ -547,9 +589,48 @@ class Store:
                     )
                 )
             )
-            session.execute(delete(ServedItem).where(ServedItem.request_id.in_(theirs)))
+            shown = session.execute(delete(ServedItem).where(ServedItem.request_id.in_(theirs)))
             served = session.execute(delete(Served).where(Served.user_key == user_key, Served.user_id == user_id))
-            return {"events": events.rowcount, "served": served.rowcount, "feedback": feedback.rowcount}
+            deleted = {
+                "events": events.rowcount,
+                "served": served.rowcount,
+                "served_items": shown.rowcount,
+                "feedback": feedback.rowcount,
+            }
+            now = time.time()
+            self._change(session, "forget", user_key)
+            session.add(
+                Tombstone(user_key=user_key, user_id=user_id, forgotten_at=now, deleted=deleted, first_received=first)
+            )
+            session.flush()
+            seq = int(session.scalar(select(Change.seq).order_by(Change.seq.desc()).limit(1)))
+            return StoredTombstone(user_id, now, deleted, first, seq)
+
+    def forgotten_at(self, user_id: str) -> float | None:
+        """When the user was last forgotten (epoch seconds), or None: never."""
+        user_id = _text(user_id, "user_id")
+        with self._read() as session:
+            return session.scalar(
+                select(func.max(Tombstone.forgotten_at)).where(
+                    Tombstone.user_key == key(user_id), Tombstone.user_id == user_id
+                )
+            )
+
+    def tombstones(self) -> list[StoredTombstone]:
+        """Every tombstone, oldest first."""
+        with self._read() as session:
+            rows = session.scalars(select(Tombstone).order_by(Tombstone.id))
+            return [StoredTombstone(r.user_id, r.forgotten_at, dict(r.deleted), r.first_received) for r in rows]
+
+    def forgotten(self) -> dict[str, float]:
+        """Every forgotten user id -> when they were last forgotten: O(tombstones)."""
+        with self._read() as session:
+            rows = session.execute(
+                select(Tombstone.user_id, func.max(Tombstone.forgotten_at)).group_by(
+                    Tombstone.user_key, Tombstone.user_id
+                )
+            )
+            return {u: float(t) for u, t in rows}
 
     # -- items added after training ---------------------------------------------------------
 

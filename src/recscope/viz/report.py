@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -72,6 +73,7 @@ def build_report(
     figures: bool = True,
     console=None,
     shares=None,
+    pseudonyms: Callable[[str], str] | None = None,
 ) -> Path:
     """Write ``out_dir/index.html`` (and ``out_dir/figures/``); returns the page's path.
 
@@ -80,14 +82,24 @@ def build_report(
     values are weighed by ``merchant_method`` (default: the run's default method). A run with
     model versions gets the "Versions" tab (``recscope.viz.versions``): what its version changed
     for each case against its parent, and ``shares`` (``Store.helpful_shares()``; None: the run
-    has no store) per version.
+    has no store) per version. ``pseudonyms`` (``recscope.pseudonyms.Pseudonyms``): every user id
+    the page and its figures show is its pseudonym (labels included); histories are still read by
+    the real id, here, and never written out.
     """
     cases = [Case(f"user {u}", user=u) for u in users or []] + list(cases or [])
     if not cases:
         raise RunError("the report needs at least one user", fix="pass --users ID,ID or --sample N")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = report_data(rec, cases, k=k, methods=methods, merchant_users=merchant_users, merchant_method=merchant_method)
+    data = report_data(
+        rec,
+        cases,
+        k=k,
+        methods=methods,
+        merchant_users=merchant_users,
+        merchant_method=merchant_method,
+        pseudonyms=pseudonyms,
+    )
     if rec.path is not None and versions.listing(rec.path):
         read = [rec.history(c.user) if c.history is None else rec.history_from_ids(c.history) for c in cases]
         histories = [[rec.data.item_ids[i] for i in hist] for hist in read]
@@ -111,6 +123,7 @@ def report_data(
     methods: list[str] | None = None,
     merchant_users: list[str] | None = None,
     merchant_method: str | None = None,
+    pseudonyms: Callable[[str], str] | None = None,
 ) -> dict:
     methods = page_methods(rec, methods)
     default = rec.default_method()
@@ -122,7 +135,11 @@ def report_data(
         ids = [data.item_ids[i] for i in hist]
         # word attributions for the run's own method only: they re-encode every title variant
         explained = {m: rec.explain(history=ids, top=k, k=k, method=m, words=m == default) for m in methods}
-        histories.append(history_data(rec, hist, explained, default, label=case.label, user=case.user, note=case.note))
+        label, user, note = case.label, case.user, case.note
+        if pseudonyms is not None and user is not None:
+            name = pseudonyms(user)
+            label, user, note = label.replace(user, name), name, note.replace(user, name)
+        histories.append(history_data(rec, hist, explained, default, label=label, user=user, note=note))
     merchant_users = merchant_users or [c.user for c in cases if c.user is not None]
     merchant = global_view(rec, merchant_users, k=k, method=merchant_method) if merchant_users else None
     if merchant is not None:

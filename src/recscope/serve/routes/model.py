@@ -25,7 +25,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import Field
 
-from recscope import versions
+from recscope import forget, versions
 from recscope.errors import RunError
 from recscope.serve import jobs
 from recscope.serve.deps import Conflict, FollowerDep, NotFound, ReadAccess, ServiceDep, StoreDep, WriteAccess
@@ -57,7 +57,7 @@ class FeedbackOut(Strict):
     versions: list[VersionFeedbackOut]  # the run's versions oldest first, then any other the store names
 
 
-def _version(version: versions.Version, serving: str, current: str | None) -> VersionOut:
+def _version(version: versions.Version, serving: str, current: str | None, forgotten: int = 0) -> VersionOut:
     details = version.details
     verdict = details.get("verdict")
     return VersionOut(
@@ -69,16 +69,18 @@ def _version(version: versions.Version, serving: str, current: str | None) -> Ve
         lineage=details.get("lineage"),
         serving=version.id == serving,
         current=version.id == current,
+        forgotten=forgotten,
     )
 
 
 def _state(request: Request) -> ModelOut:
     svc, run = request.app.state.service, request.app.state.settings.run
     current = versions.current(run)
+    forgotten = forget.forgotten_counts(run, svc.recommender.data.user_ids, svc.store)
     return ModelOut(
         version=svc.model_version,
         current=current,
-        versions=[_version(v, svc.model_version, current) for v in versions.listing(run)],
+        versions=[_version(v, svc.model_version, current, forgotten.get(v.id, 0)) for v in versions.listing(run)],
     )
 
 

@@ -25,6 +25,7 @@ inline and allowed by hash in a Content-Security-Policy header, and it fetches o
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
@@ -42,6 +43,7 @@ from pydantic import Field
 from recscope.data import Dataset
 from recscope.errors import DataError
 from recscope.histories import Event, History, resolve
+from recscope.pseudonyms import Pseudonyms
 from recscope.recommend import Recommender
 from recscope.serve.deps import NotFound, ReadAccess, Service, ServiceDep
 from recscope.serve.live import add_stored_items, adhoc_history, dismissed, user_history
@@ -154,7 +156,9 @@ def shopper_data(
                 fix="give user=ID (a shopper's live history) or add=ITEM, one per item (an anonymous history)",
             )
         return _json(live_case(svc, None, k, method, items=add, hide=hide))
-    return _json(live_case(svc, user, k, method, add=add, hide=hide, log=_writes(request) and not (add or hide)))
+    shown, user = user, _real_id(request, svc, user)
+    log = _writes(request) and not (add or hide)
+    return _json(live_case(svc, user, k, method, add=add, hide=hide, log=log, shown=shown))
 
 
 @router.post("/data", responses=errors(503))
@@ -173,12 +177,15 @@ def live_case(
     add: Sequence[str] = (),
     hide: Sequence[str] = (),
     log: bool = False,
+    shown: str | None = None,
 ) -> dict:
     """One live case in the report's data contract, explained by ``method`` only (the page asks
     again when the method changes): the shopper's live history (``user``, its stored dismissals
     hidden) or the anonymous history ``items``; ``add`` appended as purchases and ``hide`` hidden,
     in simulation only. ``log``: the list is served like any other (logged, with a request id for
-    feedback), for a page that acts as the shopper; otherwise nothing is written."""
+    feedback), for a page that acts as the shopper; otherwise nothing is written. ``shown``: what
+    the page calls the shopper (their pseudonym, Settings.pseudonymise; default their id)."""
+    shown = shown or user
     rec = svc.recommender
     method = method or rec.default_method()
     page_methods(rec, [method])  # an unknown method is a 422 that lists the known ones
@@ -195,8 +202,8 @@ def live_case(
         history = _simulate(rec, history, add)
         ids = [e.item_id for e in history.items]  # those the catalog does not know are skipped, and named
         explained = rec.explain(history=ids, top=k, k=k, method=method, exclude=hidden)
-        label = "anonymous shopper" if user is None else f"shopper {user}"
-        case = history_data(rec, history.indices, {method: explained}, method, label=label, user=user)
+        label = "anonymous shopper" if user is None else f"shopper {shown}"
+        case = history_data(rec, history.indices, {method: explained}, method, label=label, user=shown)
     request_id = None
     if log:
         request_id = uuid.uuid4().hex
@@ -207,7 +214,7 @@ def live_case(
         "faithfulness": None,
         "merchant": None,
         "live": {
-            "user": user,
+            "user": shown,
             "method": method,
             "request_id": request_id,
             "model_version": svc.model_version,
@@ -246,6 +253,7 @@ def versions_panel(request: Request, svc: ServiceDep, user: User = None, k: K = 
     from recscope import versions
 
     run = request.app.state.settings.run
+    shown, user = user, None if user is None else _real_id(request, svc, user)
     rec = svc.recommender
     method = method or rec.default_method()
     page_methods(rec, [method])  # an unknown method is a 422 that lists the known ones
@@ -261,7 +269,32 @@ def versions_panel(request: Request, svc: ServiceDep, user: User = None, k: K = 
         if parent_id in known and user is not None:
             parent = _parent(svc, run, parent_id)
         data = versions_data(run, serving, cases, parent=parent, k=k, method=method, shares=shares)
-    return _json({**data, "user": user})
+    return _json({**data, "user": shown})
+
+
+def _pseudonyms(request: Request, svc: Service) -> Pseudonyms | None:
+    """The page's pseudonyms when the service shows them (Settings.pseudonymise), made once per app."""
+    settings = request.app.state.settings
+    if not settings.pseudonymise:
+        return None
+    names = getattr(request.app.state, "pseudonyms", None)
+    if names is None:
+        names = request.app.state.pseudonyms = Pseudonyms.for_run(settings.run, svc.recommender.data.user_ids)
+    return names
+
+
+def _real_id(request: Request, svc: Service, user: str) -> str:
+    """The user id the page's ``user`` stands for: itself, or the shopper its pseudonym names."""
+    names = _pseudonyms(request, svc)
+    if names is None:
+        return user
+    found = names.find(user)
+    if found is None:
+        raise NotFound(
+            f"no shopper of the run has the pseudonym {user!r}",
+            fix="this service shows pseudonyms only (--pseudonymise): pick a shopper from the search box",
+        )
+    return found
 
 
 def _simulate(rec: Recommender, history: History, add: Sequence[str]) -> History:
@@ -323,14 +356,23 @@ def search_items(q: Search, svc: ServiceDep, limit: Limit = 10) -> list[ItemHit]
 
 
 @router.get("/shoppers", dependencies=ReadAccess)
-def search_shoppers(svc: ServiceDep, q: Search = "", limit: Limit = 10) -> list[str]:
-    """Shoppers of the run whose id holds ``q`` (ids that start with it first); empty: the first few."""
+def search_shoppers(request: Request, svc: ServiceDep, q: Search = "", limit: Limit = 10) -> list[str]:
+    """Shoppers of the run whose id holds ``q`` (ids that start with it first); empty: the first few.
+    Forgotten shoppers (the store's tombstones) are never offered."""
     needle = q.strip().casefold()
-    users = svc.recommender.data.user_ids
+    forgotten = svc.store.forgotten()
+    names = _pseudonyms(request, svc)
+    if names is not None:  # the pseudonyms are searched, never the ids (no id -> pseudonym oracle)
+        return names.search(needle, limit, hidden=forgotten)
+    users = (u for u in svc.recommender.data.user_ids if u not in forgotten)
     if not needle:
-        return users[:limit]
-    starts = [u for u in users if u.casefold().startswith(needle)]
-    if len(starts) >= limit:
-        return starts[:limit]
-    inside = [u for u in users if needle in u.casefold() and not u.casefold().startswith(needle)]
+        return list(itertools.islice(users, limit))
+    starts, inside = [], []
+    for u in users:
+        if u.casefold().startswith(needle):
+            starts.append(u)
+            if len(starts) >= limit:
+                break
+        elif needle in u.casefold():
+            inside.append(u)
     return (starts + inside)[:limit]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Query
 
 from recscope.serve.deps import ReadAccess, ServiceDep, StoreDep, WriteAccess
@@ -59,24 +60,27 @@ def list_users(svc: ServiceDep, limit: Limit = 100, offset: Offset = 0) -> Users
     """Every user the service knows, in pages: the run's users (the order of its training data),
     then the users only the store knows (posted events, none in the run), in the order of their
     first event; each with how many events the run and the store hold of theirs. ``total``
-    counts both. A forgotten user (DELETE /users/{id}) of the run is still listed (the run is
-    unchanged) with no stored events; one only the store knew is gone."""
+    counts both. A forgotten user (DELETE /users/{id}) is in neither part: the store's tombstone
+    hides the run's events of theirs; one who posted events since is a new store user."""
     rec = svc.recommender
-    run_users, lengths = rec.data.user_ids, rec.data.lengths
+    forgotten = svc.store.forgotten()  # O(tombstones): read per page, as every worker must honour them at once
+    gone = sorted(i for i in map(rec.data.find_user, forgotten) if i is not None)
+    shown = np.delete(np.arange(rec.data.n_users), gone)  # the run's users not forgotten, training order
     # Every user the store holds events for, to leave out the run's: O(store users) per page.
-    store_only = [(u, n) for u, n in svc.store.users() if rec.data.find_user(u) is None]
-    first = run_users[offset : offset + limit]
+    store_only = [(u, n) for u, n in svc.store.users() if rec.data.find_user(u) is None or u in forgotten]
+    first = [rec.data.user_ids[i] for i in shown[offset : offset + limit]]
     counts = svc.store.event_counts(first)
+    lengths = rec.data.lengths
     page = [
-        UserOut(user_id=u, source="run", run_events=int(lengths[offset + j]), stored_events=counts.get(u, 0))
-        for j, u in enumerate(first)
+        UserOut(user_id=u, source="run", run_events=int(lengths[i]), stored_events=counts.get(u, 0))
+        for u, i in zip(first, shown[offset : offset + limit], strict=True)
     ]
-    start = max(offset - len(run_users), 0)
+    start = max(offset - len(shown), 0)
     page += [
         UserOut(user_id=u, source="store", run_events=0, stored_events=n)
         for u, n in store_only[start : start + limit - len(page)]
     ]
-    return UsersPage(users=page, total=len(run_users) + len(store_only))
+    return UsersPage(users=page, total=len(shown) + len(store_only))
 
 
 @router.get("/{user_id:path}/history", responses=errors(404), dependencies=ReadAccess)
@@ -88,8 +92,12 @@ def history(user_id: str, svc: ServiceDep) -> HistoryOut:
 
 @router.delete("/{user_id:path}", dependencies=WriteAccess)
 def forget(user_id: str, store: StoreDep) -> ForgetOut:
-    """Delete the user's stored events, served lists and feedback (the trained run is unchanged)."""
-    return ForgetOut(user_id=user_id, deleted=store.forget(user_id))
+    """Forget the user: delete their stored events, served lists and feedback and write their
+    tombstone in one transaction, committed before this answers. From then on every route of
+    every worker hides their training events (the run's files are unchanged; ``recscope retrain``
+    writes a run without them), and GET /model counts them among each version's ``forgotten``."""
+    tombstone = store.forget_user(user_id)
+    return ForgetOut(user_id=user_id, deleted=tombstone.deleted, forgotten_at=tombstone.forgotten_at)
 
 
 @router.get("/{user_id:path}/recommendations", responses=errors(404, 503), dependencies=ReadAccess)

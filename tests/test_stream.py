@@ -1,0 +1,79 @@
+"""bench/stream.py's pipeline in its smoke size: three arms behind real ``recscope serve``
+processes score a replayed stream before each event is posted; a real fine-tune job and a
+retraining run at the update point. The bench's figures belong to bench/results; this asserts
+only that the pipeline holds."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import stream  # noqa: E402
+
+ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
+
+
+def test_the_drifting_shop_splits_at_its_change():
+    line = stream.timeline(stream.SMOKE["data"], 0.5, 300)
+    assert line.change is not None
+    assert line.train["timestamp"].max() <= line.change.time < line.stream["timestamp"].min()
+    assert not line.train["item_id"].is_in(list(line.change.items)).any()
+    assert line.stream.height == 300 and line.stream["timestamp"].is_sorted()
+    assert {"launch", "fashion"} <= set(line.stream["mechanism"])
+    assert line.catalog.height == 120 + 16  # the shop's items and the launched brand's
+
+
+@pytest.mark.skipif(not ML100K.exists(), reason="no MovieLens-100K copy in ../shared/data")
+def test_movielens_splits_by_time_at_the_share():
+    line = stream.timeline(f"movielens:{ML100K}", 0.5, 1000)
+    assert line.train.height == 50_000 and line.stream.height == 1000
+    assert line.train["timestamp"].max() <= line.stream["timestamp"].min()
+    assert line.catalog.height == 1682 and line.catalog.schema["genre"] == pl.String  # "Action|Comedy"
+
+
+def test_batches_never_hold_one_user_twice():
+    events = pl.DataFrame({"user_id": ["a", "b", "a", "c", "c", "d"]})
+    assert stream.batches(events, 0, 6) == [[0, 1], [2, 3], [4, 5]]
+    assert stream.batches(events, 1, 4) == [[1, 2, 3]]
+
+
+def test_smoke_stream_scores_before_posting_and_updates_two_arms(tmp_path):
+    args = stream.parse(["--smoke", "--out", str(tmp_path / "smoke.json")])
+    result = stream.run_bench(args)
+    every, events = args.every, args.events
+    assert result["stream_events"] == events and result["server_problems"] == {}
+    assert result["change"]["items"] == 16
+    assert result["change"]["unused_fields"] == 16  # the new brand's name: no trained item has it
+
+    frozen, tuned, retrained = (result[a] for a in stream.ARMS)
+    for arm in (frozen, tuned, retrained):
+        assert arm["cases"] == events
+        assert sum(arm["lists_by_source"].values()) == events
+        # Were an event posted before it is scored, its item would be owned, left out of the
+        # list, and every rank a miss.
+        assert 0.0 < arm["NDCG@10"] <= arm["HR@10"] <= 1.0
+        assert set(arm["windows"][0]["launch"]) == {"cases", "HR@10", "NDCG@10"}
+    # Before the first update the three arms are one model reading one history: the same lists.
+    head = every // args.window
+    assert frozen["windows"][:head] == tuned["windows"][:head] == retrained["windows"][:head]
+
+    (base,) = frozen["lists_by_version"]
+    assert frozen["lists_by_version"] == {base: events} and frozen["updates"] == [] and frozen["seconds"] == 0
+
+    (job,) = tuned["updates"]
+    assert job["at"] == every and job["events"] == every  # the job learned from the events posted so far
+    assert job["verdict"] in ("promoted", "kept") and job["wall_seconds"] >= job["command_seconds"] > 0
+    assert job["cpu_seconds"] > 0  # the job's process, reaped by the worker
+    served = {base: every, job["version"]: events - every} if job["verdict"] == "promoted" else {base: events}
+    assert tuned["lists_by_version"] == served
+
+    (again,) = retrained["updates"]
+    assert again["at"] == every and again["events"] == result["train_events"] + every
+    assert sorted(retrained["lists_by_version"].values()) == sorted([every, events - every])
+    assert retrained["lists_by_version"][base] == every  # then the new run's version
+    assert result["retrain"]["seconds"] == again["cpu_seconds"] > 0
+    assert set(result["bar"]) == {"retrain_gain", "finetune_gain", "recovered_share", "compute_share", "met"}
