@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/recscope demo --out demo-out
 
+# Two test processes (pytest-xdist), a file each at a time so a file's module fixtures are built
+# once: most tests wait on servers, browsers and subprocesses, so two share two cores well.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check src tests bench

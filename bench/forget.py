@@ -34,7 +34,7 @@ from recscope.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "beauty.yaml"
-OVERRIDES = ["model.towers=4", "train.epochs=10", "train.eval_every=2", "train.patience=3"]
+OVERRIDES = ["model.towers=4", "train.epochs=6", "train.eval_every=2", "train.patience=3"]
 SPEC = "s3rec:" + str(SHARED / "beauty")
 
 
