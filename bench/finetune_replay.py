@@ -53,7 +53,17 @@ launched one, and over the others; also the share of lists holding a launched it
 list's ``model_version`` and worker (``X-Recscope-Worker``). A dismissed item's rank: the whole
 catalog ranked for the dismisser's live history (``POST /recommendations``, which filters
 owned items but not dismissals) under each version, with the other unowned items of the
-disliked brand and department. Writes bench/results/<name>.json.
+disliked brand and department.
+
+**The dismiss bar** (issue 23: after the next fine-tune, items of the dismissed item's brand and
+category drop in that user's ranking, over >= 200 users). Per shopper, the median rank (as
+above) of the unowned, undismissed items of a (brand, department) pair under the frozen and the
+fine-tuned version, and its change (positive: the items fell). The pair: a dismisser's disliked
+one (those who dismissed something); for the shoppers who dislike nothing (the controls), that
+of their last training purchase, the pair a dismisser would have disliked. The bar is met when
+at least ``BAR_USERS`` dismissers are measured and their median change is positive and above the
+controls' (a fine-tune moves every ranking; the controls say how far without a dismissal).
+Writes bench/results/<name>.json.
 """
 
 from __future__ import annotations
@@ -91,7 +101,8 @@ BASE_SETTINGS = (
 )
 SMOKE = {"data": "synthetic:users=200,items=120,seed=5", "stream_users": 50, "per_user": 4, "tail": 1, "rounds": 2}
 P_LAUNCH = 0.35  # chance a purchase is a launched device, while the shopper owns none
-DISMISSERS = 0.25  # share of the stream's shoppers who dislike a brand in a department
+DISMISSERS = 0.45  # share of the stream's shoppers who dislike a brand in a department (>= BAR_USERS of 600 dismiss)
+BAR_USERS = 200  # the dismiss bar is measured over at least this many dismissers
 DISMISS_K = 20  # the list a dismisser dismisses the disliked brand's items from
 BATCH = 500  # events per POST /events
 CLIENTS = 4  # requests in flight
@@ -108,6 +119,7 @@ class Shopper:
     user: str
     purchases: list[tuple[str, str]]  # (item_id, mechanism), in order
     dislike: tuple[str, str] | None  # (brand, department) they dismiss and stop buying
+    last: tuple[str, str] = ("", "")  # (brand, department) of their last training purchase (a dismisser's dislike)
 
 
 @dataclass
@@ -224,7 +236,8 @@ def make_stream(spec: str, stream_users: int, per_user: int, seed: int) -> Strea
         taste = np.bincount(dept_index[history], minlength=len(departments)) + 0.4
         taste = taste / taste.sum()
         last = history[-1]
-        dislike = (str(brand[last]), str(department[last])) if rng.random() < DISMISSERS else None
+        pair = (str(brand[last]), str(department[last]))
+        dislike = pair if rng.random() < DISMISSERS else None
         purchases = []
         for _ in range(per_user):
             for _attempt in range(50):
@@ -246,7 +259,7 @@ def make_stream(spec: str, stream_users: int, per_user: int, seed: int) -> Strea
             purchases.append((ids[item], mechanism))
             history.append(item)
             owned[item] = True
-        shoppers.append(Shopper(user, purchases, dislike))
+        shoppers.append(Shopper(user, purchases, dislike, pair))
     return Stream(
         launched,
         shoppers,
@@ -464,10 +477,12 @@ def measure_tail(api: Api, stream: Stream, versions: dict[str, str], tail: int) 
 
 
 def dismissed_ranks(api: Api, stream: Stream, versions: dict[str, str], catalog: int) -> dict[str, Any]:
-    """Under each version: the rank (1-based, whole catalog, the dismisser's live history; owned
-    items left out) of each dismissed item and of the other unowned items of its brand and department."""
-    dislikes = {s.user: s.dislike for s in stream.shoppers}
-    users = sorted(api.dismissed)
+    """Under each version: the rank (1-based, whole catalog, the shopper's live history; owned
+    items left out) of each dismissed item and of the other unowned items of its brand and
+    department; and, per shopper, the median rank of the items of their pair (module docstring,
+    "The dismiss bar")."""
+    pairs = {s.user: s.last for s in stream.shoppers if s.user in api.dismissed or s.dislike is None}
+    users = sorted(pairs)
     k = min(catalog, 1000)
     out: dict[str, Any] = {}
     for name, version in versions.items():
@@ -477,24 +492,55 @@ def dismissed_ranks(api: Api, stream: Stream, versions: dict[str, str], catalog:
             history = [e["item_id"] for e in api.call("GET", f"/users/{user}/history").json()["items"]]
             body = api.call("POST", "/recommendations", json={"history": history, "k": k}).json()
             order = [i["item_id"] for i in body["items"]]
-            gone = set(api.dismissed[user])
+            gone = set(api.dismissed.get(user, ()))
             same = [
                 r + 1
                 for r, i in enumerate(order)
-                if (stream.brand.get(i), stream.department.get(i)) == dislikes[user] and i not in gone
+                if (stream.brand.get(i), stream.department.get(i)) == pairs[user] and i not in gone
             ]
-            return [order.index(i) + 1 for i in api.dismissed[user] if i in order], same
+            return [order.index(i) + 1 for i in gone if i in order], same
 
-        results = api.each(ranked, users)
-        dismissed = [r for d, _ in results for r in d]
-        same = [r for _, s in results for r in s]
+        results = dict(zip(users, api.each(ranked, users), strict=True))
+        dismissers = [u for u in users if u in api.dismissed]
+        dismissed = [r for u in dismissers for r in results[u][0]]
+        same = [r for u in dismissers for r in results[u][1]]
         out[name] = {
             "dismissed": len(dismissed),
             "dismissed_median_rank": float(np.median(dismissed)) if dismissed else None,
             "same_brand_department": len(same),
             "same_brand_department_median_rank": float(np.median(same)) if same else None,
-            "ranks": dict(zip(users, [d for d, _ in results], strict=True)),
+            "ranks": {u: results[u][0] for u in dismissers},
+            "pair_median_rank": {u: float(np.median(s)) for u, (_, s) in results.items() if s},
         }
+    return out
+
+
+def dismiss_bar(ranks: dict[str, Any], dismissers: set[str]) -> dict[str, Any]:
+    """Per group (dismissers, controls): how the median rank of a shopper's pair moved from the
+    frozen to the fine-tuned version (positive: the items fell)."""
+    before, after = ranks["frozen"]["pair_median_rank"], ranks["finetuned"]["pair_median_rank"]
+    out: dict[str, Any] = {}
+    for group, members in (
+        ("dismissers", [u for u in before if u in dismissers]),
+        ("controls", [u for u in before if u not in dismissers]),
+    ):
+        change = np.array([after[u] - before[u] for u in members if u in after])
+        out[group] = {
+            "users": len(change),
+            "median_rank_before": float(np.median([before[u] for u in members])) if members else None,
+            "median_rank_after": float(np.median([after[u] for u in members if u in after])) if members else None,
+            "median_change": float(np.median(change)) if len(change) else None,
+            "mean_change": round(float(change.mean()), 2) if len(change) else None,
+            "fell_share": round(float((change > 0).mean()), 4) if len(change) else None,
+        }
+    d, c = out["dismissers"], out["controls"]
+    out["met"] = bool(
+        d["users"] >= BAR_USERS
+        and d["median_change"] is not None
+        and d["median_change"] > 0
+        and c["median_change"] is not None
+        and d["median_change"] > c["median_change"]
+    )
     return out
 
 
@@ -582,6 +628,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "stages": job["stages"],
             "job_seconds": round(job["seconds"], 2),
             "command_seconds": result["seconds"],
+            "timings": result.get("timings"),  # the command's stages and CPU (recscope.finetune, "Timings")
             "wall_seconds": round(job["wall_seconds"], 2),
             "verdict": result["verdict"],
             "reason": result["reason"],
@@ -593,6 +640,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         },
         "tail": tail,
         "dismissed_ranks": dismissals,
+        "dismiss_bar": dismiss_bar(dismissals, set(api.dismissed)),
         "bars": {
             "finetuned_beats_frozen_on_the_tail": finetuned["all"]["NDCG@10"] > frozen["all"]["NDCG@10"],
             "launched_items_reach_the_top10_more_often": (finetuned["launched items"]["HR@10"] or 0.0)
@@ -635,7 +683,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     payload = run_bench(args)
     write(args.name, payload)
-    print(json.dumps({k: payload[k] for k in ("finetune", "bars")}, indent=1)[:3000])
+    print(json.dumps({k: payload[k] for k in ("finetune", "bars", "dismiss_bar")}, indent=1)[:4000])
     print(json.dumps(payload["tail"]["metrics"], indent=1))
 
 

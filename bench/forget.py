@@ -8,14 +8,18 @@ shard that held the user trained again, the splice, its validation and publishin
 (issue 24): forgetting one user costs at most 1/K of a full retrain's seconds.
 
     flock /tmp/bench.lock nice -n 5 .venv/bin/python bench/forget.py [NAME]
+    flock /tmp/bench.lock nice -n 5 .venv/bin/python bench/forget.py forget_ml100k \\
+        --data movielens:../shared/data/ml-100k --config configs/ml-100k.yaml \\
+        --set train.epochs=10 --set model.max_len=50
 
-writes bench/results/NAME.json (default forget_beauty).
+writes bench/results/NAME.json (default forget_beauty). Both runs of one call share the pinned
+overrides below, then the --set ones.
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,22 +47,29 @@ def test_metrics(run: Path) -> dict:
     return {k: round(metrics[k], 5) for k in ("NDCG@10", "HR@10")}
 
 
-def main(name: str = "forget_beauty") -> None:
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("name", nargs="?", default="forget_beauty")
+    parser.add_argument("--data", default=SPEC)
+    parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--set", action="append", default=[])
+    args = parser.parse_args()
+    name, spec, overrides = args.name, args.data.replace("../shared/data", str(SHARED)), [*OVERRIDES, *args.set]
     console = Console(stderr=True)
-    shared_cfg = config_mod.load(CONFIG, OVERRIDES)
-    sharded_cfg = config_mod.load(CONFIG, [*OVERRIDES, "train.tower_shards=true"])
-    data = load_dataset(SPEC, None, shared_cfg.data, column_map(None))
+    shared_cfg = config_mod.load(args.config, overrides)
+    sharded_cfg = config_mod.load(args.config, [*overrides, "train.tower_shards=true"])
+    data = load_dataset(spec, None, shared_cfg.data, column_map(None))
     work = Path(tempfile.mkdtemp(prefix="bench-forget-"))
     try:
         tic = time.perf_counter()
-        fit(data, shared_cfg, work / "shared", data_spec=SPEC, console=console)
+        fit(data, shared_cfg, work / "shared", data_spec=spec, console=console)
         shared_seconds = time.perf_counter() - tic
         shared = test_metrics(work / "shared")
 
         from recscope.shards import fit_sharded
 
         tic = time.perf_counter()
-        fit_sharded(data, sharded_cfg, work / "sharded", data_spec=SPEC, console=console)
+        fit_sharded(data, sharded_cfg, work / "sharded", data_spec=spec, console=console)
         sharded_seconds = time.perf_counter() - tic
         sharded = test_metrics(work / "sharded")
 
@@ -73,9 +84,9 @@ def main(name: str = "forget_beauty") -> None:
         write(
             name,
             {
-                "data": SPEC.replace(str(SHARED), "../shared/data"),
-                "config": "configs/beauty.yaml",
-                "overrides": OVERRIDES,
+                "data": spec.replace(str(SHARED), "../shared/data"),
+                "config": f"configs/{args.config.name}",
+                "overrides": overrides,
                 "users": data.n_users,
                 "towers": towers,
                 "shared": {"test": shared, "train_seconds": round(shared_seconds, 1)},
@@ -97,4 +108,4 @@ def main(name: str = "forget_beauty") -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main()

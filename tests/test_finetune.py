@@ -72,11 +72,12 @@ def test_learns_a_posted_pattern_and_records_lineage(tiny_run, tmp_path):
 
     assert result.verdict == "promoted" and result.promoted
     assert versions.current(run) == result.version == serving  # promoted: current, and every worker told
-    assert result.metrics["cases"] == 80  # each user's last event (b) held out
+    # finetune.holdout=0.15 of the 80 users is 12: min_cases=20 of them hold their last event (b) out
+    assert result.metrics["cases"] == 20
     assert result.metrics["candidate"]["NDCG@10"] >= result.metrics["parent"]["NDCG@10"] - 0.01
     lineage = result.lineage
     assert (lineage["parent"], lineage["events"], lineage["new_items"]) == (parent.version, 320, 0)
-    assert lineage["replay_users"] == 80  # finetune.replay=1: as many old windows as new ones (one per user)
+    assert lineage["replay_users"] == 240  # finetune.replay=3: three old windows per new one (one per user)
     listed = CliRunner().invoke(app, ["versions", str(run), "--json"])
     assert listed.exit_code == 0, listed.output
     record = {v["id"]: v for v in json.loads(listed.output)["versions"]}[result.version]
@@ -189,7 +190,7 @@ def test_a_worse_candidate_is_kept_with_its_reason(tiny_run, tmp_path, monkeypat
         result = ft.finetune(run, store)
         assert store.serving() == parent.version  # not switched
     m = result.metrics
-    assert result.verdict == "kept" and not result.promoted and m["cases"] == 60
+    assert result.verdict == "kept" and not result.promoted and m["cases"] == 20  # min_cases of 60
     assert m["candidate"]["NDCG@10"] < m["parent"]["NDCG@10"] - 0.01
     assert f"{m['candidate']['NDCG@10']:.4f}" in result.reason and f"{m['parent']['NDCG@10']:.4f}" in result.reason
     assert versions.current(run) == parent.version
@@ -295,6 +296,7 @@ def _plan(windows: int, negatives: int, max_len: int, n_items: int):
     g = torch.Generator().manual_seed(0)
     return Plan(
         windows=torch.randint(1, n_items + 1, (windows, max_len + 1), generator=g),
+        targets=torch.ones(windows, max_len + 1, dtype=torch.bool),
         new_windows=windows,
         replay_users=0,
         neg_histories=torch.randint(1, n_items + 1, (negatives, max_len), generator=g),
@@ -345,3 +347,70 @@ def test_replayed_windows_do_not_push_down_items_added_after_them(tiny_run):
         train(model, plan, few, None, lambda *_: None, trained_items=trained_items)
         row = model.item_emb.weight[m.n_items + 1]
         assert bool(row.abs().sum() > 0) == moved, (trained_items, row.abs().sum())
+
+
+def test_the_gate_holds_out_a_seeded_sample_and_new_windows_target_only_new_events(tiny_run, tmp_path):
+    """The promotion gate's cases: the last event of finetune.holdout of the users whose last event
+    is new (at least min_cases), never trained on (not a target, not a negative's history); every
+    other new event is a target exactly once, and the older items of a new window are context
+    only (as targets, every item added since was a negative of theirs)."""
+    from recscope.finetune import plan, read_store
+
+    run = _copy(tiny_run, tmp_path)
+    snapshot = Snapshot.load(run)
+    data, config = snapshot.data, snapshot.config
+    users = data.user_ids[:100]
+    with Store.for_run(run) as store:  # each buys item 7, then item 11 (the gate's case for a sampled one)
+        store.add_events(
+            [
+                {"event_id": f"{u}-{k}", "user_id": u, "item_id": data.item_ids[(7, 11)[k]]}
+                for u in users
+                for k in (0, 1)
+            ]
+        )
+        for u in users:  # a dismissal after both purchases: its history ends with the user's last event kept
+            store.log_served(f"r-{u}", u, snapshot.version, [(data.item_ids[3], 1.0)])
+            store.add_feedback(f"r-{u}", u, data.item_ids[3], "dismiss")
+        reading = read_store(store, 0.0, time.time(), 0.0, 1000)
+
+    def planned(**settings):
+        tuned = dataclasses.replace(config, finetune=dataclasses.replace(config.finetune, **settings))
+        return plan(data, data, reading, 0.0, tuned)
+
+    work = planned()
+    assert work.held_out and len(work.cases) == 20  # 0.15 x 100 = 15, raised to min_cases
+    assert {t for _, t in work.cases} == {11} and all(h[-1] == 7 for h, _ in work.cases)
+    new, marks = work.windows[: work.new_windows], work.targets[: work.new_windows]
+    trained = new[:, 1:][marks[:, 1:]]
+    assert (int((trained == 7).sum()), int((trained == 11).sum()), len(trained)) == (100, 80, 180)
+    assert int(marks[:, 0].sum()) == 0 and int((new[:, :-1][marks[:, 1:]] > 0).sum()) == 180  # each follows an item
+    replayed = work.windows[work.new_windows :]
+    assert torch.equal(work.targets[work.new_windows :], replayed > 0)  # replay: every item a target
+    assert len(work.neg_items) == 100 and int((work.neg_histories[:, -1] == 7).sum()) == 20  # gate's users: 11 gone
+
+    assert len(planned(holdout=0.5).cases) == 50
+    other = planned(seed=1)
+    assert len(other.cases) == 20 and int((other.neg_histories[:, -1] == 7).sum()) == 20
+    picked = lambda w: [tuple(h[-3:]) for h, _ in w.cases]  # noqa: E731
+    assert picked(other) != picked(work) and picked(planned()) == picked(work)  # seeded
+    few = planned(min_cases=101)  # too few users to hold any out: every new event trained on
+    assert not few.held_out and len(few.cases) == 100
+    assert int(few.targets[: few.new_windows, 1:].sum()) == 200
+
+
+def test_a_new_window_is_trained_at_its_marked_targets_only(tiny_run):
+    """The loss of new windows is the cross-entropy of their new events alone (the older items
+    are context): equal to scoring each new event after its history through the serving path."""
+    from recscope.finetune import _windows_loss
+
+    rec = Recommender.load(tiny_run)
+    model, m = rec.model.eval(), rec.config.model
+    work = _plan(6, 0, m.max_len, m.n_items)
+    marks = torch.zeros_like(work.targets)
+    marks[:, -1] = True  # the last item of each window is its one new event
+    work = dataclasses.replace(work, targets=marks)
+    with torch.no_grad():
+        loss = _windows_loss(model, work, torch.arange(6), None)
+        scores = model.score(work.windows[:, :-1], model.item_table())[:, 1:]  # (6, n_items): padding is no candidate
+        expected = -torch.log_softmax(scores, -1).gather(1, work.windows[:, -1:] - 1).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)

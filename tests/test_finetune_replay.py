@@ -68,4 +68,11 @@ def test_smoke_replay_finetunes_and_measures_through_the_service(tiny_run):
     assert tail["dismissed_items_in_lists"] == {"frozen": 0, "finetuned": 0}
     ranks = result["dismissed_ranks"]
     assert ranks["frozen"]["dismissed"] == ranks["finetuned"]["dismissed"] == stream["dismissed_items"]
+    # every shopper who dismissed against every one who dislikes nothing, those with an item of
+    # their pair left to rank (unowned, undismissed)
+    bar, pairs = result["dismiss_bar"], ranks["frozen"]["pair_median_rank"]
+    dismissers = [u for u in ranks["frozen"]["ranks"] if u in pairs]
+    assert bar["dismissers"]["users"] == len(dismissers) > 0
+    assert bar["controls"]["users"] == len(pairs) - len(dismissers) > stream["shoppers"] / 3
+    assert bar["met"] is False  # fewer than BAR_USERS dismissers in the smoke size
     assert result["server_problems"] == []

@@ -178,7 +178,7 @@ class RetrievalConfig:
 class FinetuneConfig:
     # (float) replayed windows of the run's older training histories per window of new events,
     # so fine-tuning does not forget what it learned (0 = new events only)
-    replay: float = 1.0
+    replay: float = 3.0
     epochs: int = 3  # (int) passes over the new and replayed windows (--budget may stop earlier)
     lr: float = 0.001  # (float) AdamW learning rate of fine-tuning (below train.lr: it starts from trained weights)
     # (float) weight of the explicit negatives' term (dismissals, ignored impressions) against the
@@ -190,6 +190,9 @@ class FinetuneConfig:
     # (float) promote when the candidate's NDCG@10 on the held-out newest events is at least the
     # serving version's minus this
     tolerance: float = 0.01
+    # (float) share of the users whose last event is new whose last event is held out (never trained
+    # on) to measure promotion on: a seeded sample, at least min_cases of them
+    holdout: float = 0.15
     # (int) fewest held-out cases (users with new events) to measure promotion on; with fewer, the
     # fine-tune trains on every new event and keeps its version unpromoted (nothing was measured)
     min_cases: int = 20
@@ -477,6 +480,7 @@ RULES: dict[str, Rule] = {
     "finetune.negative_weight": _range(0, 1000),
     "finetune.ignore_window": _range(0),
     "finetune.tolerance": _range(0, 1),
+    "finetune.holdout": _range(0, 1, open_low=True),
     "finetune.min_cases": _range(1, 2**31 - 1),
     "finetune.max_negatives": _range(0, 2**31 - 1),
     "finetune.seed": _range(0, 2**31 - 1),

@@ -13,10 +13,14 @@ descends from its parent's weights, so it carries the parent's marks (``forget.f
 is what the service reads: their training sequence in the run (none for a user only the store
 knows) followed by every stored event of theirs in (timestamp, arrival) order. Windows of
 ``model.max_len + 1`` items are cut from its end backwards, as training cuts them, and those
-holding at least one new event as a target are trained on. To this, ``finetune.replay`` x as
-many windows of the run's own training split are added (a seeded sample), so the model does not
-forget the older shoppers. Events on items the version does not know (not in the catalog, not
-added to the store) are skipped and counted.
+holding at least one new event as a target are trained on, with the new events as their only
+targets: the older items are context. (Cut from the whole sequence, most targets of such a
+window are old purchases, at which every item added since is a negative of the softmax: the
+stream's own new items were pushed down where the stream should lift them.) To this,
+``finetune.replay`` x as many windows of the run's own training split are added (a seeded
+sample, every item of them a target), so the model does not forget the older shoppers. Events
+on items the version does not know (not in the catalog, not added to the store) are skipped and
+counted.
 
 **Growing the item table.** Items the store added (``Store.items_added``) that the parent does
 not hold a row for get one, built exactly as the service scores them today
@@ -27,8 +31,9 @@ items beyond the trained catalog (its parent's extension, then the new ones; id,
 attributes in row order) in its ``items.json`` (``versions.added_items``), which
 ``Snapshot.load`` applies; an item the version holds a row for counts as trained for it.
 
-**The loss.** The next-item cross-entropy (full softmax over the grown catalog) at every target
-position of the batch's windows, averaged over targets, plus the explicit negatives' term:
+**The loss.** The next-item cross-entropy (full softmax over the grown catalog) at the batch's
+targets (a new window's new events, a replayed window's every item after its first), averaged
+over targets, plus the explicit negatives' term:
 for a negative (user u, item j, time t), h = the history u had at t (training sequence plus
 the stored events received by t, its last ``max_len`` items) and p_j = softmax(scores(h))_j
 the model's probability that j is u's next item,
@@ -44,17 +49,27 @@ impressions are not read: they may still be acted on). At most ``finetune.max_ne
 newest. ``--budget SECONDS`` bounds the training loop's wall time: it stops after the step
 that reaches it (one step at least).
 
-**Promotion.** Held out: each store user's last new event, when it is the last of their
-sequence and follows at least one item; those events are not trained on. Parent (over the
+**Promotion.** Held out: the last new event of a seeded sample of the store users whose
+sequence ends with a new event that follows at least one item (``finetune.holdout`` of them, at
+least ``finetune.min_cases``); those events are never trained on, as target, as context of a
+later window or as history of a negative. (Holding out every such user's last event, as
+before, kept about half of everything there was to learn out of training on a stream where
+most users have one or two new events: 999 of 2,000.) Parent (over the
 grown catalog, the new items at their cold-start rows: what the service scores now) and
 candidate rank it over the whole catalog after the user's history before it (history items
 excluded when ``eval.exclude_history``), with the ranking and metric code of evaluation
 (``ranking.rank_chunks``, ``metrics.all_metrics``). The candidate is promoted when its NDCG@10
 >= the parent's - ``finetune.tolerance``; else it is published unpromoted, verdict "kept", with
-both numbers in its reason. With fewer than ``finetune.min_cases`` such cases nothing can be
-measured: the fine-tune trains on every new event, reports the in-sample numbers, and keeps its
+both numbers in its reason. With fewer than ``finetune.min_cases`` users to sample from nothing
+can be measured: the fine-tune trains on every new event, reports the in-sample numbers, and keeps its
 version unpromoted (promote it by hand: ``recscope versions RUN --promote ID``). A fine-tune with
 no new window and no negative publishes nothing (verdict "nothing_to_learn").
+
+**Timings.** The result's ``timings``: wall seconds of each stage (``load``: the lock, the
+snapshot, the store, the plan; ``train``; ``evaluate``; ``publish``) and CPU seconds
+(user + system): ``cpu`` of the command's work, ``train_cpu`` of its training loop, and
+``startup_cpu``, the process's before the work began (starting Python, importing torch and
+recscope): the fixed cost a job pays however little it learns.
 
 **Kill safety.** The run's lock (``RunLock(run, "finetune")``) keeps two fine-tunes (or a
 fine-tune and training) apart; a SIGKILLed one leaves a stale lock the next takes over. Until
@@ -70,6 +85,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 import time
 from collections import defaultdict
@@ -99,7 +115,6 @@ from recscope.model import SeqRec
 from recscope.ranking import rank_chunks
 from recscope.run import load_info, save_weights
 from recscope.snapshot import Snapshot
-from recscope.train import TrainingData
 
 STAGES = ("loading", "training", "evaluating", "publishing", "done")
 VERDICTS = ("promoted", "kept", "nothing_to_learn")
@@ -120,6 +135,7 @@ class FinetuneResult:
     metrics: dict[str, Any]  # {"candidate": {...}, "parent": {...}, "tolerance": x, "cases": n}
     lineage: dict[str, Any]  # parent, since, until, events, feedback, negatives, new_items, replay_users
     seconds: float
+    timings: dict[str, float] = field(default_factory=dict)  # see the module's docstring, "Timings"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -219,12 +235,13 @@ class Plan:
     """What one fine-tune trains and measures on (dense indices of the grown catalog)."""
 
     windows: torch.Tensor  # (W, max_len + 1) new windows, then the replayed ones
+    targets: torch.Tensor  # (W, max_len + 1) bool: the positions trained as targets (new windows: the new events)
     new_windows: int
     replay_users: int
     neg_histories: torch.Tensor  # (N, max_len) left-padded
     neg_items: torch.Tensor  # (N,)
     cases: list[tuple[np.ndarray, int]]  # held-out (history before it, target)
-    held_out: bool  # the cases were kept out of training (enough of them)
+    held_out: bool  # the cases were kept out of training (enough users to sample them from)
     events: int  # new events trained on or held out
     skipped: int  # new events on items the version does not know
     neg_kinds: dict[str, int] = field(default_factory=dict)
@@ -238,17 +255,30 @@ def _pad(seq: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def _tail_windows(seq: np.ndarray, new: np.ndarray, max_len: int) -> list[np.ndarray]:
+def _tail_windows(seq: np.ndarray, new: np.ndarray, max_len: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Windows of ``max_len + 1`` cut from the end of ``seq`` backwards (as training cuts them),
-    those with at least one target marked ``new``."""
+    those with at least one target marked ``new``, each with its ``new`` marks (padded alike)."""
     out = []
     end = len(seq)
     while end >= 2:
         start = max(0, end - max_len - 1)
-        if new[start + 1 : end].any():
-            out.append(_pad(seq[start:end], max_len + 1))
+        marks = new[start:end].copy()
+        marks[0] = False  # the window's first item is never a target
+        if marks.any():
+            out.append((_pad(seq[start:end], max_len + 1), _pad(marks, max_len + 1).astype(bool)))
         end -= max_len
     return out
+
+
+def _holdout(sequences: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], ft) -> tuple[list[str], bool]:
+    """The users whose last event is held out for the promotion gate, and whether there were
+    enough to hold any out (``finetune.min_cases``; else all of them, measured in-sample)."""
+    eligible = sorted(u for u, (items, new, _) in sequences.items() if len(items) >= 2 and new[-1])
+    if len(eligible) < ft.min_cases:
+        return eligible, False
+    n = min(len(eligible), max(math.ceil(ft.holdout * len(eligible)), ft.min_cases))
+    picked = np.random.default_rng(ft.seed).choice(len(eligible), n, replace=False)
+    return [eligible[i] for i in np.sort(picked)], True
 
 
 def plan(
@@ -279,16 +309,16 @@ def plan(
             received.append(got)
             events += got >= since
         sequences[user] = (np.array(items, dtype=np.int64), np.array(new, dtype=bool), np.array(received))
-    cases = []
+    sampled, held_out = _holdout(sequences, ft)
+    cases = [(sequences[u][0][:-1], int(sequences[u][0][-1])) for u in sampled]
+    if held_out:  # the gate's events are gone from everything trained on, negatives' histories included
+        for u in sampled:
+            sequences[u] = tuple(a[:-1] for a in sequences[u])
+    windows, marks = [], []
     for items, new, _ in sequences.values():
-        if len(items) >= 2 and new[-1]:
-            cases.append((items[:-1], int(items[-1])))
-    held_out = len(cases) >= ft.min_cases
-    windows = []
-    for items, new, _ in sequences.values():
-        if held_out and len(items) >= 2 and new[-1]:
-            items, new = items[:-1], new[:-1]
-        windows.extend(_tail_windows(items, new, max_len))
+        for window, mark in _tail_windows(items, new, max_len):
+            windows.append(window)
+            marks.append(mark)
     new_windows = len(windows)
     replay_users = 0
     if new_windows and ft.replay > 0:
@@ -302,6 +332,7 @@ def plan(
         if n:
             picked = np.random.default_rng(ft.seed).choice(len(old), n, replace=False)
             windows.extend(old[picked])
+            marks.extend(old[picked] > 0)
             replay_users = n  # windows of distinct users mostly; counted as windows replayed
     neg_histories, neg_items, kinds = [], [], {"dismiss": 0, "ignored": 0}
     for user, item_id, at, kind in reading.negatives:
@@ -321,6 +352,7 @@ def plan(
     width = max_len + 1
     return Plan(
         windows=torch.from_numpy(np.stack(windows)) if windows else torch.zeros(0, width, dtype=torch.long),
+        targets=torch.from_numpy(np.stack(marks)) if marks else torch.zeros(0, width, dtype=torch.bool),
         new_windows=new_windows,
         replay_users=replay_users,
         neg_histories=torch.from_numpy(np.stack(neg_histories))
@@ -366,7 +398,6 @@ def train(
     ft, batch_size = config.finetune, config.train.batch_size
     generator = torch.Generator().manual_seed(ft.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=ft.lr, weight_decay=config.train.weight_decay)
-    training = TrainingData("next_item", work.windows)
     unseen = None
     if trained_items is not None and model.cfg.n_items > trained_items:
         unseen = torch.zeros(model.cfg.n_items + 1, dtype=torch.bool)
@@ -381,7 +412,7 @@ def train(
     per_step = min(-(-len(work.neg_items) // max(per_epoch, 1)), batch_size) if use_negatives else 0
     total = max(per_epoch * ft.epochs, 1)
     model.train()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     steps, stopped, last = 0, "epochs", 0.0
     for epoch in range(ft.epochs):
         order = torch.randperm(len(work.windows), generator=generator)
@@ -393,13 +424,7 @@ def train(
             loss = torch.zeros(())
             index = order[i * batch_size : (i + 1) * batch_size]
             if len(index):
-                w = work.windows[index]
-                targets = float(((w[:, :-1] > 0) & (w[:, 1:] > 0)).sum())
-                new, replayed = index[index < work.new_windows], index[index >= work.new_windows]
-                summed = training.loss(model, new, None) if len(new) else 0.0
-                if len(replayed):
-                    summed = summed + training.loss(model, replayed, None, unseen=unseen)
-                loss = loss + summed / max(targets, 1.0)
+                loss = loss + _windows_loss(model, work, index, unseen)
             chosen = negatives[i * per_step : (i + 1) * per_step]
             if len(chosen):
                 term = negative_term(model, work.neg_histories[chosen], work.neg_items[chosen])
@@ -414,7 +439,28 @@ def train(
         if stopped == "budget":
             break
     model.eval()
-    return {"steps": steps, "stopped": stopped, "loss": round(last, 6), "train_seconds": time.perf_counter() - started}
+    return {
+        "steps": steps,
+        "stopped": stopped,
+        "loss": round(last, 6),
+        "train_seconds": time.perf_counter() - started,
+        "train_cpu_seconds": time.process_time() - cpu,
+    }
+
+
+def _windows_loss(model: SeqRec, work: Plan, index: torch.Tensor, unseen: torch.Tensor | None) -> torch.Tensor:
+    """Mean cross-entropy over the targets of the windows at ``index`` (B,): a target is a
+    position ``work.targets`` marks; an unmarked item is context only (a zero target gets no logit)."""
+    windows, marks = work.windows[index], work.targets[index]  # (B, max_len + 1), left-padded
+    width = max(int((windows > 0).sum(-1).max()), 1)  # columns that are padding in every row cost nothing
+    windows, marks = windows[:, -width:], marks[:, -width:]
+    inputs, targets = windows[:, :-1], windows[:, 1:] * marks[:, 1:]  # (B, width - 1)
+    count = float(((inputs > 0) & (targets > 0)).sum())
+    new = index < work.new_windows
+    summed = model.loss(inputs[new], targets[new], None, "sum") if new.any() else 0.0
+    if not new.all():  # replayed windows: the items added since get no logit (see train)
+        summed = summed + model.loss(inputs[~new], targets[~new], None, "sum", unseen)
+    return summed / max(count, 1.0)
 
 
 @torch.no_grad()
@@ -471,6 +517,7 @@ def finetune(
     ``finetune`` settings (default: the run's own)."""
     run = Path(run)
     tic = time.perf_counter()
+    clock = _Stages()
     report = ProgressFile(progress, console)
     if budget is not None and not budget > 0:
         raise RecscopeError(f"--budget {budget} must be a positive number of seconds", fix="e.g. --budget 60")
@@ -515,17 +562,22 @@ def finetune(
             reason = f"no new event and no negative since {_when(start)}: nothing to learn"
             report("done", 1.0, reason)
             metrics = {"candidate": {}, "parent": {}, "tolerance": ft.tolerance, "cases": 0}
-            return FinetuneResult(None, parent_id, False, "nothing_to_learn", reason, metrics, lineage, _since(tic))
+            clock.lap("load")
+            return FinetuneResult(
+                None, parent_id, False, "nothing_to_learn", reason, metrics, lineage, _since(tic), clock.timings()
+            )
         report(
             "training",
             0.0,
             f"{work.events} new events ({work.new_windows} windows, {work.replay_users} replayed), "
             f"{len(work.neg_items)} negatives, {len(new_items)} new items",
         )
+        clock.lap("load")
         model = copy.deepcopy(grown.model)
         progress = lambda done, msg: report("training", done, msg, force=False)  # noqa: E731
         trained_items = load_info(run).config.model.n_items  # the run's catalog: what replay windows knew
         fitted = train(model, work, config, budget, progress, trained_items=trained_items)
+        clock.lap("train", train_cpu=fitted.get("train_cpu_seconds"))
         report("evaluating", 0.0, f"{len(work.cases)} held-out cases")
         before, after = measure(grown.model, work.cases, config), measure(model, work.cases, config)
         metrics = {"candidate": after, "parent": before, "tolerance": ft.tolerance, "cases": len(work.cases)}
@@ -541,6 +593,7 @@ def finetune(
             relation = "within" if promoted else "worse than"
             reason = f"{numbers} on {len(work.cases)} held-out newest events: {relation} the tolerance {ft.tolerance}"
         verdict = "promoted" if promoted else "kept"
+        clock.lap("evaluate")
         report("publishing", 0.0, verdict)
         extension = [
             {"item_id": i, "title": t, "attributes": a} for i, t, a in versions.added_items(run, parent_id)
@@ -567,11 +620,34 @@ def finetune(
             versions.promote(run, version.id)
             store.set_serving(version.id)
         report("done", 1.0, f"version {version.id}: {verdict}")
-        return FinetuneResult(version.id, parent_id, promoted, verdict, reason, metrics, lineage, _since(tic))
+        clock.lap("publish")
+        return FinetuneResult(
+            version.id, parent_id, promoted, verdict, reason, metrics, lineage, _since(tic), clock.timings()
+        )
 
 
 def _since(tic: float) -> float:
     return round(time.perf_counter() - tic, 3)
+
+
+class _Stages:
+    """Wall seconds per stage and the CPU seconds the result's ``timings`` report (module docstring)."""
+
+    def __init__(self) -> None:
+        self.startup_cpu = time.process_time()  # this process's CPU before the work: start-up, imports
+        self.wall, self.train_cpu = time.perf_counter(), None
+        self.laps: dict[str, float] = {}
+
+    def lap(self, stage: str, train_cpu: float | None = None) -> None:
+        now = time.perf_counter()
+        self.laps[stage], self.wall = round(now - self.wall, 3), now
+        self.train_cpu = train_cpu if train_cpu is not None else self.train_cpu
+
+    def timings(self) -> dict[str, float]:
+        cpu = {"cpu": time.process_time() - self.startup_cpu, "startup_cpu": self.startup_cpu}
+        if self.train_cpu is not None:
+            cpu["train_cpu"] = self.train_cpu
+        return self.laps | {k: round(v, 3) for k, v in cpu.items()}
 
 
 def _when(t: float) -> str:
