@@ -110,17 +110,19 @@ def test_a_generated_client_reads_real_explained_lists(service, client_models):
     assert client_models.RecommendationsOut.model_validate(anonymous).items[0].explanation.user is None
 
     what_if = _ok(service.post("/what-if", json={"user_id": user, "add": [rec.data.item_ids[7]], "k": 5}))
-    assert len(client_models.WhatIfOut.model_validate(what_if).after) == 5
+    parsed = client_models.WhatIfOut.model_validate(what_if)
+    assert len(parsed.after) == 5 and parsed.model_version == service.app.state.service.model_version
 
 
 def test_a_generated_client_reads_the_single_explanation_with_attentions_and_words(service, client_models):
     rec = service.app.state.service.recommender
     user, item = rec.data.user_ids[2], rec.data.item_ids[3]
     body = _ok(service.get(f"/users/{user}/recommendations/{item}/explanation", params={"words": True}))
-    parsed = client_models.Explanation.model_validate(body)
+    parsed = client_models.SingleExplanation.model_validate(body)
     assert parsed.item_id == item and parsed.status.value in {"recommended", "outside_top_k", "owned", "dismissed"}
+    assert parsed.model_version == service.app.state.service.model_version  # which version computed it
     attention = _ok(service.get(f"/users/{user}/recommendations/{item}/explanation", params={"method": "attention"}))
-    assert client_models.Explanation.model_validate(attention).method == "attention"
+    assert client_models.SingleExplanation.model_validate(attention).method == "attention"
 
 
 def test_a_field_the_document_does_not_declare_fails_the_generated_client(client_models):

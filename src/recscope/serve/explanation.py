@@ -116,3 +116,10 @@ class Explanation(Out):
     def of(cls, explained: base.Explanation) -> Explanation:
         """The API's view of an explanation (its ``to_dict()``: non-finite numbers become null)."""
         return cls.model_validate(explained.to_dict())
+
+
+class SingleExplanation(Explanation):
+    """One explanation asked for on its own: with the version that computed it (a list names its
+    version once, beside its explanations)."""
+
+    model_version: str

@@ -197,6 +197,7 @@ class Ranked(Strict):
 
 
 class WhatIfOut(Strict):
+    model_version: str  # the version that ranked both lists
     before: list[Ranked]  # rank order
     after: list[Ranked]
     entered: list[str]

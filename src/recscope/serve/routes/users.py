@@ -11,7 +11,7 @@ import numpy as np
 from fastapi import APIRouter, Query
 
 from recscope.serve.deps import ReadAccess, ServiceDep, StoreDep, WriteAccess
-from recscope.serve.explanation import Explanation
+from recscope.serve.explanation import Explanation, SingleExplanation
 from recscope.serve.live import explain_item, serve_list, user_history
 from recscope.serve.schemas import (
     ForgetOut,
@@ -137,8 +137,9 @@ def recommendations(
 )
 def explanation(
     user_id: str, item_id: str, svc: ServiceDep, k: K = 10, method: Method = None, words: Words = False
-) -> Explanation:
+) -> SingleExplanation:
     """The item's explanation for the user's live history (any item of the catalog: its
     ``status`` says whether it is recommended); ``words=true`` adds its word attributions
     (``words``, null when text does not drive it)."""
-    return Explanation.of(explain_item(svc, user_id, item_id, k=k, method=method, words=words))
+    explained = Explanation.of(explain_item(svc, user_id, item_id, k=k, method=method, words=words))
+    return SingleExplanation(**dict(explained), model_version=svc.model_version)

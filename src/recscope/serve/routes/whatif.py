@@ -26,4 +26,4 @@ def what_if(body: WhatIfIn, svc: ServiceDep) -> WhatIfOut:
     exclude = dismissed(svc, body.user_id)
     with svc.model():
         result = rec.what_if(user=body.user_id, remove=body.remove, add=body.add, k=body.k, exclude=exclude)
-    return WhatIfOut(**result)
+    return WhatIfOut(model_version=svc.model_version, **result)
