@@ -160,6 +160,7 @@ def test_an_explained_list_is_one_call_and_the_same_as_each_explanation(client, 
         got = dict(row["explanation"])
         assert got["counterfactual"] is None, "no counterfactual unless asked"
         assert alone["sentence"].startswith(row["sentence"]), "the counterfactual's clause is all that is missing"
+        assert alone.pop("model_version") == explained["model_version"], "a list names its version once"
         for drop in ("ms", "counterfactual", "sentence"):
             got.pop(drop), alone.pop(drop)
         assert _rounded(got) == _rounded(alone)

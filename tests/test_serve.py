@@ -107,6 +107,7 @@ def test_explanations_are_the_python_apis(client, rec):
     got = client.get(f"/users/{USER}/recommendations/{top}/explanation", params={"method": method}).json()
     want = json.loads(rec.explain(user=USER, item=top, method=method)[0].to_json())
     got.pop("ms"), want.pop("ms")  # time taken
+    assert got.pop("model_version") == rec.version  # the service names the version that explained it
     assert got == want
     body = client.get(f"/users/{USER}/recommendations", params={"k": 2, "explain": True}).json()
     assert all(r["sentence"] and r["explanation"]["item_id"] == r["item_id"] for r in body["items"])
