@@ -1,7 +1,7 @@
 """Federated training (Flower simulation, FedAvg) against centralised training of the same config.
 
     flock /tmp/bench.lock nice -n 5 .venv/bin/python bench/federated.py
-    flock /tmp/bench.lock nice -n 5 .venv/bin/python bench/federated.py --rounds 40 --local-epochs 5 --name federated
+    flock /tmp/bench.lock nice -n 5 .venv/bin/python bench/federated.py --rounds 15 --local-epochs 5 --name federated
 
 MovieLens-100K, configs/ml-100k.yaml, users dealt to 10 clients by a hash of their id. Both runs
 train at most the same epochs (rounds x local epochs; the centralised run stops early as its
@@ -42,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=f"movielens:{SHARED / 'ml-100k'}")
     parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--local-epochs", type=int, default=5)
     parser.add_argument("--fraction", type=float, default=1.0)
     parser.add_argument("--dp-noise", type=float, default=0.0)
