@@ -57,7 +57,7 @@ from recscope.model import SeqRec
 from recscope.run import RunInfo, TrainingState, fingerprint, load_weights, save_info, save_weights
 from recscope.sampling import make_optimizer
 from recscope.tasks import TASKS, event_inputs
-from recscope.train import TrainingData, inputs_note, train_epoch, with_data_sizes
+from recscope.train import TrainingData, inputs_note, sized_and_split, train_epoch
 
 # Flower reads this when it is first imported (anything of flwr): before that, whoever imports this module
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -158,12 +158,7 @@ def federate(
     if text is not None:
         console.print(text.describe(), highlight=False)
     task = TASKS[config.train.task]
-    task.check(data, data_spec)
-    config = with_data_sizes(config, data, text_dim=0 if text is None else text.vectors.shape[1])
-    split = split_of(data, config)
-    split = dataclasses.replace(split, valid=split.valid.sample(config.eval.valid_users, config.train.seed))
-    if len(split.valid) == 0:
-        raise RunError("no user has enough events for a valid case", fix="each user needs at least 3 events")
+    config, split = sized_and_split(data, config, text, data_spec)
     owner = partition(data.user_ids, federation.clients)
     users = np.bincount(owner, minlength=federation.clients)
     if (users == 0).any():

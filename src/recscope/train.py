@@ -34,6 +34,7 @@ from recscope.config import Config, TrainConfig, validate
 from recscope.config import load as load_config
 from recscope.cpu import use_threads
 from recscope.data import Dataset, column_map, load_dataset, split_of
+from recscope.data.split import Split
 from recscope.distributed import SINGLE, BatchLoss, Distributed, PeerError
 from recscope.errors import RecscopeError, RunError
 from recscope.features.text import catalog_vectors
@@ -57,6 +58,19 @@ from recscope.run import (
 from recscope.sampling import describe_loss, make_optimizer, negative_sampler
 from recscope.tasks import TASKS, EventInputs, Task, event_inputs
 from recscope.views import exit_on_error, print_load_report, terminal_width
+
+
+def sized_and_split(data: Dataset, config: Config, text, data_spec: str) -> tuple[Config, Split]:
+    """What every trainer of ``data`` starts from: the task's check of the data, the config with
+    the data's sizes (``text``: the catalog's vectors or None), and the split, its valid cases a
+    seeded sample when ``eval.valid_users`` asks (big data)."""
+    TASKS[config.train.task].check(data, data_spec)
+    config = with_data_sizes(config, data, text_dim=0 if text is None else text.vectors.shape[1])
+    split = split_of(data, config)
+    split = dataclasses.replace(split, valid=split.valid.sample(config.eval.valid_users, config.train.seed))
+    if len(split.valid) == 0:
+        raise RunError("no user has enough events for a valid case", fix="each user needs at least 3 events")
+    return config, split
 
 
 def with_data_sizes(config: Config, data: Dataset, text_dim: int = 0) -> Config:
@@ -135,13 +149,7 @@ def fit(
         if text is not None:
             console.print(text.describe(), highlight=False)
         task = TASKS[config.train.task]
-        task.check(data, data_spec)
-        config = with_data_sizes(config, data, text_dim=0 if text is None else text.vectors.shape[1])
-        split = split_of(data, config)
-        # model selection on a seeded sample of the valid cases when asked (eval.valid_users; big data)
-        split = dataclasses.replace(split, valid=split.valid.sample(config.eval.valid_users, config.train.seed))
-        if len(split.valid) == 0:
-            raise RunError("no user has enough events for a valid case", fix="each user needs at least 3 events")
+        config, split = sized_and_split(data, config, text, data_spec)
         with ExitStack() as held:
 
             def lock() -> None:  # rank 0 holds the lock; the others learn whether it got it
