@@ -96,6 +96,38 @@ def test_id_dropout_leaves_the_dropped_items_id_embeddings_out():
     assert not torch.allclose(dropped, tiny_model().loss(inputs, targets))
 
 
+@pytest.mark.parametrize("negatives", [None, [2, 5, 9, 11, 14]], ids=["full", "sampled"])
+def test_id_dropout_with_borrowed_ids_trains_the_way_an_id_less_item_is_served(negatives):
+    """cold_ids=neighbours: a dropped item's id is its nearest trained items' mean, never its own
+    and never a held-out item's, so the model learns what a borrowed id is worth."""
+    model = tiny_model(cold_ids="neighbours", cold_neighbours=2, cold_id_scale=0.8)
+    unseen = torch.zeros(21, dtype=torch.bool)
+    unseen[[4, 11]] = True
+    known = (~unseen).nonzero().flatten()[1:]  # not padding
+    model.set_id_stand_ins(known)
+    stand_ins = model.id_stand_ins
+    assert stand_ins.shape == (21, 2)
+    assert (stand_ins[1:] != torch.arange(1, 21)[:, None]).all(), "an item never borrows its own id"
+    assert not torch.isin(stand_ins[1:], torch.tensor([4, 11])).any(), "held-out items lend nothing"
+    # the stand-ins are the ids a served id-less item borrows (SeqRec.borrow_ids), own id aside
+    served = tiny_model(cold_ids="neighbours", cold_neighbours=2, cold_id_scale=0.8)
+    with torch.no_grad():
+        served.item_emb.weight[7] = 0  # item 7 has no id: it borrows from the known items but itself
+    served.borrow_ids(torch.tensor([7]), known[known != 7])
+    assert torch.allclose(served.item_emb.weight[7], model.item_emb.weight[stand_ins[7]].mean(0) * 0.8)
+
+    inputs, targets = HISTORY[:, :-1].clone(), HISTORY[:, 1:].clone()
+    everything = torch.ones(21, dtype=torch.bool)
+    fixed = None if negatives is None else fixed_negatives(negatives)
+    dropped = model.loss(inputs, targets, fixed, id_dropped=everything)
+    swapped = tiny_model(cold_ids="neighbours", cold_neighbours=2, cold_id_scale=0.8)
+    with torch.no_grad():  # every id replaced by its stand-in: the same loss
+        swapped.item_emb.weight[1:] = model.item_emb.weight[stand_ins[1:]].mean(1) * 0.8
+    assert torch.allclose(dropped, swapped.loss(inputs, targets, fixed), atol=1e-6)
+    model.set_id_stand_ins(None)  # cleared: dropped ids are zero again
+    assert not torch.allclose(dropped, model.loss(inputs, targets, fixed, id_dropped=everything))
+
+
 def test_attributes_only_scores_by_shared_fields(shop):
     scorer = AttributesOnlyScorer(shop)
     brand = next(f for f in shop.fields if f.name == "brand")

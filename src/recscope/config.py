@@ -116,7 +116,8 @@ class TrainConfig:
     negative_sampler: str = "uniform"  # (str) sampled softmax: "uniform" over the items, or "popularity" (by frequency)
     in_batch_negatives: int = 4096  # (int) sampled softmax: at most this many of the batch's targets serve as negatives
     # (float) share of the items whose id embedding is left out of their tokens each step (input and
-    # candidate alike), so the model learns to score items from their fields alone, as new items are
+    # candidate alike), so the model learns to score items from their fields alone, as new items are;
+    # with model.cold_ids=neighbours replaced by the id it would borrow, as an item without one is served
     id_dropout: float = 0.0
     # (float) decay per step of an exponential moving average of the weights, e.g. 0.995; validation,
     # model selection and the saved model use the average (the raw weights keep training); 0 = off

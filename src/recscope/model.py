@@ -206,6 +206,7 @@ class SeqRec(nn.Module):
         self.cfg = cfg
         C = cfg.width  # towers x d_model
         self.item_emb = nn.Embedding(cfg.n_items + 1, C, padding_idx=0)
+        self.id_stand_ins: Tensor | None = None  # (n_items + 1, k) id dropout's borrowed ids (set_id_stand_ins)
         fields_ = cfg.fields if cfg.use_attributes else ()
         self.field_names = [name for name, _, _ in fields_]
         self.field_emb = nn.ModuleList(nn.Embedding(size, C, padding_idx=0) for _, size, _ in fields_)
@@ -280,6 +281,7 @@ class SeqRec(nn.Module):
             if self.cfg.text_dim:
                 self.text_vectors = torch.cat([self.text_vectors, self.text_vectors.new_zeros(grow, self.cfg.text_dim)])
             self.cfg = dataclasses.replace(self.cfg, n_items=self.cfg.n_items + grow)
+            self.id_stand_ins = None  # rows of the old table: set again before training with id dropout
         rows = torch.as_tensor(indices, dtype=torch.long)
         for i, name in enumerate(self.field_names):
             getattr(self, f"field_values_{i}")[rows] = values[name]
@@ -290,32 +292,62 @@ class SeqRec(nn.Module):
     def borrow_ids(self, rows: Tensor, known: Tensor, chunk: int = 65_536) -> None:
         """Give the items at ``rows``, which have no id embedding (added after training, or held
         out of it), the mean id embedding of their ``cfg.cold_neighbours`` nearest ``known``
-        items by content: the cosine of their tokens without the id part (attributes and text),
-        times ``cfg.cold_id_scale``.
+        items by content (:meth:`content_neighbours`), times ``cfg.cold_id_scale``.
 
         Why: a trained item's score has an id part its fields do not carry, so an item scored
         from its fields alone is outranked by every trained item (on Beauty held-out items reached
         the top 10 in 1 case of 2,325). Borrowing the id of the items that look like it puts it
         on their scale; its own id embedding replaces the borrowed one once training sees it.
-        ``known`` are scanned ``chunk`` at a time, so a million-item catalog costs no more memory."""
-        k = min(self.cfg.cold_neighbours, len(known))
-        if not len(rows) or k == 0 or not (self.field_names or self.cfg.text_dim):
-            return  # nothing but ids: no content to find neighbours by
+        Id dropout with ``cold_ids=neighbours`` trains with these stand-ins (:meth:`set_id_stand_ins`)."""
+        neighbours = self.content_neighbours(rows, known, chunk=chunk)
+        if neighbours is not None:
+            self.item_emb.weight[rows] = self.item_emb.weight[neighbours].mean(1) * self.cfg.cold_id_scale
+
+    @torch.no_grad()
+    def content_neighbours(
+        self, rows: Tensor, known: Tensor, chunk: int = 65_536, exclude_self: bool = False
+    ) -> Tensor | None:
+        """(R,) items -> (R, k) their ``cfg.cold_neighbours`` nearest ``known`` items by content:
+        the cosine of their tokens without the id part (attributes and text). ``exclude_self``:
+        an item is never its own neighbour (for rows that are also known). ``known`` are scanned
+        ``chunk`` at a time, so a million-item catalog costs no more memory. None when there is
+        nothing to compare: no rows, no known item, or no content but ids."""
+        k = min(self.cfg.cold_neighbours, len(known) - int(exclude_self))
+        if not len(rows) or k <= 0 or not (self.field_names or self.cfg.text_dim):
+            return None
 
         def content(items: Tensor) -> Tensor:
             parts = self.field_embeddings(items)
             return F.normalize(torch.stack([v for name, v in parts.items() if name != "id"]).sum(0), dim=-1)
 
         wanted = content(rows)  # (R, C)
-        best_sim = torch.full((len(rows), k), float("-inf"))
-        best_item = torch.zeros(len(rows), k, dtype=torch.long)
+        best_sim = torch.full((len(rows), k), float("-inf"), device=wanted.device)
+        best_item = torch.zeros(len(rows), k, dtype=torch.long, device=wanted.device)
         for part in known.split(chunk):
             sim = wanted @ content(part).T  # (R, P)
+            if exclude_self:
+                sim = sim.masked_fill(rows[:, None] == part[None, :], float("-inf"))
             sims = torch.cat([best_sim, sim], dim=1)
             items = torch.cat([best_item, part[None].expand(len(rows), -1)], dim=1)
             best_sim, at = sims.topk(k, dim=1)
             best_item = items.gather(1, at)
-        self.item_emb.weight[rows] = self.item_emb.weight[best_item].mean(1) * self.cfg.cold_id_scale
+        return best_item
+
+    def set_id_stand_ins(self, known: Tensor | None, chunk: int = 4096) -> None:
+        """Id dropout trains the way an item without an id is served: with ``cfg.cold_ids =
+        "neighbours"``, a dropped item's id embedding is replaced by the mean id embedding of its
+        nearest ``known`` (trained) items by content, times ``cfg.cold_id_scale`` (its own
+        excluded), not by zero; the model learns what a borrowed id is worth, so an item that has
+        only a borrowed one scores on the trained items' scale. Training calls this once an epoch
+        (content embeddings move); ``known`` None clears it (dropped ids are then zeroed). Not
+        saved with the weights. Rows are matched ``chunk`` at a time."""
+        self.id_stand_ins = None
+        if known is None or self.cfg.cold_ids != "neighbours":
+            return
+        rows = torch.arange(1, self.cfg.n_items + 1, device=known.device)
+        parts = [self.content_neighbours(r, known, exclude_self=True) for r in rows.split(chunk)]
+        if parts and parts[0] is not None:
+            self.id_stand_ins = torch.cat([torch.zeros_like(parts[0][:1]), *parts])  # row 0: padding
 
     # ------------------------------------------------------------------ item tokens
     def field_embeddings(self, items: Tensor) -> dict[str, Tensor]:
@@ -456,7 +488,7 @@ class SeqRec(nn.Module):
         if negatives is None:
             table = self.item_table()  # (n_items + 1, C)
             if id_dropped is not None:
-                table = table - self.item_emb.weight * id_dropped[:, None]
+                table = table + self._id_shift(torch.arange(len(table), device=table.device), id_dropped)
             # the inputs' tokens are rows of the table the softmax needs anyway: fused once per step
             hidden = self(inputs, tokens=self.tower_rows(table, inputs), events=events).hidden
             # softmax over table[1:] (padding is never a candidate), fused with its matmul (recscope.losses)
@@ -514,10 +546,20 @@ class SeqRec(nn.Module):
         return wide.view(len(wide), K, -1)[items, tower].movedim(0, -2).flatten(-2)
 
     def _tokens_without(self, id_dropped: Tensor | None) -> Callable[[Tensor], Tensor]:
-        """items (*S) -> (*S, C) their tokens, without the id embedding of the ``id_dropped`` items."""
+        """items (*S) -> (*S, C) their tokens, the ``id_dropped`` items' without their own id
+        embedding (zero, or the stand-in of :meth:`set_id_stand_ins`)."""
         if id_dropped is None:
             return self.item_tokens
-        return lambda items: self.item_tokens(items) - self.item_emb(items) * id_dropped[items, None]
+        return lambda items: self.item_tokens(items) + self._id_shift(items, id_dropped)
+
+    def _id_shift(self, items: Tensor, id_dropped: Tensor) -> Tensor:
+        """items (*S) -> (*S, C): what id dropout adds to their tokens: for a dropped item its
+        stand-in id minus its own (minus its own when there is no stand-in), else zero."""
+        own = self.item_emb(items)
+        if self.id_stand_ins is None:
+            return -own * id_dropped[items, None]
+        borrowed = self.item_emb(self.id_stand_ins[items]).mean(-2) * self.cfg.cold_id_scale
+        return (borrowed - own) * id_dropped[items, None]
 
     def rating_loss(
         self, inputs: Tensor, targets: Tensor, ratings: Tensor, events: Tensor | None = None, reduction: str = "mean"

@@ -64,7 +64,7 @@ from recscope.errors import RunError
 from recscope.model import SeqRec
 from recscope.run import PrivacySpent
 from recscope.sampling import uses_sampled_softmax
-from recscope.train import TrainingProgress, learning_rate
+from recscope.train import TrainingProgress, learning_rate, prepare_id_dropout
 
 # Values a chunk of a step's users may hold at once: their gradients (one model's parameters each)
 # plus their logits (positions x items, about three copies through the backward); 2**26 floats is
@@ -302,6 +302,7 @@ class PrivateTraining:
         t = config.train
         model.train()
         ids = torch.Generator().manual_seed(t.seed * 1000 + epoch)  # id dropout: public randomness is fine
+        prepare_id_dropout(model, config, unseen)
         sampler = UniformWithReplacementSampler(
             num_samples=len(self.examples),
             sample_rate=self.sample_rate,

@@ -461,6 +461,7 @@ def train_epoch(
     if progress:
         progress.start_epoch(epoch + 1, len(batches))
     sampler = negative_sampler(data.windows, config, unseen)  # None: full softmax
+    prepare_id_dropout(model, config, unseen)
     total = 0.0
     for i, index in enumerate(batches):
         if t.lr_schedule != "constant":
@@ -482,6 +483,18 @@ def train_epoch(
 
 
 _train_epoch = train_epoch  # the name bench/ still imports (train_speed, loss_speed, sampled_softmax, recbole_compare)
+
+
+def prepare_id_dropout(model: SeqRec, config: Config, unseen: torch.Tensor | None) -> None:
+    """Before an epoch with id dropout and ``model.cold_ids=neighbours``: each item's stand-in id,
+    borrowed from its nearest trained items by content as a served item without an id borrows
+    (``SeqRec.set_id_stand_ins``); the held-out ``unseen`` items lend none."""
+    if config.train.id_dropout > 0 and config.model.cold_ids == "neighbours":
+        known = torch.ones(model.cfg.n_items + 1, dtype=torch.bool, device=model.item_emb.weight.device)
+        known[0] = False
+        if unseen is not None:
+            known &= ~unseen
+        model.set_id_stand_ins(known.nonzero().flatten())
 
 
 def learning_rate(t: TrainConfig, epochs_done: float) -> float:
