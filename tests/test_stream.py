@@ -49,14 +49,19 @@ def test_smoke_stream_scores_before_posting_and_updates_two_arms(tmp_path):
     assert result["change"]["items"] == 16
     assert result["change"]["unused_fields"] == 16  # the new brand's name: no trained item has it
 
-    frozen, tuned, retrained = (result[a] for a in stream.ARMS)
-    for arm in (frozen, tuned, retrained):
+    frozen, tuned, retrained, attributes = (result[a] for a in stream.ARMS)
+    for arm in (frozen, tuned, retrained, attributes):
         assert arm["cases"] == events
         assert sum(arm["lists_by_source"].values()) == events
         # Were an event posted before it is scored, its item would be owned, left out of the
         # list, and every rank a miss.
         assert 0.0 < arm["NDCG@10"] <= arm["HR@10"] <= 1.0
         assert set(arm["windows"][0]["launch"]) == {"cases", "HR@10", "NDCG@10"}
+    assert attributes["lists_by_version"] == {"attributes-only": events} and attributes["seconds"] == 0
+    new = result["new_items"]  # the launched brand's purchases, before and after the first update
+    assert set(new) == {*stream.ARMS, "met"} and isinstance(new["met"], bool)
+    launches = [new[a]["before_first_update"]["cases"] for a in stream.ARMS]
+    assert len(set(launches)) == 1 and launches[0] > 0
     # Before the first update the three arms are one model reading one history: the same lists.
     head = every // args.window
     assert frozen["windows"][:head] == tuned["windows"][:head] == retrained["windows"][:head]
@@ -83,3 +88,18 @@ def test_smoke_stream_scores_before_posting_and_updates_two_arms(tmp_path):
     assert 0 < startup < job["cpu_seconds"] and job["timings"]["train_cpu"] <= job["timings"]["cpu"]
     assert bar["finetune_cpu_without_startup"] == pytest.approx(job["cpu_seconds"] - startup, abs=0.02)
     assert bar["retrain_cpu_without_startup"] == pytest.approx(again["cpu_seconds"] - startup, abs=0.02)
+
+
+def test_the_attributes_arm_lists_unowned_items_by_content_and_reads_each_posted_event(tmp_path):
+    line = stream.timeline(stream.SMOKE["data"], 0.5, 50)
+    catalog = tmp_path / "catalog.csv"
+    line.catalog.write_csv(catalog)
+    arm = stream.AttributesArm(line, catalog, tmp_path)
+    user = str(line.train["user_id"][0])
+    owned = set(line.train.filter(pl.col("user_id") == user)["item_id"].cast(pl.String))
+    listed = [x["item_id"] for x in arm.top(user)["items"]]
+    assert len(listed) == stream.K and not owned & set(listed)
+    assert arm.top("nobody")["items"] == []  # no history, no content to match: a miss
+    first = listed[0]
+    assert arm.post_events([{"user_id": user, "item_id": first}]) == 1
+    assert first not in [x["item_id"] for x in arm.top(user)["items"]], "a posted item is owned"
