@@ -12,6 +12,12 @@ baseline on the test's cold cases.
     recscope train --data s3rec:../shared/data/beauty --config configs/beauty.yaml \\
         --set data.split=cold_items --out RUN
     python bench/cold_ids.py RUN bench/results/cold_ids_beauty.json
+
+A third argument, an earlier result file (``REFERENCE``), sets the warm floor from *its* zero-id
+valid warm NDCG@10 instead of this run's: a run trained differently (id dropout) is held to the
+warm accuracy of the reference model, not to its own.
+
+    python bench/cold_ids.py RUN2 bench/results/cold_ids_dropout_beauty.json bench/results/cold_ids_scale_beauty.json
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ FINER = ((1, 0.75), (1, 0.8))  # between k=1's last scale within the warm cost a
 WARM_COST = 0.03  # the most warm valid NDCG@10 may lose
 
 
-def main(run: str, out: str) -> None:
+def main(run: str, out: str, reference: str | None = None) -> None:
     rec = Recommender.load(run)
     cfg, model = rec.config, rec.model
     parts = split_of(rec.data, cfg)
@@ -88,7 +94,10 @@ def main(run: str, out: str) -> None:
         tic = time.time()
         results[name(k, scale)] = {"valid": measure(parts.valid)}
         print(name(k, scale), json.dumps(results[name(k, scale)]), f"{time.time() - tic:.1f} s", flush=True)
-    floor = (1 - WARM_COST) * results["zero"]["valid"]["warm"]["NDCG@10"]
+    warm = json.loads(Path(reference).read_text())["zero"] if reference else results["zero"]
+    floor = (1 - WARM_COST) * warm["valid"]["warm"]["NDCG@10"]
+    if reference:
+        results["reference"] = {"file": reference, "zero": warm}
     allowed = [g for g in grid if results[name(*g)]["valid"]["warm"]["NDCG@10"] >= floor]
     chosen = max(allowed, key=lambda g: results[name(*g)]["valid"]["cold"]["NDCG@10"])
     results["chosen_on_valid"] = {"setting": name(*chosen), "warm_floor": round(floor, 4)}
@@ -101,4 +110,4 @@ def main(run: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])
