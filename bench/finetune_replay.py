@@ -50,10 +50,12 @@ is read, then the fine-tuned version the same way, then that position's purchase
 (so the next position's history holds them). A case is a hit when the held-out item is in the
 list; HR@10 and NDCG@10 by ``recscope.metrics`` over every case, over the cases whose item is a
 launched one, and over the others; also the share of lists holding a launched item, and each
-list's ``model_version`` and worker (``X-Recscope-Worker``). A dismissed item's rank: the whole
-catalog ranked for the dismisser's live history (``POST /recommendations``, which filters
-owned items but not dismissals) under each version, with the other unowned items of the
-disliked brand and department.
+list's ``model_version`` and worker (``X-Recscope-Worker``). The ranks of the disliked brand and
+department: the whole catalog ranked for the shopper's live history as the service reads it
+(``GET /users/{id}/recommendations?k=1000``: with their dismissals, as events of the history for a
+version that reads them, and their dismissed items left out) under each version. (Ranking the
+items of ``GET /users/{id}/history`` with ``POST /recommendations``, as this bench did before,
+reads an item list: every dismissal would be read as a purchase, or dropped.)
 
 **The dismiss bar** (issue 23: after the next fine-tune, items of the dismissed item's brand and
 category drop in that user's ranking, over >= 200 users). Per shopper, the median rank (as
@@ -477,10 +479,11 @@ def measure_tail(api: Api, stream: Stream, versions: dict[str, str], tail: int) 
 
 
 def dismissed_ranks(api: Api, stream: Stream, versions: dict[str, str], catalog: int) -> dict[str, Any]:
-    """Under each version: the rank (1-based, whole catalog, the shopper's live history; owned
-    items left out) of each dismissed item and of the other unowned items of its brand and
-    department; and, per shopper, the median rank of the items of their pair (module docstring,
-    "The dismiss bar")."""
+    """Under each version: the rank (1-based, whole catalog, the shopper's live history as the
+    service reads it; owned and dismissed items left out) of the unowned items of each
+    dismisser's disliked brand and department, how many dismissed items the list holds (none:
+    they are filtered) and, per shopper, the median rank of the items of their pair (module
+    docstring, "The dismiss bar")."""
     pairs = {s.user: s.last for s in stream.shoppers if s.user in api.dismissed or s.dislike is None}
     users = sorted(pairs)
     k = min(catalog, 1000)
@@ -489,27 +492,22 @@ def dismissed_ranks(api: Api, stream: Stream, versions: dict[str, str], catalog:
         api.serve(version)
 
         def ranked(user: str) -> tuple[list[int], list[int]]:
-            history = [e["item_id"] for e in api.call("GET", f"/users/{user}/history").json()["items"]]
-            body = api.call("POST", "/recommendations", json={"history": history, "k": k}).json()
+            body = api.call("GET", f"/users/{user}/recommendations", params={"k": k}).json()
             order = [i["item_id"] for i in body["items"]]
             gone = set(api.dismissed.get(user, ()))
             same = [
-                r + 1
-                for r, i in enumerate(order)
-                if (stream.brand.get(i), stream.department.get(i)) == pairs[user] and i not in gone
+                r + 1 for r, i in enumerate(order) if (stream.brand.get(i), stream.department.get(i)) == pairs[user]
             ]
             return [order.index(i) + 1 for i in gone if i in order], same
 
         results = dict(zip(users, api.each(ranked, users), strict=True))
         dismissers = [u for u in users if u in api.dismissed]
-        dismissed = [r for u in dismissers for r in results[u][0]]
         same = [r for u in dismissers for r in results[u][1]]
         out[name] = {
-            "dismissed": len(dismissed),
-            "dismissed_median_rank": float(np.median(dismissed)) if dismissed else None,
+            "dismissers": dismissers,
+            "dismissed_in_lists": sum(len(results[u][0]) for u in dismissers),  # 0: dismissals filter the item
             "same_brand_department": len(same),
             "same_brand_department_median_rank": float(np.median(same)) if same else None,
-            "ranks": {u: results[u][0] for u in dismissers},
             "pair_median_rank": {u: float(np.median(s)) for u, (_, s) in results.items() if s},
         }
     return out

@@ -39,11 +39,13 @@ def _copy(tiny_run: Path, tmp_path: Path, **settings) -> Path:
     return run
 
 
-def _ranks(snapshot: Snapshot, histories: list[list[int]], items: list[int]) -> np.ndarray:
-    """0-based rank of ``items[i]`` after ``histories[i]`` (dense indices) in ``snapshot``'s model."""
+def _ranks(snapshot: Snapshot, histories: list[list[int]], items: list[int], codes=None) -> np.ndarray:
+    """0-based rank of ``items[i]`` after ``histories[i]`` (dense indices; ``codes[i]``: their event
+    labels) in ``snapshot``'s model."""
     max_len = snapshot.config.model.max_len
     padded = torch.from_numpy(np.stack([_pad(np.array(h), max_len) for h in histories]))
-    scores = snapshot.model.score(padded, snapshot.table)
+    labels = None if codes is None else torch.from_numpy(np.stack([_pad(np.array(c), max_len) for c in codes]))
+    scores = snapshot.model.score(padded, snapshot.table, labels)
     own = scores.gather(1, torch.tensor(items)[:, None])
     return (scores > own).sum(1).numpy()
 
@@ -153,7 +155,11 @@ def test_dismissed_items_fall_in_rank(tiny_run, tmp_path):
         result = finetune(run, store)
     assert result.lineage["negatives"] == 120 and result.lineage["feedback"] == 120
     before = _ranks(parent, histories, top)
-    after = _ranks(Snapshot.load(run, result.version), histories, top)
+    # the new version reads the dismissal: each history ends with it (label "dismiss")
+    child = Snapshot.load(run, result.version)
+    dismiss = child.inputs.code("dismiss")
+    codes = [[0] * len(h) + [dismiss] for h in histories]
+    after = _ranks(child, [h + [t] for h, t in zip(histories, top, strict=True)], top, codes)
     assert before.max() == 0 and np.median(after) >= 10, np.median(after)
 
 
@@ -386,11 +392,13 @@ def test_the_gate_holds_out_a_seeded_sample_and_new_windows_target_only_new_even
     assert int(marks[:, 0].sum()) == 0 and int((new[:, :-1][marks[:, 1:]] > 0).sum()) == 180  # each follows an item
     replayed = work.windows[work.new_windows :]
     assert torch.equal(work.targets[work.new_windows :], replayed > 0)  # replay: every item a target
-    assert len(work.neg_items) == 100 and int((work.neg_histories[:, -1] == 7).sum()) == 20  # gate's users: 11 gone
+    # a dismissal's history ends with the dismissal itself (label "dismiss"), after the user's last event kept
+    assert torch.equal(work.neg_histories[:, -1], work.neg_items) and bool((work.neg_events[:, -1] == 1).all())
+    assert len(work.neg_items) == 100 and int((work.neg_histories[:, -2] == 7).sum()) == 20  # gate's users: 11 gone
 
     assert len(planned(holdout=0.5).cases) == 50
     other = planned(seed=1)
-    assert len(other.cases) == 20 and int((other.neg_histories[:, -1] == 7).sum()) == 20
+    assert len(other.cases) == 20 and int((other.neg_histories[:, -2] == 7).sum()) == 20
     picked = lambda w: [tuple(h[-3:]) for h, _ in w.cases]  # noqa: E731
     assert picked(other) != picked(work) and picked(planned()) == picked(work)  # seeded
     few = planned(min_cases=101)  # too few users to hold any out: every new event trained on

@@ -198,6 +198,14 @@ class FinetuneConfig:
     # fine-tune trains on every new event and keeps its version unpromoted (nothing was measured)
     min_cases: int = 20
     max_negatives: int = 100_000  # (int) at most this many explicit negatives are read (the newest first)
+    # (tuple[str]) catalog fields whose values a dismissed item's "mates" share with it (each field: one
+    # value at least, e.g. brand and category); a dismissal also counts its mates as negatives at the
+    # dismisser's history then. () = the dismissed item only
+    dismiss_mates: tuple[str, ...] = ()
+    # (str) a dismissal's token in a history the fine-tuned version reads: "negated" (minus its item's
+    # token plus the label's embedding: it points away from its brand and category) or "item" (its
+    # item's token plus the label's: it reads as one more item of its brand, which rose for dismissers)
+    dismiss_token: str = "negated"
     seed: int = 0  # (int) seeds the replay sample and the batches
 
 
@@ -484,6 +492,11 @@ RULES: dict[str, Rule] = {
     "finetune.holdout": _range(0, 1, open_low=True),
     "finetune.min_cases": _range(1, 2**31 - 1),
     "finetune.max_negatives": _range(0, 2**31 - 1),
+    "finetune.dismiss_mates": Rule(
+        lambda value: all(v.strip() for v in value) and len(set(value)) == len(value),
+        "a list of distinct catalog field names (e.g. [brand, category]), or []",
+    ),
+    "finetune.dismiss_token": _one_of("item", "negated"),
     "finetune.seed": _range(0, 2**31 - 1),
 }
 

@@ -22,6 +22,18 @@ sample, every item of them a target), so the model does not forget the older sho
 on items the version does not know (not in the catalog, not added to the store) are skipped and
 counted.
 
+**Dismissals as input.** A user's dismissals (feedback "dismiss", given since or before) are
+tokens of their sequence at the time they were given, as the service reads them for a version
+that knows the label "dismiss" (``recscope.histories``): the fine-tuned version learns that label
+whenever the store holds a dismissal (a new row of the event embedding, zero at first:
+``SeqRec.grow_events``; the parent's labels with "dismiss" appended, ``["", "dismiss"]`` for a
+parent that read none) and records its labels with it (``versions.event_labels``). A dismissal
+is context, never a target (the position before it is not trained to predict the dismissed item:
+that would teach the opposite); the purchases after it stay targets. ``finetune.dismiss_token``
+says how its token reads: its item's token plus the label's embedding, or minus its item's token
+plus the label's (pointing away from the item's brand and category from the first step). Every
+other event is read with label 0 in fine-tuning, as before.
+
 **Growing the item table.** Items the store added (``Store.items_added``) that the parent does
 not hold a row for get one, built exactly as the service scores them today
 (``Snapshot.with_items``: attribute and text fields, zero id embedding), so a new item starts
@@ -42,7 +54,9 @@ the model's probability that j is u's next item,
 
 (the unlikelihood term: zero when p_j is zero, its gradient pushes j's score down against
 every other item, so it falls in rank for that history). A negative is a dismissal (feedback
-"dismiss" given since) or an ignored impression: an item of a list served to a known user since,
+"dismiss" given since; its history ends with the dismissal itself, and with
+``finetune.dismiss_mates`` the items sharing the named fields' values with j are negatives at
+that history too) or an ignored impression: an item of a list served to a known user since,
 at least ``finetune.ignore_window`` seconds ago, with no click, purchase or dismissal on it in
 that list and no event of that user on that item in the window after it was served (younger
 impressions are not read: they may still be acted on). At most ``finetune.max_negatives``, the
@@ -109,6 +123,7 @@ from recscope.data.split import training_windows
 from recscope.errors import RecscopeError, RunError
 from recscope.files import atomic_write
 from recscope.forget import honoured
+from recscope.histories import DISMISS
 from recscope.lock import RunLock
 from recscope.metrics import all_metrics
 from recscope.model import SeqRec
@@ -195,6 +210,8 @@ class StoreReading:
     events: dict[str, list[tuple[str, float, float]]]  # user -> [(item_id, timestamp, received_at)]
     negatives: list[tuple[str, str, float, str]]  # (user_id, item_id, when, "dismiss" | "ignored")
     feedback: int  # feedback rows given since
+    # user -> [(item_id, when)]: every dismissal the store holds (given since or before), oldest first
+    dismissals: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
 
 def read_store(store, since: float, now: float, window: float, limit: int) -> StoreReading:
@@ -211,6 +228,13 @@ def read_store(store, since: float, now: float, window: float, limit: int) -> St
             .where(Feedback.created_at >= since)
             .order_by(Feedback.created_at.desc())
         ).all()
+        dismissals: dict[str, list[tuple[str, float]]] = defaultdict(list)
+        for user, item, at in session.execute(
+            select(Feedback.user_id, Feedback.item_id, Feedback.created_at)
+            .where(Feedback.action == DISMISS)
+            .order_by(Feedback.created_at, Feedback.id)
+        ):
+            dismissals[user].append((item, float(at)))
         shown = session.execute(
             select(Served.request_id, Served.user_id, Served.created_at, ServedItem.item_id)
             .join(ServedItem, ServedItem.request_id == Served.request_id)
@@ -226,7 +250,7 @@ def read_store(store, since: float, now: float, window: float, limit: int) -> St
             continue
         negatives.append((user, item, float(at), "ignored"))
     negatives.sort(key=lambda n: -n[2])
-    return StoreReading(dict(events), negatives[:limit], len(feedback))
+    return StoreReading(dict(events), negatives[:limit], len(feedback), dict(dismissals))
 
 
 # ---------------------------------------------------------------------- the data of one fine-tune
@@ -245,6 +269,12 @@ class Plan:
     events: int  # new events trained on or held out
     skipped: int  # new events on items the version does not know
     neg_kinds: dict[str, int] = field(default_factory=dict)
+    case_codes: list[np.ndarray] | None = None  # the cases' histories' event labels, when window_events has them
+    # (W, max_len + 1) and (N, max_len): the event labels of the windows and of the negatives'
+    # histories (a dismissal's label "dismiss"), when the fine-tuned model reads labels; else None
+    window_events: torch.Tensor | None = None
+    neg_events: torch.Tensor | None = None
+    labels: list[str] | None = None  # the fine-tuned model's event labels, when a fine-tune gave it "dismiss"
 
 
 def _pad(seq: np.ndarray, width: int) -> np.ndarray:
@@ -255,9 +285,12 @@ def _pad(seq: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def _tail_windows(seq: np.ndarray, new: np.ndarray, max_len: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _tail_windows(
+    seq: np.ndarray, new: np.ndarray, codes: np.ndarray, max_len: int
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Windows of ``max_len + 1`` cut from the end of ``seq`` backwards (as training cuts them),
-    those with at least one target marked ``new``, each with its ``new`` marks (padded alike)."""
+    those with at least one target marked ``new``, each with its ``new`` marks and its event
+    ``codes`` (padded alike)."""
     out = []
     end = len(seq)
     while end >= 2:
@@ -265,7 +298,8 @@ def _tail_windows(seq: np.ndarray, new: np.ndarray, max_len: int) -> list[tuple[
         marks = new[start:end].copy()
         marks[0] = False  # the window's first item is never a target
         if marks.any():
-            out.append((_pad(seq[start:end], max_len + 1), _pad(marks, max_len + 1).astype(bool)))
+            width = max_len + 1
+            out.append((_pad(seq[start:end], width), _pad(marks, width).astype(bool), _pad(codes[start:end], width)))
         end -= max_len
     return out
 
@@ -282,43 +316,80 @@ def _holdout(sequences: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], ft
 
 
 def plan(
-    data: Dataset, trained: Dataset, reading: StoreReading, since: float, config: Config, forgotten=frozenset()
+    data: Dataset,
+    trained: Dataset,
+    reading: StoreReading,
+    since: float,
+    config: Config,
+    forgotten=frozenset(),
+    labels: list[str] | None = None,
 ) -> Plan:
     """The windows, negatives and held-out cases of a fine-tune over ``data`` (the grown catalog;
     ``trained``: the parent's, whose training split is replayed). The ``forgotten`` users' training
     sequences are neither replayed nor read: their stored events (posted after their tombstone)
-    are a new history."""
+    are a new history. ``labels``: the parent's event labels (None: it reads none).
+
+    A user's dismissals are tokens of their sequence at their times (label "dismiss", the parent's
+    labels with "dismiss" appended when it lacks it: ``Plan.labels``), as the service reads them
+    for such a version: context of the windows, never a target (the position before one is not
+    trained to predict the dismissed item), in the negatives' histories (a dismissal's history
+    ends with it), and in the held-out cases' histories."""
     ft, max_len = config.finetune, config.model.max_len
 
     def find_user(user: str) -> int | None:
         return None if user in forgotten else data.find_user(user)
 
-    sequences: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # user -> (items, new, received)
+    # user -> (items, new, received, dismissal marks): a dismissal is a token, never new
+    sequences: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
     events = skipped = 0
-    for user, stored in reading.events.items():
+    for user in dict.fromkeys([*reading.events, *reading.dismissals]):
         u = find_user(user)
+        stored = reading.events.get(user, [])
+        if u is None and not stored:
+            continue  # dismissals alone are no history (the service does not know the user either)
         base = data.sequence(u) if u is not None else np.zeros(0, dtype=np.int64)
         items, new, received = list(base), [False] * len(base), [float("-inf")] * len(base)
-        for item_id, _, got in stored:
+        dismiss = [False] * len(base)
+        merged = [(stamp, 0, i, item_id, got) for i, (item_id, stamp, got) in enumerate(stored)]
+        merged += [(at, 1, i, item_id, at) for i, (item_id, at) in enumerate(reading.dismissals.get(user, []))]
+        for _, kind, _, item_id, got in sorted(merged, key=lambda m: m[:3]):  # as Store.live_history orders them
             index = data.find(item_id)
             if index is None:
-                skipped += got >= since
+                skipped += kind == 0 and got >= since
                 continue
             items.append(index)
-            new.append(got >= since)
+            new.append(kind == 0 and got >= since)
             received.append(got)
-            events += got >= since
-        sequences[user] = (np.array(items, dtype=np.int64), np.array(new, dtype=bool), np.array(received))
-    sampled, held_out = _holdout(sequences, ft)
-    cases = [(sequences[u][0][:-1], int(sequences[u][0][-1])) for u in sampled]
+            dismiss.append(kind == 1)
+            events += kind == 0 and got >= since
+        sequences[user] = tuple(
+            np.array(a, dtype=t) for a, t in ((items, np.int64), (new, bool), (received, float), (dismiss, bool))
+        )
+    reads = labels is not None and DISMISS in labels
+    if not reads and any(seq[3].any() for seq in sequences.values()):
+        labels = [*(labels or [""]), DISMISS]
+    elif not reads:
+        labels = None
+    code = labels.index(DISMISS) if labels is not None else 0
+
+    def codes(marks: np.ndarray) -> np.ndarray:
+        return marks.astype(np.int64) * code
+
+    # The gate's case is a user's last event (a dismissal is no case): the history before it, the
+    # dismissals before it included, as the service would read it when the event came.
+    sampled, held_out = _holdout({u: tuple(a[~seq[3]] for a in seq[:3]) for u, seq in sequences.items()}, ft)
+    last = {u: int(np.flatnonzero(~sequences[u][3])[-1]) for u in sampled}
+    cases = [(sequences[u][0][: last[u]], int(sequences[u][0][last[u]])) for u in sampled]
+    case_codes = [codes(sequences[u][3][: last[u]]) for u in sampled]
     if held_out:  # the gate's events are gone from everything trained on, negatives' histories included
         for u in sampled:
-            sequences[u] = tuple(a[:-1] for a in sequences[u])
-    windows, marks = [], []
-    for items, new, _ in sequences.values():
-        for window, mark in _tail_windows(items, new, max_len):
+            sequences[u] = tuple(np.delete(a, last[u]) for a in sequences[u])
+    windows, marks, labelled = [], [], []
+    for items, new, _, dismiss in sequences.values():
+        for window, mark, label in _tail_windows(items, new, codes(dismiss), max_len):
             windows.append(window)
             marks.append(mark)
+            labelled.append(label)
     new_windows = len(windows)
     replay_users = 0
     if new_windows and ft.replay > 0:
@@ -333,23 +404,31 @@ def plan(
             picked = np.random.default_rng(ft.seed).choice(len(old), n, replace=False)
             windows.extend(old[picked])
             marks.extend(old[picked] > 0)
+            labelled.extend(np.zeros_like(old[picked]))  # the run's events: label 0, as fine-tuning reads them
             replay_users = n  # windows of distinct users mostly; counted as windows replayed
-    neg_histories, neg_items, kinds = [], [], {"dismiss": 0, "ignored": 0}
+    mates = _mates(data, ft.dismiss_mates)
+    neg_histories, neg_labels, neg_items, kinds = [], [], [], {"dismiss": 0, "ignored": 0, "mates": 0}
     for user, item_id, at, kind in reading.negatives:
         index = data.find(item_id)
         if index is None or user not in sequences and find_user(user) is None:
             continue
         if user in sequences:
-            items, _, received = sequences[user]
-            history = items[received <= at]
+            items, _, received, dismiss = sequences[user]
+            history, label = items[received <= at], codes(dismiss[received <= at])
         else:
             history = data.sequence(find_user(user))
+            label = np.zeros(len(history), dtype=np.int64)
         if not len(history):
             continue
-        neg_histories.append(_pad(history, max_len))
-        neg_items.append(index)
+        others = mates(index) if kind == DISMISS else []
+        for negative in [index, *others]:
+            neg_histories.append(_pad(history, max_len))
+            neg_labels.append(_pad(label, max_len))
+            neg_items.append(negative)
         kinds[kind] += 1
+        kinds["mates"] += len(others)
     width = max_len + 1
+    reading_labels = labels is not None
     return Plan(
         windows=torch.from_numpy(np.stack(windows)) if windows else torch.zeros(0, width, dtype=torch.long),
         targets=torch.from_numpy(np.stack(marks)) if marks else torch.zeros(0, width, dtype=torch.bool),
@@ -364,14 +443,50 @@ def plan(
         events=events,
         skipped=skipped,
         neg_kinds=kinds,
+        window_events=(torch.from_numpy(np.stack(labelled)) if labelled else torch.zeros(0, width, dtype=torch.long))
+        if reading_labels
+        else None,
+        neg_events=(torch.from_numpy(np.stack(neg_labels)) if neg_labels else torch.zeros(0, max_len, dtype=torch.long))
+        if reading_labels
+        else None,
+        labels=labels,
+        case_codes=case_codes if reading_labels else None,
     )
 
 
+def _mates(data: Dataset, fields: tuple[str, ...]) -> Callable[[int], list[int]]:
+    """item -> the other items sharing a value of each of ``fields`` with it (a multi-valued
+    field: any value, so a category path's department is enough), trained items only:
+    ``finetune.dismiss_mates``, the items a dismissal also counts as negatives. () : none."""
+    if not fields:
+        return lambda item: []
+    by_name = {f.name: f for f in data.fields}
+    unknown = [name for name in fields if name not in by_name]
+    if unknown:
+        raise RunError(
+            f"finetune.dismiss_mates names {unknown[0]!r}, not a field of the catalog",
+            fix=f"name fields of the catalog ({', '.join(by_name) or 'it has none'}), or set it to []",
+        )
+
+    def mates(item: int) -> list[int]:
+        shared = np.ones(len(data.item_ids), dtype=bool)
+        for name in fields:
+            values = by_name[name].values  # (n_items + 1, width) value indices, 0 = none
+            own = values[item][values[item] > 0]
+            shared &= np.isin(values, own).any(axis=1)
+        shared[[0, item]] = False
+        return np.flatnonzero(shared).tolist()
+
+    return mates
+
+
 # ---------------------------------------------------------------------- training and measuring
-def negative_term(model: SeqRec, histories: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+def negative_term(
+    model: SeqRec, histories: torch.Tensor, items: torch.Tensor, events: torch.Tensor | None = None
+) -> torch.Tensor:
     """(N,) -log(1 - p_j): p_j the softmax share of item ``items`` (N,) as the next item after
-    ``histories`` (N, T) over the whole catalog (padding excluded)."""
-    hidden = model(histories, last_only=True).hidden[:, -1]  # (N, C)
+    ``histories`` (N, T) (and their event labels ``events``) over the whole catalog (padding excluded)."""
+    hidden = model(histories, last_only=True, events=events).hidden[:, -1]  # (N, C)
     logits = model.predict_many(hidden, model.item_table())  # (N, n_items + 1)
     logits[:, 0] = float("-inf")
     log_p = F.log_softmax(logits, dim=-1).gather(1, items[:, None])[:, 0]
@@ -427,7 +542,8 @@ def train(
                 loss = loss + _windows_loss(model, work, index, unseen)
             chosen = negatives[i * per_step : (i + 1) * per_step]
             if len(chosen):
-                term = negative_term(model, work.neg_histories[chosen], work.neg_items[chosen])
+                labels = None if work.neg_events is None else work.neg_events[chosen]
+                term = negative_term(model, work.neg_histories[chosen], work.neg_items[chosen], labels)
                 loss = loss + ft.negative_weight * term.mean()
             if not loss.requires_grad:  # nothing to learn from in this step
                 continue
@@ -455,17 +571,26 @@ def _windows_loss(model: SeqRec, work: Plan, index: torch.Tensor, unseen: torch.
     width = max(int((windows > 0).sum(-1).max()), 1)  # columns that are padding in every row cost nothing
     windows, marks = windows[:, -width:], marks[:, -width:]
     inputs, targets = windows[:, :-1], windows[:, 1:] * marks[:, 1:]  # (B, width - 1)
+    labels = None if work.window_events is None else work.window_events[index][:, -width:-1]
     count = float(((inputs > 0) & (targets > 0)).sum())
     new = index < work.new_windows
-    summed = model.loss(inputs[new], targets[new], None, "sum") if new.any() else 0.0
+
+    def part(rows: torch.Tensor, unseen_items: torch.Tensor | None) -> torch.Tensor:
+        events = None if labels is None else labels[rows]
+        return model.loss(inputs[rows], targets[rows], None, "sum", unseen_items, events=events)
+
+    summed = part(new, None) if new.any() else 0.0
     if not new.all():  # replayed windows: the items added since get no logit (see train)
-        summed = summed + model.loss(inputs[~new], targets[~new], None, "sum", unseen)
+        summed = summed + part(~new, unseen)
     return summed / max(count, 1.0)
 
 
 @torch.no_grad()
-def measure(model: SeqRec, cases: list[tuple[np.ndarray, int]], config: Config) -> dict[str, float]:
-    """NDCG@10 and HR@10 of ``cases`` (history, target), full ranking over the model's catalog."""
+def measure(
+    model: SeqRec, cases: list[tuple[np.ndarray, int]], config: Config, codes: list[np.ndarray] | None = None
+) -> dict[str, float]:
+    """NDCG@10 and HR@10 of ``cases`` (history, target), full ranking over the model's catalog;
+    ``codes``: the histories' event labels (aligned with ``cases``; None: none read)."""
     if not cases:
         return {"NDCG@10": 0.0, "HR@10": 0.0}
     max_len = config.model.max_len
@@ -475,14 +600,29 @@ def measure(model: SeqRec, cases: list[tuple[np.ndarray, int]], config: Config) 
     for start in range(0, len(cases), config.eval.batch_size):
         part = cases[start : start + config.eval.batch_size]
         histories = torch.from_numpy(np.stack([_pad(h, max_len) for h, _ in part]))
+        labels = (
+            None
+            if codes is None
+            else torch.from_numpy(np.stack([_pad(c, max_len) for c in codes[start:][: len(part)]]))
+        )
         longest = max(len(h) for h, _ in part)
         owned = torch.from_numpy(np.stack([_pad(h, longest) for h, _ in part])) if config.eval.exclude_history else None
         targets = torch.tensor([t for _, t in part], dtype=torch.long)
-        scores = model.score(histories, table).float()
+        scores = model.score(histories, table, labels).float()
         own = scores.gather(1, targets[:, None])[:, 0]
         ranks.append(rank_chunks([(0, scores)], targets, own, owned=owned, rng=rng).numpy())
     metrics = all_metrics(np.concatenate(ranks), (10,))
     return {"NDCG@10": metrics["NDCG@10"], "HR@10": metrics["HR@10"]}
+
+
+def _measure_parent(parent: Snapshot, work: Plan, config: Config) -> dict[str, float]:
+    """:func:`measure` of the parent on the held-out cases as it reads them (as it serves them):
+    with the dismissals as events when it reads the label, else without them."""
+    if work.case_codes is None or parent.reads_dismissals:
+        return measure(parent.model, work.cases, config, work.case_codes if parent.reads_dismissals else None)
+    kept = [c == 0 for c in work.case_codes]  # the fine-tune labels nothing but dismissals
+    cases = [(h[k], t) for (h, t), k in zip(work.cases, kept, strict=True)]
+    return measure(parent.model, cases, config)
 
 
 def _text_vectors(config: Config) -> Callable[[Dataset, list[int]], torch.Tensor | None]:
@@ -546,7 +686,8 @@ def finetune(
         new_items = [i for i in store.items_added() if not snapshot.trained(i.item_id)]
         grown, _ = snapshot.with_items([(i.item_id, i.title, i.attributes) for i in new_items], _text_vectors(config))
         forgotten = store.forgotten()
-        work = plan(grown.data, snapshot.data, reading, start, config, forgotten)
+        parent_labels = None if snapshot.inputs is None else snapshot.inputs.labels
+        work = plan(grown.data, snapshot.data, reading, start, config, forgotten, parent_labels)
         lineage = {
             "parent": parent_id,
             "since": start,
@@ -574,12 +715,19 @@ def finetune(
         )
         clock.lap("load")
         model = copy.deepcopy(grown.model)
+        if snapshot.reads_dismissals:  # the parent's reading of a dismissal is kept
+            flipped = grown.model.negated_events
+            negated = [] if flipped is None else [work.labels[c] for c in flipped.tolist()]
+        else:
+            negated = [DISMISS] if work.labels is not None and ft.dismiss_token == "negated" else []
+        if work.labels is not None:  # the label "dismiss" gets a row (zero: reads as before)
+            model.grow_events(len(work.labels), [work.labels.index(label) for label in negated])
         progress = lambda done, msg: report("training", done, msg, force=False)  # noqa: E731
         trained_items = load_info(run).config.model.n_items  # the run's catalog: what replay windows knew
         fitted = train(model, work, config, budget, progress, trained_items=trained_items)
         clock.lap("train", train_cpu=fitted.get("train_cpu_seconds"))
         report("evaluating", 0.0, f"{len(work.cases)} held-out cases")
-        before, after = measure(grown.model, work.cases, config), measure(model, work.cases, config)
+        before, after = _measure_parent(grown, work, config), measure(model, work.cases, config, work.case_codes)
         metrics = {"candidate": after, "parent": before, "tolerance": ft.tolerance, "cases": len(work.cases)}
         numbers = f"NDCG@10 {after['NDCG@10']:.4f} against the parent's {before['NDCG@10']:.4f}"
         if not work.held_out:
@@ -607,6 +755,8 @@ def finetune(
                 SOURCE,
                 parent_id,
                 added_items=extension,
+                event_labels=work.labels,
+                negated_labels=negated,
                 make_current=False,
                 lineage=lineage,
                 verdict=verdict,

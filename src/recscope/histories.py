@@ -6,6 +6,13 @@ history followed by the events stored since: ``recscope.serve.live.StoreHistorie
 posted event is in the very next answer with no retraining. A source returns events by item
 id; :func:`resolve` turns them into the dense indices the model reads, against the catalog
 as it is now (an item added after training is known from the moment it is added).
+
+A live history also holds the user's dismissals ("not interested": the store's feedback
+"dismiss"), as events of kind :data:`DISMISS` at the time they were given. Only a model that
+reads the label "dismiss" (a version a fine-tune taught it to: ``Snapshot.reads_dismissals``)
+reads them as input; for any other, :func:`resolve` leaves them out of the history, so its
+input is exactly the events it was trained on. Either way ``History.dismissed`` names the items
+dismissed: they are never recommended to the user.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import numpy as np
 from recscope.data import Dataset
 
 TRAINING_EVENT = "interaction"  # the data does not say which kind of event a row was
+DISMISS = "dismiss"  # the kind of a stored dismissal in a live history (an input only to a model that reads it)
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,15 @@ class History:
     indices: np.ndarray  # dense indices of the items the catalog knows, as the model reads them
     unknown: list[str]  # item ids the catalog does not know, in history order (skipped)
     in_run: bool  # the run was trained on this user
+    dismissed: tuple[str, ...] = ()  # the items the user dismissed (read as input or not), first dismissal first
+    # (len(indices),) bool: the positions of ``indices`` that are dismissals; None: there are none
+    dismissals: np.ndarray | None = None
+
+    @property
+    def owned(self) -> np.ndarray:
+        """Dense indices of the items the user did something with other than dismiss them: what
+        a list leaves out as owned (a dismissed item is left out as dismissed)."""
+        return self.indices if self.dismissals is None else self.indices[~self.dismissals]
 
 
 class HistorySource(Protocol):
@@ -45,16 +62,25 @@ class HistorySource(Protocol):
         ...
 
 
-def resolve(data: Dataset, user_id: str | None, events: Sequence[Event], in_run: bool) -> History:
-    """The History of ``events`` against the catalog ``data`` holds now."""
-    indices, unknown = [], []
+def resolve(
+    data: Dataset, user_id: str | None, events: Sequence[Event], in_run: bool, dismissals: bool = False
+) -> History:
+    """The History of ``events`` against the catalog ``data`` holds now; ``dismissals``: the
+    reader's model reads dismissals (events of kind DISMISS), else they are left out of it
+    (``dismissed`` names their items either way)."""
+    dismissed = tuple(dict.fromkeys(e.item_id for e in events if e.event == DISMISS))
+    if not dismissals and dismissed:
+        events = [e for e in events if e.event != DISMISS]
+    indices, unknown, kinds = [], [], []
     for e in events:
         index = data.find(e.item_id)
         if index is None:
             unknown.append(e.item_id)
         else:
             indices.append(index)
-    return History(user_id, events, np.array(indices, dtype=np.int64), unknown, in_run)
+            kinds.append(e.event == DISMISS)
+    marks = np.array(kinds, dtype=bool) if dismissals and any(kinds) else None
+    return History(user_id, events, np.array(indices, dtype=np.int64), unknown, in_run, dismissed, marks)
 
 
 def adhoc(data: Dataset, item_ids: Sequence[str]) -> History:

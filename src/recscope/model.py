@@ -207,6 +207,8 @@ class SeqRec(nn.Module):
         C = cfg.width  # towers x d_model
         self.item_emb = nn.Embedding(cfg.n_items + 1, C, padding_idx=0)
         self.id_stand_ins: Tensor | None = None  # (n_items + 1, k) id dropout's borrowed ids (set_id_stand_ins)
+        # (E,) event labels whose token is minus its item's (a dismissal: grow_events); None: none
+        self.negated_events: Tensor | None = None
         fields_ = cfg.fields if cfg.use_attributes else ()
         self.field_names = [name for name, _, _ in fields_]
         self.field_emb = nn.ModuleList(nn.Embedding(size, C, padding_idx=0) for _, size, _ in fields_)
@@ -287,6 +289,26 @@ class SeqRec(nn.Module):
             getattr(self, f"field_values_{i}")[rows] = values[name]
         if text is not None and self.cfg.text_dim:
             self.text_vectors[rows] = text.to(self.text_vectors.dtype)
+
+    @torch.no_grad()
+    def grow_events(self, n_events: int, negated: list[int] = ()) -> None:
+        """Make the event embedding know ``n_events`` labels (a fine-tune's new label "dismiss"),
+        in place: the new rows start at zero, so every history without them is read exactly as
+        before; a model that read no label gets an embedding whose label 0 (no type known) adds
+        nothing, as it always does. ``negated``: the labels whose token is minus its item's token
+        (plus the label's embedding), so that a dismissal points away from what its item stands
+        for (its brand, its category) from the first step, where the item's own token would read
+        as one more item of that brand (saved with the version: ``versions.event_labels``)."""
+        self.negated_events = torch.tensor(sorted(negated), dtype=torch.long) if negated else None
+        if n_events <= self.cfg.n_events:
+            return
+        C = self.cfg.width
+        weight = self.event_emb.weight.detach() if self.cfg.n_events else torch.zeros(1, C)
+        grown = nn.Embedding(n_events, C, padding_idx=0).to(self.pos_emb.weight.device)
+        grown.weight.zero_()
+        grown.weight[: len(weight)] = weight
+        self.event_emb = grown
+        self.cfg = dataclasses.replace(self.cfg, n_events=n_events)
 
     @torch.no_grad()
     def borrow_ids(self, rows: Tensor, known: Tensor, chunk: int = 65_536) -> None:
@@ -403,6 +425,8 @@ class SeqRec(nn.Module):
             tokens = self.item_tokens(items)
         if own and tokens.dim() == 4:
             tokens = self._own_columns(tokens)
+        if events is not None and self.negated_events is not None:  # e.g. a dismissal: away from its item
+            tokens = torch.where(torch.isin(events, self.negated_events)[..., None], -tokens, tokens)
         if events is not None and self.cfg.n_events:
             tokens = tokens + (self.tower_rows(self.event_emb.weight, events) if own else self.event_emb(events))
         pos = torch.arange(self.cfg.max_len - T, self.cfg.max_len, device=items.device)

@@ -166,7 +166,21 @@ class Recommender:
     # ------------------------------------------------------------------ histories
     def history(self, user: str) -> np.ndarray:
         """The user's history as the model reads it (dense item indices, oldest first)."""
-        return self._known(self.histories.history(user)).indices
+        return self._known(self.user_history(user)).indices
+
+    def user_history(self, user: str) -> History:
+        """The user's History from the history source as this snapshot's model reads it: the
+        one place a live history is narrowed to its version (see :meth:`read`)."""
+        return self.read(self.histories.history(user))
+
+    def read(self, history: History) -> History:
+        """``history`` (a source's whole history: its dismissals as events) as this snapshot's
+        model reads it: the dismissals are events of it only when the version reads the label
+        "dismiss" (``Snapshot.reads_dismissals``), else left out (``dismissed`` still names
+        them), and items added to the catalog since the source resolved it are known."""
+        if not history.unknown and not history.dismissed:
+            return history
+        return resolve(self.data, history.user_id, history.items, history.in_run, self.snapshot.reads_dismissals)
 
     def history_from_ids(self, item_ids: list[str], unknown: str = "error") -> np.ndarray:
         """Dense indices of ``item_ids``; ``unknown="skip"`` leaves out ids the run does not know,
@@ -199,16 +213,18 @@ class Recommender:
             )
         return history
 
-    def resolve(self, user: str | None = None, history: list[str] | None = None, unknown: str = "skip") -> History:
-        """The History of a user (from the history source) or of item ids given (anonymous);
+    def resolve(
+        self, user: str | None = None, history: list[str] | History | None = None, unknown: str = "skip"
+    ) -> History:
+        """The History of a user (from the history source), of item ids given (anonymous), or a
+        History given (a live one, with its events' kinds: :meth:`read` for this snapshot);
         ``.unknown`` names the ids skipped because the catalog does not know them."""
         if (user is None) == (history is None):
             raise RunError("pass exactly one of user=... or history=[...]")
         if user is not None:
-            found = self.histories.history(user)
-            if found.unknown:  # the source's catalog may be older than this snapshot's: added items known now
-                found = resolve(self.data, found.user_id, found.items, found.in_run)
-            return self._known(found)
+            return self._known(self.user_history(user))
+        if isinstance(history, History):
+            return self._known(self.read(history))
         return self._adhoc(history, unknown)
 
     def _hidden(self, exclude: Iterable[str] = (), allowed: np.ndarray | None = None) -> np.ndarray:
@@ -282,7 +298,8 @@ class Recommender:
         ``allowed`` ((n_items + 1,) bool, e.g. the items of one category): only those may be in it."""
         _at_least_one("k", k)
         hist = self.resolve(user, history, unknown)
-        top = self._top(hist.indices, k, exclude_history, self._hidden(exclude, allowed), self.event_codes(hist))
+        hidden = self._hidden([*hist.dismissed, *exclude], allowed)
+        top = self._top(hist.indices, k, exclude_history, hidden, self.event_codes(hist))
         return Results(top, hist.unknown)
 
     def similar(self, item: str, k: int = 10, exclude: Iterable[str] = ()) -> Results:
@@ -352,9 +369,12 @@ class Recommender:
         _at_least_one("top", top)
         _at_least_one("k", k)
         resolved = self.resolve(user, history, unknown)
-        hist, hidden, events = resolved.indices, self._hidden(exclude, allowed), self.event_codes(resolved)
-        # One ranked list: the explained ranks are the places the list gives, ties or not.
-        ranking = Ranking.of(self.scores(hist, False, events), owned=hist, exclude=hidden if len(hidden) else None)
+        hist, events = resolved.indices, self.event_codes(resolved)
+        hidden = self._hidden([*resolved.dismissed, *exclude], allowed)
+        # One ranked list: the explained ranks are the places the list gives, ties or not. A
+        # dismissed item the model reads is in the history but not owned: it says "dismissed".
+        owned = resolved.owned
+        ranking = Ranking.of(self.scores(hist, False, events), owned=owned, exclude=hidden if len(hidden) else None)
         targets = [self.data.item_index(item)] if item is not None else ranking.top(top).indices.tolist()
         ranks = [ranking.rank_of(t) for t in targets]  # None: owned, hidden or dismissed, never ranked
         statuses = [self._status(ranking, t, k) for t in targets]
@@ -381,6 +401,7 @@ class Recommender:
             events=events,
             encode=run_encoder(self.config.features) if words else None,
             ranking=ranking,
+            dismissals=resolved.dismissals,
         )
         return Results(explanations, resolved.unknown)
 
@@ -414,7 +435,7 @@ class Recommender:
         """
         _at_least_one("k", k)
         resolved = self.resolve(user, history, unknown)
-        hist, hidden = resolved.indices, self._hidden(exclude)
+        hist, hidden = resolved.indices, self._hidden([*resolved.dismissed, *exclude])
         held = {self.data.item_ids[i] for i in hist}
         missing = [str(i) for i in remove if str(i) not in held]
         if missing:

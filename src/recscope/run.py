@@ -321,19 +321,25 @@ def build_model(config: Config) -> SeqRec:
 
 
 def load_model(
-    run: Path, which: str = "model", weights: Path | None = None, n_items: int | None = None
+    run: Path,
+    which: str = "model",
+    weights: Path | None = None,
+    n_items: int | None = None,
+    n_events: int | None = None,
 ) -> tuple[SeqRec, RunInfo]:
     """The run's model with the ``which`` weights of the run directory, or the ``weights`` file
     given (a version's, see ``recscope.versions``). ``n_items``: the catalog the weights hold
-    rows for, when a fine-tune grew it past the trained one (the version's items.json)."""
+    rows for, when a fine-tune grew it past the trained one (the version's items.json);
+    ``n_events``: likewise the event labels (the version's events.json)."""
     from recscope.cpu import use_threads
 
     run = Path(run)
     info = load_info(run)
     use_threads()
     config = info.config
-    if n_items is not None and n_items != config.model.n_items:
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, n_items=n_items))
+    grown = {k: v for k, v in (("n_items", n_items), ("n_events", n_events)) if v is not None}
+    if grown:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, **grown))
     model = build_model(config)
     load_weights(weights or run / f"{which}.safetensors", model)
     model.eval()

@@ -13,6 +13,11 @@ and time per change, once, whatever the number of readers. Add many items in one
 Hidden items (out of stock, recalled: the service's ``PUT /items {"hidden": true}``) are part
 of the snapshot too (``hidden``): every list the Recommender draws from it leaves them out,
 so a worker that swaps in the snapshot of a hide hides the item in every list at once.
+
+The event labels the model reads (``inputs``) are the version's: a fine-tuned version that
+learned the label "dismiss" records its labels (``versions.event_labels``) and reads users'
+dismissals as events of their histories (``reads_dismissals``); any other reads what the run's
+data labels, as it was trained to.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from recscope import retrieval, versions
 from recscope.config import Config, RetrievalConfig
 from recscope.data import Dataset
 from recscope.errors import RunError
+from recscope.histories import DISMISS
 from recscope.model import SeqRec
 from recscope.run import RunInfo, load_data, load_model
 from recscope.tasks import EventInputs, event_inputs
@@ -75,9 +81,11 @@ class Snapshot:
         path: Path | None = None,
         version: str = versions.UNVERSIONED,
         retrieval_config: RetrievalConfig | None = None,
+        labels: list[str] | None = None,
     ) -> Snapshot:
         """The snapshot of a trained model over its trained catalog; ``retrieval_config`` replaces
-        the run's ``retrieval`` settings (e.g. ``ann="off"`` to score exactly)."""
+        the run's ``retrieval`` settings (e.g. ``ann="off"`` to score exactly); ``labels``: the
+        version's own event labels (``versions.event_labels``; None: the run's)."""
         cold = info.state.cold_items or []  # held out of training (data.split=cold_items): no id embedding
         if cold and model.cfg.cold_ids == "neighbours":
             rows = torch.tensor(sorted(data.item_index(i) for i in cold), dtype=torch.long)
@@ -93,7 +101,7 @@ class Snapshot:
         index = None
         if retrieval.wanted(config, data.n_items):  # built once per version and cached beside it
             index = retrieval.open_index(path, version, table, config.retrieval)
-        inputs = event_inputs(data, config) if config.model.n_events else None
+        inputs = event_inputs(data, config, labels) if config.model.n_events or labels else None
         return cls(model, data, info, table, version, path, index, inputs, data.n_items)
 
     @classmethod
@@ -108,8 +116,18 @@ class Snapshot:
             data = data.with_catalog_copy()
             for item_id, title, attributes in grown:
                 data.set_item(item_id, title, attributes)
-        model, info = load_model(Path(run), weights=path, n_items=data.n_items)
-        return cls.build(model, data, info, Path(run), version_id, retrieval_config)
+        own = versions.event_labels(Path(run), version_id) if version_id != versions.UNVERSIONED else None
+        labels, negated = own or (None, [])
+        model, info = load_model(Path(run), weights=path, n_items=data.n_items, n_events=own and len(labels))
+        if negated:
+            model.grow_events(len(labels), [labels.index(label) for label in negated])
+        return cls.build(model, data, info, Path(run), version_id, retrieval_config, labels)
+
+    @property
+    def reads_dismissals(self) -> bool:
+        """The model reads a user's dismissals as events of their history (its version learned
+        the label "dismiss"; ``recscope.histories``)."""
+        return self.inputs is not None and DISMISS in self.inputs.labels
 
     def trained(self, item_id: str) -> bool:
         """True for an item of the trained catalog (its entry is the trained data, never changed)."""

@@ -26,7 +26,10 @@ Click training will read them as :class:`recscope.data.dataset.Impressions` buil
 Event inputs: an event's token adds the embedding of its label, which says what the user did
 beyond the item: its type (``view``, ``purchase``, any string the data names) and, in a rating
 run, the rating given (``rating=4``; an event without a type: ``value=4``). A label the run was
-not trained on (a new kind of event, an ad-hoc history) is label 0, which adds nothing.
+not trained on (a new kind of event, an ad-hoc history) is label 0, which adds nothing. The
+labels are a model version's: a fine-tune over a store holding dismissals appends "dismiss"
+(``histories.DISMISS``), so that version reads a user's dismissals as events of their history
+(``recscope.finetune``); the version records its labels (``versions.event_labels``).
 """
 
 from __future__ import annotations
@@ -78,21 +81,25 @@ class EventInputs:
         return self._lookup.get(event_label(event, value, self.with_value), 0)
 
 
-def event_inputs(data: Dataset, config: Config) -> EventInputs | None:
+def event_inputs(data: Dataset, config: Config, labels: list[str] | None = None) -> EventInputs | None:
     """The run's event labels, or None when the model reads none (``model.use_events`` off, or
-    the data tells fewer than two labels apart)."""
-    if not config.model.use_events:
+    the data tells fewer than two labels apart). ``labels``: a model version's own labels
+    (``versions.event_labels``: a fine-tune appended "dismiss" to its parent's, or gave a model
+    that read none ``["", "dismiss"]``), against which the data's events are coded (a label the
+    version does not know: 0)."""
+    if labels is None and not config.model.use_events:
         return None
     with_value = TASKS[config.train.task].reads_values
     types = data.event_types
     per_event = [
         event_label(types[c], v, with_value) for c, v in zip(data.events.tolist(), data.values.tolist(), strict=True)
     ]
-    labels = ["", *sorted(set(per_event) - {""})]
-    if len(labels) < 3:
-        return None
+    if labels is None:
+        labels = ["", *sorted(set(per_event) - {""})]
+        if len(labels) < 3:
+            return None
     lookup = {label: i for i, label in enumerate(labels)}
-    return EventInputs(labels, np.array([lookup[p] for p in per_event], dtype=np.int64), with_value)
+    return EventInputs(list(labels), np.array([lookup.get(p, 0) for p in per_event], dtype=np.int64), with_value)
 
 
 # ---------------------------------------------------------------------- labelled cases

@@ -4,6 +4,9 @@
     RUN/versions/<id>/version.json        when and how they were made (source, parent, epoch, valid)
     RUN/versions/<id>/items.json          a fine-tuned version's catalog extension (when it grew one):
                                           the items added after training it holds rows for, in order
+    RUN/versions/<id>/events.json         a fine-tuned version's event labels, when they are not the
+                                          run's (it learned the label "dismiss"): {"labels": [...],
+                                          "negated": [...] (those whose token is minus its item's)}
     RUN/versions/current                  the id served: rewritten by one rename (promote, rollback)
 
 A version's directory is written under a temporary name and renamed whole, and never written
@@ -40,6 +43,7 @@ UNVERSIONED = "unversioned"
 INDEXES = "indexes"  # RUN/indexes/<id>/: the approximate-retrieval index of version <id>
 INDEX_META = "index.json"
 ITEMS = "items.json"  # a version's catalog extension (added_items)
+EVENTS = "events.json"  # a version's event labels (event_labels)
 
 
 @dataclass(frozen=True)
@@ -73,13 +77,18 @@ def publish(
     parent: str | None = None,
     *,
     added_items: list[dict[str, Any]] | None = None,
+    event_labels: list[str] | None = None,
+    negated_labels: list[str] = (),
     make_current: bool = True,
     **details: Any,
 ) -> Version:
     """Make ``weights`` a version of ``run`` and (``make_current``) make it current. The caller
     holds the run's lock. ``added_items``: the catalog extension the weights have rows for
     (``{"item_id", "title", "attributes"}`` each, in the order of their rows after the trained
-    catalog), written as the version's items.json (see :func:`added_items`)."""
+    catalog), written as the version's items.json (see :func:`added_items`). ``event_labels``:
+    the event labels the weights' event embedding has rows for, when they are not the run's, and
+    ``negated_labels`` those of them read as minus their item's token, written as its events.json
+    (see :func:`event_labels`)."""
     run = Path(run)
     version_id = digest(weights)
     final = run / VERSIONS / version_id
@@ -95,6 +104,9 @@ def publish(
         if added_items:
             (tmp / ITEMS).write_text(json.dumps({"items": added_items}, indent=1))
             written.append(tmp / ITEMS)
+        if event_labels is not None:
+            (tmp / EVENTS).write_text(json.dumps({"labels": event_labels, "negated": list(negated_labels)}))
+            written.append(tmp / EVENTS)
         for path in written:
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
@@ -120,6 +132,24 @@ def added_items(run: Path, version_id: str) -> list[tuple[str, str, dict[str, An
     if len({i for i, _, _ in items}) != len(items):
         raise RunError(f"{path} names an item twice: it is damaged", fix=fix)
     return items
+
+
+def event_labels(run: Path, version_id: str) -> tuple[list[str], list[str]] | None:
+    """The event labels ``version_id``'s model reads (``labels[code]``, ``labels[0]`` "") and those
+    of them whose token is minus its item's, when a fine-tune made them its own (it learned
+    "dismiss"); None: the run's own (``tasks.event_inputs``), none negated."""
+    path = Path(run) / VERSIONS / version_id / EVENTS
+    if not path.exists():
+        return None
+    fix = "promote another version (recscope versions RUN --promote ID), or fine-tune again"
+    try:
+        raw = json.loads(path.read_text())
+        labels, negated = [str(label) for label in raw["labels"]], [str(label) for label in raw.get("negated", [])]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise RunError(f"{path} is damaged ({type(e).__name__}: {e})", fix=fix) from None
+    if not labels or labels[0] != "" or len(set(labels)) != len(labels) or not set(negated) <= set(labels[1:]):
+        raise RunError(f'{path} is damaged: distinct labels, the first one "", negated ones among them', fix=fix)
+    return labels, negated
 
 
 def promote(run: Path, version_id: str) -> None:

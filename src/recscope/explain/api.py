@@ -27,6 +27,7 @@ from recscope.explain.shapley import ShapleyExplainer
 from recscope.explain.text import cited, confirmed, sentence
 from recscope.explain.variants import Rivals, variant_hidden
 from recscope.explain.words import Encode, add_words
+from recscope.histories import DISMISS
 from recscope.ranking import Ranking
 
 METHODS: dict[str, type[Explainer]] = {
@@ -72,6 +73,7 @@ def explain_items(
     events: np.ndarray | None = None,
     encode: Encode | None = None,
     ranking: Ranking | None = None,
+    dismissals: np.ndarray | None = None,
 ) -> list[Explanation]:
     """Explain ``targets`` (dense item indices) for ``history`` (the whole history).
 
@@ -84,6 +86,8 @@ def explain_items(
     (:mod:`recscope.explain.words`) of the items text drives, when the model reads text.
     ``ranking``: the history's ranked list the targets come from (its hidden items the history
     and ``hidden``), which counterfactuals rank against; None: ranked here when one is asked for.
+    ``dismissals`` (aligned with ``history``, bool): the positions that are the user's dismissals
+    (``History.dismissals``), labelled so in the history entries and the sentence.
     """
     tic = time.perf_counter()
     model = explainer.model
@@ -92,6 +96,7 @@ def explain_items(
     labels = None if events is None else torch.from_numpy(np.asarray(events[-len(read) :], dtype=np.int64))
     target_t = torch.tensor(targets, dtype=torch.long)
     statuses = statuses or [RECOMMENDED] * len(targets)
+    kinds = [None] * len(read) if dismissals is None else [DISMISS if d else None for d in dismissals[offset:]]
     weights = explainer.attribute(read, target_t, labels)  # (K, T)
     game = field_game(model, explainer.table, read, events=labels)
     field_weights = explainer.attribute_fields(game, target_t)  # (K, P)
@@ -109,7 +114,7 @@ def explain_items(
     explanations = []
     for j, target in enumerate(targets):
         entries = [
-            HistoryWeight(offset + t, data.item_ids[i], data.title(i), float(weights[j, t]))
+            HistoryWeight(offset + t, data.item_ids[i], data.title(i), float(weights[j, t]), kinds[t])
             for t, i in enumerate(read.tolist())
         ]
         expl = Explanation(

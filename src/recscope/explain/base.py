@@ -80,6 +80,9 @@ class HistoryWeight:
     item_id: str
     title: str
     weight: float
+    # the event's kind when the model read it as something else than an item the user had:
+    # "dismiss" (they dismissed it: recscope.histories.DISMISS); None otherwise (left out of to_dict)
+    event: str | None = None
 
 
 # Why a counterfactual's item left the top-K (Counterfactual.kind)
@@ -146,8 +149,14 @@ class Explanation:
     ms: float = 0.0  # time to build this explanation (its share of a batched call)
 
     def to_dict(self) -> dict:
-        """Plain JSON types; a non-finite number becomes None (null), never Infinity or NaN."""
-        return finite(asdict(self))
+        """Plain JSON types; a non-finite number becomes None (null), never Infinity or NaN. A
+        history item's ``event`` is there only when it has one (a dismissal)."""
+        out = finite(asdict(self))
+        removed = (out["counterfactual"] or {}).get("removed", [])
+        for entry in [*out["history"], *removed]:
+            if entry["event"] is None:
+                del entry["event"]
+        return out
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), allow_nan=False, **kwargs)

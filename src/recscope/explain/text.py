@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from recscope.explain.base import DISMISSED, HIDDEN, OUTSIDE_TOP_K, OWNED, Explanation
 from recscope.explain.words import shared_phrase
+from recscope.histories import DISMISS
 
 SHARE = 0.25  # a cited item carries at least this share of all positive weight (and of the lead)
 
@@ -55,6 +56,19 @@ def supported(expl: Explanation, shared: dict[str, list[str]] | None) -> dict[st
     return out
 
 
+def _did(items: list, verb: str) -> str:
+    """What the user did with the cited ``items``: "bought “A” and dismissed “B”" (a dismissal the
+    model read is never said to be a purchase)."""
+    parts = []
+    for said, group in (
+        (verb, [h for h in items if h.event != DISMISS]),
+        ("dismissed", [h for h in items if h.event == DISMISS]),
+    ):
+        if group:
+            parts.append(f"{said} " + " and ".join(f"“{h.title}”" for h in group))
+    return " and ".join(parts)
+
+
 def sentence(
     expl: Explanation, shared: dict[str, list[str]] | None = None, margin: float = 0.0, verb: str = "bought"
 ) -> str:
@@ -79,8 +93,7 @@ def sentence(
     items = confirmed(expl, margin)
     if not items:
         return "Recommended from your history as a whole; no single past item stands out."
-    names = " and ".join(f"“{h.title}”" for h in items)
-    text = f"Because you {verb} {names}"
+    text = f"Because you {_did(items, verb)}"
     facts = [f"same {field}: {', '.join(values)}" for field, values in supported(expl, shared).items()]
     if facts:
         text += f" ({'; '.join(facts[:2])})"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from recscope.explain import base
 from recscope.ranking import OUTSIDE_TOP_K, OWNED, RECOMMENDED
@@ -32,6 +32,19 @@ class HistoryWeight(Out):
         description="how much this item pushed the score up (positive) or down (negative), in the score's units "
         "(null if the method could not compute a finite value)"
     )
+    event: str | None = Field(
+        None,
+        description='the event\'s kind when the model read it as something else than an item the user had: "dismiss" '
+        "(the user dismissed it; a model version that learned the label reads dismissals); absent otherwise",
+    )
+
+    @model_serializer(mode="wrap")
+    def _event_only_when_there_is_one(self, handler: SerializerFunctionWrapHandler):
+        """As ``Explanation.to_dict`` says it: an item the user had carries no ``event`` key."""
+        out = handler(self)
+        if self.event is None:
+            out.pop("event", None)
+        return out
 
 
 class Counterfactual(Out):

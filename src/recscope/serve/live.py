@@ -4,8 +4,10 @@ A user's live history is the run's training history (if the run knows the user a
 forgotten them: a tombstone hides it) followed by the events stored since, oldest first; a user
 only the store knows is a new user whose history is their stored events. Stored item ids the
 catalog does not know are skipped and named (``unknown``). Items the user dismissed are never
-recommended to them; items hidden in the catalog (the store's hidden set, in every worker's
-snapshot) to nobody, in no list.
+recommended to them (their dismissals come with the history, in the same query: ``History.
+dismissed``), and for a model version that learned the label "dismiss" the dismissals are events
+of the history (``recscope.histories``); items hidden in the catalog (the store's hidden set, in
+every worker's snapshot) to nobody, in no list.
 
 A visitor the model cannot read (unknown, or no known item in the history) gets the fallback
 list, labelled ``source: "fallback"`` (:func:`serve_list`). Item to item is
@@ -20,7 +22,7 @@ import numpy as np
 
 from recscope.errors import DataError
 from recscope.explain.base import Explanation
-from recscope.histories import Event, History, RunHistories, adhoc, resolve
+from recscope.histories import DISMISS, Event, History, RunHistories, adhoc, resolve
 from recscope.recommend import EmptyHistory, Recommender
 from recscope.serve.deps import NotFound, Service
 from recscope.serve.schemas import (
@@ -35,28 +37,33 @@ from recscope.serve.store import Store
 
 
 class StoreHistories:
-    """The history source of the service: the run's training data, then the store's events."""
+    """The history source of the service: the run's training data, then the store's events and
+    the user's dismissals, merged in time order (``histories.DISMISS``; whoever reads the history
+    for a model version keeps them only if that version reads them: ``Recommender.user_history``)."""
 
     def __init__(self, run: RunHistories, store: Store):
         self.run, self.store = run, store
 
     def history(self, user_id: str) -> History:
-        """NotFound when neither the run nor the store knows the user.
+        """NotFound when neither the run nor the store knows the user (dismissals alone do not
+        make a user known: they are the answer to a list, not a history).
 
-        A forgotten user (``Store.forget_user``) has no training history: the store's tombstone,
-        read on every call, hides it, so every worker on every host honours a forget from its
-        commit on. The forget deleted their stored events, so the events stored since are a new
-        history that starts after the tombstone (a new user under the same id, ``in_run`` False);
-        with none, they are unknown (404, or the fallback list) as any first visitor is."""
-        stored = self.store.history(user_id)
-        trained = None if self.store.forgotten_at(user_id) is not None else self.run.events(user_id)
-        if trained is None and not stored:
+        One store query (``Store.live_history``): the stored events, the dismissals and the
+        tombstone. A forgotten user (``Store.forget_user``) has no training history: the
+        store's tombstone, read on every call, hides it, so every worker on every host honours a
+        forget from its commit on. The forget deleted their stored events, so the events stored
+        since are a new history that starts after the tombstone (a new user under the same id,
+        ``in_run`` False); with none, they are unknown (404, or the fallback list) as any first
+        visitor is."""
+        stored, forgotten_at = self.store.live_history(user_id)
+        trained = None if forgotten_at is not None else self.run.events(user_id)
+        if trained is None and all(e.event == DISMISS for e in stored):
             raise NotFound(
                 f"unknown user {user_id!r}: not in the run's training data and no events stored",
                 fix="post an event for this user to POST /events, or use a user id the run was trained on",
             )
         events = (trained or []) + [Event(e.item_id, e.event, e.timestamp, "store", e.value) for e in stored]
-        return resolve(self.run.data, user_id, events, in_run=trained is not None)
+        return resolve(self.run.data, user_id, events, in_run=trained is not None, dismissals=True)
 
 
 def add_stored_items(rec: Recommender, store: Store) -> None:
@@ -68,8 +75,9 @@ def add_stored_items(rec: Recommender, store: Store) -> None:
 
 
 def user_history(svc: Service, user_id: str) -> History:
-    """The user's live history (NotFound when neither the run nor the store knows them)."""
-    return svc.recommender.histories.history(user_id)
+    """The user's live history as the serving version reads it (its dismissals as events only
+    when it reads them; NotFound when neither the run nor the store knows them)."""
+    return svc.recommender.user_history(user_id)
 
 
 def adhoc_history(rec: Recommender, item_ids: list[str]) -> History:
@@ -89,6 +97,8 @@ def require_item(rec: Recommender, item_id: str) -> int:
 
 
 def dismissed(svc: Service, user_id: str | None) -> list[str]:
+    """The items the user dismissed, by a query of their own: for a reader without their live
+    history (whose ``dismissed`` names them, read with it in one query)."""
     return sorted(svc.store.dismissed(user_id)) if user_id is not None else []
 
 
@@ -146,9 +156,8 @@ def explain_item(svc: Service, user_id: str, item_id: str, k: int = 10, method: 
     outside the top-K, owned, dismissed or hidden says so); ``words``: with word attributions."""
     rec = svc.recommender
     require_item(rec, item_id)
-    exclude = dismissed(svc, user_id)
-    with svc.model():
-        return rec.explain(user=user_id, item=item_id, k=k, method=method, exclude=exclude, words=words)[0]
+    with svc.model():  # the history's dismissed items are left out (Recommender.explain)
+        return rec.explain(user=user_id, item=item_id, k=k, method=method, words=words)[0]
 
 
 def serve_list(
@@ -178,7 +187,7 @@ def serve_list(
     for an unknown user, 422 for a history without a known item."""
     rec = svc.recommender
     allowed = allowed_items(rec, list(include_attributes), list(exclude_attributes), filter_names)
-    exclude = [*dismissed(svc, user_id), *exclude]
+    exclude = list(exclude)  # and the user's dismissed items: their live history names them (Recommender)
     explained_by = None  # the explanation method of the list, logged with it (helpful shares)
     try:
         with svc.model():
@@ -217,6 +226,7 @@ def serve_list(
             reason, unknown = "unknown_user", []
         else:
             reason, unknown = ("no_known_items" if e.unknown else "empty_history"), e.unknown
+        exclude = [*dismissed(svc, user_id), *exclude]  # no history was read: ask the store
         items = fallback_list(rec, k, exclude, allowed, explain)  # no model explanation: no method
         return _served(svc, user_id, items, unknown, FallbackOut(kind=POPULAR, reason=reason))
     return _served(svc, user_id, items, unknown, None, method=explained_by)

@@ -26,7 +26,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, create_engine, delete, event, func, or_, select, text, update
+from sqlalchemy import (
+    Engine,
+    Float,
+    Integer,
+    Text,
+    and_,
+    cast,
+    create_engine,
+    delete,
+    event,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    text,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
@@ -521,6 +539,49 @@ class Store:
                 StoredEvent(r.event_id, r.user_id, r.item_id, r.event, r.timestamp, r.value, r.received_at)
                 for r in rows
             ]
+
+    def live_history(self, user_id: str) -> tuple[list[StoredEvent], float | None]:
+        """What a user's live history reads from the store, in one query (it runs on every
+        request): their stored events and their dismissals merged oldest first (a dismissal is a
+        StoredEvent of kind "dismiss" at the time it was given, ``event_id`` the list's request
+        id; equal times: events first, each kind in order of arrival), and when they were last
+        forgotten (None: never)."""
+        user_id = _text(user_id, "user_id")
+        user_key = key(user_id)
+        part = literal(0, Integer).label("part")
+        events = select(
+            part, Event.event_id, Event.item_id, Event.event, Event.timestamp, Event.value, Event.received_at, Event.id
+        ).where(Event.user_key == user_key, Event.user_id == user_id)
+        dismissals = select(
+            literal(1, Integer),
+            Feedback.request_id,
+            Feedback.item_id,
+            literal("dismiss", Text),
+            Feedback.created_at,
+            cast(null(), Float),
+            Feedback.created_at,
+            Feedback.id,
+        ).where(Feedback.user_key == user_key, Feedback.user_id == user_id, Feedback.action == "dismiss")
+        forgotten = select(
+            literal(2, Integer),
+            cast(null(), Text),
+            cast(null(), Text),
+            cast(null(), Text),
+            func.max(Tombstone.forgotten_at),
+            cast(null(), Float),
+            cast(null(), Float),
+            literal(0, Integer),
+        ).where(Tombstone.user_key == user_key, Tombstone.user_id == user_id)
+        rows = union_all(events, dismissals, forgotten).subquery()
+        with self._read() as session:
+            found = session.execute(select(rows).order_by(rows.c.part == 2, rows.c.timestamp, rows.c.part, rows.c.id))
+            out, when = [], None
+            for kind, event_id, item_id, what, stamp, value, received, _ in found:
+                if kind == 2:
+                    when = stamp
+                else:
+                    out.append(StoredEvent(event_id, user_id, item_id, what, stamp, value, received))
+            return out, when
 
     def events_by_user(self) -> dict[str, list[StoredEvent]]:
         """Every stored event: user id -> their events oldest first (as :meth:`history` orders

@@ -41,6 +41,7 @@ from recscope.errors import RunError
 from recscope.explain.api import METHODS
 from recscope.explain.attention import attention_maps
 from recscope.files import atomic_write
+from recscope.histories import DISMISS
 from recscope.insights import WHOLE_ITEM_FIELDS, global_view
 from recscope.progress import track
 from recscope.viz.plain import trust
@@ -183,20 +184,32 @@ def page_header(rec, k: int, methods: list[str], page: str = "report") -> dict:
     }
 
 
-def history_data(rec, hist: np.ndarray, explained: dict, lead: str, *, label: str, user=None, note: str = "") -> dict:
+def history_data(
+    rec, hist: np.ndarray, explained: dict, lead: str, *, label: str, user=None, note: str = "", history=None
+) -> dict:
     """One history as the page draws it: ``hist`` (dense indices, oldest first) and
     ``explained`` (method -> the explanations of its recommended items, best first); the
-    recommended items, their ranks and scores are those of ``explained[lead]``."""
+    recommended items, their ranks and scores are those of ``explained[lead]``. ``history``: the
+    live History ``hist`` comes from, when there is one: its event labels are read as the model
+    reads them, and a dismissal in it is an item with ``"event": "dismiss"``."""
     data = rec.data
     read = hist[-rec.config.model.max_len :]
     first = explained[lead]
-    maps = _round(attention_maps(rec.model, rec.tensor(hist)[0])[:, :, -1, :].numpy())  # (L, H, T)
+    codes = None if history is None else rec.event_codes(history)
+    labels = None if codes is None else rec.tensor(codes)[0]
+    maps = _round(attention_maps(rec.model, rec.tensor(hist)[0], labels)[:, :, -1, :].numpy())  # (L, H, T)
+    marks = getattr(history, "dismissals", None)
+    shown = [_item(data, int(i)) for i in read]
+    if marks is not None:
+        for item, dismissal in zip(shown, marks[-len(read) :].tolist(), strict=True):
+            if dismissal:
+                item["event"] = DISMISS
     return {
         "label": label,
         "note": note,
         "user": user,
         "length": int(len(hist)),
-        "history": [_item(data, int(i)) for i in read],
+        "history": shown,
         "recs": [{**_item(data, data.item_index(e.item_id)), "score": _r(e.score), "rank": e.rank} for e in first],
         "attention": maps,
         "attention_scale": _scale(maps, signed=False),

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from recscope import versions
+from recscope.histories import History
 from recscope.ranking import Ranking
 from recscope.snapshot import Snapshot
 
@@ -60,31 +61,33 @@ class Mover:
         }
 
 
-def _ranking(rec, ids: list[str], exclude: Iterable[str]) -> Ranking:
+def _ranking(rec, ids: list[str] | History, exclude: Iterable[str]) -> Ranking:
     """The ranked catalog of the history ``ids`` under ``rec``, as ``Recommender.explain`` ranks it
     (owned items, the snapshot's hidden items and ``exclude`` out), so ranks here are its ranks."""
     hist = rec.resolve(history=ids)
     excluded = [i for i in map(rec.data.find, exclude) if i is not None]
     hidden = np.unique(np.concatenate([rec.snapshot.hidden, np.array(excluded, dtype=np.int64)]))
     scores = rec.scores(hist.indices, False, rec.event_codes(hist))
-    return Ranking.of(scores, owned=hist.indices, exclude=hidden if len(hidden) else None)
+    return Ranking.of(scores, owned=hist.owned, exclude=hidden if len(hidden) else None)
 
 
 def movers(
     before,
     after,
-    history: Sequence[str],
+    history: Sequence[str] | History,
     *,
     k: int = 10,
     top: int = MOVERS,
     method: str | None = None,
     exclude: Iterable[str] = (),
 ) -> list[Mover]:
-    """The ``top`` items of either version's top-``k`` for ``history`` (item ids, oldest first)
+    """The ``top`` items of either version's top-``k`` for ``history`` (item ids, oldest first,
+    or a live History, which each version reads as it does: ``Recommender.read``)
     whose rank moved most from ``before`` to ``after`` (two Recommenders of one run), each with
     its explanation sentence by ``method`` (default: ``after``'s) under both. An item ranked under
     one version only (a catalog the newer version grew) moves more than any ranked under both."""
-    ids, exclude = list(history), list(exclude)
+    ids = history if isinstance(history, History) else list(history)  # a live History: each version reads it
+    exclude = list(exclude)
     method = method or after.default_method()
     ranked = {"before": _ranking(before, ids, exclude), "after": _ranking(after, ids, exclude)}
     recs = {"before": before, "after": after}
@@ -160,7 +163,7 @@ def version_rows(run: Path | None, serving: str | None, shares=None) -> list[dic
 def versions_data(
     run: Path | None,
     serving: str | None,
-    cases: list[tuple[object, list[str], list[str]]] | None = None,
+    cases: list[tuple[object, list[str] | History, list[str]]] | None = None,
     *,
     parent=None,
     k: int = 10,

@@ -46,7 +46,7 @@ from recscope.histories import Event, History, resolve
 from recscope.pseudonyms import Pseudonyms
 from recscope.recommend import Recommender
 from recscope.serve.deps import NotFound, ReadAccess, Service, ServiceDep
-from recscope.serve.live import add_stored_items, adhoc_history, dismissed, user_history
+from recscope.serve.live import add_stored_items, adhoc_history, user_history
 from recscope.serve.schemas import Strict, errors
 from recscope.snapshot import Snapshot
 from recscope.viz.report import asset, history_data, page_header, page_methods, source_hash, templates
@@ -195,15 +195,15 @@ def live_case(
             f"cannot simulate buying {', '.join(repr(i) for i in unknown[:5])}: not an item of the catalog",
             fix=f"add item ids of the catalog (e.g. {', '.join(rec.data.item_ids[1:4])})",
         )
-    stored = dismissed(svc, user)
-    hidden = sorted(set(stored) | set(hide))
     with svc.model():  # the model and the catalog, one request at a time
         history = user_history(svc, user) if user is not None else adhoc_history(rec, items or [])
+        stored = list(history.dismissed)  # read with the history (events of it when the model reads them)
+        hidden = sorted(set(stored) | set(hide))
         history = _simulate(rec, history, add)
-        ids = [e.item_id for e in history.items]  # those the catalog does not know are skipped, and named
-        explained = rec.explain(history=ids, top=k, k=k, method=method, exclude=hidden)
+        # the history itself, its events' kinds with it (items the catalog does not know are skipped, and named)
+        explained = rec.explain(history=history, top=k, k=k, method=method, exclude=hidden)
         label = "anonymous shopper" if user is None else f"shopper {shown}"
-        case = history_data(rec, history.indices, {method: explained}, method, label=label, user=shown)
+        case = history_data(rec, history.indices, {method: explained}, method, label=label, user=shown, history=history)
     request_id = None
     if log:
         request_id = uuid.uuid4().hex
@@ -264,8 +264,8 @@ def versions_panel(request: Request, svc: ServiceDep, user: User = None, k: K = 
     cases, parent = [], None
     with svc.model():
         if user is not None:
-            history = user_history(svc, user)
-            cases = [(rec, [e.item_id for e in history.items], dismissed(svc, user))]
+            history = rec.histories.history(user)  # whole: each version reads it as it does (Recommender.read)
+            cases = [(rec, history, list(history.dismissed))]
         if parent_id in known and user is not None:
             parent = _parent(svc, run, parent_id)
         data = versions_data(run, serving, cases, parent=parent, k=k, method=method, shares=shares)
@@ -303,7 +303,7 @@ def _simulate(rec: Recommender, history: History, add: Sequence[str]) -> History
         return history
     now = time.time()
     events = [*history.items, *(Event(item_id, SIMULATED, now, "request") for item_id in add)]
-    return resolve(rec.data, history.user_id, events, history.in_run)
+    return resolve(rec.data, history.user_id, events, history.in_run, rec.snapshot.reads_dismissals)
 
 
 def _recent(rec: Recommender, event: Event) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from recscope.serve.deps import NotFound, ReadAccess, ServiceDep
-from recscope.serve.live import dismissed
 from recscope.serve.schemas import WhatIfIn, WhatIfOut, errors
 
 router = APIRouter(prefix="/what-if", tags=["what-if"])
@@ -23,7 +22,6 @@ def what_if(body: WhatIfIn, svc: ServiceDep) -> WhatIfOut:
             f"cannot add {', '.join(repr(i) for i in unknown)}: not an item of the catalog",
             fix=f"add item ids of the catalog (e.g. {', '.join(rec.data.item_ids[1:4])})",
         )
-    exclude = dismissed(svc, body.user_id)
-    with svc.model():
-        result = rec.what_if(user=body.user_id, remove=body.remove, add=body.add, k=body.k, exclude=exclude)
+    with svc.model():  # the history's dismissed items are hidden (Recommender.what_if)
+        result = rec.what_if(user=body.user_id, remove=body.remove, add=body.add, k=body.k)
     return WhatIfOut(model_version=svc.model_version, **result)

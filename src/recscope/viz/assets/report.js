@@ -336,7 +336,9 @@ function sequential(v, limit) {
 
 function historyRows(h) {
   const offset = h.length - h.history.length;
-  return h.history.map((item, t) => ({ label: `${offset + t + 1}. ${item.title}`, tooltip: itemTooltip(item) }));
+  // a dismissal the model reads is a row of the history, never to be taken for a purchase
+  const said = (item) => (item.event === "dismiss" ? `dismissed: ${item.title}` : item.title);
+  return h.history.map((item, t) => ({ label: `${offset + t + 1}. ${said(item)}`, tooltip: itemTooltip(item) }));
 }
 
 function drawHeatmap() {
