@@ -102,6 +102,12 @@ def main() -> None:
                 for m in EXPLAIN_METHODS
             }
         print(name, models[name], flush=True)
+        # after every model, so that a run stopped part-way keeps the models it finished
+        write(f"privacy_{args.name}", result(args, pin, data, models, baselines))
+
+
+def result(args: argparse.Namespace, pin: list[str], data, models: dict, baselines: dict) -> dict:
+    """The result file's body: the models trained so far, the baselines, and the bars they settle."""
     free = models["no DP"]["test"]["NDCG@10"]
     pop = baselines["popularity"]["NDCG@10"]
     bars = {}
@@ -114,20 +120,17 @@ def main() -> None:
         for m in models.values()
         if m["privacy"]
     )
-    write(
-        f"privacy_{args.name}",
-        {
-            "data": args.data,
-            "config": args.config,
-            "pinned": pin,
-            "data_described": data.describe(),
-            "models": models,
-            "baselines": baselines,
-            "bars": bars,
-            "peak_rss_mib": round(peak_rss_mib(), 1),
-            "load_average_at_end": load_average(),
-        },
-    )
+    return {
+        "data": args.data,
+        "config": args.config,
+        "pinned": pin,
+        "data_described": data.describe(),
+        "models": models,
+        "baselines": baselines,
+        "bars": bars,
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "load_average_at_end": load_average(),
+    }
 
 
 if __name__ == "__main__":
