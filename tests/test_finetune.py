@@ -80,6 +80,7 @@ def test_learns_a_posted_pattern_and_records_lineage(tiny_run, tmp_path):
     lineage = result.lineage
     assert (lineage["parent"], lineage["events"], lineage["new_items"]) == (parent.version, 320, 0)
     assert lineage["replay_users"] == 240  # finetune.replay=3: three old windows per new one (one per user)
+    assert "privacy" not in lineage  # not a DP run: nothing to say (a DP run's fine-tune says it is not private)
     listed = CliRunner().invoke(app, ["versions", str(run), "--json"])
     assert listed.exit_code == 0, listed.output
     record = {v["id"]: v for v in json.loads(listed.output)["versions"]}[result.version]

@@ -16,8 +16,10 @@ from recscope.cli import app
 from recscope.config import ModelConfig, load
 from recscope.data import load_dataset, split_of
 from recscope.errors import ConfigError, RunError
+from recscope.finetune import finetune
 from recscope.model import SeqRec
 from recscope.privacy import PrivateTraining, UserExamples, per_user_gradients
+from recscope.serve.store import Store
 from recscope.train import TrainingData, with_data_sizes
 
 # Every kind of parameter the model has: id, attribute, text and event embeddings, two towers
@@ -164,6 +166,13 @@ def test_a_tiny_private_run_reports_its_epsilon(tmp_path):
     assert f"privacy: epsilon {spent['epsilon']:.3f} at delta 0.005 per user" in " ".join(result.output.split())
     resumed = CliRunner().invoke(app, [*train, "--resume", "--set", "train.epochs=4"])
     assert isinstance(resumed.exception, RunError) and "trained with train.privacy=dp" in str(resumed.exception)
+    # a fine-tune is not private: its version says so, the run's guarantee is not passed on
+    with Store.for_run(out) as store:
+        user = load_dataset(TINY_SPEC).user_ids[0]
+        store.add_events([{"event_id": f"e{k}", "user_id": user, "item_id": f"P{k:04d}"} for k in range(1, 4)])
+        tuned = finetune(out, store, budget=5.0)
+    assert tuned.lineage["privacy"].startswith("not private: fine-tuned without DP")
+    assert f"epsilon {spent['epsilon']:g}" in tuned.lineage["privacy"]
 
 
 @pytest.mark.parametrize(

@@ -85,6 +85,10 @@ snapshot, the store, the plan; ``train``; ``evaluate``; ``publish``) and CPU sec
 ``startup_cpu``, the process's before the work began (starting Python, importing torch and
 recscope): the fixed cost a job pays however little it learns.
 
+**Privacy.** Fine-tuning is not differentially private: on a run trained with
+``train.privacy=dp`` the lineage's ``privacy`` says the new version is not covered by the
+run's (epsilon, delta).
+
 **Kill safety.** The run's lock (``RunLock(run, "finetune")``) keeps two fine-tunes (or a
 fine-tune and training) apart; a SIGKILLed one leaves a stale lock the next takes over. Until
 the very end the store is only read and the run only gets a temporary weights file; the version
@@ -699,6 +703,12 @@ def finetune(
             "replay_users": work.replay_users,
             "tombstones": honoured(forgotten, now),
         }
+        spent = snapshot.info.state.privacy
+        if spent is not None:  # a DP run's guarantee covers its trained weights, not what a fine-tune adds
+            lineage["privacy"] = (
+                f"not private: fine-tuned without DP on the store's events; the run's (epsilon {spent.epsilon:g}, "
+                f"delta {spent.delta:.3g}) covers its own training data, not this version's"
+            )
         if work.new_windows == 0 and len(work.neg_items) == 0:
             reason = f"no new event and no negative since {_when(start)}: nothing to learn"
             report("done", 1.0, reason)
