@@ -382,3 +382,22 @@ def test_concurrent_writers_and_openers_agree(store_url):
 def test_in_memory_sqlite_is_refused():
     with pytest.raises(StoreError, match="in-memory"):
         Store.open("sqlite://")
+
+
+def test_a_live_history_merges_dismissals_in_time_and_names_the_tombstone(store):
+    """Store.live_history, the one query a request makes (SQLite and PostgreSQL): the events and
+    the dismissals (at the time they were given, the server's clock) oldest first, the other
+    feedback left out, and when the user was last forgotten."""
+    store.add_events([event("old", item="a", timestamp=1e9), event("future", item="c", timestamp=4e9)])
+    store.log_served("r1", "u1", "v1", [("b", 0.5), ("d", 0.4)])
+    store.add_feedback("r1", "u1", "b", "dismiss")
+    store.add_feedback("r1", "u1", "d", "click")  # not a dismissal: not in the history
+    store.add_events(event("other", user="u2", item="z", timestamp=2e9))
+    got, forgotten = store.live_history("u1")
+    assert [(e.item_id, e.event) for e in got] == [("a", "purchase"), ("b", "dismiss"), ("c", "purchase")]
+    assert got[1].event_id == "r1" and 1e9 < got[1].timestamp < 4e9 and forgotten is None
+    store.forget_user("u1")
+    store.add_events(event("after", item="e", timestamp=5e9))
+    got, forgotten = store.live_history("u1")
+    assert [e.item_id for e in got] == ["e"] and forgotten is not None and forgotten > 1e9
+    assert store.live_history("nobody") == ([], None)
