@@ -295,11 +295,10 @@ class AttributesArm(Arm):
         data = load_dataset(f"csv:{events}", catalog=catalog)
         text = catalog_vectors(data, True, FeaturesConfig())
         self.scorer = AttributesOnlyScorer(data, None if text is None else text.vectors)
-        self.item_ids = data.item_ids
-        self.index = {item: i for i, item in enumerate(data.item_ids) if i}
+        self.data = data
         self.history: dict[str, list[int]] = defaultdict(list)
         for user, item in line.train.select("user_id", "item_id").iter_rows():
-            self.history[str(user)].append(self.index[str(item)])
+            self.history[str(user)].append(data.item_index(str(item)))
 
     def start(self) -> float:
         return 0.0
@@ -316,12 +315,12 @@ class AttributesArm(Arm):
         if history:
             scores = self.scorer(torch.tensor([history])).numpy()[0]
             scores[[0, *history]] = -np.inf
-            listed = [self.item_ids[i] for i in np.argsort(-scores, kind="stable")[:K]]
+            listed = [self.data.item_ids[i] for i in np.argsort(-scores, kind="stable")[:K]]
         return {"items": [{"item_id": i} for i in listed], "model_version": "attributes-only", "source": "content"}
 
     def post_events(self, events: list[dict[str, Any]]) -> int:
         for event in events:
-            self.history[event["user_id"]].append(self.index[event["item_id"]])
+            self.history[event["user_id"]].append(self.data.item_index(event["item_id"]))
         return len(events)
 
 
