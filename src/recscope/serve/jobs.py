@@ -55,6 +55,10 @@ ERROR_TAIL = 4000  # characters of the command's stderr kept as a failed job's e
 DB_ENV = "RECSCOPE_DB"  # the store URL `recscope finetune` opens when no --db is given (as `serve` reads it)
 NICENESS = 10  # the job's CPU priority below the workers': serving stays responsive while it trains
 
+# The jobs this process started, by id, until their end is recorded: their exit status is known
+# here (a killed job is "killed by SIGKILL", not "ended without a result") whichever thread asks.
+_children: dict[str, subprocess.Popen] = {}
+
 
 @dataclass(frozen=True)
 class JobState:
@@ -111,6 +115,7 @@ def start_finetune(store: Store, run: Path, since: str | None = None, budget: fl
     except (OSError, AttributeError):  # not permitted, or not a POSIX system: it runs at the workers' priority
         pass
     store.job_started(job_id, process.pid)
+    _children[job_id] = process
     threading.Thread(target=_wait, args=(store, job_id, process), name=f"job-{job_id}", daemon=True).start()
     return store.job(job_id) or job
 
@@ -124,6 +129,8 @@ def _wait(store: Store, job_id: str, process: subprocess.Popen) -> None:
             _finish(store, job, code)
     except Exception as e:  # the store is down: the next GET (any worker) records the end instead
         log.warning("job %s ended (exit %s) but could not be recorded: %s", job_id, code, e)
+    else:
+        _children.pop(job_id, None)
 
 
 def state(store: Store, job_id: str) -> JobState | None:
@@ -149,6 +156,9 @@ def refresh(store: Store, job: StoredJob) -> StoredJob:
             JOB_FAILED,
             error=f"its process never started (the worker starting it stopped within {START_GRACE:g} s)",
         )
+    elif (child := _children.get(job.id)) is not None:
+        if child.poll() is not None:  # ours and ended: recorded with its exit status (as _wait would)
+            _finish(store, job, child.returncode)
     elif not _alive(job.pid, Path(job.folder)):
         _finish(store, job, None)
     return store.job(job.id) or job
