@@ -1,10 +1,13 @@
 """Fixtures shared by the test modules."""
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 # One text-embedding cache per test session (and its servers, which inherit the environment):
 # tests never read or write the user's own ~/.cache, and the session encodes each title once.
@@ -35,6 +38,23 @@ RTL_TITLE = "\u202eRTL title \u05de\u05d5\u05e6\u05e8 \u2067<i>isolate</i>"  # P
 LONG_TITLE = "<script>window.__pwned=1</script>" + "L" * 10_000  # P0004
 
 
+def _built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder ``name``, built by ``build(folder)`` once for the whole test run however many
+    pytest-xdist workers ask for it: the first builds it under a file lock, the others wait and
+    read it. What is built here is read only (a test that writes works on a copy)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, above each worker's own
+    folder = base / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
 def _train(out: Path, data: str, *more: str) -> Path:
     """``recscope train`` with configs/tiny.yaml into ``out`` (a few seconds)."""
     from typer.testing import CliRunner
@@ -52,19 +72,25 @@ def tiny_run(tmp_path_factory) -> Path:
     session: read it, never write it. A test whose service keeps its store in the run (Settings
     without ``db``) or that trains, evaluates or promotes in it works on a copy of its own
     (``shutil.copytree``: faster than training again)."""
-    out = tmp_path_factory.mktemp("tiny") / "run"
-    return _train(out, TINY_SPEC, "--set", "train.epochs=2")
+
+    def build(root: Path) -> None:
+        _train(root / "run", TINY_SPEC, "--set", "train.epochs=2")
+
+    return _built_once(tmp_path_factory, "tiny", build) / "run"
 
 
 @pytest.fixture(scope="session")
 def hostile_run(tmp_path_factory) -> Path:
     """A tiny run trained from csv + catalog with hostile titles, a hostile item id and a shopper
     whose id is markup and whose history holds all of them; shared by the session, read only."""
+    return _built_once(tmp_path_factory, "hostile", _build_hostile_run) / "run"
+
+
+def _build_hostile_run(root: Path) -> None:
     import polars as pl
 
     from recscope.data.synthetic import ShopConfig, generate
 
-    root = tmp_path_factory.mktemp("hostile")
     events, catalog = generate(ShopConfig(users=150, items=80, seed=5))
 
     def rename(column: str) -> pl.Expr:
@@ -87,7 +113,7 @@ def hostile_run(tmp_path_factory) -> Path:
     events.write_csv(root / "events.csv")
     catalog_file = root / "catalog.csv"
     catalog.write_csv(catalog_file)
-    return _train(root / "run", f"csv:{root / 'events.csv'}", "--catalog", str(catalog_file), "--set", "train.epochs=2")
+    _train(root / "run", f"csv:{root / 'events.csv'}", "--catalog", str(catalog_file), "--set", "train.epochs=2")
 
 
 def playwright_or_skip():
@@ -115,15 +141,28 @@ def browser():
 def report_run(tmp_path_factory) -> dict:
     """A run trained from csv + catalog (with hostile strings), measured, and its report.
 
-    Returns {"run", "report", "interactions", "catalog", "users"}.
+    Returns {"run", "report", "interactions", "catalog", "users"}; built once for the test run.
     """
+    root = _built_once(tmp_path_factory, "report", _build_report_run)
+    return {
+        "run": root / "run",
+        "report": root / "report",
+        "interactions": root / "events.csv",
+        "catalog": root / "catalog.csv",
+        "users": REPORT_USERS,
+    }
+
+
+REPORT_USERS = ["U00001", LONG_USER, HOSTILE_USER]  # the users report_run's report shows
+
+
+def _build_report_run(root: Path) -> None:
     import polars as pl
     from typer.testing import CliRunner
 
     from recscope.cli import app
     from recscope.data.synthetic import ShopConfig, generate
 
-    root = tmp_path_factory.mktemp("report")
     events, catalog = generate(ShopConfig(users=250, items=120, seed=5))
     events = events.select("user_id", "item_id", "timestamp")
     catalog = catalog.with_columns(
@@ -157,10 +196,8 @@ def report_run(tmp_path_factory) -> dict:
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["explain-eval", str(run), "--users", "30", "--json"])
     assert result.exit_code == 0, result.output
-    users = ["U00001", LONG_USER, HOSTILE_USER]
     report = root / "report"
     result = runner.invoke(
-        app, ["report", str(run), "--users", ",".join(users), "--out", str(report), "--merchant-users", "60"]
+        app, ["report", str(run), "--users", ",".join(REPORT_USERS), "--out", str(report), "--merchant-users", "60"]
     )
     assert result.exit_code == 0, result.output
-    return {"run": run, "report": report, "interactions": interactions, "catalog": catalog_file, "users": users}

@@ -26,6 +26,7 @@ from urllib.parse import quote, quote_from_bytes
 
 import pytest
 import schemathesis
+import schemathesis.specs.openapi.schemas  # noqa: F401  (rewritten at collection, see below)
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, note, settings
@@ -35,6 +36,10 @@ from starlette.routing import Mount
 
 from pg import postgres_server  # noqa: F401  (a fixture)
 from recscope.serve.app import create_app
+
+# schemathesis imports its OpenAPI modules on first use, and pytest rewrites them then; rewritten
+# deep in a test's stack, CPython 3.11.7's AST validator can fail ("AST constructor recursion
+# depth mismatch", pytest-dev/pytest#10763): the import above rewrites them at collection instead.
 from recscope.serve.settings import Settings
 
 KEY = "raw-fuzz-key"
