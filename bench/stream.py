@@ -20,10 +20,14 @@ events (the subsample that keeps a run within minutes). The base run: ``recscope
 csv:TRAIN --catalog CATALOG`` with the pinned config, the catalog being the data set's whole
 catalog (MovieLens's every movie, the shop's every item, the new brand's included), so an item
 first bought in the stream is known by its fields and its (untrained) id. Every training of the
-bench (the base run, each retraining) holds out the newest 2% of its events by time for early
-stopping (``data.split=temporal``, ``SPLIT``), not each user's last two: with leave-one-out a
-retraining never trained on the events of the stream's users with one or two new events (most
-of them), which is what it is retrained for, while a fine-tune trains on all but a sample.
+bench (the base run, each retraining) holds out its newest events by time for early stopping
+(``data.split=temporal``, :func:`split_settings`), as many as a fine-tune's gate holds out of
+one update's events (``HOLDOUT`` of ``--every``, ``finetune.holdout``'s default), so a
+retraining trains on the rest of the stream's new events as a fine-tune does. Not each user's
+last two: with leave-one-out a retraining never trained on the events of the stream's users
+with one or two new events (most of them). Not a share of all its events either (2% until
+2026-12-07): on a large data set that share exceeds one update's events, and the retraining
+never trained on any event of the stream.
 
 **Three arms, one stream.** Each arm is a copy of the base run behind its own ``recscope serve
 RUN --workers 1`` (``serve_load.Server``: loopback, a fresh SQLite store, a write key):
@@ -109,9 +113,10 @@ CONFIG = ROOT / "configs" / "tiny.yaml"
 # The pinned config on top of configs/tiny.yaml (the base run and every retraining use it):
 # 64 wide, 2 blocks, 50 items read, up to 20 epochs with early stopping on valid.
 SETTINGS = ("model.d_model=64", "model.n_layers=2", "model.max_len=50", "train.epochs=20", "train.patience=3")
-# Every training of the bench holds out its newest 2% of events by time (valid, then test), not
-# each user's last two (see the docstring, "The time split").
-SPLIT = ("data.split=temporal", "data.temporal_valid=0.98", "data.temporal_test=0.99")
+# Every training of the bench holds out its newest HOLDOUT x --every events by time (valid, then
+# test; at least MIN_HELD): see the docstring, "The time split", and split_settings.
+HOLDOUT = 0.15  # the share of an update's events the fine-tune's gate holds out (finetune.holdout)
+MIN_HELD = 20
 ARMS = ("frozen", "finetune", "retrain", "attributes")
 UPDATED = ("finetune", "retrain")  # the arms that learn from the stream
 FOLLOW_HR = 0.2  # an arm follows a planted mechanism from the first window with HR@10 >= this on its purchases
@@ -219,8 +224,17 @@ def train(events: pl.DataFrame, catalog: Path, config: list[str], out: Path) -> 
     return Cost(time.perf_counter() - tic, children_cpu() - cpu)
 
 
-def config_args(args: argparse.Namespace) -> list[str]:
-    settings = [*(SETTINGS if args.config == str(CONFIG) else ()), *SPLIT, *args.set]
+def split_settings(events: int, every: int) -> tuple[str, ...]:
+    """The temporal split of a training on ``events`` events: its newest ``HOLDOUT * every`` (at
+    least ``MIN_HELD``) held out, the older half of them valid, the newer test (quantiles of time:
+    ties may move a few events across)."""
+    held = min(max(HOLDOUT * every, MIN_HELD) / events, 0.5)
+    return ("data.split=temporal", f"data.temporal_valid={1 - held:.6g}", f"data.temporal_test={1 - held / 2:.6g}")
+
+
+def config_args(args: argparse.Namespace, events: int) -> list[str]:
+    """The training command's config options for a training on ``events`` events."""
+    settings = [*(SETTINGS if args.config == str(CONFIG) else ()), *split_settings(events, args.every), *args.set]
     return ["--config", args.config, *(a for s in settings for a in ("--set", s))]
 
 
@@ -346,10 +360,10 @@ def finetune(arm: Arm, budget: float) -> dict[str, Any]:
     }
 
 
-def retrain(arm: Arm, events: pl.DataFrame, catalog: Path, config: list[str], work: Path, n: int) -> dict[str, Any]:
+def retrain(arm: Arm, events: pl.DataFrame, catalog: Path, args: argparse.Namespace, work: Path, n: int) -> dict:
     """Train from scratch on ``events`` and restart the arm's service on the new run (fresh store)."""
     run = work / f"retrain-{n}"
-    cost = train(events, catalog, config, run)
+    cost = train(events, catalog, config_args(args, events.height), run)
     problems = arm.stop()
     old, arm.run = arm.run, run
     restart = arm.start()
@@ -536,7 +550,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     line = timeline(args.data, args.train_share, args.events)
     if line.stream.height < 2 * args.every:
         print(f"note: the stream holds {line.stream.height} events: fewer than two --every {args.every}")
-    config = config_args(args)
+    config = config_args(args, line.train.height)  # the base run's (a retraining's holds out as many events)
     key = secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="recscope-stream-") as tmp, ThreadPoolExecutor(8) as pool:
         work = Path(tmp)
@@ -566,7 +580,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     arms["finetune"].updates.append({"at": end, **finetune(arms["finetune"], args.budget)})
                 if "retrain" in arms:
                     seen = pl.concat([line.train, line.stream.head(end).select(line.train.columns)])
-                    update = retrain(arms["retrain"], seen, catalog, config, work, end)
+                    update = retrain(arms["retrain"], seen, catalog, args, work, end)
                     problems["retrain"] += update.pop("server_problems")
                     arms["retrain"].updates.append({"at": end, **update})
         finally:
@@ -578,7 +592,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join(["python", "bench/stream.py", *sys.argv[1:]]),
         "data": args.data,
         "config": [Path(args.config).relative_to(ROOT).as_posix() if args.config == str(CONFIG) else args.config]
-        + [s for s in config[2:] if s != "--set"],
+        + [s for s in config[2:] if s != "--set" and s not in split_settings(line.train.height, args.every)],
+        "held_out_events": max(round(HOLDOUT * args.every), MIN_HELD),  # by each training, for early stopping
         "split": line.split,
         "train_events": line.train.height,
         "stream_events": line.stream.height,

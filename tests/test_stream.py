@@ -35,6 +35,17 @@ def test_movielens_splits_by_time_at_the_share():
     assert line.catalog.height == 1682 and line.catalog.schema["genre"] == pl.String  # "Action|Comedy"
 
 
+def test_every_training_holds_out_what_one_update_holds_out_not_a_share_of_all():
+    def held(events: int, every: int) -> tuple[float, float]:
+        split, valid, test = stream.split_settings(events, every)
+        assert split == "data.split=temporal"
+        return (1 - float(valid.split("=")[1])) * events, (1 - float(test.split("=")[1])) * events
+
+    assert held(180_000, 2000) == pytest.approx((300, 150))  # 2% would be 3,600: more than an update brings
+    assert held(30_000, 2000) == pytest.approx((300, 150))
+    assert held(1000, 60) == pytest.approx((20, 10))  # at least MIN_HELD
+
+
 def test_batches_never_hold_one_user_twice():
     events = pl.DataFrame({"user_id": ["a", "b", "a", "c", "c", "d"]})
     assert stream.batches(events, 0, 6) == [[0, 1], [2, 3], [4, 5]]
