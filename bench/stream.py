@@ -229,7 +229,7 @@ def split_settings(events: int, every: int) -> tuple[str, ...]:
     least ``MIN_HELD``) held out, the older half of them valid, the newer test (quantiles of time:
     ties may move a few events across)."""
     held = min(max(HOLDOUT * every, MIN_HELD) / events, 0.5)
-    return ("data.split=temporal", f"data.temporal_valid={1 - held:.6g}", f"data.temporal_test={1 - held / 2:.6g}")
+    return ("data.split=temporal", f"data.temporal_valid={1 - held:.10g}", f"data.temporal_test={1 - held / 2:.10g}")
 
 
 def config_args(args: argparse.Namespace, events: int) -> list[str]:
