@@ -22,11 +22,12 @@ catalog (MovieLens's every movie, the shop's every item, the new brand's include
 first bought in the stream is known by its fields and its (untrained) id. Every training of the
 bench (the base run, each retraining) holds out its newest events by time for early stopping
 (``data.split=temporal``, :func:`split_settings`), as many as a fine-tune's gate holds out of
-one update's events (``HOLDOUT`` of ``--every``, ``finetune.holdout``'s default), so a
-retraining trains on the rest of the stream's new events as a fine-tune does. Not each user's
-last two: with leave-one-out a retraining never trained on the events of the stream's users
-with one or two new events (most of them). Not a share of all its events either (2% until
-2026-12-07): on a large data set that share exceeds one update's events, and the retraining
+one update's events (:func:`held_out`: ``finetune.holdout`` of ``--every``, at least
+``finetune.min_cases``, their defaults), so a retraining trains on the rest of the stream's new
+events as a fine-tune does. Not each user's last two: with leave-one-out a retraining never
+trained on the events of the stream's users with one or two new events (most of them). Not a
+share of all its events either (2% until 2026-12-07): on a large data set that share exceeds
+one update's events, and the retraining
 never trained on any event of the stream.
 
 **Three arms, one stream.** Each arm is a copy of the base run behind its own ``recscope serve
@@ -92,7 +93,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, commit, load_average, machine, uncommitted  # noqa: E402
 from finetune_replay import Api, finetune_job  # noqa: E402
-from recscope.config import DataConfig, FeaturesConfig  # noqa: E402
+from recscope.config import DataConfig, FeaturesConfig, FinetuneConfig  # noqa: E402
 from recscope.data.dataset import LoadReport  # noqa: E402
 from recscope.data.formats import LOADERS, load_dataset  # noqa: E402
 from recscope.data.synthetic import (  # noqa: E402
@@ -113,10 +114,6 @@ CONFIG = ROOT / "configs" / "tiny.yaml"
 # The pinned config on top of configs/tiny.yaml (the base run and every retraining use it):
 # 64 wide, 2 blocks, 50 items read, up to 20 epochs with early stopping on valid.
 SETTINGS = ("model.d_model=64", "model.n_layers=2", "model.max_len=50", "train.epochs=20", "train.patience=3")
-# Every training of the bench holds out its newest HOLDOUT x --every events by time (valid, then
-# test; at least MIN_HELD): see the docstring, "The time split", and split_settings.
-HOLDOUT = 0.15  # the share of an update's events the fine-tune's gate holds out (finetune.holdout)
-MIN_HELD = 20
 ARMS = ("frozen", "finetune", "retrain", "attributes")
 UPDATED = ("finetune", "retrain")  # the arms that learn from the stream
 FOLLOW_HR = 0.2  # an arm follows a planted mechanism from the first window with HR@10 >= this on its purchases
@@ -224,18 +221,31 @@ def train(events: pl.DataFrame, catalog: Path, config: list[str], out: Path) -> 
     return Cost(time.perf_counter() - tic, children_cpu() - cpu)
 
 
+def held_out(every: int) -> int:
+    """The newest events every training of the bench holds out for early stopping: as many as a
+    fine-tune's gate holds out of one update's ``every`` events (``finetune.holdout``'s default
+    share, at least ``finetune.min_cases``), so a retraining trains on the rest, as a fine-tune does."""
+    gate = FinetuneConfig()
+    return max(round(gate.holdout * every), gate.min_cases)
+
+
 def split_settings(events: int, every: int) -> tuple[str, ...]:
-    """The temporal split of a training on ``events`` events: its newest ``HOLDOUT * every`` (at
-    least ``MIN_HELD``) held out, the older half of them valid, the newer test (quantiles of time:
-    ties may move a few events across)."""
-    held = min(max(HOLDOUT * every, MIN_HELD) / events, 0.5)
+    """The temporal split of a training on ``events`` events: its newest ``held_out(every)`` held
+    out (at most half), the older half of them valid, the newer test (quantiles of time: ties may
+    move a few events across)."""
+    held = min(held_out(every) / events, 0.5)
     return ("data.split=temporal", f"data.temporal_valid={1 - held:.10g}", f"data.temporal_test={1 - held / 2:.10g}")
 
 
+def settings(args: argparse.Namespace) -> list[str]:
+    """The config overrides of every training of the bench but its split: the pinned ones, then ``--set``."""
+    return [*(SETTINGS if args.config == str(CONFIG) else ()), *args.set]
+
+
 def config_args(args: argparse.Namespace, events: int) -> list[str]:
-    """The training command's config options for a training on ``events`` events."""
-    settings = [*(SETTINGS if args.config == str(CONFIG) else ()), *split_settings(events, args.every), *args.set]
-    return ["--config", args.config, *(a for s in settings for a in ("--set", s))]
+    """The training command's config options for a training on ``events`` events (``--set`` last: it wins)."""
+    overrides = [*split_settings(events, args.every), *settings(args)]
+    return ["--config", args.config, *(a for s in overrides for a in ("--set", s))]
 
 
 # ---------------------------------------------------------------------------------------
@@ -592,8 +602,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join(["python", "bench/stream.py", *sys.argv[1:]]),
         "data": args.data,
         "config": [Path(args.config).relative_to(ROOT).as_posix() if args.config == str(CONFIG) else args.config]
-        + [s for s in config[2:] if s != "--set" and s not in split_settings(line.train.height, args.every)],
-        "held_out_events": max(round(HOLDOUT * args.every), MIN_HELD),  # by each training, for early stopping
+        + settings(args),
+        "held_out_events": held_out(args.every),  # by each training, for early stopping
         "split": line.split,
         "train_events": line.train.height,
         "stream_events": line.stream.height,

@@ -43,7 +43,7 @@ def test_every_training_holds_out_what_one_update_holds_out_not_a_share_of_all()
 
     assert held(180_000, 2000) == pytest.approx((300, 150))  # 2% would be 3,600: more than an update brings
     assert held(30_000, 2000) == pytest.approx((300, 150))
-    assert held(1000, 60) == pytest.approx((20, 10))  # at least MIN_HELD
+    assert held(1000, 60) == pytest.approx((20, 10))  # at least finetune.min_cases (stream.held_out)
 
 
 def test_batches_never_hold_one_user_twice():
