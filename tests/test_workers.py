@@ -114,14 +114,17 @@ def test_workers_share_the_catalog_and_the_version_and_a_killed_one_is_replaced(
         print(f"version {second} served by every worker after {took:.2f} s")
 
         # /metrics adds up every worker's counts, whichever worker answers it.
-        live = [worker_of(get(server.base, "/health/live")) for _ in range(30)]
-        assert set(live) == pids, "both workers answered some of them"
+        # The kernel picks the accepting worker, so ask until both have answered (at least 30 times).
+        live: list[int] = []
+        while len(live) < 30 or set(live) != pids:
+            live.append(worker_of(get(server.base, "/health/live")))
+            assert len(live) < 400, f"only workers {sorted(set(live))} answered {len(live)} requests"
         for _ in range(2):  # ask each of (probably) both workers
             counted = re.search(
                 r'recscope_http_requests_total\{method="GET",route="/health/live",status="200"\} (\S+)',
                 get(server.base, "/metrics").text,
             )
-            assert counted is not None and float(counted.group(1)) == 30.0
+            assert counted is not None and float(counted.group(1)) == len(live)
 
         # Kill a worker with SIGKILL while clients keep asking and posting: the other answers,
         # a new worker takes its place, and no acknowledged event is lost.

@@ -210,6 +210,7 @@ def start() -> Iterator[Distributed]:
     owned = not dist.is_initialized()
     if owned:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    ended = False
     try:
         yield Distributed(
             rank=dist.get_rank(),
@@ -217,8 +218,15 @@ def start() -> Iterator[Distributed]:
             local_world=int(os.environ.get("LOCAL_WORLD_SIZE", str(dist.get_world_size()))),
             device=device,
         )
+        ended = True
     finally:
         if owned:
+            if ended:
+                # Every rank leaves together: a rank that tore its connections down while a peer
+                # still used them aborted at exit now and then ("terminate called without an
+                # active exception"), failing a run that was saved. After an error the peers
+                # may never arrive, so no wait then.
+                dist.barrier()
             dist.destroy_process_group()
 
 
