@@ -21,6 +21,7 @@ from recscope import versions
 from recscope.cli import app as cli
 from recscope.data import Dataset, split_of
 from recscope.data.split import training_windows
+from recscope.errors import StoreError
 from recscope.finetune import StoreReading, plan
 from recscope.forget import forgotten_counts, training_data
 from recscope.run import load_data, load_info
@@ -201,3 +202,52 @@ def test_a_finetune_after_a_forget_neither_reads_nor_replays_them(tiny_run, tmp_
         assert forgotten_counts(run, data.user_ids, store)[result["version"]] == 1
         rebuilt, summary = training_data(data, store, store.forgotten())
         assert user not in rebuilt.user_ids and summary["events_left_out"] == len(data.sequence(u))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_no_event_written_beside_a_forget_survives_it_unseen(tmp_path, request, kind):
+    """Writers of a user's rows and a forget of that user take turns: a batch of events, a served
+    list or a feedback row committed while the forget runs is either deleted by it or stamped
+    after its tombstone (new data of a user who came back), never left behind as older. Posting
+    threads race eight forgets; then every stored row of the user is younger than the last one."""
+    import threading
+    import time
+
+    url = _store_url(kind, tmp_path, request)
+    user, stop, errors = "U-race", threading.Event(), []
+    with Store.open(url) as store:
+
+        def post(name: str) -> None:
+            n = 0
+            try:
+                while not stop.is_set():
+                    n += 1
+                    batch = [{"event_id": f"{name}-{n}-{j}", "user_id": user, "item_id": f"P{j:04d}"} for j in range(3)]
+                    store.add_events(batch)
+                    store.log_served(f"{name}-{n}", user, "v1", [("P0001", 1.0), ("P0002", 0.5)])
+                    try:
+                        store.add_feedback(f"{name}-{n}", user, "P0001", "click")
+                    except StoreError:  # a forget deleted the list in between: refused, as it should be
+                        pass
+            except Exception as e:  # noqa: BLE001 (reported below, not swallowed)
+                errors.append(e)
+
+        threads = [threading.Thread(target=post, args=(f"t{i}",)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for _ in range(8):
+            time.sleep(0.05)
+            store.forget_user(user)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        last = store.forgotten()[user]
+        with Session(store.engine) as s:
+            stamps = {
+                "events": s.scalars(select(Event.received_at).where(Event.user_key == key(user))).all(),
+                "served": s.scalars(select(Served.created_at).where(Served.user_key == key(user))).all(),
+                "feedback": s.scalars(select(Feedback.created_at).where(Feedback.user_key == key(user))).all(),
+            }
+        older = {table: sum(stamp <= last for stamp in found) for table, found in stamps.items()}
+        assert older == {"events": 0, "served": 0, "feedback": 0}, f"rows older than the last forget: {older}"

@@ -78,6 +78,9 @@ _CHUNK = 500  # ids per IN (...) list: under SQLite's bound-parameter limit
 _PG_MIGRATION_LOCK = 0x72656373  # pg_advisory_xact_lock key while migrating
 _PG_CHANGE_LOCK = 0x72656374  # ... while writing a change: changes commit in the order of their seq
 _PG_JOB_LOCK = 0x72656375  # ... while starting a job: of two workers starting one at once, one sees the other's
+# The (namespace, key) form of the advisory locks a user's writers and a forget of that user take:
+# its keys never meet the one-key locks above. Key: the user key's first 32 bits (a collision only waits).
+_PG_USER_LOCKS = 0x72656376
 _SQLITE_BUSY_SECONDS = 10  # a writer waits this long for another's lock
 _RETRIES = 3  # put_item: another writer added the same item between our read and our insert
 HIDDEN = "hidden"  # an item's state (Store.hide): kept out of every list until shown again
@@ -501,7 +504,6 @@ class Store:
                 "timestamp": e.timestamp,
                 "timestamp_given": e.timestamp_given,
                 "value": e.value,
-                "received_at": now,
             }
             for e in first.values()
         ]
@@ -512,6 +514,10 @@ class Store:
             Event.event_key, sort_by_parameter_order=True
         )
         with self._write() as session:
+            self._hold_users(session, (row["user_key"] for row in rows))
+            received = time.time()  # after any forget of these users committed: younger than its tombstone
+            for row in rows:
+                row["received_at"] = received
             inserted = set(session.scalars(statement, rows)) if rows else set()
             skipped = [k for k in first if k not in inserted]
             for keys in _chunks(skipped):
@@ -639,6 +645,7 @@ class Store:
         user_key = key(user_id)
         mine = and_(Event.user_key == user_key, Event.user_id == user_id)
         with self._write() as session:
+            self._hold_users(session, [user_key], forget=True)  # the user's writes in flight commit first
             first = session.scalar(select(func.min(Event.received_at)).where(mine))
             theirs = select(Served.request_id).where(Served.user_key == user_key, Served.user_id == user_id)
             events = session.execute(delete(Event).where(mine))
@@ -831,6 +838,30 @@ class Store:
         if self.dialect == "postgresql":
             session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_CHANGE_LOCK})
 
+    def _hold_users(self, session: Session, user_keys: Iterable[str], *, forget: bool = False) -> None:
+        """Writers of users' rows and a forget of one of them take turns until their commit: on
+        PostgreSQL a shared advisory lock per user for a writer (writers of one user run side by
+        side) and an exclusive one for the forget, which so waits for every write of that user in
+        flight and is waited for by every later one. Without it a row committed while the forget
+        ran outlived it, older than the tombstone, or a feedback on a list the forget deleted
+        failed on its foreign key. SQLite's writers take turns anyway (``BEGIN IMMEDIATE``, issued
+        here: the session begins lazily). Callers stamp their rows after this, so a row written
+        after a forget is younger than its tombstone."""
+        if self.dialect != "postgresql":
+            session.connection()  # BEGIN IMMEDIATE: this writer's turn starts now, not at its first statement
+            return
+        keys = sorted({int(k[:8], 16) - (1 << 31) for k in user_keys})  # as PostgreSQL's signed int4
+        if not keys:
+            return
+        if forget:
+            (only,) = keys
+            session.execute(text("SELECT pg_advisory_xact_lock(:ns, :k)"), {"ns": _PG_USER_LOCKS, "k": only})
+            return
+        session.execute(
+            text("SELECT count(pg_advisory_xact_lock_shared(:ns, k)) FROM unnest(CAST(:keys AS integer[])) AS k"),
+            {"ns": _PG_USER_LOCKS, "keys": keys},
+        )
+
     def set_serving(self, version: str) -> int:
         """Make ``version`` the model every worker serves; returns the change's seq."""
         version = _text(version, "version")
@@ -897,6 +928,8 @@ class Store:
             )
         try:
             with self._write() as session:
+                if user_id is not None:
+                    self._hold_users(session, [key(user_id)])
                 session.add(
                     Served(
                         request_id=request_id,
@@ -997,6 +1030,7 @@ class Store:
         if action not in ACTIONS:
             raise StoreError(f"{where}: field 'action' is {str(action)[:60]!r}", fix=f"use one of {', '.join(ACTIONS)}")
         with self._write() as session:
+            self._hold_users(session, [key(user_id)])  # a forget of the user deletes the list: not in between
             if feedback_id is not None:
                 earlier = self._feedback_with_id(session, feedback_id)
                 if earlier is not None:
