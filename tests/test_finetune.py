@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from tests.servers import recscope
 from typer.testing import CliRunner
@@ -21,7 +23,7 @@ from typer.testing import CliRunner
 from recscope import versions
 from recscope.cli import app
 from recscope.data import split_of
-from recscope.finetune import _pad, finetune, measure
+from recscope.finetune import _pad, finetune, measure, paired_difference
 from recscope.recommend import Recommender
 from recscope.run import load_info, save_info
 from recscope.serve.store import Store
@@ -77,6 +79,13 @@ def test_learns_a_posted_pattern_and_records_lineage(tiny_run, tmp_path):
     # finetune.holdout=0.15 of the 80 users is 12: min_cases=20 of them hold their last event (b) out
     assert result.metrics["cases"] == 20
     assert result.metrics["candidate"]["NDCG@10"] >= result.metrics["parent"]["NDCG@10"] - 0.01
+    # The difference the gate decided on is the two NDCG@10s' difference, case by case; its interval
+    # holds it, and here (every held-out target was taught) lies above zero.
+    diff = result.metrics["difference"]
+    expected = result.metrics["candidate"]["NDCG@10"] - result.metrics["parent"]["NDCG@10"]
+    assert diff["NDCG@10"] == pytest.approx(expected, abs=1e-12) and diff["level"] == 0.9
+    assert 0 < diff["low"] <= diff["NDCG@10"] <= diff["high"], diff
+    assert f"difference {expected:+.4f}, 90% interval" in result.reason
     lineage = result.lineage
     assert (lineage["parent"], lineage["events"], lineage["new_items"]) == (parent.version, 320, 0)
     assert lineage["replay_users"] == 240  # finetune.replay=3: three old windows per new one (one per user)
@@ -423,3 +432,18 @@ def test_a_new_window_is_trained_at_its_marked_targets_only(tiny_run):
         scores = model.score(work.windows[:, :-1], model.item_table())[:, 1:]  # (6, n_items): padding is no candidate
         expected = -torch.log_softmax(scores, -1).gather(1, work.windows[:, -1:] - 1).mean()
     torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_gates_paired_difference_by_hand():
+    """Ranks 0-based: a hit at rank 0 gains 1, at rank 1 1/log2(3), past 9 nothing."""
+    candidate, parent = np.array([0, 20, 3, 3]), np.array([1, 20, 3, 12])
+    found = paired_difference(candidate, parent, seed=0)
+    per_case = [1 - 1 / math.log2(3), 0.0, 0.0, 1 / math.log2(5)]
+    assert found["NDCG@10"] == pytest.approx(sum(per_case) / 4)
+    # a resample's mean lies between the smallest and the largest case's difference
+    assert 0.0 <= found["low"] <= found["NDCG@10"] <= found["high"] <= max(per_case)
+    assert found == paired_difference(candidate, parent, seed=0)  # seeded: the same interval again
+    same = paired_difference(parent, parent, seed=0)
+    assert (same["NDCG@10"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
+    one = paired_difference(np.array([0]), np.array([20]), seed=0)
+    assert (one["NDCG@10"], one["low"], one["high"]) == (1.0, 1.0, 1.0)  # one case: no interval to draw

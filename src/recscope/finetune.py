@@ -74,10 +74,13 @@ candidate rank it over the whole catalog after the user's history before it (his
 excluded when ``eval.exclude_history``), with the ranking and metric code of evaluation
 (``ranking.rank_chunks``, ``metrics.all_metrics``). The candidate is promoted when its NDCG@10
 >= the parent's - ``finetune.tolerance``; else it is published unpromoted, verdict "kept", with
-both numbers in its reason. With fewer than ``finetune.min_cases`` users to sample from nothing
-can be measured: the fine-tune trains on every new event, reports the in-sample numbers, and keeps its
-version unpromoted (promote it by hand: ``recscope versions RUN --promote ID``). A fine-tune with
-no new window and no negative publishes nothing (verdict "nothing_to_learn").
+both numbers in its reason. Beside them the metrics hold the paired difference with a 90%
+bootstrap interval over the cases (:func:`paired_difference`): how much a verdict on this many
+cases is worth; the gate decides on the difference alone. With fewer than
+``finetune.min_cases`` users to sample from nothing can be measured: the fine-tune trains on
+every new event, reports the in-sample numbers, and keeps its version unpromoted (promote it by
+hand: ``recscope versions RUN --promote ID``). A fine-tune with no new window and no negative
+publishes nothing (verdict "nothing_to_learn").
 
 **Timings.** The result's ``timings``: wall seconds of each stage (``load``: the lock, the
 snapshot, the store, the plan; ``train``; ``evaluate``; ``publish``) and CPU seconds
@@ -589,14 +592,28 @@ def _windows_loss(model: SeqRec, work: Plan, index: torch.Tensor, unseen: torch.
     return summed / max(count, 1.0)
 
 
-@torch.no_grad()
 def measure(
     model: SeqRec, cases: list[tuple[np.ndarray, int]], config: Config, codes: list[np.ndarray] | None = None
 ) -> dict[str, float]:
     """NDCG@10 and HR@10 of ``cases`` (history, target), full ranking over the model's catalog;
     ``codes``: the histories' event labels (aligned with ``cases``; None: none read)."""
-    if not cases:
+    return _metrics(case_ranks(model, cases, config, codes))
+
+
+def _metrics(ranks: np.ndarray) -> dict[str, float]:
+    if not len(ranks):
         return {"NDCG@10": 0.0, "HR@10": 0.0}
+    metrics = all_metrics(ranks, (10,))
+    return {"NDCG@10": metrics["NDCG@10"], "HR@10": metrics["HR@10"]}
+
+
+@torch.no_grad()
+def case_ranks(
+    model: SeqRec, cases: list[tuple[np.ndarray, int]], config: Config, codes: list[np.ndarray] | None = None
+) -> np.ndarray:
+    """(len(cases),) each case's 0-based rank of its target (see :func:`measure`)."""
+    if not cases:
+        return np.zeros(0, dtype=np.int64)
     max_len = config.model.max_len
     table = model.item_table()
     ranks = []
@@ -615,18 +632,45 @@ def measure(
         scores = model.score(histories, table, labels).float()
         own = scores.gather(1, targets[:, None])[:, 0]
         ranks.append(rank_chunks([(0, scores)], targets, own, owned=owned, rng=rng).numpy())
-    metrics = all_metrics(np.concatenate(ranks), (10,))
-    return {"NDCG@10": metrics["NDCG@10"], "HR@10": metrics["HR@10"]}
+    return np.concatenate(ranks)
 
 
-def _measure_parent(parent: Snapshot, work: Plan, config: Config) -> dict[str, float]:
-    """:func:`measure` of the parent on the held-out cases as it reads them (as it serves them):
-    with the dismissals as events when it reads the label, else without them."""
+def _parent_ranks(parent: Snapshot, work: Plan, config: Config) -> np.ndarray:
+    """:func:`case_ranks` of the parent on the held-out cases as it reads them (as it serves
+    them): with the dismissals as events when it reads the label, else without them."""
     if work.case_codes is None or parent.reads_dismissals:
-        return measure(parent.model, work.cases, config, work.case_codes if parent.reads_dismissals else None)
+        return case_ranks(parent.model, work.cases, config, work.case_codes if parent.reads_dismissals else None)
     kept = [c == 0 for c in work.case_codes]  # the fine-tune labels nothing but dismissals
     cases = [(h[k], t) for (h, t), k in zip(work.cases, kept, strict=True)]
-    return measure(parent.model, cases, config)
+    return case_ranks(parent.model, cases, config)
+
+
+INTERVAL = 0.9  # the confidence level of the gate's interval on the NDCG@10 difference
+RESAMPLES = 2000  # bootstrap resamples of the held-out cases for it
+
+
+def paired_difference(candidate: np.ndarray, parent: np.ndarray, seed: int) -> dict[str, float]:
+    """The candidate's NDCG@10 minus the parent's on the same cases (0-based target ranks of
+    each), with a paired percentile-bootstrap interval at :data:`INTERVAL` (the cases resampled
+    together, so what both get right or wrong cancels): how far the held-out cases can tell the
+    two apart. The gate decides on the difference; the interval says how much that is worth."""
+    gains = [np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0) for r in (candidate, parent)]
+    diffs = gains[0] - gains[1]
+    out = {"NDCG@10": float(diffs.mean()) if len(diffs) else 0.0, "level": INTERVAL, "resamples": RESAMPLES}
+    if len(diffs) < 2:
+        return {**out, "low": out["NDCG@10"], "high": out["NDCG@10"]}
+    from scipy.stats import bootstrap
+
+    found = bootstrap(
+        (diffs,),
+        np.mean,
+        confidence_level=INTERVAL,
+        n_resamples=RESAMPLES,
+        method="percentile",
+        batch=100,  # resamples drawn at a time: memory stays at 100 x the cases
+        random_state=np.random.default_rng(seed),
+    ).confidence_interval
+    return {**out, "low": float(found.low), "high": float(found.high)}
 
 
 def _text_vectors(config: Config) -> Callable[[Dataset, list[int]], torch.Tensor | None]:
@@ -737,9 +781,22 @@ def finetune(
         fitted = train(model, work, config, budget, progress, trained_items=trained_items)
         clock.lap("train", train_cpu=fitted.get("train_cpu_seconds"))
         report("evaluating", 0.0, f"{len(work.cases)} held-out cases")
-        before, after = _measure_parent(grown, work, config), measure(model, work.cases, config, work.case_codes)
-        metrics = {"candidate": after, "parent": before, "tolerance": ft.tolerance, "cases": len(work.cases)}
-        numbers = f"NDCG@10 {after['NDCG@10']:.4f} against the parent's {before['NDCG@10']:.4f}"
+        parent_ranks = _parent_ranks(grown, work, config)
+        candidate_ranks = case_ranks(model, work.cases, config, work.case_codes)
+        before, after = _metrics(parent_ranks), _metrics(candidate_ranks)
+        difference = paired_difference(candidate_ranks, parent_ranks, ft.seed)
+        metrics = {
+            "candidate": after,
+            "parent": before,
+            "tolerance": ft.tolerance,
+            "cases": len(work.cases),
+            "difference": difference,
+        }
+        numbers = (
+            f"NDCG@10 {after['NDCG@10']:.4f} against the parent's {before['NDCG@10']:.4f} (difference "
+            f"{difference['NDCG@10']:+.4f}, {difference['level']:.0%} interval {difference['low']:+.4f} to "
+            f"{difference['high']:+.4f})"
+        )
         if not work.held_out:
             promoted = False
             reason = (
