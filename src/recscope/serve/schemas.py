@@ -230,7 +230,8 @@ class VersionOut(Strict):
     reason: str | None = Field(description="why it was promoted or kept")
     metrics: dict[str, Any] | None = Field(
         description="a fine-tune's measurement: candidate and parent NDCG@10 and HR@10 on the newest events, "
-        "the tolerance, the cases"
+        "the tolerance, the cases, and the difference (candidate minus parent NDCG@10 with a 90% paired "
+        "bootstrap interval over the cases: NDCG@10, low, high, level, resamples)"
     )
     lineage: dict[str, Any] | None = Field(
         description="what a fine-tune learned from: parent, since, until, events, feedback, negatives, "
@@ -279,6 +280,8 @@ class FinetuneMetrics(Open):
     parent: dict[str, float]  # ... of the version it was made from
     tolerance: float  # how much worse (NDCG@10) the candidate may be and still be promoted
     cases: int  # held-out events measured
+    # {"NDCG@10": candidate minus parent, "low", "high": its paired bootstrap interval, "level": 0.9, "resamples"}
+    difference: dict[str, float] | None = None
 
 
 class FinetuneResult(Open):
