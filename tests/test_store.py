@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 from pg import postgres_server  # noqa: F401  (a fixture)
 from recscope.errors import RecscopeError, StoreError
 from recscope.serve.models import Base
-from recscope.serve.store import MIGRATIONS, STORE_FILE, Store
+from recscope.serve.store import MAX_BATCH, MIGRATIONS, STORE_FILE, Store
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -377,6 +377,20 @@ def test_concurrent_writers_and_openers_agree(store_url):
     finally:
         for s in stores:
             s.close()
+
+
+def test_full_batches_of_distinct_users_at_once(store_url):
+    """Four batches of the largest size, 10,000 shoppers each, posted at once: every event stored.
+    (A lock per user, taken to order writes against a forget, ran PostgreSQL's lock table out:
+    "out of shared memory".)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with Store.open(store_url) as store:
+        batches = [[event(f"b{w}-{n}", user=f"U{w}-{n}") for n in range(MAX_BATCH)] for w in range(4)]
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(store.add_events, batches))
+        assert results == [(MAX_BATCH, 0)] * 4
+        assert store.history("U3-9999")[0].event_id == "b3-9999"
 
 
 def test_in_memory_sqlite_is_refused():

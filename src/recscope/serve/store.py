@@ -79,8 +79,11 @@ _PG_MIGRATION_LOCK = 0x72656373  # pg_advisory_xact_lock key while migrating
 _PG_CHANGE_LOCK = 0x72656374  # ... while writing a change: changes commit in the order of their seq
 _PG_JOB_LOCK = 0x72656375  # ... while starting a job: of two workers starting one at once, one sees the other's
 # The (namespace, key) form of the advisory locks a user's writers and a forget of that user take:
-# its keys never meet the one-key locks above. Key: the user key's first 32 bits (a collision only waits).
+# its keys never meet the one-key locks above. Users share _PG_USER_BUCKETS locks (by their key), so
+# a batch of any size holds at most that many: PostgreSQL's lock table (64 per connection by
+# default) ran out with a lock per user once several batches of 10,000 users were in flight.
 _PG_USER_LOCKS = 0x72656376
+_PG_USER_BUCKETS = 64
 _SQLITE_BUSY_SECONDS = 10  # a writer waits this long for another's lock
 _RETRIES = 3  # put_item: another writer added the same item between our read and our insert
 HIDDEN = "hidden"  # an item's state (Store.hide): kept out of every list until shown again
@@ -842,15 +845,16 @@ class Store:
         """Writers of users' rows and a forget of one of them take turns until their commit: on
         PostgreSQL a shared advisory lock per user for a writer (writers of one user run side by
         side) and an exclusive one for the forget, which so waits for every write of that user in
-        flight and is waited for by every later one. Without it a row committed while the forget
-        ran outlived it, older than the tombstone, or a feedback on a list the forget deleted
-        failed on its foreign key. SQLite's writers take turns anyway (``BEGIN IMMEDIATE``, issued
-        here: the session begins lazily). Callers stamp their rows after this, so a row written
-        after a forget is younger than its tombstone."""
+        flight and is waited for by every later one. Users share :data:`_PG_USER_BUCKETS` locks,
+        so a forget also waits for the writes in flight of the users in its bucket (milliseconds).
+        Without it a row committed while the forget ran outlived it, older than the tombstone, or
+        a feedback on a list the forget deleted failed on its foreign key. SQLite's writers take
+        turns anyway (``BEGIN IMMEDIATE``, issued here: the session begins lazily). Callers stamp
+        their rows after this, so a row written after a forget is younger than its tombstone."""
         if self.dialect != "postgresql":
             session.connection()  # BEGIN IMMEDIATE: this writer's turn starts now, not at its first statement
             return
-        keys = sorted({int(k[:8], 16) - (1 << 31) for k in user_keys})  # as PostgreSQL's signed int4
+        keys = sorted({int(k[:8], 16) % _PG_USER_BUCKETS for k in user_keys})
         if not keys:
             return
         if forget:
