@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from recscope import versions
 from recscope.cli import app
 from recscope.data import split_of
-from recscope.finetune import _pad, finetune, measure, paired_difference
+from recscope.finetune import _pad, finetune, measure, paired_difference, promotes
 from recscope.recommend import Recommender
 from recscope.run import load_info, save_info
 from recscope.serve.store import Store
@@ -173,10 +173,11 @@ def test_dismissed_items_fall_in_rank(tiny_run, tmp_path):
     assert before.max() == 0 and np.median(after) >= 10, np.median(after)
 
 
-def test_a_worse_candidate_is_kept_with_its_reason(tiny_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("gate", ["point", "interval"])
+def test_a_worse_candidate_is_kept_with_its_reason(tiny_run, tmp_path, monkeypatch, gate):
     import recscope.finetune as ft
 
-    run = _copy(tiny_run, tmp_path, min_cases=20)
+    run = _copy(tiny_run, tmp_path, min_cases=20, gate=gate)
 
     def shuffled(model, work, config, budget, report, trained_items=None):  # a deliberately broken candidate
         generator = torch.Generator().manual_seed(0)
@@ -208,6 +209,8 @@ def test_a_worse_candidate_is_kept_with_its_reason(tiny_run, tmp_path, monkeypat
     m = result.metrics
     assert result.verdict == "kept" and not result.promoted and m["cases"] == 20  # min_cases of 60
     assert m["candidate"]["NDCG@10"] < m["parent"]["NDCG@10"] - 0.01
+    assert m["difference"]["high"] < -0.01  # shuffled weights are measurably worse: either gate keeps them
+    assert ("measurably worse than" in result.reason) == (gate == "interval")
     assert f"{m['candidate']['NDCG@10']:.4f}" in result.reason and f"{m['parent']['NDCG@10']:.4f}" in result.reason
     assert versions.current(run) == parent.version
     details = versions.read(run, result.version).details
@@ -447,3 +450,15 @@ def test_the_gates_paired_difference_by_hand():
     assert (same["NDCG@10"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
     one = paired_difference(np.array([0]), np.array([20]), seed=0)
     assert (one["NDCG@10"], one["low"], one["high"]) == (1.0, 1.0, 1.0)  # one case: no interval to draw
+
+
+def test_the_two_gates_by_hand():
+    """point: the difference against minus the tolerance; interval: the interval's upper end."""
+    noisy = {"NDCG@10": -0.0123, "low": -0.0511, "high": 0.0187}  # 20 cases that cannot tell
+    assert promotes("point", -0.0123, noisy, 0.01) == (False, "worse than")
+    assert promotes("interval", -0.0123, noisy, 0.01) == (True, "not measurably worse than")
+    broken = {"NDCG@10": -0.09, "low": -0.14, "high": -0.05}  # measurably worse
+    assert promotes("interval", -0.09, broken, 0.01) == (False, "measurably worse than")
+    assert promotes("point", -0.005, noisy, 0.01) == (True, "within")
+    edge = {"NDCG@10": -0.02, "low": -0.03, "high": -0.01}  # the upper end at minus the tolerance
+    assert promotes("interval", -0.02, edge, 0.01)[0]

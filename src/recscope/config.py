@@ -191,6 +191,10 @@ class FinetuneConfig:
     # (float) promote when the candidate's NDCG@10 on the held-out newest events is at least the
     # serving version's minus this
     tolerance: float = 0.01
+    # (str) the promotion rule: "point" promotes when the candidate's NDCG@10 >= the serving version's
+    # minus tolerance; "interval" refuses only a candidate measurably worse: the upper end of the 90%
+    # paired interval of the difference below minus tolerance (few held-out cases decide little)
+    gate: str = "point"
     # (float) share of the users whose last event is new whose last event is held out (never trained
     # on) to measure promotion on: a seeded sample, at least min_cases of them
     holdout: float = 0.15
@@ -489,6 +493,7 @@ RULES: dict[str, Rule] = {
     "finetune.negative_weight": _range(0, 1000),
     "finetune.ignore_window": _range(0),
     "finetune.tolerance": _range(0, 1),
+    "finetune.gate": _one_of("point", "interval"),
     "finetune.holdout": _range(0, 1, open_low=True),
     "finetune.min_cases": _range(1, 2**31 - 1),
     "finetune.max_negatives": _range(0, 2**31 - 1),

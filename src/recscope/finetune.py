@@ -76,7 +76,8 @@ excluded when ``eval.exclude_history``), with the ranking and metric code of eva
 >= the parent's - ``finetune.tolerance``; else it is published unpromoted, verdict "kept", with
 both numbers in its reason. Beside them the metrics hold the paired difference with a 90%
 bootstrap interval over the cases (:func:`paired_difference`): how much a verdict on this many
-cases is worth; the gate decides on the difference alone. With fewer than
+cases is worth. With ``finetune.gate=interval`` the gate decides on it: only a candidate whose
+whole interval lies below minus the tolerance is kept (:func:`promotes`). With fewer than
 ``finetune.min_cases`` users to sample from nothing can be measured: the fine-tune trains on
 every new event, reports the in-sample numbers, and keeps its version unpromoted (promote it by
 hand: ``recscope versions RUN --promote ID``). A fine-tune with no new window and no negative
@@ -645,6 +646,18 @@ def _parent_ranks(parent: Snapshot, work: Plan, config: Config) -> np.ndarray:
     return case_ranks(parent.model, cases, config)
 
 
+def promotes(gate: str, change: float, difference: dict[str, float], tolerance: float) -> tuple[bool, str]:
+    """The gate's verdict on a candidate whose NDCG@10 is ``change`` from the parent's (with its
+    interval, :func:`paired_difference`), and the words the reason gives it (finetune.gate):
+    "point" promotes when ``change >= -tolerance``; "interval" unless the whole interval lies
+    below ``-tolerance``, so a verdict on a few cases refuses only a measurably worse version."""
+    if gate == "interval":
+        promoted = difference["high"] >= -tolerance
+        return promoted, ("not measurably worse than" if promoted else "measurably worse than")
+    promoted = change >= -tolerance
+    return promoted, ("within" if promoted else "worse than")
+
+
 INTERVAL = 0.9  # the confidence level of the gate's interval on the NDCG@10 difference
 RESAMPLES = 2000  # bootstrap resamples of the held-out cases for it
 
@@ -804,8 +817,7 @@ def finetune(
                 f"event, so nothing was measured (in-sample {numbers}); kept unpromoted, promote it by hand"
             )
         else:
-            promoted = after["NDCG@10"] >= before["NDCG@10"] - ft.tolerance
-            relation = "within" if promoted else "worse than"
+            promoted, relation = promotes(ft.gate, after["NDCG@10"] - before["NDCG@10"], difference, ft.tolerance)
             reason = f"{numbers} on {len(work.cases)} held-out newest events: {relation} the tolerance {ft.tolerance}"
         verdict = "promoted" if promoted else "kept"
         clock.lap("evaluate")
