@@ -191,10 +191,10 @@ class FinetuneConfig:
     # (float) promote when the candidate's NDCG@10 on the held-out newest events is at least the
     # serving version's minus this
     tolerance: float = 0.01
-    # (str) the promotion rule: "point" promotes when the candidate's NDCG@10 >= the serving version's
-    # minus tolerance; "interval" refuses only a candidate measurably worse: the upper end of the 90%
-    # paired interval of the difference below minus tolerance (few held-out cases decide little)
-    gate: str = "point"
+    # (str) the promotion rule: "interval" refuses only a candidate measurably worse: the upper end of
+    # the 90% paired interval of the NDCG@10 difference below minus tolerance (few held-out cases decide
+    # little); "point" promotes when the candidate's NDCG@10 >= the serving version's minus tolerance
+    gate: str = "interval"
     # (float) share of the users whose last event is new whose last event is held out (never trained
     # on) to measure promotion on: a seeded sample, at least min_cases of them
     holdout: float = 0.15

@@ -72,12 +72,12 @@ most users have one or two new events: 999 of 2,000.) Parent (over the
 grown catalog, the new items at their cold-start rows: what the service scores now) and
 candidate rank it over the whole catalog after the user's history before it (history items
 excluded when ``eval.exclude_history``), with the ranking and metric code of evaluation
-(``ranking.rank_chunks``, ``metrics.all_metrics``). The candidate is promoted when its NDCG@10
->= the parent's - ``finetune.tolerance``; else it is published unpromoted, verdict "kept", with
-both numbers in its reason. Beside them the metrics hold the paired difference with a 90%
-bootstrap interval over the cases (:func:`paired_difference`): how much a verdict on this many
-cases is worth. With ``finetune.gate=interval`` the gate decides on it: only a candidate whose
-whole interval lies below minus the tolerance is kept (:func:`promotes`). With fewer than
+(``ranking.rank_chunks``, ``metrics.all_metrics``), and the paired difference of their NDCG@10
+with a 90% bootstrap interval over the cases (:func:`paired_difference`). The candidate is
+promoted unless that whole interval lies below minus ``finetune.tolerance`` (``finetune.gate``
+"interval", the default: a verdict on 20 cases refuses only a measurably worse version; "point":
+promoted when its NDCG@10 >= the parent's minus the tolerance; :func:`promotes`); else it is
+published unpromoted, verdict "kept", with the numbers in its reason. With fewer than
 ``finetune.min_cases`` users to sample from nothing can be measured: the fine-tune trains on
 every new event, reports the in-sample numbers, and keeps its version unpromoted (promote it by
 hand: ``recscope versions RUN --promote ID``). A fine-tune with no new window and no negative
