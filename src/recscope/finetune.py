@@ -666,7 +666,7 @@ def paired_difference(candidate: np.ndarray, parent: np.ndarray, seed: int) -> d
     """The candidate's NDCG@10 minus the parent's on the same cases (0-based target ranks of
     each), with a paired percentile-bootstrap interval at :data:`INTERVAL` (the cases resampled
     together, so what both get right or wrong cancels): how far the held-out cases can tell the
-    two apart. The gate decides on the difference; the interval says how much that is worth."""
+    two apart: the default gate decides on it (:func:`promotes`)."""
     gains = [np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0) for r in (candidate, parent)]
     diffs = gains[0] - gains[1]
     out = {"NDCG@10": float(diffs.mean()) if len(diffs) else 0.0, "level": INTERVAL, "resamples": RESAMPLES}
