@@ -59,7 +59,8 @@ class StoreHistories:
         trained = None if forgotten_at is not None else self.run.events(user_id)
         if trained is None and all(e.event == DISMISS for e in stored):
             raise NotFound(
-                f"unknown user {user_id!r}: not in the run's training data and no events stored",
+                f"unknown user {user_id!r}: no history to read "
+                "(no training events the service may show, no stored events)",
                 fix="post an event for this user to POST /events, or use a user id the run was trained on",
             )
         events = (trained or []) + [Event(e.item_id, e.event, e.timestamp, "store", e.value) for e in stored]
