@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -210,9 +212,6 @@ def test_no_event_written_beside_a_forget_survives_it_unseen(tmp_path, request, 
     list or a feedback row committed while the forget runs is either deleted by it or stamped
     after its tombstone (new data of a user who came back), never left behind as older. Posting
     threads race eight forgets; then every stored row of the user is younger than the last one."""
-    import threading
-    import time
-
     url = _store_url(kind, tmp_path, request)
     user, stop, errors = "U-race", threading.Event(), []
     with Store.open(url) as store:

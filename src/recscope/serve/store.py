@@ -843,10 +843,10 @@ class Store:
 
     def _hold_users(self, session: Session, user_keys: Iterable[str], *, forget: bool = False) -> None:
         """Writers of users' rows and a forget of one of them take turns until their commit: on
-        PostgreSQL a shared advisory lock per user for a writer (writers of one user run side by
-        side) and an exclusive one for the forget, which so waits for every write of that user in
-        flight and is waited for by every later one. Users share :data:`_PG_USER_BUCKETS` locks,
-        so a forget also waits for the writes in flight of the users in its bucket (milliseconds).
+        PostgreSQL a writer takes a shared advisory lock on each of its users' buckets (of
+        :data:`_PG_USER_BUCKETS`; writers run side by side) and the forget an exclusive one on
+        its user's, so it waits for every write of that user in flight (and of the others in its
+        bucket: milliseconds) and is waited for by every later one.
         Without it a row committed while the forget ran outlived it, older than the tombstone, or
         a feedback on a list the forget deleted failed on its foreign key. SQLite's writers take
         turns anyway (``BEGIN IMMEDIATE``, issued here: the session begins lazily). Callers stamp
