@@ -282,22 +282,48 @@ def test_sampled_shapley_agrees_with_exact_and_with_captum(model):
 def test_shapley_scores_at_most_its_budget_of_sub_histories():
     """An explanation's cost is bounded whatever the history's length: exact while all 2^n
     sub-histories fit the budget, sampled orders beyond, and right either way (an additive game:
-    each player is worth what it adds)."""
-    from recscope.explain.shapley import BUDGET, shapley
+    each player is worth what it adds). With a positions budget (what an item explanation's
+    sub-histories cost the model: their lengths), the sampled sub-histories' lengths add up to
+    at most that, so a 50-item history costs what a 20-item one does, not six times as much."""
+    from recscope.explain.shapley import BUDGET, POSITIONS, shapley
 
     worth = torch.arange(1.0, 61.0)
-    for n in (1, 5, 9, 10, 20, 50, 60):
-        scored = []
+    for positions in (None, POSITIONS):
+        for n in (1, 5, 9, 10, 20, 50, 60):
+            scored, lengths = [], []
 
-        def value(masks, n=n, scored=scored):
-            scored.append(len(masks))
-            return (masks.float() * worth[:n]).sum(1, keepdim=True)
+            def value(masks, n=n, scored=scored, lengths=lengths):
+                scored.append(len(masks))
+                lengths.append(int(masks.sum()))
+                return (masks.float() * worth[:n]).sum(1, keepdim=True)
 
-        weights = shapley(value, n, 1)
-        assert sum(scored) <= BUDGET, (n, sum(scored))
-        assert sum(scored) == 2**n or 2**n > BUDGET  # exact exactly when every sub-history fits
-        torch.testing.assert_close(weights, worth[None, :n])
-    assert len(scored) == 1  # one batch, however long the history
+            weights = shapley(value, n, 1, positions=positions)
+            assert sum(scored) <= BUDGET, (n, sum(scored))
+            assert sum(scored) == 2**n or 2**n > BUDGET  # exact exactly when every sub-history fits
+            if positions is not None and 2**n > BUDGET:
+                assert sum(lengths) <= positions, (n, sum(lengths))
+            torch.testing.assert_close(weights, worth[None, :n])
+            assert len(scored) == 1  # one batch, however long the history
+
+
+def test_an_item_explanation_of_a_long_history_reads_at_most_its_positions(model, monkeypatch):
+    """The served explainer passes the positions budget: what the model reads for a 50-item
+    history's top items is bounded (variants are scored once each, whatever the targets)."""
+    from recscope.explain import variants
+    from recscope.explain.shapley import POSITIONS
+
+    history = torch.randint(1, model.cfg.n_items + 1, (50,))
+    read = []
+    original = variants.variant_hidden
+
+    def counting(model_, table, history_, masks, *args, **kwargs):
+        read.append(int(masks.sum()))
+        return original(model_, table, history_, masks, *args, **kwargs)
+
+    monkeypatch.setattr(variants, "variant_hidden", counting)  # a spy: the real scoring runs
+    weights = ShapleyExplainer(model).attribute(history, TARGETS)
+    assert weights.shape == (len(TARGETS), 50) and torch.isfinite(weights).all()
+    assert 0 < sum(read) <= POSITIONS
 
 
 def test_shapley_on_an_additive_model_is_each_items_value():

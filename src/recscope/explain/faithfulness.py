@@ -68,12 +68,32 @@ def evaluate_faithfulness(
 ) -> dict:
     """Measure every method on the same cases; returns ``{"default": name, "methods": {...}, ...}``."""
     methods = list(methods or METHODS)
+    model, table = rec.model, rec.snapshot.table
+    cases = faithfulness_cases(rec, users, k, seed)
+    occlusion = OcclusionExplainer(model)
+    random = _random_baselines(model, table, cases, k)
+    results = {}
+    for name in methods:
+        explainer = occlusion if name == "occlusion" else make_explainer(model, name)
+        results[name] = _measure(explainer, model, table, cases, k, random)
+    return {
+        "default": choose_default(results),
+        "users": len(cases),
+        "k": k,
+        "data": rec.data.name,
+        "methods": results,
+    }
+
+
+def faithfulness_cases(rec: Recommender, users: int, k: int = 10, seed: int = 0, min_len: int = 2) -> list[_Case]:
+    """``users`` random test users with at least ``min_len`` history items (2: removing one leaves
+    one), each with their top-``k``, leave-one-out weights and random removal orders."""
     model, data = rec.model, rec.data
     table = rec.snapshot.table
     split = split_of(data, rec.config)
     rng = np.random.default_rng(seed)
     test = split.test
-    eligible = np.flatnonzero(test.hist_len >= 2)
+    eligible = np.flatnonzero(test.hist_len >= max(min_len, 2))
     chosen = np.sort(rng.choice(eligible, size=min(users, len(eligible)), replace=False))
     causes = data.extras.get("cause")
     occlusion = OcclusionExplainer(model)
@@ -97,19 +117,7 @@ def evaluate_faithfulness(
             if cause >= offset:
                 case.cause, case.test_item = cause - offset, int(test.targets[c])
         cases.append(case)
-
-    random = _random_baselines(model, table, cases, k)
-    results = {}
-    for name in methods:
-        explainer = occlusion if name == "occlusion" else make_explainer(model, name)
-        results[name] = _measure(explainer, model, table, cases, k, random)
-    return {
-        "default": choose_default(results),
-        "users": len(cases),
-        "k": k,
-        "data": data.name,
-        "methods": results,
-    }
+    return cases
 
 
 def _labels(rec: Recommender, user: int, n: int, length: int) -> torch.Tensor | None:
