@@ -15,9 +15,12 @@ Input a client can get wrong raises ``StoreError`` naming the field or id.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -377,6 +380,48 @@ def _sqlite_pragmas(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+class _SQLiteTurns:
+    """SQLite's writers take turns, woken in turn: a thread lock for the writers of this process,
+    then an exclusive ``flock`` on ``<database>.writers`` for the other processes' (the service's
+    workers). SQLite lets one writer in at a time, and a writer that finds the file locked sleeps
+    in growing steps (its busy handler) instead of being woken when the lock frees, so writers
+    that met there waited far longer than the writes took: one served list (1.3 ms alone) had a
+    p99 of 534 ms with 16 threads writing at once, and 650 ms with 8 threads in each of two
+    processes; a kernel lock wakes the next writer at once. Reentrant in a thread."""
+
+    def __init__(self, database: str | None):
+        self._threads = threading.RLock()
+        self._path = f"{database}.writers"
+        self._file: Any = None
+        self._depth = 0
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        try:
+            if self._depth == 0:
+                if self._file is None:
+                    self._file = open(self._path, "a+b")  # noqa: SIM115 (held open: a lock per process)
+                fcntl.flock(self._file, fcntl.LOCK_EX)
+            self._depth += 1
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        try:
+            if self._depth == 0:
+                fcntl.flock(self._file, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+    def close(self) -> None:
+        with self._threads:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
 class Store:
     """Events, items added after training, served lists and feedback in one database."""
 
@@ -384,6 +429,8 @@ class Store:
         self.engine = engine
         self._writer = engine.execution_options(recscope_write=True)
         self.dialect = engine.dialect.name
+        # PostgreSQL's writers run side by side; SQLite's take turns (see _SQLiteTurns).
+        self._turn = _SQLiteTurns(engine.url.database) if self.dialect == "sqlite" else contextlib.nullcontext()
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -454,6 +501,8 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        if isinstance(self._turn, _SQLiteTurns):
+            self._turn.close()
 
     def __enter__(self) -> Store:
         return self
@@ -464,7 +513,7 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[Session]:
         """One write transaction; committed (and synced) when the block ends without error."""
-        with Session(self._writer, expire_on_commit=False) as session, session.begin():
+        with self._turn, Session(self._writer, expire_on_commit=False) as session, session.begin():
             yield session
 
     def _read(self) -> Session:
