@@ -761,8 +761,11 @@ class Chaos:
             # request that got it was sent (the route finds the item before it waits for the model).
             "explained_by_every_worker_s": spread(when(explained, "done")),
             "explained_by_every_worker_sent_s": spread(when(explained, "sent")),
-            # From each PUT's answer until GET /items says recommendable from every worker (no model turn).
+            # From each PUT's answer until GET /items says recommendable from every worker (no model
+            # turn, but the probe's own wait for a thread and the CPU in it), and until the probe
+            # that found it was sent (the worker applied the item between the probe before and this).
             "in_every_worker_catalog_s": spread(when(catalog, "done")),
+            "in_every_worker_catalog_sent_s": spread(when(catalog, "sent")),
         }
 
     def _lists(self) -> list[Answer]:
