@@ -149,6 +149,16 @@ class Recommender:
         """The snapshot with ``items`` added (see :meth:`set_items`); this recommender is unchanged."""
         return self.snapshot.with_items(items, self._text_vectors)
 
+    def encode_items(self, items: list[NewItem]) -> None:
+        """Encode the texts ``items`` would bring into the text cache now (when the model reads
+        text), so that adding them later, here or in a process sharing the cache (the service's
+        other workers), reads their vectors rather than running the encoder again."""
+        if not self.config.model.text_dim or not items:
+            return
+        data = self.data.with_catalog_copy()
+        rows = [data.set_item(item_id, title, attributes or {})[0] for item_id, title, attributes in items]
+        self._text_vectors(data, rows)
+
     def load_text_encoder(self) -> None:
         """Load the run's text encoder now (when the model reads text), so that the first item
         added later is encoded in milliseconds rather than after seconds of loading."""

@@ -161,6 +161,9 @@ def put_item(
         new = False
         _set_hidden(svc, item_id, body.hidden)
     else:  # the store is the source of truth ...
+        # encoded first: every worker that applies the change reads the title's vector from the
+        # shared text cache instead of running the encoder itself (an item is applied sooner)
+        rec.encode_items([(item_id, body.title, body.attributes)])
         new = svc.store.put_item(item_id, body.title, body.attributes, hidden=body.hidden)
     follower.catch_up()  # ... this worker applies it now, the others within Settings.follow_every
     response.status_code = 201 if new else 200
