@@ -22,7 +22,8 @@ an API key (``--api-key-env``; every request carries it), waits until every work
   how long until each is recommendable from every worker), a ``PUT /model`` to another version
   of the run (at 1/2; how long until every worker serves it) and one worker killed with SIGKILL
   (at 2/3; how long until a replacement answers); the clients go on while a step runs late, and
-  ``CHAOS_TAIL`` s after the last. Counts failed requests (apart: those that ended within
+  ``CHAOS_TAIL`` s after the last (and the workers' own count of how long each item took from
+  its commit to being served there, read from /metrics). Counts failed requests (apart: those that ended within
   ``KILL_WINDOW`` of the kill, in flight on the killed worker), lists labelled with a version
   that is neither, and reads every acknowledged event back from the store.
   A run with one version is copied to a temporary directory and a second version published
@@ -725,6 +726,7 @@ class Chaos:
             "seconds": round(self.seconds, 2),
             "by_kind": {kind: t.summary(self.seconds) for kind, t in self.tallies.items()},
             "items": await self._items(),
+            "items_applied_by_workers": await applied_lag(client, "item"),
             "model_switch": self._switch(),
             "kill": {k: v for k, v in self.kill.items() if k != "killed"},
             "failures": self._failures(),
@@ -852,6 +854,24 @@ class Chaos:
             "lost_first": lost[:20],
             "users_unread": unread[:20],
         }
+
+
+async def applied_lag(client: httpx.AsyncClient, kind: str) -> dict:
+    """The server's own count of how long its workers took from a ``kind`` change's commit to
+    serving it (``recscope_store_change_apply_seconds``, every worker's, the killed one's too):
+    no probe's wait in it, to a bucket's resolution."""
+    text = (await client.get("/metrics")).text
+    pattern = rf'recscope_store_change_apply_seconds_bucket\{{kind="{kind}",le="([^"]+)"\}} (\S+)'
+    buckets = [(float(le), float(n)) for le, n in re.findall(pattern, text)]
+    if not buckets:
+        return {"count": 0}
+    total = max(n for _, n in buckets)
+    within = dict(buckets).get(1.0, 0.0)
+    return {
+        "count": int(total),  # each change once per worker that applied it
+        "within_1s": int(within),
+        "max_at_most_s": min(le for le, n in buckets if n >= total),  # the smallest bucket holding all
+    }
 
 
 async def chaos(client, new_connections, server: Server, work: Workload, plan: Plan, args, meter: CpuMeter):
@@ -1055,7 +1075,10 @@ def table(phases: dict) -> None:
         print(
             f"chaos: items {items['put_ok']}/{items['count']} explained by every worker after"
             f" max {items['explained_by_every_worker_s'].get('max_s')} s"
-            f" (in every catalog: max {items['in_every_worker_catalog_s'].get('max_s')} s);"
+            f" (in every catalog: max {items['in_every_worker_catalog_s'].get('max_s')} s;"
+            f" applied by the workers within 1 s: {c['items_applied_by_workers'].get('within_1s')}"
+            f" of {c['items_applied_by_workers']['count']}, all within"
+            f" {c['items_applied_by_workers'].get('max_at_most_s')} s);"
             f" version switch on every worker {switch['every_worker_s']} s after PUT /model;"
             f" replacement ready {kill.get('replacement_ready_s')} s after the kill;"
             f" failed {c['failures']['failed']} ({c['failures']['at_kill']} at the kill);"

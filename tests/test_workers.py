@@ -125,6 +125,15 @@ def test_workers_share_the_catalog_and_the_version_and_a_killed_one_is_replaced(
                 get(server.base, "/metrics").text,
             )
             assert counted is not None and float(counted.group(1)) == len(live)
+        # ... and how long each worker took to apply the store's changes: the item and the switch,
+        # once by each worker (the one that wrote it too), each soon (the bar is 1 s; 2 s here,
+        # where the tests share the machine).
+        text = get(server.base, "/metrics").text
+        for kind in ("item", "model"):
+            count = re.search(rf'recscope_store_change_apply_seconds_count\{{kind="{kind}"\}} (\S+)', text)
+            within = re.search(rf'recscope_store_change_apply_seconds_bucket\{{kind="{kind}",le="2.0"\}} (\S+)', text)
+            assert count is not None and float(count.group(1)) == 2, (kind, count)
+            assert within is not None and float(within.group(1)) == 2, f"a worker took over 2 s to apply the {kind}"
 
         # Kill a worker with SIGKILL while clients keep asking and posting: the other answers,
         # a new worker takes its place, and no acknowledged event is lost.

@@ -224,6 +224,7 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
             put=lambda new: setattr(app.state, "service", new),
             load=lambda version: load_recommender(settings, svc.store, version),
             seen=svc.seen,
+            applied=lambda kind, seconds: app.state.metrics.applied.labels(kind).observe(seconds),
         )
         app.state.follower = follower
         follower.start(settings.follow_every)

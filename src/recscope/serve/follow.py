@@ -37,11 +37,23 @@ log = logging.getLogger("recscope.serve")
 LoadVersion = Callable[[str], "Recommender"]  # a version id -> a Recommender of it over the stored catalog
 
 
+Applied = Callable[[str, float], None]  # (change kind, seconds from its commit until served here)
+
+
 class Follower:
-    def __init__(self, get: Callable[[], Service], put: Callable[[Service], None], load: LoadVersion, seen: int):
+    def __init__(
+        self,
+        get: Callable[[], Service],
+        put: Callable[[Service], None],
+        load: LoadVersion,
+        seen: int,
+        applied: Applied | None = None,
+    ):
         """``get``/``put`` read and swap the app's service; ``load`` builds a Recommender of a
-        version; ``seen``: the seq of the last change the service already reflects."""
+        version; ``seen``: the seq of the last change the service already reflects; ``applied``
+        is told of each change once the service that reflects it is swapped in (the metrics)."""
         self._get, self._put, self._load = get, put, load
+        self._applied = applied
         self.seen = seen
         self.error: str | None = None  # the last failure to apply a change (shown by /health/ready)
         self._lock = threading.Lock()
@@ -57,6 +69,10 @@ class Follower:
             while changes:
                 svc = self._apply(svc, changes)
                 self.seen = changes[-1].seq
+                if self._applied is not None:
+                    now = time.time()
+                    for change in changes:
+                        self._applied(change.kind, max(now - change.created_at, 0.0))
                 changes = svc.store.changes_since(self.seen)
             self.error = None
             return self.seen

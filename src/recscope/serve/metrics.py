@@ -1,4 +1,5 @@
-"""Prometheus metrics of the service: requests by route template and status, and latency.
+"""Prometheus metrics of the service: requests by route template and status, and latency; how
+long each worker took to apply the store's changes (serve.follow).
 
 Each app has its own registry (two apps in one process, as in tests, do not collide). With
 several worker processes (``recscope serve --workers N``) the CLI sets ``PROMETHEUS_MULTIPROC_DIR``
@@ -37,6 +38,15 @@ class Metrics:
             ["method", "route"],
             registry=self.registry,
         )
+        self.applied = Histogram(
+            "recscope_store_change_apply_seconds",
+            "time from a store change's commit (an item added or removed, an item hidden or shown, a version "
+            "to serve, a user forgotten) to this worker serving it, by kind; every worker counts each change "
+            "(the worker that wrote it too); the clocks of the writing and the applying host",
+            ["kind"],
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0, 30.0),
+            registry=self.registry,
+        )
 
 
 class MetricsMiddleware:
@@ -66,7 +76,8 @@ class MetricsMiddleware:
 
 @router.get("/metrics", response_class=Response)
 def metrics(request: Request) -> Response:
-    """Prometheus text format: ``recscope_http_requests_total`` and the latency histogram."""
+    """Prometheus text format: ``recscope_http_requests_total``, the latency histogram and the
+    store changes' apply histogram."""
     registry = request.app.state.metrics.registry
     if os.environ.get(MULTIPROCESS):  # every worker's values, from their files
         registry = CollectorRegistry()
