@@ -90,7 +90,8 @@ def main() -> None:
         keep = ("comprehensiveness", "comprehensiveness_random", "sufficiency", "sufficiency_random")
         keep += ("topk_exit_rate", "topk_exit_rate_random", "topk_exit_rate_by_length", "kendall_tau_loo")
         keep += ("ms_per_explanation", "ms_p99")
-        row = {key: measured[key] for key in keep} | agreement(explainer, reference, chosen)
+        keep += ("planted_hit@1", "planted_hit@3", "planted_cases")  # on data with planted causes
+        row = {key: measured[key] for key in keep if key in measured} | agreement(explainer, reference, chosen)
         results[str(positions or "sub-histories only")] = row
         print(positions or "sub-histories only", {k: v for k, v in row.items() if not isinstance(v, dict)})
     write(
