@@ -8,6 +8,12 @@ that can still reach the candidate's rank, not the whole catalog, so its three s
 may differ in the last bits (at most 1e-6 relative here). What the counterfactual says (the
 items removed, the new rank, the item that replaces it, whether one was found) is still
 compared exactly.
+
+And one change of output, by design: since 1455283 Shapley's sampled orders follow a budget of
+item positions (recscope.explain.shapley.POSITIONS), so the explanations of the fixture's one
+long history (U00002: its Shapley weights, the counterfactual those weights order and its
+sentence, 89 values) changed, and nothing else did; the golden file was written again at that
+change by tests/golden_outputs.py.
 """
 
 from __future__ import annotations
