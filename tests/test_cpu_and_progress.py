@@ -108,3 +108,42 @@ def test_a_long_epoch_in_a_pipe_prints_a_line_every_few_seconds():
         bar.step(6.0)  # right after a line: none again
     lines = [line for line in out.getvalue().splitlines() if line]
     assert len(lines) == 1 and lines[0].startswith("epoch 1: step 2/4, loss 3.0000 ("), lines
+
+
+PINNED = """
+import resource, threading, time
+import torch
+from recscope.cpu import in_this_thread, use_threads
+
+use_threads(1)
+x = torch.randn(32, 256, 256)
+torch.bmm(x, x)
+ratios = {}
+
+def busy(pin):
+    if pin:
+        in_this_thread()
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for _ in range(40):
+        torch.bmm(x, x)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    ratios[pin] = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / (time.perf_counter() - start)
+
+for pin in (False, True):
+    thread = threading.Thread(target=busy, args=(pin,))
+    thread.start()
+    thread.join()
+print(ratios[False], ratios[True])
+"""
+
+
+def test_a_thread_started_later_computes_with_the_process_torch_threads():
+    """OpenMP keeps its thread count per thread: a server's request thread, started after
+    ``use_threads(1)``, multiplied matrices on OMP_NUM_THREADS threads until it took the process's
+    setting (``in_this_thread``, which the model's turn calls): CPU time over wall time is then 1."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", PINNED], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    unpinned, pinned = map(float, done.stdout.split())
+    print(f"CPU / wall of a later thread: {unpinned:.2f} unpinned, {pinned:.2f} pinned")
+    assert pinned < 1.15, f"a pinned thread used {pinned:.2f} CPUs"

@@ -678,9 +678,9 @@ def serve(
             ),
         )
         return
-    import torch
+    from recscope.cpu import use_threads
 
-    torch.set_num_threads(threads)
+    use_threads(threads)  # and each request thread takes it (Service.model)
     service = load_service(settings)
     console.print(f"serving {run} (model version {service.model_version}): {where}", highlight=False)
     uvicorn.run(create_app(settings, service=service), host=host, port=port)

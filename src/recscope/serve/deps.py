@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
 from pydantic import SecretStr
 
+from recscope.cpu import in_this_thread
 from recscope.errors import RecscopeError
 from recscope.recommend import Recommender
 from recscope.serve.follow import Follower
@@ -81,6 +82,7 @@ class Service:
                 fix="retry after the Retry-After seconds, or send fewer requests at once",
             )
         try:
+            in_this_thread()  # a request thread computes with the worker's torch threads, not OpenMP's default
             yield
         finally:
             self.lock.release()

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from recscope.cpu import in_this_thread
+
 if TYPE_CHECKING:  # deps imports this module
     from recscope.recommend import Recommender
     from recscope.serve.deps import Service
@@ -63,6 +65,7 @@ class Follower:
     # -- applying --------------------------------------------------------------------------
     def catch_up(self) -> int:
         """Apply every change the store holds beyond ``seen``; returns the seq now reflected."""
+        in_this_thread()  # a new snapshot's rows are computed with the worker's torch threads
         with self._lock:
             svc = self._get()
             changes = svc.store.changes_since(self.seen)

@@ -87,12 +87,11 @@ def run_workers(settings: Settings, started: Callable[[str], None]) -> None:
 
 def worker_app() -> FastAPI:
     """The app of one worker process: settings from the environment ``run_workers`` set."""
-    import torch
-
+    from recscope.cpu import use_threads
     from recscope.serve.app import create_app
 
     settings = Settings()
-    torch.set_num_threads(settings.threads)
+    use_threads(settings.threads)  # and each request thread takes it (Service.model)
     _exit_with(os.getppid())
     return create_app(settings)
 
