@@ -35,11 +35,16 @@ def test_cgroup_quota_v2_and_v1(tmp_path):
 def test_train_threads_overrides_the_count():
     import torch
 
-    before = torch.get_num_threads()
+    from recscope import cpu
+
+    before, chosen = torch.get_num_threads(), cpu._chosen
     try:
-        assert use_threads(1) == 1 and torch.get_num_threads() == 1
+        cpu._chosen = None
         assert use_threads(0) == available_cpus()
+        assert use_threads(1) == 1 and torch.get_num_threads() == 1
+        assert use_threads(0) == 1, "0 keeps the count the process chose (a model loaded after serve --threads 1)"
     finally:
+        cpu._chosen = chosen
         torch.set_num_threads(before)
 
 
@@ -147,3 +152,22 @@ def test_a_thread_started_later_computes_with_the_process_torch_threads():
     unpinned, pinned = map(float, done.stdout.split())
     print(f"CPU / wall of a later thread: {unpinned:.2f} unpinned, {pinned:.2f} pinned")
     assert pinned < 1.15, f"a pinned thread used {pinned:.2f} CPUs"
+
+
+def test_loading_a_model_keeps_the_threads_the_process_chose():
+    """``recscope serve --threads 1`` chose one thread; loading the run's model (which sizes the
+    pool to the CPUs when nothing was chosen) used to set it back to every CPU."""
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "fixtures" / "tiny_run"
+    script = (
+        "import torch\n"
+        "from recscope.cpu import use_threads\n"
+        "from recscope.run import load_model\n"
+        "use_threads(1)\n"
+        f"load_model({str(fixture)!r})\n"
+        "print(torch.get_num_threads())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "1"

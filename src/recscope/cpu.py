@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 _threads: int | None = None  # the process's torch threads, as use_threads set them
+_chosen: int | None = None  # ... when a caller named a count (not 0: "the CPUs available")
 _pinned = threading.local()  # .threads: what this thread's own OpenMP setting is
 
 
@@ -46,11 +47,14 @@ def _cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
 
 
 def use_threads(threads: int = 0) -> int:
-    """Size torch's intra-op pool: ``threads``, or the CPUs available when 0. Returns the count."""
+    """Size torch's intra-op pool: ``threads``; 0: what this process chose already (``recscope
+    serve --threads``: loading a model must not undo it), else the CPUs available. Returns the count."""
     import torch
 
-    global _threads
-    n = threads or available_cpus()
+    global _threads, _chosen
+    if threads:
+        _chosen = threads
+    n = threads or _chosen or available_cpus()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     _threads = _pinned.threads = n
