@@ -155,9 +155,8 @@ class Recommender:
         other workers), reads their vectors rather than running the encoder again."""
         if not self.config.model.text_dim or not items:
             return
-        data = self.data.with_catalog_copy()
-        rows = [data.set_item(item_id, title, attributes or {})[0] for item_id, title, attributes in items]
-        self._text_vectors(data, rows)
+        data, added = self.snapshot.catalog_with(items)
+        self._text_vectors(data, sorted({a.index for a in added}))
 
     def load_text_encoder(self) -> None:
         """Load the run's text encoder now (when the model reads text), so that the first item

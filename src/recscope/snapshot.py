@@ -172,12 +172,7 @@ class Snapshot:
             )
         if not items:
             return self, []
-        data = self.data.with_catalog_copy()
-        added = []
-        for item_id, title, attributes in items:
-            new = data.find(item_id) is None
-            index, unused = data.set_item(item_id, title, attributes)
-            added.append(AddedItem(index, new, unused))
+        data, added = self.catalog_with(items)
         rows = sorted({a.index for a in added})
         values = {f.name: torch.from_numpy(f.values[rows]) for f in data.fields}
         model = self.model.with_items(rows, values, text=text(data, rows))
@@ -190,3 +185,14 @@ class Snapshot:
             table[rows] = model.item_tokens(torch.tensor(rows, dtype=torch.long))
         snapshot = dataclasses.replace(self, model=model, data=data, table=table, explainers={})
         return snapshot, added
+
+    def catalog_with(self, items: list[NewItem]) -> tuple[Dataset, list[AddedItem]]:
+        """A copy of the catalog that also holds ``items`` (this one unchanged), and what became of
+        each: the catalog :meth:`with_items` builds on, and whose texts it encodes."""
+        data = self.data.with_catalog_copy()
+        added = []
+        for item_id, title, attributes in items:
+            new = data.find(item_id) is None
+            index, unused = data.set_item(item_id, title, attributes)
+            added.append(AddedItem(index, new, unused))
+        return data, added

@@ -161,16 +161,17 @@ class TextCache:
             return 0
         if self._chunks and vectors.shape[1:] != self._chunks[0].shape[1:]:
             return 0  # written by another version of the encoder under the same key: not trusted
-        return self._append([bytes(d) for d in digests], vectors)
+        return len(self._append([bytes(d) for d in digests], vectors))
 
-    def _append(self, digests: list[bytes], vectors: np.ndarray) -> int:
+    def _append(self, digests: Sequence[bytes], vectors: np.ndarray) -> list[int]:
+        """Keep in memory the vectors of the digests not held yet; their positions in ``digests``."""
         keep = [i for i, d in enumerate(digests) if d not in self.rows]
         for d in (digests[i] for i in keep):
             self.rows[d] = len(self.rows)
         if keep:
             self._chunks.append(np.asarray(vectors[keep], dtype=np.float32))
             self._vectors = None
-        return len(keep)
+        return keep
 
     @property
     def vectors(self) -> np.ndarray:
@@ -196,10 +197,9 @@ class TextCache:
     def add(self, digests: Sequence[bytes], vectors: np.ndarray) -> None:
         """Keep these vectors, in memory and in a new part (or, past the threshold, a new bulk)."""
         with self._lock:
-            new = [i for i, d in enumerate(digests) if d not in self.rows]
+            new = self._append(digests, vectors)
             if not new:
                 return
-            self._append([digests[i] for i in new], vectors[new])
             if len(self.rows) - self._bulk_rows >= max(self._bulk_rows, 1) or len(self._read) >= PARTS_MAX:
                 self._compact()
             else:
